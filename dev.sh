@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One entry point for a fresh checkout: sets up .venv on first use, then
+#   bash dev.sh app [glmtui args]   run glmtui
+#   bash dev.sh test [pytest args]  run the tests
+#   bash dev.sh bench [names]       run the benchmarks
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${GLMTUI_VENV:-.venv}
+stamp="$VENV/.glmtui-setup-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    # CPU build by default; on a GPU box install your CUDA build of torch into .venv first.
+    "$VENV/bin/python" -m pip install -q "${GLMTUI_TORCH:-torch==2.13.0}"
+  fi
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+what=${1:-app}
+shift || true
+case "$what" in
+  app) exec "$VENV/bin/glmtui" "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench) exec "$VENV/bin/python" bench/run.py "$@" ;;
+  *) echo "usage: bash dev.sh [app|test|bench] [args]" >&2; exit 2 ;;
+esac

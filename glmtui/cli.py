@@ -1,0 +1,91 @@
+"""Command-line entry points.
+
+``glmtui`` opens the TUI; subcommands run the other deployments. Every heavy
+import happens inside the chosen command so ``glmtui --help`` and the TUI's
+first paint stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+
+MODES = ("bf16", "fp16", "fp32", "int8", "int4")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", help="model folder, catalogue key or hub id to load at start")
+    parser.add_argument("--mode", choices=MODES, default=None, help="quantization mode (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glmtui", description="Run GLM models (ChatGLM3, GLM-4) locally.")
+    parser.add_argument("--version", action="version", version=f"glmtui {__version__}")
+    _add_model_options(parser)
+    parser.add_argument("--api", action="store_true", help="also serve the OpenAI-compatible API beside the TUI")
+    parser.add_argument("--endpoint", help="drive a remote OpenAI-compatible server instead of a local model")
+    sub = parser.add_subparsers(dest="command")
+
+    chat = sub.add_parser("chat", help="line-mode chat for terminals, scripts and pipes")
+    _add_model_options(chat)
+    chat.add_argument("--endpoint", help="an OpenAI-compatible server to use instead of a local model")
+    chat.add_argument("--system", default="", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--top-p", type=float, default=0.8)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible API server")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None)
+
+    web = sub.add_parser("web", help="the TUI in a browser (textual-serve)")
+    _add_model_options(web)
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8080)
+
+    pull = sub.add_parser("pull", help="download a model")
+    pull.add_argument("model")
+    pull.add_argument("--source", choices=("hf", "modelscope"), default=None)
+
+    sub.add_parser("models", help="list the catalogue and what is on disk")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command
+    if command is None:
+        from .ui.app import run_app
+
+        return run_app(args)
+    if command == "chat":
+        from .linechat import run_line_chat
+
+        return run_line_chat(args)
+    if command == "serve":
+        from .server import run_server
+
+        return run_server(args)
+    if command == "web":
+        from .web import run_web
+
+        return run_web(args)
+    if command == "pull":
+        from .hub import pull_cli
+
+        return pull_cli([args.model] + (["--source", args.source] if args.source else []))
+    if command == "models":
+        from .catalog import print_catalog
+
+        return print_catalog()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What the inference worker reports, and what it is asked to do.
+
+Plain dataclasses with no torch in them, so the UI, the API server and tests
+can all consume them without importing the engine's heavy dependencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+Role = Literal["system", "user", "assistant", "observation"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+    # ChatGLM3 metadata (tool name for tool calls/observations); usually empty.
+    metadata: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 512
+    temperature: float = 0.8
+    top_p: float = 0.8
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: Optional[int] = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    request_id: int
+    stage: str
+    fraction: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    request_id: int
+    model_name: str
+    model_path: str
+    mode: str
+    device: str
+    footprint_bytes: int
+    load_seconds: float
+    context_length: int
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    request_id: int
+    model_name: str
+    # Memory still held afterwards on the device the model used (CUDA: reserved
+    # bytes from torch; CPU: None) — shown so users see what stayed behind.
+    device_bytes_after: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """A generation began: the prompt was tokenized."""
+
+    request_id: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Token:
+    """New text of a streaming reply (one or more tokens' worth)."""
+
+    request_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: Optional[float]
+    tokens_per_second: Optional[float]
+    total_seconds: float
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class Failed:
+    request_id: int
+    message: str
+    # "load", "generate", "unload"
+    during: str = ""
+    detail: str = ""
+
+
+Event = Union[LoadProgress, Loaded, Unloaded, Started, Token, Finished, Failed]

@@ -1,0 +1,204 @@
+"""One streamed generation: prompt -> ``model.generate`` -> Token/Finished events.
+
+Runs on the worker thread. Text is produced by an incremental detokenizer
+(constant work per token), stop strings are held back until they can be
+ruled out, and a cancel flag is checked after every token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
+from .prompts import IncrementalDetokenizer, PromptError
+
+
+class ReplyStream(BaseStreamer):
+    """Receives token ids from ``generate`` and emits text as it becomes final."""
+
+    def __init__(self, decode, stop_token_ids: Sequence[int], stop_strings: Sequence[str], emit_text):
+        self._detok = IncrementalDetokenizer(decode)
+        self._stop_ids = set(stop_token_ids)
+        self._stop_strings = [s for s in stop_strings if s]
+        self._hold = max((len(s) for s in self._stop_strings), default=1) - 1
+        self._emit_text = emit_text
+        self._prompt_seen = False
+        self._pending = ""  # text held back while it might begin a stop string
+        self.text = ""  # everything emitted so far
+        self.generated = 0
+        self.hit_stop_token = False
+        self.hit_stop_string = False
+        self.first_token_at: Optional[float] = None
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first pushes the prompt
+            self._prompt_seen = True
+            return
+        ids = [int(t) for t in value.reshape(-1).tolist()]
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if self.hit_stop_string:
+            return
+        kept = []
+        for token_id in ids:
+            if token_id in self._stop_ids:
+                self.hit_stop_token = True
+                break
+            kept.append(token_id)
+            self.generated += 1
+        if kept:
+            self._take(self._detok.push(kept))
+
+    def _take(self, new_text: str) -> None:
+        if not new_text:
+            return
+        pending = self._pending + new_text
+        for stop in self._stop_strings:
+            at = pending.find(stop)
+            if at >= 0:
+                self.hit_stop_string = True
+                self._send(pending[:at])
+                self._pending = ""
+                return
+        if self._hold and len(pending) > self._hold:
+            self._send(pending[: -self._hold])
+            self._pending = pending[-self._hold :]
+        elif self._hold:
+            self._pending = pending
+        else:
+            self._send(pending)
+
+    def _send(self, text: str) -> None:
+        if text:
+            self.text += text
+            self._emit_text(text)
+
+    def end(self) -> None:
+        if not self.hit_stop_string:
+            self._take(self._detok.flush())
+            if not self.hit_stop_string:
+                self._send(self._pending)
+            self._pending = ""
+
+
+class _StopWhen(StoppingCriteria):
+    """Stops after the current token when cancelled or a stop string appeared."""
+
+    def __init__(self, cancel: threading.Event, stream: ReplyStream):
+        self.cancel = cancel
+        self.stream = stream
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = self.cancel.is_set() or self.stream.hit_stop_string
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def run_generation(
+    loaded,
+    messages: Sequence[ChatMessage],
+    params: GenerationParams,
+    cancel: threading.Event,
+    emit: Callable,
+    request_id: int,
+    tools: Optional[list] = None,
+) -> None:
+    started = time.perf_counter()
+    chat_format = loaded.chat_format
+    try:
+        prompt_ids = chat_format.encode_conversation(messages, tools=tools) if tools else chat_format.encode_conversation(messages)
+    except PromptError as exc:
+        emit(Failed(request_id, f"cannot build the prompt: {exc}", "generate"))
+        return
+    context = loaded.context_length or 0
+    max_new = max(1, int(params.max_new_tokens))
+    if context and len(prompt_ids) >= context:
+        emit(
+            Failed(
+                request_id,
+                f"the conversation is {len(prompt_ids)} tokens, longer than the model's context of {context}: "
+                "start a new chat or delete earlier turns",
+                "generate",
+            )
+        )
+        return
+    if context:
+        max_new = min(max_new, context - len(prompt_ids))
+    emit(Started(request_id, len(prompt_ids)))
+
+    model = loaded.model
+    stream = ReplyStream(
+        chat_format.decode,
+        chat_format.stop_token_ids,
+        params.stop,
+        lambda text: emit(Token(request_id, text)),
+    )
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+    sampling = params.temperature > 0
+    kwargs = dict(
+        max_new_tokens=max_new,
+        do_sample=sampling,
+        eos_token_id=list(chat_format.stop_token_ids),
+        pad_token_id=chat_format.stop_token_ids[0],
+        repetition_penalty=float(params.repetition_penalty),
+        streamer=stream,
+        stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, stream)]),
+        attention_mask=torch.ones_like(input_ids),
+    )
+    if sampling:
+        kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k))
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if params.seed is not None:
+        torch.manual_seed(int(params.seed))
+    reason = "stop"
+    try:
+        with torch.inference_mode():
+            model.generate(input_ids, **kwargs)
+    except (torch.OutOfMemoryError, MemoryError):
+        _release()
+        emit(
+            Failed(
+                request_id,
+                "out of memory during generation: shorten the conversation, lower max new tokens, "
+                "or load a smaller quantization",
+                "generate",
+            )
+        )
+        return
+    except Exception as exc:
+        emit(Failed(request_id, f"generation failed: {type(exc).__name__}: {exc}", "generate"))
+        return
+    finished = time.perf_counter()
+    if cancel.is_set() and not (stream.hit_stop_token or stream.hit_stop_string):
+        reason = "cancelled"
+    elif stream.hit_stop_token or stream.hit_stop_string:
+        reason = "stop"
+    elif stream.generated >= max_new:
+        reason = "length"
+    ttft = (stream.first_token_at - started) if stream.first_token_at else None
+    decode_time = finished - stream.first_token_at if stream.first_token_at else 0.0
+    tps = (stream.generated - 1) / decode_time if stream.generated > 1 and decode_time > 0 else None
+    emit(
+        Finished(
+            request_id,
+            stream.text,
+            len(prompt_ids),
+            stream.generated,
+            ttft,
+            tps,
+            finished - started,
+            reason,
+        )
+    )
+
+
+def _release() -> None:
+    from .loading import release_memory
+
+    release_memory()

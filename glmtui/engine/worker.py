@@ -1,0 +1,257 @@
+"""InferenceWorker: the one thread that owns the model.
+
+The UI and the API server never touch torch: they put commands on this
+worker's queue (load, unload, generate) or call ``cancel``, and receive
+events (glmtui.engine.events) through listener callbacks invoked on the
+worker thread. Listeners must be cheap and must not block — the Textual app
+posts a message, the API server puts the event on an asyncio queue.
+
+torch and transformers are imported here, inside the thread, the first time
+a command needs them; importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from .events import (
+    ChatMessage,
+    Event,
+    Failed,
+    Finished,
+    GenerationParams,
+    Loaded,
+    LoadProgress,
+    Started,
+    Token,
+    Unloaded,
+)
+
+Listener = Callable[[Event], None]
+
+
+@dataclass
+class ModelInfo:
+    """What is loaded, readable from any thread."""
+
+    name: str
+    path: str
+    mode: str
+    device: str
+    footprint_bytes: int
+    context_length: int
+
+
+@dataclass
+class _Command:
+    kind: str  # "load", "unload", "generate", "stop"
+    request_id: int
+    args: dict = field(default_factory=dict)
+    sink: Optional[Listener] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class InferenceWorker:
+    """Owns the model on a background thread; serves commands one at a time."""
+
+    def __init__(self, listener: Optional[Listener] = None):
+        self._queue: "queue.Queue[_Command]" = queue.Queue()
+        self._listeners: list[Listener] = [listener] if listener else []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Command] = {}
+        self._current: Optional[_Command] = None
+        self._loaded = None  # glmtui.engine.loading.LoadedModel, worker thread only
+        self.model_info: Optional[ModelInfo] = None
+        self.state = "empty"  # empty, loading, ready, generating, stopped
+        self._thread = threading.Thread(target=self._run, name="glmtui-inference", daemon=True)
+
+    # ------------------------------------------------------------ public API (any thread)
+
+    def start(self) -> "InferenceWorker":
+        if not self._thread.is_alive():
+            self._thread.start()
+        return self
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
+        return self._submit("load", {"path": str(path), "mode": mode, "device": device}, sink)
+
+    def unload(self, sink: Optional[Listener] = None) -> int:
+        return self._submit("unload", {}, sink)
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams = GenerationParams(),
+        sink: Optional[Listener] = None,
+        tools: Optional[list] = None,
+    ) -> int:
+        return self._submit("generate", {"messages": list(messages), "params": params, "tools": tools}, sink)
+
+    def cancel(self, request_id: Optional[int] = None) -> None:
+        """Stop a generation (the current one when no id is given).
+
+        A running generation stops after at most one more token; a queued one
+        finishes as cancelled without running.
+        """
+        with self._lock:
+            if request_id is None:
+                command = self._current
+            else:
+                command = self._pending.get(request_id)
+        if command is not None and command.kind == "generate":
+            command.cancel.set()
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return sum(1 for c in self._pending.values() if c.kind == "generate")
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel everything, free the model and stop the thread."""
+        with self._lock:
+            for command in self._pending.values():
+                command.cancel.set()
+        self._queue.put(_Command("stop", 0))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------ internals
+
+    def _submit(self, kind: str, args: dict, sink: Optional[Listener]) -> int:
+        request_id = next(self._ids)
+        command = _Command(kind, request_id, args, sink)
+        with self._lock:
+            self._pending[request_id] = command
+        self._queue.put(command)
+        return request_id
+
+    def _emit(self, command: _Command, event: Event) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        if command.sink is not None:
+            listeners.append(command.sink)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not kill the worker
+                traceback.print_exc()
+
+    def _run(self) -> None:
+        while True:
+            command = self._queue.get()
+            if command.kind == "stop":
+                self._drop_model()
+                self.state = "stopped"
+                return
+            with self._lock:
+                self._current = command
+            try:
+                handler = getattr(self, f"_do_{command.kind}")
+                handler(command)
+            except Exception as exc:  # the worker must survive anything
+                self._emit(
+                    command,
+                    Failed(command.request_id, f"{type(exc).__name__}: {exc}", command.kind, traceback.format_exc()),
+                )
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._pending.pop(command.request_id, None)
+                if self.state in ("loading", "generating"):
+                    self.state = "ready" if self._loaded is not None else "empty"
+
+    def _do_load(self, command: _Command) -> None:
+        from . import loading
+
+        args = command.args
+        if self._loaded is not None:
+            self._drop_model()
+        self.state = "loading"
+
+        def progress(stage: str, fraction: Optional[float]) -> None:
+            self._emit(command, LoadProgress(command.request_id, stage, fraction))
+
+        error = None
+        try:
+            loaded = loading.load_model(args["path"], args["mode"], args["device"], progress)
+        except loading.ModelLoadError as exc:
+            error = str(exc)
+        if error is not None:
+            # Only now, with the exception and its traceback's frames gone, can
+            # a half-built model's tensors actually be freed.
+            loading.release_memory()
+            self.state = "empty"
+            self._emit(command, Failed(command.request_id, error, "load"))
+            return
+        self._loaded = loaded
+        self.model_info = ModelInfo(
+            loaded.name, str(loaded.path), loaded.mode, loaded.device, loaded.footprint_bytes, loaded.context_length
+        )
+        self.state = "ready"
+        self._emit(
+            command,
+            Loaded(
+                command.request_id,
+                loaded.name,
+                str(loaded.path),
+                loaded.mode,
+                loaded.device,
+                loaded.footprint_bytes,
+                loaded.load_seconds,
+                loaded.context_length,
+            ),
+        )
+
+    def _drop_model(self) -> Optional[int]:
+        if self._loaded is None:
+            return None
+        from . import loading
+
+        self._loaded = None
+        self.model_info = None
+        self.state = "empty"
+        return loading.release_memory()
+
+    def _do_unload(self, command: _Command) -> None:
+        name = self._loaded.name if self._loaded is not None else ""
+        after = self._drop_model()
+        self._emit(command, Unloaded(command.request_id, name, after))
+
+    def _do_generate(self, command: _Command) -> None:
+        from .generation import run_generation
+
+        if command.cancel.is_set():
+            self._emit(command, Finished(command.request_id, "", 0, 0, None, None, 0.0, "cancelled"))
+            return
+        if self._loaded is None:
+            self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate"))
+            return
+        self.state = "generating"
+        run_generation(
+            self._loaded,
+            command.args["messages"],
+            command.args["params"],
+            command.cancel,
+            lambda event: self._emit(command, event),
+            command.request_id,
+            command.args.get("tools"),
+        )

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real models built once per test session, and an isolated GLMTUI_HOME."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def native_glm(models_root) -> Path:
+    return tiny_models.build_native_glm(models_root / "tiny-glm")
+
+
+@pytest.fixture(scope="session")
+def chatglm3_pair(models_root) -> tuple[Path, Path]:
+    """(ChatGLM3-layout folder with .bin shards, the same weights saved natively)."""
+    layout = tiny_models.build_chatglm3(models_root / "tiny-chatglm3", native_copy=models_root / "tiny-chatglm3-native")
+    return layout, models_root / "tiny-chatglm3-native"
+
+
+@pytest.fixture(scope="session")
+def chatglm3_dir(chatglm3_pair) -> Path:
+    return chatglm3_pair[0]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Never touch the real user's data or config folders."""
+    monkeypatch.setenv("GLMTUI_HOME", str(tmp_path / "glmtui-home"))
+    return tmp_path / "glmtui-home"

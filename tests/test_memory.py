@@ -1,0 +1,263 @@
+"""glmtui.engine.memory: exact parameter counts against real transformers models,
+predicted bytes against measured storages, and the ChatGLM3-6B figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glmtui.engine import memory
+from glmtui.engine.memory import (
+    MODES,
+    arch_from_config,
+    count_params,
+    fit,
+    measured_footprint_bytes,
+    predict,
+    predict_all,
+    predict_for_dir,
+)
+
+GB = 10**9
+
+CHATGLM3_6B = {  # THUDM/chatglm3-6b config.json (architecture fields)
+    "model_type": "chatglm",
+    "hidden_size": 4096,
+    "num_layers": 28,
+    "ffn_hidden_size": 13696,
+    "num_attention_heads": 32,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "kv_channels": 128,
+    "padded_vocab_size": 65024,
+    "seq_length": 8192,
+    "add_qkv_bias": True,
+    "add_bias_linear": False,
+    "post_layer_norm": True,
+    "rmsnorm": True,
+    "layernorm_epsilon": 1e-5,
+    "torch_dtype": "float16",
+}
+
+TINY = dict(
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def _tiny_glm(cls_name: str = "GlmForCausalLM", **over):
+    transformers = pytest.importorskip("transformers")
+    cfg_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
+    cfg = cfg_cls(**{**TINY, **over})
+    return getattr(transformers, cls_name)(cfg)
+
+
+def _numel(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are yielded once
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"attention_bias": False},
+        {"tie_word_embeddings": True},
+        {"num_key_value_heads": 4, "head_dim": 24},  # MHA, head_dim * heads != hidden
+    ],
+)
+@pytest.mark.parametrize("cls_name", ["GlmForCausalLM", "Glm4ForCausalLM"])
+def test_exact_param_count_matches_transformers(cls_name, over):
+    model = _tiny_glm(cls_name, **over)
+    arch = arch_from_config(model.config.to_dict())
+    assert arch.family == ("glm4" if cls_name.startswith("Glm4") else "glm") and arch.exact
+    assert arch.params == _numel(model)
+    assert count_params(model.config) == _numel(model)  # a config object works too
+
+
+def test_chatglm_config_counts_like_equivalent_glm():
+    glm = {
+        "model_type": "glm",
+        "vocab_size": 1024,
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "attention_bias": True,
+        "tie_word_embeddings": False,
+    }
+    chatglm = {
+        "model_type": "chatglm",
+        "padded_vocab_size": 1024,
+        "hidden_size": 64,
+        "ffn_hidden_size": 160,
+        "num_layers": 3,
+        "num_attention_heads": 4,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "kv_channels": 16,
+        "add_qkv_bias": True,
+        "add_bias_linear": False,
+        "seq_length": 512,
+    }
+    assert count_params(chatglm) == count_params(glm) == _numel(_tiny_glm(**{"attention_bias": True}))
+    a = arch_from_config(chatglm)
+    assert (a.num_kv_heads, a.head_dim, a.max_context) == (2, 16, 512)
+    # no multi-query attention: every head has its own k/v
+    mha = arch_from_config({**chatglm, "multi_query_attention": False})
+    assert mha.num_kv_heads == 4
+
+
+@pytest.mark.parametrize("mode,dtype_name", [("bf16", "bfloat16"), ("fp32", "float32"), ("fp16", "float16")])
+def test_measured_tiny_footprint_matches_prediction(mode, dtype_name):
+    torch = pytest.importorskip("torch")
+    for over in ({}, {"tie_word_embeddings": True}):
+        model = _tiny_glm(**over).to(getattr(torch, dtype_name))
+        measured = measured_footprint_bytes(model)
+        predicted = predict(model.config.to_dict(), mode, device="cpu").weight_bytes
+        assert abs(measured - predicted) / measured < 0.10
+        # the only unpredicted bytes are the rotary inv_freq buffers (fp32)
+        assert 0 <= measured - predicted <= 2 * TINY["head_dim"] * 4
+
+
+def test_measured_footprint_counts_shared_storage_once():
+    torch = pytest.importorskip("torch")
+    lin = torch.nn.Linear(100, 100, bias=False)
+    mod = torch.nn.Module()
+    mod.a, mod.b = lin, torch.nn.Linear(100, 100, bias=False)
+    mod.b.weight = lin.weight  # tied
+    mod.register_buffer("view", lin.weight.data[:10])  # a view of the same storage
+    assert measured_footprint_bytes(mod) == 100 * 100 * 4
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_512(tmp_path_factory):
+    """A tiny GLM (hidden 512, 8 layers) saved in bf16, as the engine would find it."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = _tiny_glm(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+    ).to(torch.bfloat16)
+    d = tmp_path_factory.mktemp("tiny512")
+    model.save_pretrained(d)
+    return d, measured_footprint_bytes(model)
+
+
+@pytest.mark.parametrize(
+    "mode,kwargs",
+    [
+        ("int8", {"load_in_8bit": True}),
+        ("int4", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
+        ("int4-dq", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}),
+    ],
+)
+def test_bitsandbytes_on_cpu_matches_prediction(saved_tiny_512, mode, kwargs):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig, GlmForCausalLM
+
+    d, bf16_bytes = saved_tiny_512
+    model = GlmForCausalLM.from_pretrained(d, device_map="cpu", quantization_config=BitsAndBytesConfig(**kwargs))
+    measured = measured_footprint_bytes(model)
+    dq = mode.endswith("-dq")
+    pred = predict_for_dir(d, device="cpu", nonquant_dtype="bf16", double_quant=dq)[mode.split("-")[0]]
+    assert abs(measured - pred.weight_bytes) / measured < 0.10, (mode, measured, pred.weight_bytes)
+    assert abs(bf16_bytes - predict_for_dir(d, device="cpu")["bf16"].weight_bytes) / bf16_bytes < 0.01
+    assert measured < bf16_bytes * (0.6 if mode == "int8" else 0.4)
+
+
+def test_chatglm3_6b_against_official_figures():
+    a = arch_from_config(CHATGLM3_6B)
+    assert a.params == 6_243_584_000  # 6.24B
+    p = predict_all(a, context_len=2048, nonquant_dtype="fp16")
+    assert p["fp16"].weight_bytes == 2 * a.params  # ~12.5 GB
+    assert 12.4 * GB < p["fp16"].weight_bytes < 12.6 * GB
+    assert p["bf16"].total_bytes == p["fp16"].total_bytes
+    assert p["fp32"].weight_bytes == 4 * a.params
+    # ChatGLM2-6B README (same architecture): fp16 ~13 GB, int8 ~8 GB, int4 ~5.5 GB
+    for mode, official in (("fp16", 13.1), ("int8", 8.2), ("int4", 5.5)):
+        assert abs(p[mode].total_bytes / GB - official) / official < 0.10, (mode, p[mode].total_bytes / GB)
+    assert p["int4"].weight_bytes < p["int8"].weight_bytes < p["fp16"].weight_bytes
+    for m in MODES:
+        q = p[m]
+        assert q.total_bytes == q.weight_bytes + q.kv_cache_bytes + q.overhead_bytes
+        assert q.exact and q.params == a.params and q.device == "cuda"
+
+
+def test_kv_cache_formula():
+    a = arch_from_config(CHATGLM3_6B)
+    p = predict(a, "bf16", context_len=8192, batch=3)
+    assert p.kv_cache_bytes == 2 * 28 * 2 * 128 * 8192 * 3 * 2
+    assert predict(a, "fp32", context_len=8192).kv_cache_bytes == 2 * 28 * 2 * 128 * 8192 * 4
+    # default context: the model's, capped
+    assert predict(a, "bf16").context_len == 8192
+    big = arch_from_config({**CHATGLM3_6B, "seq_length": 131072})
+    assert predict(big, "bf16").context_len == memory.DEFAULT_CONTEXT_CAP
+    # no CUDA context on CPU
+    assert predict(a, "bf16", device="cpu").overhead_bytes < predict(a, "bf16", device="cuda").overhead_bytes
+
+
+def test_nonquant_dtype_parameter():
+    a = arch_from_config(CHATGLM3_6B)
+    lo = predict(a, "int4", nonquant_dtype="bf16").weight_bytes
+    hi = predict(a, "int4", nonquant_dtype="fp32").weight_bytes
+    assert hi - lo == 2 * (a.embed_params + a.lm_head_params + a.norm_params + a.bias_params)
+    with pytest.raises(ValueError):
+        predict(a, "int4", nonquant_dtype="int3")
+    with pytest.raises(ValueError):
+        predict(a, "int2")
+
+
+def test_generic_fallback_and_config_dir(tmp_path):
+    llama = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "tie_word_embeddings": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(llama))
+    preds = predict_for_dir(tmp_path)
+    assert set(preds) == set(MODES)
+    p = preds["bf16"]
+    assert not p.exact and p.notes
+    # embed + 2 layers x (4 x 64x64 attention + 3 x 64x128 MLP + 2 norms) + final norm
+    assert p.params == 100 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+
+
+def test_fit_verdicts():
+    G = 2**30
+    assert fit(10 * G, 16 * G, "cuda").verdict == "fits"
+    v = fit(15 * G, 16 * G, "cuda", mode="bf16")
+    assert v.verdict == "tight" and "bf16" in v.reason
+    assert fit(17 * G, 16 * G, "cuda").verdict == "won't fit"
+    assert "short" in fit(17 * G, 16 * G, "cuda").reason
+    v = fit(10 * G, 32 * G, "cpu", mode="int4")
+    assert v.verdict == "CPU only" and "CPU" in v.reason
+    assert fit(40 * G, 32 * G, "cpu").verdict == "won't fit"
+    assert fit(1, None, "cuda").verdict == "unknown"
+    assert fit(10 * G, 16 * G, "cuda:1").verdict == "fits"
+
+
+def test_import_is_cheap():
+    code = "import sys, glmtui.engine.memory; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,7 +16,7 @@ import gc
 import json
 import re
 import time
-import warnings
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,8 +31,9 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    # bitsandbytes warns on every int8 matmul that it casts bf16 to fp16.
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    # Library log lines on stderr would scribble over the TUI too.
+    for name in ("bitsandbytes", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 _quiet_transformers()
@@ -256,7 +257,11 @@ def _quantization_config(mode: str, compute_dtype):
 def _load_kwargs(mode: str, device: str) -> dict:
     if mode in DTYPES:
         return {"dtype": DTYPES[mode], "device_map": device}
-    compute = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "int8":
+        # LLM.int8 computes in fp16 (it would cast bf16 inputs on every matmul).
+        compute = torch.float16
+    else:
+        compute = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     return {"dtype": compute, "device_map": device, "quantization_config": _quantization_config(mode, compute)}
 
 

@@ -1,0 +1,473 @@
+"""The OpenAI-compatible server on a real tiny ChatGLM3 model, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from engine_helpers import EventLog
+from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Started, Token
+from glmtui.engine.worker import InferenceWorker
+from glmtui.server import (
+    ServerThread,
+    create_app,
+    format_tool_call,
+    parse_tool_arguments,
+    parse_tool_call,
+    completion_body,
+)
+
+MODEL = "tiny-chatglm3"
+PROMPT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "count to ten"}]
+
+
+@pytest.fixture(scope="module")
+def served(chatglm3_dir):
+    log = EventLog()
+    worker = InferenceWorker(log).start()
+    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
+    server = ServerThread(create_app(worker, MODEL)).start()
+    yield worker, log, server
+    server.stop()
+    worker.shutdown()
+
+
+@pytest.fixture
+def client(served):
+    return openai.OpenAI(base_url=served[2].url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def local_greedy(worker, log, messages, max_new_tokens=40, **kw):
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, **kw)
+    done = log.wait(worker.generate([ChatMessage(m["role"], m["content"]) for m in messages], params))
+    assert isinstance(done, Finished)
+    return done
+
+
+def test_health_and_models(served, client):
+    worker, log, server = served
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL and health["server"] == "glmtui"
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_non_streaming_equals_the_workers_greedy_reply(served, client):
+    worker, log, _ = served
+    expected = local_greedy(worker, log, PROMPT)
+    reply = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=40)
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == expected.text
+    assert choice.finish_reason == ("length" if expected.completion_tokens == 40 else "stop")
+    assert reply.usage.prompt_tokens == expected.prompt_tokens
+    assert reply.usage.completion_tokens == expected.completion_tokens
+    assert reply.usage.total_tokens == expected.prompt_tokens + expected.completion_tokens
+
+
+def test_max_tokens_and_max_completion_tokens_cut_with_length(served, client):
+    for field in ("max_tokens", "max_completion_tokens"):
+        reply = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, **{field: 3})
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage.completion_tokens == 3
+
+
+def test_streaming_chunks_concatenate_to_the_non_streaming_text(served, client):
+    full = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=60)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=PROMPT, temperature=0, max_tokens=60, stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [full.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    # without include_usage there is no usage chunk; the raw stream ends with [DONE]
+    with httpx.stream("POST", served[2].url + "/v1/chat/completions", json={
+        "model": MODEL, "messages": PROMPT, "temperature": 0, "max_tokens": 5, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    assert all(json.loads(line[5:])["choices"] for line in lines[:-1])
+
+
+def test_stop_strings_and_seed(served, client):
+    full = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=40)
+    text = full.choices[0].message.content
+    assert len(text) > 8
+    stop = text[4:7]
+    for value in (stop, [stop, "zzzz-never"]):
+        cut = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=40, stop=value)
+        assert cut.choices[0].message.content == text[: text.index(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+    a, b = (client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=1.0, top_p=0.9, seed=11,
+                                           max_tokens=20).choices[0].message.content for _ in range(2))
+    assert a == b
+
+
+def test_eight_concurrent_clients_get_well_formed_answers(served, client):
+    expected = client.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=25)
+    results, errors = [None] * 8, []
+
+    def ask(i):
+        try:
+            own = openai.OpenAI(base_url=served[2].url + "/v1", api_key="x", max_retries=0, timeout=120)
+            if i % 2:
+                stream = own.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0, max_tokens=25,
+                                                     stream=True)
+                results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            else:
+                results[i] = own.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0,
+                                                         max_tokens=25).choices[0].message.content
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    assert results == [expected.choices[0].message.content] * 8
+
+
+class Throttle:
+    """Slows the real worker down (sleeps on each Token on the worker thread) so a disconnect lands mid-reply."""
+
+    def __init__(self, worker, seconds=0.01):
+        self.worker, self.seconds = worker, seconds
+
+    def __call__(self, event):
+        if isinstance(event, Token):
+            time.sleep(self.seconds)
+
+    def __enter__(self):
+        self.worker.add_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.worker.remove_listener(self)
+
+
+def _long_prompt(worker, log):
+    """A prompt whose greedy reply is long (the tiny model stops early on most prompts)."""
+    best = None
+    for q in ("story time", "a", "b", "你好", "count to ten", "hello"):
+        done = local_greedy(worker, log, [{"role": "user", "content": q}], max_new_tokens=600)
+        if best is None or done.completion_tokens > best[1]:
+            best = ([{"role": "user", "content": q}], done.completion_tokens)
+    assert best[1] >= 150
+    return best
+
+
+def _cancelled_generation(log, after_index):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done = [e for e in log.events[after_index:] if isinstance(e, Finished)]
+        if done:
+            return done[-1]
+        time.sleep(0.05)
+    raise AssertionError("the generation did not finish")
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_generation(served, client):
+    worker, log, server = served
+    messages, full_tokens = _long_prompt(worker, log)
+    mark = len(log.events)
+    with Throttle(worker):
+        stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=600,
+                                                stream=True)
+        got = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got += 1
+            if got >= 3:
+                break
+        stream.close()
+        done = _cancelled_generation(log, mark)
+    assert done.finish_reason == "cancelled"
+    assert 3 <= done.completion_tokens < full_tokens
+    started = [e for e in log.events[mark:] if isinstance(e, Started)]
+    assert started and started[-1].request_id == done.request_id
+    # the server still answers
+    assert client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=3).choices[0].finish_reason
+
+
+def test_a_client_that_disconnects_mid_request_cancels_its_generation(served, client):
+    worker, log, server = served
+    messages, full_tokens = _long_prompt(worker, log)
+    mark = len(log.events)
+    with Throttle(worker):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.5), json={
+                "model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 600})
+        done = _cancelled_generation(log, mark)
+    assert done.finish_reason == "cancelled"
+    assert done.completion_tokens < full_tokens
+    assert client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=3).choices[0].finish_reason
+
+
+def test_a_queued_client_that_disconnects_never_runs(served, client):
+    worker, log, server = served
+    messages, _ = _long_prompt(worker, log)
+    mark = len(log.events)
+    with Throttle(worker, 0.02):
+        first = threading.Thread(target=lambda: client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=100))
+        first.start()
+        time.sleep(0.3)  # the first request is running; the next one queues behind it
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.3),
+                       json={"model": MODEL, "messages": PROMPT, "max_tokens": 50})
+        first.join(60)
+    time.sleep(0.3)
+    finished = [e for e in log.events[mark:] if isinstance(e, Finished)]
+    assert [f.finish_reason for f in finished][-1] == "cancelled"
+    assert finished[-1].completion_tokens == 0
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def post(server, body, raw=None, headers=None):
+    return httpx.post(server.url + "/v1/chat/completions", json=body if raw is None else None,
+                      content=raw, headers=headers or {}, timeout=60)
+
+
+def ok(**over):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    body.update(over)
+    return body
+
+
+BAD = [
+    ("malformed json", None, b'{"model": "tiny-chatglm3", "messages": [', 400, None),
+    ("not an object", None, b'[1, 2]', 400, None),
+    ("empty body", None, b"", 400, None),
+    ("unknown model", ok(model="gpt-4"), None, 404, "model"),
+    ("no messages", ok(messages=[]), None, 400, "messages"),
+    ("unknown role", ok(messages=[{"role": "wizard", "content": "x"}]), None, 400, "messages.0.role"),
+    ("system not first", ok(messages=[{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]),
+     None, 400, "messages"),
+    ("ends with assistant", ok(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+     None, 400, "messages"),
+    ("image part", ok(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     None, 400, "messages"),
+    ("temperature < 0", ok(temperature=-0.1), None, 400, "temperature"),
+    ("temperature > 2", ok(temperature=2.5), None, 400, "temperature"),
+    ("temperature string", ok(temperature="hot"), None, 400, "temperature"),
+    ("top_p 0", ok(top_p=0), None, 400, "top_p"),
+    ("top_p > 1", ok(top_p=1.5), None, 400, "top_p"),
+    ("max_tokens 0", ok(max_tokens=0), None, 400, "max_tokens"),
+    ("max_tokens huge", ok(max_tokens=10**12), None, 400, "max_tokens"),
+    ("max_tokens over context", ok(max_tokens=100_000), None, 400, "max_tokens"),
+    ("max_completion_tokens -1", ok(max_completion_tokens=-1), None, 400, "max_completion_tokens"),
+    ("n=2", ok(n=2), None, 400, "n"),
+    ("n=0", ok(n=0), None, 400, "n"),
+    ("stop not str", ok(stop=[1, 2]), None, 400, "stop"),
+    ("seed too big", ok(seed=2**70), None, 400, "seed"),
+    ("logprobs", ok(logprobs=True), None, 400, "logprobs"),
+    ("NaN temperature", None, b'{"model": "tiny-chatglm3", "messages": [{"role": "user", "content": "x"}], '
+                              b'"temperature": NaN}', 400, "temperature"),
+    ("bad tool name", ok(tools=[{"type": "function", "function": {"name": "rm -rf /"}}]), None, 400,
+     "tools.0.function.name"),
+    ("bad tool arguments", ok(messages=[
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+                                              "function": {"name": "f", "arguments": "not json"}}]},
+        {"role": "tool", "tool_call_id": "1", "content": "{}"}]), None, 400, "messages"),
+    ("prompt over context", ok(messages=[{"role": "user", "content": "word " * 5000}]), None, 400, "messages"),
+]
+
+
+@pytest.mark.parametrize("name,body,raw,status,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_openai_error_bodies(served, name, body, raw, status, param):
+    response = post(served[2], body, raw, {"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param, error
+    if name == "prompt over context":
+        assert error["code"] == "context_length_exceeded"
+
+
+def test_openai_client_raises_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=PROMPT)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=PROMPT, n=3)
+    assert "n=1" in info.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True, temperature=5)
+
+
+def test_unknown_route_and_method_have_error_bodies(served):
+    r = httpx.get(served[2].url + "/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(served[2].url + "/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_openapi_schema_is_real(served):
+    schema = httpx.get(served[2].url + "/openapi.json").json()
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert request["temperature"]["anyOf"][0]["maximum"] == 2.0
+    assert "/v1/chat/completions" in schema["paths"] and "/health" in schema["paths"]
+
+
+# ------------------------------------------------------------------ auth and no model
+
+
+def test_api_key_is_required_everywhere_but_health(served):
+    worker = served[0]
+    server = ServerThread(create_app(worker, MODEL, api_key="sekret")).start()
+    try:
+        assert httpx.get(server.url + "/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
+            for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/openapi.json")):
+                r = httpx.request(method, server.url + path, headers=headers, json=ok())
+                assert r.status_code == 401, (headers, path)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+        # even a malformed body gets 401 first
+        r = httpx.post(server.url + "/v1/chat/completions", content=b"{", headers={"content-type": "application/json"})
+        assert r.status_code == 401
+        good = openai.OpenAI(base_url=server.url + "/v1", api_key="sekret", max_retries=0)
+        assert good.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=server.url + "/v1", api_key="bad", max_retries=0).models.list()
+    finally:
+        server.stop()
+
+
+def test_503_before_a_model_is_loaded():
+    worker = InferenceWorker().start()
+    server = ServerThread(create_app(worker, MODEL)).start()
+    try:
+        r = httpx.get(server.url + "/health")
+        assert r.status_code == 503 and r.json()["status"] == "no_model"
+        r = post(server, ok())
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
+        with pytest.raises(openai.InternalServerError):
+            openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+                model=MODEL, messages=PROMPT, stream=True)
+        # a load that fails is reported
+        log = EventLog()
+        log.wait(worker.load("/nonexistent/model", "fp32", sink=log))
+        assert "nonexistent" in post(server, ok()).json()["error"]["message"]
+    finally:
+        server.stop()
+        worker.shutdown()
+
+
+# ------------------------------------------------------------------ tool calls
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tools_and_tool_messages_reach_the_chatglm3_prompt(served, client):
+    worker, log, _ = served
+    messages = [
+        {"role": "user", "content": "weather in Beijing?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Beijing", "days": 2, "ok": true}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 22}'},
+    ]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=2,
+                                           temperature=0)
+    expected = [
+        ChatMessage("system", "Answer the following questions as best as you can. You have access to the following tools:"),
+        ChatMessage("user", "weather in Beijing?"),
+        ChatMessage("assistant", '```python\ntool_call(city="Beijing", days=2, ok=True)\n```', "get_weather"),
+        ChatMessage("observation", '{"temperature": 22}'),
+    ]
+    fmt = worker._loaded.chat_format
+    ids = fmt.encode_conversation(expected, tools=[WEATHER["function"]])
+    assert reply.usage.prompt_tokens == len(ids)
+    # tool_choice "none" drops the tools (and the tool system prompt)
+    plain = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none",
+                                           max_tokens=2, temperature=0)
+    assert plain.usage.prompt_tokens == len(fmt.encode_conversation(expected[1:]))
+
+
+def test_parse_tool_call_code_style_and_json():
+    code = 'get_weather\n ```python\ntool_call(city="Beijing", days=3, units=["c", "f"], extra={"a": None, "b": True})\n ```'
+    assert parse_tool_call(code, {"get_weather"}) == (
+        "get_weather", {"city": "Beijing", "days": 3, "units": ["c", "f"], "extra": {"a": None, "b": True}})
+    assert parse_tool_call('get_weather\n{"city": "上海"}', {"get_weather"}) == ("get_weather", {"city": "上海"})
+    assert parse_tool_call("get_weather\n```\ntool_call()\n```", None) == ("get_weather", {})
+    # not tool calls: plain answers, unknown tools, positional args, non-objects
+    assert parse_tool_call("\nHello there", {"get_weather"}) is None
+    assert parse_tool_call("Hello there", {"get_weather"}) is None
+    assert parse_tool_call('other\n{"a": 1}', {"get_weather"}) is None
+    assert parse_tool_call('get_weather\ntool_call("Beijing")', {"get_weather"}) is None
+    assert parse_tool_call('get_weather\n[1, 2]', {"get_weather"}) is None
+    assert parse_tool_call('get_weather\ntool_call(**{"a": 1})', {"get_weather"}) is None
+    # the history rendering round-trips through the parser
+    args = {"city": "Beijing", "n": -2.5, "flags": [True, None], "d": {"k": "v\n\"q\""}}
+    assert parse_tool_call("f\n" + format_tool_call(args), {"f"}) == ("f", args)
+
+
+MALICIOUS = [
+    "tool_call(x=__import__('os').system('touch {p}'))",
+    "tool_call(x=open('{p}', 'w').write('x'))",
+    "tool_call(x=(lambda: open('{p}', 'w'))())",
+    "tool_call(x=[open('{p}', 'w') for _ in range(1)])",
+    "tool_call(x=exec(\"open('{p}', 'w')\"))",
+    "tool_call(x=eval(\"open('{p}', 'w')\"))",
+    "__import__('os').system('touch {p}')",
+    "open('{p}', 'w')",
+    "tool_call(x=().__class__.__base__.__subclasses__())",
+    "tool_call(x=f'{{open(\"{p}\", \"w\")}}')",
+    "tool_call(x=1 if open('{p}', 'w') else 2)",
+    "tool_call(x=globals())",
+    "tool_call(x=tool_call)",
+]
+
+
+@pytest.mark.parametrize("payload", MALICIOUS)
+def test_malicious_tool_calls_are_never_executed(tmp_path, payload):
+    canary = tmp_path / "pwned"
+    code = payload.format(p=canary)
+    for text in (f"get_weather\n```python\n{code}\n```", f"get_weather\n{code}"):
+        assert parse_tool_call(text, {"get_weather"}) is None
+        finished = Finished(1, text, 5, 5, None, None, 0.1, "stop")
+        body = completion_body("chatcmpl-x", 0, MODEL, finished, {"get_weather"})
+        assert body["choices"][0]["finish_reason"] == "stop"
+        assert body["choices"][0]["message"]["content"] == text  # returned as plain text
+    assert parse_tool_arguments(code) is None
+    assert not canary.exists()
+
+
+def test_completion_body_reports_tool_calls():
+    text = 'get_weather\n```python\ntool_call(city="Paris")\n```'
+    body = completion_body("chatcmpl-x", 1, MODEL, Finished(1, text, 10, 7, None, None, 0.1, "stop"), {"get_weather"})
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}
+    # without tools in the request the same text is a plain answer
+    assert completion_body("c", 1, MODEL, Finished(1, text, 1, 1, None, None, 0.1, "length"), None)[
+        "choices"][0]["finish_reason"] == "length"

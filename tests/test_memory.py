@@ -191,9 +191,15 @@ def test_chatglm3_6b_against_official_figures():
     assert 12.4 * GB < p["fp16"].weight_bytes < 12.6 * GB
     assert p["bf16"].total_bytes == p["fp16"].total_bytes
     assert p["fp32"].weight_bytes == 4 * a.params
-    # ChatGLM2-6B README (same architecture): fp16 ~13 GB, int8 ~8 GB, int4 ~5.5 GB
-    for mode, official in (("fp16", 13.1), ("int8", 8.2), ("int4", 5.5)):
-        assert abs(p[mode].total_bytes / GB - official) / official < 0.10, (mode, p[mode].total_bytes / GB)
+    # ChatGLM2-6B README (same architecture): fp16 ~13 GB, int8 ~8 GB, int4 ~5.5 GB.  Its int8
+    # used its own kernels; bitsandbytes' LLM.int8 needs more at prefill (measured on an H100:
+    # 9.27 GB for this shape), so int8 gets a looser bound.
+    for mode, official, tol in (("fp16", 13.1, 0.10), ("int8", 8.2, 0.15), ("int4", 5.5, 0.10)):
+        assert abs(p[mode].total_bytes / GB - official) / official < tol, (mode, p[mode].total_bytes / GB)
+    # the H100 measurement (whole process, NVML) for 2048 + 16 tokens, bf16 non-quantized parts
+    h100 = predict_all(a, context_len=2064, nonquant_dtype="bf16")
+    for mode, measured in (("bf16", 13.65), ("int8", 9.27), ("int4", 5.72)):
+        assert abs(h100[mode].total_bytes / GB - measured) / measured < 0.05, (mode, h100[mode].total_bytes / GB)
     assert p["int4"].weight_bytes < p["int8"].weight_bytes < p["fp16"].weight_bytes
     for m in MODES:
         q = p[m]

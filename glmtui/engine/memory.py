@@ -41,18 +41,19 @@ Overhead (an estimate, stated)
   repeated to every head (GQA), the fused gate_up output, the activated gate and the
   product (4 x ffn); plus fp32 logits for the last token only (``generate``).
 * ``int8``: LLM.int8's int32 accumulator and fp16 result of the widest Linear for that
-  chunk, and the int8 + fp16 copies of its input.  ``int4``: one dequantized copy of the
-  largest Linear weight.
+  chunk and the int8 + fp16 copies of its input, times 2.5: on the H100 these buffers
+  took 0.47 GB allocated but left 0.77 GB more reserved-and-unused by the caching
+  allocator at the peak.  ``int4``: one dequantized copy of the largest Linear weight.
 Not modelled: the peak while loading (a pickled ``.bin`` shard is materialised in RAM),
-memory the caching allocator keeps after loading (bitsandbytes quantizes on the GPU:
-~0.95 GB left reserved after an int8 load of the 6B; ``torch.cuda.empty_cache()`` after
-loading gives it back), and memory that unloading fails to give back.
+memory that unloading fails to give back.  (``torch.cuda.empty_cache()`` right after an
+int8 load gave back only 0.22 GB and did not lower the generation peak.)
 
 Checked on an H100 with a ChatGLM3-6B-shaped GLM (random weights, 2048-token prompt +
-16 new tokens, bitsandbytes 0.50.2): weights predicted to the byte (bf16 12.487 GB,
-int8 6.781 GB, nf4 4.278 GB); whole-process NVML use bf16 13.65 GB (predicted 13.62),
-nf4 5.72 GB (5.64), int8 9.27 GB without ``empty_cache`` (8.42).  The ChatGLM2-6B README
-gives 13.1 / 8.2 / 5.5 GB for its own int8/int4 kernels.
+16 new tokens, bitsandbytes 0.50.2, device_map="cuda"): weights predicted to the byte
+(bf16 12.487 GB, int8 6.781 GB, nf4 4.278 GB; the measured extra is 256 bytes of rotary
+buffers); whole-process NVML use bf16 13.65 GB (predicted 13.62), int8 9.27 GB (8.97),
+nf4 5.72 GB (5.64).  The ChatGLM2-6B README gives 13.1 / 8.2 / 5.5 GB (its own int8/int4
+kernels, leaner than bitsandbytes' LLM.int8 at prefill).
 """
 
 from __future__ import annotations
@@ -322,8 +323,10 @@ def predict(
     activations = tokens * act * (4 * h + 4 * ffn + qkv + kv_expanded) + batch * arch.vocab_size * 4
     linears = arch.layer_linears()
     workspace = 0
-    if mode == "int8":  # int32 accumulator + fp16 result, int8 + fp16 copies of the input
+    if mode == "int8":  # int32 accumulator + fp16 result, int8 + fp16 copies of the input,
+        # x2.5 for the caching allocator's fragmentation around these odd-sized buffers
         workspace = tokens * max(o for _, o, _ in linears) * (4 + 2) + tokens * max(i for i, _, _ in linears) * (1 + 2)
+        workspace = workspace * 5 // 2
     elif mode == "int4":  # one dequantized weight
         workspace = max(i * o for i, o, _ in linears) * act
     context = CUDA_CONTEXT_BYTES if dev == "cuda" else 0

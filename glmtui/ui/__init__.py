@@ -1,0 +1,1 @@
+"""The Textual user interface (no torch or transformers imports in this package)."""

@@ -1,0 +1,813 @@
+"""GlmApp: the full-screen TUI, and ``run_app`` for ``glmtui`` on the command line.
+
+Threads: the inference worker (or RemoteEngine) calls our listener on its own
+thread; the listener only posts an :class:`EngineEvent` to the app. The
+monitor samples in a small daemon thread of its own and posts
+:class:`MonitorUpdate`. Downloads report through :class:`DownloadUpdate`.
+Nothing here imports torch or transformers: the worker imports them lazily on
+the first load, after the first screen has been painted.
+
+Layout: at 120 columns and more, history | chat | monitor+models side by side;
+below that one pane at a time with a pane bar on top (F2 cycles).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from glmtui import catalog
+from glmtui.config import Paths, default_paths, ensure_private_dir
+from glmtui.engine.events import Failed, Finished, GenerationParams, Loaded, LoadProgress, Started, Token, Unloaded
+from glmtui.store import HistoryError, HistoryStore
+
+from . import prefs
+from .chat import ChatInput, ChatPane, params_to_dict
+from .history import HistoryPane
+from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
+from .models import MODES, ModelsPane, predictions
+from .monitor import MonitorPane, fmt_bytes
+
+PANES = ("chat", "history", "models", "monitor")
+PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
+WIDE = 120
+
+
+class EngineEvent(Message):
+    def __init__(self, event: Any) -> None:
+        super().__init__()
+        self.event = event
+
+
+class MonitorUpdate(Message):
+    def __init__(self, snapshot: Any) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class DownloadUpdate(Message):
+    def __init__(self, job: Any) -> None:
+        super().__init__()
+        self.job = job
+
+
+class PaneBar(Static):
+    """One line naming the panes (narrow terminals); click one to switch."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.current = "chat"
+        self._spans: list[tuple[int, int, str]] = []
+
+    def show(self, current: str) -> None:
+        self.current = current
+        text = Text()
+        self._spans = []
+        for i, pane in enumerate(PANES):
+            if i:
+                text.append(" │ ", style="dim")
+            label = f" {PANE_LABELS[pane]} "
+            start = len(text)
+            text.append(label, style="reverse bold" if pane == current else "")
+            self._spans.append((start, len(text), pane))
+        text.append("   F2 switches", style="dim")
+        self.update(text)
+
+    def on_click(self, event) -> None:
+        for start, end, pane in self._spans:
+            if start <= event.x < end:
+                self.app.current_pane = pane  # type: ignore[attr-defined]
+                return
+
+
+def default_mode(device: str) -> str:
+    """bf16 where a GPU will be used, fp32 on CPU (decided without importing torch)."""
+    if device.startswith("cuda"):
+        return "bf16"
+    if device == "cpu":
+        return "fp32"
+    return "bf16" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) else "fp32"
+
+
+def _slug(title: str) -> str:
+    slug = re.sub(r"[^\w]+", "-", title, flags=re.UNICODE).strip("-").lower()
+    return slug[:48] or "conversation"
+
+
+class GlmApp(App):
+    """glmtui's TUI. Every collaborator can be injected (tests, web mode)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "glmtui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+e", "edit_last", "Edit last"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("f2", "next_pane", "Pane"),
+        Binding("ctrl+f", "search", "Search"),
+        Binding("ctrl+l", "load", "Load"),
+        Binding("f9", "unload", "Unload"),
+        Binding("f8", "quantization", "Quant"),
+        Binding("ctrl+o", "settings", "Settings"),
+        Binding("f3", "rename", "Rename"),
+        Binding("f4", "delete_conversation", "Delete"),
+        Binding("f5", "export", "Export"),
+        Binding("ctrl+t", "change_theme", "Theme"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    # (action, title, help) for the command palette; keys are added from BINDINGS
+    COMMAND_LIST = (
+        ("stop", "Stop reply", "Stop the reply being written; the partial text is kept, marked stopped"),
+        ("regenerate", "Regenerate", "Write the last reply again"),
+        ("edit_last", "Edit last prompt", "Put the last prompt back in the input to edit and resend"),
+        ("new_chat", "New chat", "Start an empty conversation"),
+        ("next_pane", "Switch pane", "Chat → History → Models → Monitor"),
+        ("search", "Search history", "Full-text search over every conversation"),
+        ("rename", "Rename conversation", "Rename the current (or highlighted) conversation"),
+        ("delete_conversation", "Delete conversation", "Delete the current (or highlighted) conversation, after asking"),
+        ("export", "Export conversation", "Write Markdown and JSON copies to the data folder"),
+        ("settings", "Chat settings", "System prompt, temperature, top-p, max new tokens, repetition penalty"),
+        ("load", "Load model", "Load a model folder or catalogue model"),
+        ("unload", "Unload model", "Free the loaded model's memory"),
+        ("quantization", "Change quantization", "bf16 / fp16 / fp32 / int8 / int4, with predicted memory"),
+        ("download_model", "Download model", "Download the model highlighted in Models"),
+        ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
+    )
+
+    current_pane: reactive[str] = reactive("chat", init=False)
+
+    def __init__(
+        self,
+        *,
+        model: Optional[str] = None,
+        mode: Optional[str] = None,
+        device: str = "auto",
+        endpoint: Optional[str] = None,
+        engine: Any = None,
+        sampler: Any = None,
+        paths: Optional[Paths] = None,
+        default_params: Optional[dict] = None,
+        default_system_prompt: str = "",
+        monitor_interval: Optional[float] = None,
+    ) -> None:
+        self.paths = paths or default_paths()
+        self.device = device or "auto"
+        self.endpoint = endpoint
+        self.initial_model = model
+        self.default_params = params_to_dict(GenerationParams())
+        self.default_params.update(default_params or {})
+        self.default_system_prompt = default_system_prompt
+        self.notes: list[tuple[str, str]] = []  # (severity, message) to show once mounted
+
+        self.prefs, problem = prefs.load_prefs(self.paths.config_file)
+        if problem:
+            self.notes.append(("warning", problem))
+        saved_mode = self.prefs.get("mode")
+        self.mode = mode if mode in MODES else (saved_mode if saved_mode in MODES else default_mode(self.device))
+        super().__init__()
+
+        themes, problems = prefs.load_themes(prefs.theme_dirs(self.paths.config_dir))
+        for theme in themes:
+            self.register_theme(theme)
+        self.notes.extend(("warning", p) for p in problems)
+
+        self.store = self._open_store()
+        self.engine = engine if engine is not None else self._make_engine()
+        self.engine.add_listener(self._engine_listener)
+        self.sampler = sampler
+        self.monitor_interval = monitor_interval
+        self._monitor_stop = threading.Event()
+        self._downloads = None
+
+        self.loaded: Optional[Loaded] = None
+        self.loading_label: Optional[str] = None
+        self.unloaded_note: Optional[str] = None
+        self.extra_model_paths: list[str] = []
+        self.last_spec = model or ""
+        self._store_errors: set[str] = set()
+
+    # ------------------------------------------------------------------ setup
+
+    def _open_store(self) -> HistoryStore:
+        try:
+            store = HistoryStore.open(self.paths.history_db)
+        except HistoryError as exc:
+            self.notes.append(("error", f"{exc} Chats are kept in memory for this session only."))
+            return HistoryStore.open_memory()
+        except Exception as exc:  # noqa: BLE001 - never refuse to start over history
+            self.notes.append(("error", f"Chat history unavailable ({exc}); kept in memory for this session only."))
+            return HistoryStore.open_memory()
+        if store.warning:
+            self.notes.append(("warning", store.warning))
+        return store
+
+    def _make_engine(self):
+        if self.endpoint:
+            from glmtui.engine.remote import RemoteEngine
+
+            return RemoteEngine(self.endpoint)
+        from glmtui.engine.worker import InferenceWorker
+
+        return InferenceWorker()
+
+    def compose(self) -> ComposeResult:
+        yield PaneBar(id="pane-bar")
+        with Horizontal(id="main", classes="-pane-chat"):
+            yield HistoryPane(id="history")
+            yield ChatPane(id="chat")
+            with Vertical(id="side"):
+                yield MonitorPane(id="monitor")
+                yield ModelsPane(id="models")
+        yield Static(id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        # the breakpoint classes arrive with the first resize; the first layout needs them already
+        width = self.size.width
+        self.screen.set_class(width < WIDE, "-narrow")
+        self.screen.set_class(width >= WIDE, "-wide")
+        self.theme = self.prefs.get("theme") if self.prefs.get("theme") in self.available_themes else prefs.DEFAULT_THEME
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.query_one(PaneBar).show(self.current_pane)
+        self.chat_pane.input.focus()
+        for severity, message in self.notes:
+            self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
+        self.engine.start()
+        self._start_monitor()
+        self.refresh_status()
+        if self.initial_model:
+            self.call_after_refresh(self.request_load, self.initial_model)
+
+    def on_unmount(self) -> None:
+        self._monitor_stop.set()
+        if self._downloads is not None:
+            try:
+                self._downloads.close(cancel=True, timeout=2.0)
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            self.engine.remove_listener(self._engine_listener)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.engine.shutdown(timeout=5.0)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.store.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def chat_pane(self) -> ChatPane:
+        return self.query_one("#chat", ChatPane)
+
+    @property
+    def history_pane(self) -> HistoryPane:
+        return self.query_one("#history", HistoryPane)
+
+    @property
+    def models_pane(self) -> ModelsPane:
+        return self.query_one("#models", ModelsPane)
+
+    @property
+    def monitor_pane(self) -> MonitorPane:
+        return self.query_one("#monitor", MonitorPane)
+
+    def db(self, fn: Callable, *args, **kwargs):
+        """Run a history call; on failure tell the user (once per message) and return None."""
+        try:
+            return fn(*args, **kwargs)
+        except (HistoryError, KeyError) as exc:
+            message = str(exc) if isinstance(exc, HistoryError) else "that conversation no longer exists"
+            if message not in self._store_errors:
+                self._store_errors.add(message)
+                self.notify(message, severity="error", title="History", timeout=15)
+            return None
+
+    def free_memory(self) -> tuple[str, Optional[int]]:
+        return self.monitor_pane.free_for_model()
+
+    # ------------------------------------------------------------------ theme
+
+    def _remember_theme(self, theme) -> None:
+        self._save_prefs(theme=theme.name)
+
+    def _save_prefs(self, **values) -> None:
+        self.prefs.update(values)
+        try:
+            ensure_private_dir(self.paths.config_dir)
+            prefs.save_prefs(self.paths.config_file, values)
+        except OSError as exc:
+            self.notify(f"Could not save settings to {self.paths.config_file}: {exc}", severity="warning")
+
+    # ------------------------------------------------------------------ monitor
+
+    def _start_monitor(self) -> None:
+        if self.sampler is None:
+            from glmtui.monitor import Sampler
+
+            self.sampler = Sampler(self.monitor_interval or 1.0)
+        interval = self.monitor_interval or getattr(self.sampler, "interval", 1.0) or 1.0
+        sampler, stop = self.sampler, self._monitor_stop
+
+        def poll() -> None:
+            while not stop.is_set():
+                try:
+                    snapshot = sampler.sample()
+                except Exception:  # noqa: BLE001 - sample() should never raise; keep going anyway
+                    snapshot = None
+                if snapshot is not None and not stop.is_set():
+                    self.post_message(MonitorUpdate(snapshot))
+                stop.wait(max(0.25, interval))
+            close = getattr(sampler, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        threading.Thread(target=poll, name="glmtui-monitor", daemon=True).start()
+
+    def on_monitor_update(self, message: MonitorUpdate) -> None:
+        first = self.monitor_pane.snapshot is None
+        self.monitor_pane.show(message.snapshot)
+        if first:
+            self.models_pane.refresh_detail()
+
+    # ------------------------------------------------------------------ engine events
+
+    def _engine_listener(self, event) -> None:
+        """Called on the worker thread: hand over, never block."""
+        self.post_message(EngineEvent(event))
+
+    async def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        if isinstance(event, (Started, Token, Finished)):
+            await self.chat_pane.on_generation_event(event)
+        elif isinstance(event, LoadProgress):
+            self.models_pane.set_load_progress(event.stage, event.fraction)
+            self.refresh_status()
+        elif isinstance(event, Loaded):
+            self._on_loaded(event)
+        elif isinstance(event, Unloaded):
+            self.loaded = None
+            after = f"; {fmt_bytes(event.device_bytes_after)} still reserved on the device" if event.device_bytes_after else ""
+            self.unloaded_note = f"unloaded {event.model_name}{after}"
+            self.notify(f"Unloaded {event.model_name or 'the model'}{after}.")
+            self._model_changed()
+        elif isinstance(event, Failed):
+            if event.during == "load":
+                self.loaded = None if getattr(self.engine, "model_info", None) is None else self.loaded
+                self.loading_label = None
+                self.models_pane.last_error = event.message
+                self.models_pane.set_load_progress(None, None)
+                self.notify(event.message, severity="error", title="Could not load the model", timeout=15)
+                self._model_changed()
+            elif event.during == "unload":
+                self.notify(event.message, severity="error", title="Could not unload")
+            else:
+                active = self.chat_pane.active
+                if active is not None and active.request_id == event.request_id:
+                    await self.chat_pane.on_generation_event(event)
+                else:
+                    self.notify(event.message, severity="error")
+
+    def _on_loaded(self, event: Loaded) -> None:
+        self.loaded = event
+        self.loading_label = None
+        self.unloaded_note = None
+        self.models_pane.last_error = None
+        self.models_pane.load_stage = None
+        if event.model_path not in self.extra_model_paths:
+            self.extra_model_paths.append(event.model_path)
+        self.mode = event.mode
+        self._save_prefs(mode=event.mode)
+        self.notify(
+            f"{event.model_name} · {event.mode} · {event.device} · {fmt_bytes(event.footprint_bytes)} "
+            f"in {event.load_seconds:.1f} s",
+            title="Model loaded",
+            timeout=4,
+        )
+        self._model_changed(reload_rows=True)
+
+    def _model_changed(self, reload_rows: bool = False) -> None:
+        if reload_rows:
+            self.models_pane.reload()
+        else:
+            self.models_pane.refresh_info()
+            self.models_pane.refresh_rows()
+        self.chat_pane.refresh_header()
+        self.refresh_status()
+        self.refresh_bindings()
+
+    def generation_state_changed(self) -> None:
+        self.refresh_status()
+        self.refresh_bindings()
+
+    def history_changed(self) -> None:
+        self.history_pane.set_current(self.chat_pane.conversation_id)
+
+    def refresh_status(self) -> None:
+        text = Text()
+        if self.loaded is not None:
+            text.append("● ", style="green")
+            text.append(self.loaded.model_name, style="bold")
+            text.append(f" {self.loaded.mode} {self.loaded.device}")
+        elif self.models_pane.load_stage is not None:
+            text.append("◌ loading ", style="yellow")
+            text.append(self.loading_label or "")
+            stage = self.models_pane.load_stage
+            frac = self.models_pane.load_fraction
+            text.append(f" · {stage}" + (f" {frac * 100:.0f}%" if frac is not None else ""), style="dim")
+        else:
+            text.append("○ no model", style="dim")
+        if self.endpoint:
+            text.append(f" @ {self.endpoint}", style="dim")
+        chat = self.chat_pane
+        text.append("  │  ", style="dim")
+        if chat.streaming:
+            text.append("writing… (Esc stops)", style="bold yellow")
+        else:
+            text.append(chat.title)
+        if self.store.in_memory:
+            text.append("  │  history in memory only", style="red")
+        self.query_one("#status", Static).update(text)
+
+    # ------------------------------------------------------------------ loading
+
+    def resolve_model(self, spec: str) -> tuple[Optional[str], str, Optional[str]]:
+        """(folder, label, problem) for what the user typed."""
+        spec = spec.strip()
+        folder = Path(spec).expanduser()
+        if folder.is_dir() or catalog._looks_like_path(spec):  # noqa: SLF001 - same rule as the catalogue
+            # a missing folder is handed to the worker too: its message says what is wrong
+            return str(folder.resolve() if folder.exists() else folder), folder.name or spec, None
+        try:
+            entry = catalog.resolve(spec)
+        except catalog.UnknownModelError as exc:
+            return None, spec, str(exc)
+        target = entry.model_dir(self.paths.models_dir)
+        if not target.is_dir():
+            return None, entry.name, (
+                f"{entry.name} is not downloaded: highlight it under Models (F2) and press d, "
+                f"or run `glmtui pull {entry.key}`"
+            )
+        return str(target), entry.name, None
+
+    def request_load(self, spec: str, mode: Optional[str] = None, label: Optional[str] = None) -> None:
+        if self.chat_pane.streaming:
+            self.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
+            return
+        mode = mode or self.mode
+        folder, name, problem = self.resolve_model(spec)
+        if problem is not None or folder is None:
+            self.models_pane.last_error = problem
+            self.models_pane.refresh_info()
+            self.notify(problem or "nothing to load", severity="error", title="Could not load the model", timeout=15)
+            return
+        self.last_spec = spec
+        self.mode = mode
+        self.loading_label = label or name
+        self.models_pane.last_error = None
+        self.models_pane.set_load_progress("queued", None)
+        self.refresh_status()
+        try:
+            self.engine.load(folder, mode, self.device)
+        except Exception as exc:  # noqa: BLE001 - a remote engine may refuse at once
+            self.models_pane.set_load_progress(None, None)
+            self.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Could not load the model")
+
+    # ------------------------------------------------------------------ panes
+
+    def watch_current_pane(self, pane: str) -> None:
+        main = self.query_one("#main")
+        for name in PANES:
+            main.set_class(name == pane, f"-pane-{name}")
+        self.query_one(PaneBar).show(pane)
+        target = self._pane_focus_target(pane)
+        focused = self.focused
+        if target is not None and (focused is None or not self._in_pane(focused, pane)):
+            target.focus()
+
+    def _pane_widget(self, pane: str):
+        return self.query_one(f"#{pane}")
+
+    def _in_pane(self, widget, pane: str) -> bool:
+        container = self._pane_widget(pane)
+        node = widget
+        while node is not None:
+            if node is container:
+                return True
+            node = node.parent
+        return False
+
+    def _pane_focus_target(self, pane: str):
+        if pane == "chat":
+            return self.chat_pane.input
+        if pane == "history":
+            return self.history_pane.option_list
+        if pane == "models":
+            return self.models_pane.option_list
+        return self.monitor_pane
+
+    def on_descendant_focus(self, event) -> None:
+        widget = event.widget if hasattr(event, "widget") else None
+        if widget is None or widget.screen is not self.screen:
+            return
+        for pane in PANES:
+            if self._in_pane(widget, pane):
+                if self.current_pane != pane:
+                    self.current_pane = pane
+                return
+
+    def action_next_pane(self) -> None:
+        self.current_pane = PANES[(PANES.index(self.current_pane) + 1) % len(PANES)]
+
+    def action_search(self) -> None:
+        self.current_pane = "history"
+        self.history_pane.focus_search()
+
+    # ------------------------------------------------------------------ chat actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        try:
+            chat = self.chat_pane
+        except Exception:  # noqa: BLE001 - before compose
+            return True
+        if action == "stop":
+            return True if chat.streaming else None
+        if action in ("regenerate", "edit_last"):
+            return None if chat.streaming or not chat.turns else True
+        if action == "unload":
+            return True if self.loaded is not None else None
+        if action in ("rename", "delete_conversation", "export"):
+            return True if self._target_conversation() is not None else None
+        return True
+
+    def action_stop(self) -> None:
+        if not self.chat_pane.stop() and self.focused is not None and self.focused.id == "search":
+            self.chat_pane.input.focus()
+
+    async def action_regenerate(self) -> None:
+        await self.chat_pane.regenerate()
+
+    async def action_edit_last(self) -> None:
+        self.current_pane = "chat"
+        await self.chat_pane.edit_last()
+
+    async def action_new_chat(self) -> None:
+        if await self.chat_pane.show_conversation(None):
+            self.history_changed()
+            self.current_pane = "chat"
+            self.chat_pane.input.focus()
+            self.refresh_status()
+            self.refresh_bindings()
+
+    @on(HistoryPane.Open)
+    async def _open_conversation(self, message: HistoryPane.Open) -> None:
+        if await self.chat_pane.show_conversation(message.conversation_id):
+            self.history_pane.set_current(self.chat_pane.conversation_id)
+            self.current_pane = "chat"
+            self.chat_pane.input.focus()
+            self.refresh_status()
+            self.refresh_bindings()
+
+    def action_settings(self) -> None:
+        chat = self.chat_pane
+
+        def done(result) -> None:
+            if result is not None:
+                system_prompt, values = result
+                chat.apply_settings(system_prompt, values)
+                self.notify("Settings saved for this conversation.", timeout=3)
+
+        self.push_screen(SettingsModal(chat.system_prompt, chat.generation_params()), done)
+
+    # ------------------------------------------------------------------ conversation actions
+
+    def _target_conversation(self) -> Optional[int]:
+        focused = self.focused
+        if focused is not None and self._in_pane(focused, "history"):
+            highlighted = self.history_pane.highlighted_id()
+            if highlighted is not None:
+                return highlighted
+        return self.chat_pane.conversation_id
+
+    def action_rename(self) -> None:
+        cid = self._target_conversation()
+        if cid is None:
+            self.notify("No conversation to rename yet.", severity="warning")
+            return
+        conv = self.db(self.store.get_conversation, cid)
+        if conv is None:
+            return
+
+        def done(title: Optional[str]) -> None:
+            if not title:
+                return
+            self.db(self.store.rename, cid, title)
+            if self.chat_pane.conversation_id == cid:
+                self.chat_pane.title = title
+                self.chat_pane.refresh_header()
+            self.history_pane.reload()
+            self.refresh_status()
+
+        self.push_screen(TextModal("Rename conversation", conv.title, "title"), done)
+
+    def action_delete_conversation(self) -> None:
+        cid = self._target_conversation()
+        if cid is None:
+            self.notify("No conversation to delete.", severity="warning")
+            return
+        conv = self.db(self.store.get_conversation, cid)
+        if conv is None:
+            return
+
+        async def done(yes: Optional[bool]) -> None:
+            if not yes:
+                return
+            if self.chat_pane.conversation_id == cid:
+                if self.chat_pane.streaming:
+                    self.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
+                    return
+                await self.chat_pane.show_conversation(None)
+            if self.db(self.store.delete_conversation, cid):
+                self.notify(f"Deleted “{conv.title}”.", timeout=3)
+            self.history_changed()
+            self.refresh_status()
+            self.refresh_bindings()
+
+        self.push_screen(ConfirmModal(f"Delete “{conv.title}” and all its messages?\nThis cannot be undone."), done)
+
+    def export_paths(self, cid: int, title: str) -> tuple[Path, Path]:
+        folder = self.paths.data_dir / "exports"
+        base = f"{_slug(title)}-{cid}"
+        return folder / f"{base}.md", folder / f"{base}.json"
+
+    def action_export(self) -> None:
+        cid = self._target_conversation()
+        if cid is None:
+            self.notify("No conversation to export yet.", severity="warning")
+            return
+        conv = self.db(self.store.get_conversation, cid)
+        if conv is None:
+            return
+        md, js = self.export_paths(cid, conv.title)
+        try:
+            ensure_private_dir(md.parent)
+        except OSError as exc:
+            self.notify(f"Cannot create {md.parent}: {exc}", severity="error")
+            return
+        if self.db(self.store.export_markdown, cid, md) is None or self.db(self.store.export_json, cid, js) is None:
+            return
+        self.notify(f"{md}\n{js}", title="Exported", timeout=15)
+
+    # ------------------------------------------------------------------ model actions
+
+    def action_load(self) -> None:
+        row = self.models_pane.highlighted_row()
+        spec = self.last_spec or (str(row.folder) if row is not None and row.folder is not None else "")
+
+        def done(result) -> None:
+            if result is not None:
+                spec, mode = result
+                self.request_load(spec, mode)
+
+        self.push_screen(LoadModal(spec, self.mode, MODES), done)
+
+    def action_unload(self) -> None:
+        if self.loaded is None:
+            self.notify("No model is loaded.", severity="warning")
+            return
+        if self.chat_pane.streaming:
+            self.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
+            return
+        self.engine.unload()
+
+    def action_quantization(self) -> None:
+        device, free = self.free_memory()
+        row = None
+        if self.loaded is not None:
+            folder = Path(self.loaded.model_path)
+            row = next((r for r in self.models_pane.rows.values() if r.folder is not None and r.folder.resolve() == folder.resolve()), None)
+        if row is None:
+            row = self.models_pane.highlighted_row()
+        preds, exact = predictions(row, device) if row is not None else ({}, False)
+        from glmtui.engine import memory
+
+        rows = []
+        for mode in MODES:
+            prompt = Text(f"{'▶' if mode == self.mode else ' '} {mode:<5}")
+            if mode in preds:
+                verdict = memory.fit(preds[mode], free, device, mode=mode)
+                prompt.append(f" {fmt_bytes(preds[mode]):>10}  ")
+                prompt.append(verdict.verdict, style={"fits": "green", "tight": "yellow", "won't fit": "red"}.get(verdict.verdict, "cyan"))
+            rows.append((mode, prompt))
+        note = f"predicted for {row.entry.name}" + ("" if exact else " (rough estimate)") if row is not None and preds else ""
+
+        def done(mode: Optional[str]) -> None:
+            if mode is None:
+                return
+            if self.loaded is not None and mode != self.loaded.mode:
+                self.request_load(self.loaded.model_path, mode, label=self.loaded.model_name)
+            else:
+                self.mode = mode
+                self._save_prefs(mode=mode)
+                self.models_pane.refresh_info()
+                self.notify(f"The next load uses {mode}.", timeout=3)
+
+        self.push_screen(ModeModal(self.mode, rows, note), done)
+
+    def _downloads_queue(self):
+        if self._downloads is None:
+            from glmtui import hub
+
+            self._downloads = hub.DownloadQueue(
+                hub.Downloader(self.paths.models_dir), on_update=lambda job: self.post_message(DownloadUpdate(job))
+            )
+        return self._downloads
+
+    def action_download_model(self) -> None:
+        row = self.models_pane.highlighted_row()
+        if row is None or not (row.entry.hf_repo or row.entry.modelscope_repo):
+            self.notify("Highlight a catalogue model under Models to download it.", severity="warning")
+            return
+        if row.status.state == "complete":
+            self.notify(f"{row.entry.name} is already downloaded.", timeout=3)
+            return
+        source = "hf" if row.entry.hf_repo else "modelscope"
+        try:
+            job = self._downloads_queue().submit(row.entry, source=source)
+        except Exception as exc:  # noqa: BLE001
+            self.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Download")
+            return
+        self.notify(f"Downloading {row.entry.name} into {job.dest}", timeout=5)
+
+    def action_cancel_download(self) -> None:
+        row = self.models_pane.highlighted_row()
+        job = self.models_pane._job_for(row) if row is not None else None
+        if job is None or job.finished or self._downloads is None:
+            self.notify("No download running for the highlighted model.", severity="warning")
+            return
+        self._downloads.cancel(job.id)
+
+    def on_download_update(self, message: DownloadUpdate) -> None:
+        job = message.job
+        self.models_pane.update_job(job)
+        if job.state == "done":
+            self.notify(f"{job.label} downloaded to {job.path or job.dest}", title="Download complete")
+        elif job.state == "failed":
+            self.notify(job.error or "download failed", severity="error", title=f"Download of {job.label} failed")
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        keys: dict[str, str] = {}
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding):
+                keys.setdefault(binding.action, self.get_key_display(binding))
+        keys.setdefault("download_model", "d in Models")
+        keys.setdefault("cancel_download", "x in Models")
+        for action, title, help_text in self.COMMAND_LIST:
+            key = keys.get(action)
+            yield SystemCommand(title, f"{help_text}  [{key}]" if key else help_text, self._command(action))
+        yield from super().get_system_commands(screen)
+
+    def _command(self, action: str) -> Callable:
+        async def run() -> None:
+            await self.run_action(action)
+
+        return run
+
+
+def run_app(args) -> int:
+    """Entry point for ``glmtui`` (args from glmtui.cli)."""
+    app = GlmApp(
+        model=getattr(args, "model", None),
+        mode=getattr(args, "mode", None),
+        device=getattr(args, "device", "auto") or "auto",
+        endpoint=getattr(args, "endpoint", None),
+    )
+    if getattr(args, "api", False):
+        app.notes.append(("warning", "--api: the API server is started with `glmtui serve`; not beside the TUI yet."))
+    app.run()
+    return 0 if app.return_code in (None, 0) else int(app.return_code)

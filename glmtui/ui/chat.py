@@ -1,0 +1,517 @@
+"""The chat pane: the conversation, the streaming reply and the prompt input.
+
+Streaming follows the shape measured in docs/ARCHITECTURE.md: the worker
+thread posts one message per Token to the app; the handler here awaits
+``MarkdownStream.write`` (writes coalesce while a render is in flight, the
+worker never waits) and, when the reply ends, replaces the document with one
+full ``Markdown.update`` so code fences and tables render completely.
+
+Every message is written to the history store as it happens: the user's
+prompt at once, the reply as an empty ``streaming`` row that is flushed every
+:data:`FLUSH_INTERVAL` seconds and finished with its status and stats.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Markdown, Static, TextArea
+
+from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import GlmApp
+
+FLUSH_INTERVAL = 2.0
+PARAM_KEYS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
+
+# C0 controls (a random or broken model emits them) would drive the terminal:
+# show them as Unicode control pictures instead. Tabs and newlines stay.
+_CONTROL_PICTURES = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
+_CONTROL_PICTURES[0x7F] = 0x2421
+
+
+def visible(text: str) -> str:
+    return text.translate(_CONTROL_PICTURES)
+
+
+def make_title(prompt: str, limit: int = 40) -> str:
+    line = re.sub(r"\s+", " ", prompt).strip()
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def params_from_dict(values: Optional[dict], base: GenerationParams = GenerationParams()) -> GenerationParams:
+    values = values or {}
+
+    def pick(key: str, cast):
+        try:
+            return cast(values[key])
+        except (KeyError, TypeError, ValueError):
+            return getattr(base, key)
+
+    return GenerationParams(
+        max_new_tokens=pick("max_new_tokens", int),
+        temperature=pick("temperature", float),
+        top_p=pick("top_p", float),
+        top_k=base.top_k,
+        repetition_penalty=pick("repetition_penalty", float),
+        stop=base.stop,
+        seed=base.seed,
+    )
+
+
+def params_to_dict(params: GenerationParams) -> dict:
+    return {k: getattr(params, k) for k in PARAM_KEYS}
+
+
+def format_stats(stats: Optional[dict]) -> str:
+    if not stats:
+        return ""
+    parts = []
+    if stats.get("completion_tokens") is not None:
+        parts.append(f"{stats['completion_tokens']} tokens")
+    if isinstance(stats.get("ttft"), (int, float)):
+        parts.append(f"TTFT {stats['ttft']:.2f} s")
+    if isinstance(stats.get("tokens_per_s"), (int, float)):
+        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+    if stats.get("prompt_tokens") is not None:
+        parts.append(f"prompt {stats['prompt_tokens']}")
+    if stats.get("finish_reason") == "length":
+        parts.append("hit max new tokens")
+    return " · ".join(parts)
+
+
+STATUS_LABELS = {
+    "streaming": "streaming…",
+    "stopped": "■ stopped",
+    "interrupted": "⚠ interrupted (glmtui closed while writing)",
+    "error": "✗ error",
+}
+
+
+# ------------------------------------------------------------------ widgets
+
+
+class ChatInput(TextArea):
+    """The prompt: Enter sends, Ctrl+J (or Shift+Enter where the terminal reports it) adds a line."""
+
+    BINDINGS = [
+        Binding("enter", "submit", "Send", priority=False),
+        Binding("ctrl+j", "newline", "Newline"),
+        Binding("shift+enter", "newline", "Newline", show=False),
+        Binding("ctrl+e", "app.edit_last", "Edit last"),  # instead of TextArea's end-of-line (End still works)
+    ]
+
+    class Submitted(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            soft_wrap=True,
+            show_line_numbers=False,
+            tab_behavior="focus",
+            placeholder="Ask anything — Enter sends, Ctrl+J adds a line",
+            **kwargs,
+        )
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.action_submit()
+            return
+        if event.key in ("ctrl+j", "shift+enter", "newline"):
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+            return
+        await super()._on_key(event)
+
+    def action_submit(self) -> None:
+        self.post_message(self.Submitted(self.text))
+
+    def action_newline(self) -> None:
+        start, end = self.selection
+        self._replace_via_keyboard("\n", start, end)
+
+
+class UserMessage(Vertical):
+    def __init__(self, text: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = text
+
+    def compose(self) -> Iterable:
+        yield Static("You", classes="msg-head")
+        yield Static(Text(visible(self.text)), classes="msg-body")
+
+
+class AssistantMessage(Vertical):
+    """One reply; streams into its Markdown and shows status and stats under it."""
+
+    def __init__(self, text: str = "", status: str = "complete", stats: Optional[dict] = None,
+                 name: str = "GLM", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = text
+        self.status = status
+        self.stats = stats or {}
+        self.speaker = name
+        self._stream = None
+
+    def compose(self) -> Iterable:
+        yield Static(self._head(), classes="msg-head")
+        yield Markdown(visible(self.text), classes="msg-body")
+        yield Static(self._meta(), classes="msg-meta")
+
+    def _head(self) -> Text:
+        head = Text(self.speaker)
+        label = STATUS_LABELS.get(self.status)
+        if label:
+            style = {"stopped": "yellow", "error": "red", "interrupted": "yellow"}.get(self.status, "dim")
+            head.append("  " + label, style=style)
+        return head
+
+    def _meta(self) -> Text:
+        meta = Text(format_stats(self.stats), style="dim")
+        error = self.stats.get("error") if self.stats else None
+        if error:
+            if meta:
+                meta.append("\n")
+            meta.append(f"✗ {error}", style="red")
+        return meta
+
+    def _refresh_labels(self) -> None:
+        self.query_one(".msg-head", Static).update(self._head())
+        meta = self.query_one(".msg-meta", Static)
+        meta.update(self._meta())
+        meta.display = bool(self.stats)
+        self.set_class(self.status == "streaming", "-streaming")
+        self.set_class(self.status == "error", "-error")
+
+    def on_mount(self) -> None:
+        self._refresh_labels()
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    def start_stream(self) -> None:
+        self.status = "streaming"
+        self._stream = Markdown.get_stream(self.markdown)
+        self._refresh_labels()
+
+    async def write(self, fragment: str) -> None:
+        self.text += fragment
+        if self._stream is not None:
+            await self._stream.write(visible(fragment))
+
+    async def finish(self, text: str, status: str, stats: Optional[dict]) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
+        self.text = text
+        self.status = status
+        self.stats = stats or {}
+        shown = visible(text)
+        if not shown and status == "stopped":
+            shown = "*(stopped before any text)*"
+        await self.markdown.update(shown)
+        self._refresh_labels()
+
+
+# ------------------------------------------------------------------ the pane
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    status: str
+    message_id: Optional[int]
+    widget: Any = None
+    stats: Optional[dict] = None
+
+
+@dataclass
+class ActiveReply:
+    request_id: int
+    message_id: Optional[int]
+    widget: AssistantMessage
+    prompt_tokens: Optional[int] = None
+    last_flush: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.widget.text
+
+
+class ChatPane(Vertical):
+    """Shows one conversation and drives generation for it."""
+
+    app: "GlmApp"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.conversation_id: Optional[int] = None
+        self.title = "New chat"
+        self.system_prompt = ""
+        self.params: dict = {}
+        self.turns: list[Turn] = []
+        self.active: Optional[ActiveReply] = None
+
+    def compose(self) -> Iterable:
+        yield Static(id="chat-title")
+        with VerticalScroll(id="messages"):
+            yield Static(id="chat-empty")
+        yield ChatInput(id="prompt")
+
+    def on_mount(self) -> None:
+        self.params = dict(self.app.default_params)
+        self.query_one("#messages", VerticalScroll).anchor()
+        self.refresh_header()
+
+    # -------------------------------------------------------------- views
+
+    @property
+    def input(self) -> ChatInput:
+        return self.query_one("#prompt", ChatInput)
+
+    @property
+    def messages_view(self) -> VerticalScroll:
+        return self.query_one("#messages", VerticalScroll)
+
+    @property
+    def streaming(self) -> bool:
+        return self.active is not None
+
+    def generation_params(self) -> GenerationParams:
+        return params_from_dict(self.params)
+
+    def refresh_header(self) -> None:
+        p = self.generation_params()
+        head = Text(self.title, style="bold")
+        head.append(f"   T {p.temperature:g} · top-p {p.top_p:g} · max {p.max_new_tokens} · rep {p.repetition_penalty:g}",
+                    style="dim")
+        if self.system_prompt:
+            head.append(" · system prompt", style="dim italic")
+        self.query_one("#chat-title", Static).update(head)
+        empty = self.query_one("#chat-empty", Static)
+        empty.display = not self.turns
+        if self.app.loaded is None:
+            hint = Text("No model loaded.\n", style="bold")
+            hint.append("Ctrl+L loads one (a model folder or a catalogue key), or pick one under Models "
+                        "(F2 switches panes). Ctrl+P lists every command.")
+        else:
+            hint = Text(f"{self.app.loaded.model_name} is ready.\n", style="bold")
+            hint.append("Type below: Enter sends, Ctrl+J adds a line, Esc stops a reply, "
+                        "Ctrl+O sets the system prompt and parameters.")
+        empty.update(hint)
+
+    async def _mount_turn(self, turn: Turn) -> None:
+        if turn.role == "user":
+            widget: Any = UserMessage(turn.content, classes="message user")
+        else:
+            widget = AssistantMessage(turn.content, turn.status, turn.stats, self._model_label(), classes="message assistant")
+        turn.widget = widget
+        self.turns.append(turn)
+        self.query_one("#chat-empty", Static).display = False
+        await self.messages_view.mount(widget)
+
+    def _model_label(self) -> str:
+        return self.app.loaded.model_name if self.app.loaded is not None else "GLM"
+
+    # -------------------------------------------------------------- conversations
+
+    async def show_conversation(self, conversation_id: Optional[int]) -> bool:
+        """Open a stored conversation (None: a new, empty chat)."""
+        if self.active is not None:
+            self.app.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
+            return False
+        await self.messages_view.remove_children(".message")
+        self.turns = []
+        self.conversation_id = None
+        self.title = "New chat"
+        self.system_prompt = self.app.default_system_prompt
+        self.params = dict(self.app.default_params)
+        if conversation_id is not None:
+            conv = self.app.db(self.app.store.get_conversation, conversation_id)
+            if conv is None:
+                self.app.notify("That conversation no longer exists.", severity="warning")
+            else:
+                self.conversation_id = conv.id
+                self.title = conv.title
+                self.system_prompt = conv.system_prompt
+                self.params = {**self.app.default_params, **(conv.params or {})}
+                for m in self.app.db(self.app.store.messages, conv.id) or []:
+                    if m.role in ("user", "assistant"):
+                        await self._mount_turn(Turn(m.role, m.content, m.status, m.id, stats=m.stats))
+        self.refresh_header()
+        self.messages_view.scroll_end(animate=False)
+        return True
+
+    def apply_settings(self, system_prompt: str, params: dict) -> None:
+        self.system_prompt = system_prompt
+        self.params = {**self.params, **params}
+        if self.conversation_id is not None:
+            self.app.db(self.app.store.update_settings, self.conversation_id,
+                        system_prompt=system_prompt, params=self.params)
+        self.refresh_header()
+
+    # -------------------------------------------------------------- actions
+
+    async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
+        message.stop()
+        if await self.send(message.text):
+            self.input.clear()
+
+    async def send(self, text: str) -> bool:
+        text = text.strip("\n").rstrip()
+        if not text.strip():
+            return False
+        if self.active is not None:
+            self.app.notify("A reply is still streaming: Esc stops it.", severity="warning")
+            return False
+        if self.app.loaded is None:
+            self.app.notify("No model loaded: press Ctrl+L to load one.", severity="error", title="Cannot send")
+            return False
+        store = self.app.store
+        if self.conversation_id is None:
+            self.title = make_title(text)
+            cid = self.app.db(store.create_conversation, self.title, self.app.loaded.model_name,
+                              self.system_prompt, self.params)
+            self.conversation_id = cid
+        mid = self.app.db(store.add_message, self.conversation_id, "user", text) if self.conversation_id else None
+        await self._mount_turn(Turn("user", text, "complete", mid))
+        self.refresh_header()
+        await self._start_reply()
+        self.app.history_changed()
+        return True
+
+    def _conversation_messages(self) -> list[ChatMessage]:
+        out = []
+        if self.system_prompt.strip():
+            out.append(ChatMessage("system", self.system_prompt))
+        for t in self.turns:
+            if t.role == "assistant" and (t.status == "error" or not t.content):
+                continue
+            out.append(ChatMessage(t.role, t.content))  # type: ignore[arg-type]
+        return out
+
+    async def _start_reply(self) -> None:
+        messages = self._conversation_messages()
+        mid = None
+        if self.conversation_id is not None:
+            mid = self.app.db(self.app.store.add_message, self.conversation_id, "assistant", "", "streaming")
+        turn = Turn("assistant", "", "streaming", mid)
+        await self._mount_turn(turn)
+        widget: AssistantMessage = turn.widget
+        widget.start_stream()
+        request_id = self.app.engine.generate(messages, self.generation_params())
+        self.active = ActiveReply(request_id, mid, widget)
+        self.app.generation_state_changed()
+
+    def stop(self) -> bool:
+        if self.active is None:
+            return False
+        self.active.stop_requested = True
+        self.app.engine.cancel(self.active.request_id)
+        return True
+
+    async def regenerate(self) -> None:
+        if self.active is not None:
+            self.app.notify("A reply is still streaming: Esc stops it.", severity="warning")
+            return
+        if self.app.loaded is None:
+            self.app.notify("No model loaded: press Ctrl+L to load one.", severity="error")
+            return
+        if not self.turns:
+            self.app.notify("Nothing to regenerate yet.", severity="warning")
+            return
+        last = self.turns[-1]
+        if last.role == "assistant":
+            if last.message_id is not None:
+                self.app.db(self.app.store.delete_message, last.message_id)
+            self.turns.pop()
+            await last.widget.remove()
+        if not self.turns or self.turns[-1].role != "user":
+            self.app.notify("The last message is not a prompt: nothing to regenerate.", severity="warning")
+            return
+        await self._start_reply()
+        self.app.history_changed()
+
+    async def edit_last(self) -> None:
+        if self.active is not None:
+            self.app.notify("A reply is still streaming: Esc stops it.", severity="warning")
+            return
+        index = next((i for i in range(len(self.turns) - 1, -1, -1) if self.turns[i].role == "user"), None)
+        if index is None:
+            self.app.notify("No prompt to edit yet.", severity="warning")
+            return
+        prompt = self.turns[index]
+        if prompt.message_id is not None:
+            self.app.db(self.app.store.delete_message, prompt.message_id, and_following=True)
+        for turn in self.turns[index:]:
+            await turn.widget.remove()
+        del self.turns[index:]
+        self.query_one("#chat-empty", Static).display = not self.turns
+        self.input.load_text(prompt.content)
+        self.input.move_cursor(self.input.document.end)
+        self.input.focus()
+        self.app.history_changed()
+        self.app.notify("Edit the prompt, then Enter resends it.", timeout=3)
+
+    # -------------------------------------------------------------- engine events
+
+    async def on_generation_event(self, event) -> None:
+        active = self.active
+        if active is None or event.request_id != active.request_id:
+            return
+        if isinstance(event, Started):
+            active.prompt_tokens = event.prompt_tokens
+        elif isinstance(event, Token):
+            await active.widget.write(event.text)
+            now = time.monotonic()
+            if active.message_id is not None and now - active.last_flush >= FLUSH_INTERVAL:
+                active.last_flush = now
+                self.app.db(self.app.store.update_message, active.message_id, active.text, "streaming")
+        elif isinstance(event, Finished):
+            status = "stopped" if event.finish_reason == "cancelled" else "complete"
+            stats = {
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "ttft": event.time_to_first_token,
+                "tokens_per_s": event.tokens_per_second,
+                "total_s": event.total_seconds,
+                "finish_reason": event.finish_reason,
+            }
+            text = event.text if event.text or not active.text else active.text
+            await self._end_reply(text, status, stats)
+        elif isinstance(event, Failed):
+            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
+            await self._end_reply(active.text, "error", stats)
+            self.app.notify(event.message, severity="error", title="Generation failed")
+
+    async def _end_reply(self, text: str, status: str, stats: dict) -> None:
+        active = self.active
+        assert active is not None
+        self.active = None
+        await active.widget.finish(text, status, stats)
+        for turn in reversed(self.turns):
+            if turn.widget is active.widget:
+                turn.content, turn.status, turn.stats = text, status, stats
+                break
+        if active.message_id is not None:
+            self.app.db(self.app.store.update_message, active.message_id, text, status,
+                        {k: v for k, v in stats.items() if v is not None})
+        self.app.generation_state_changed()
+        self.app.history_changed()

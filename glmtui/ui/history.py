@@ -1,0 +1,159 @@
+"""The history pane: saved conversations, and full-text search over them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import GlmApp
+
+LIST_LIMIT = 500
+SEARCH_LIMIT = 100
+MARKS = ("\x01", "\x02")  # snippet highlight marks (never in stored text shown here)
+
+
+def snippet_text(snippet: str) -> Text:
+    """A search snippet with its marked matches highlighted."""
+    out = Text()
+    rest = snippet
+    while rest:
+        start = rest.find(MARKS[0])
+        if start < 0:
+            out.append(rest)
+            break
+        out.append(rest[:start])
+        end = rest.find(MARKS[1], start + 1)
+        if end < 0:
+            out.append(rest[start + 1:], style="bold reverse")
+            break
+        out.append(rest[start + 1:end], style="bold reverse")
+        rest = rest[end + 1:]
+    return out
+
+
+class ConversationList(OptionList):
+    BINDINGS = [
+        Binding("enter", "select", "Open", show=False),
+        Binding("delete", "app.delete_conversation", "Delete", show=False),
+    ]
+
+
+class HistoryPane(Vertical):
+    """Conversation list with a search box on top."""
+
+    app: "GlmApp"
+
+    class Open(Message):
+        def __init__(self, conversation_id: int) -> None:
+            super().__init__()
+            self.conversation_id = conversation_id
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.query_text = ""
+        self.current_id: Optional[int] = None
+        self._debounce: Optional[Timer] = None
+        self.border_title = "History"
+
+    def compose(self) -> Iterable:
+        yield Input(placeholder="Search history (Ctrl+F)", id="search")
+        yield ConversationList(id="conversations")
+        yield Static(id="history-info")
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    @property
+    def option_list(self) -> ConversationList:
+        return self.query_one("#conversations", ConversationList)
+
+    @property
+    def search_input(self) -> Input:
+        return self.query_one("#search", Input)
+
+    def highlighted_id(self) -> Optional[int]:
+        ol = self.option_list
+        if ol.highlighted is None or ol.option_count == 0:
+            return None
+        option = ol.get_option_at_index(ol.highlighted)
+        return int(option.id.split(":", 1)[1]) if option.id else None
+
+    def reload(self) -> None:
+        """Re-read the list (or re-run the search) from the store."""
+        store = self.app.store
+        ol = self.option_list
+        keep = self.highlighted_id()
+        options: list[Option] = []
+        if self.query_text.strip():
+            hits = self.app.db(store.search, self.query_text, SEARCH_LIMIT, marks=MARKS) or []
+            seen: set[tuple[int, Optional[int]]] = set()
+            for hit in hits:
+                key = (hit.conversation_id, hit.message_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                prompt = Text(hit.title or "Untitled", style="bold")
+                prompt.append("\n")
+                role = f"{hit.role}: " if hit.role else "title: "
+                prompt.append(role, style="dim")
+                prompt.append_text(snippet_text(hit.snippet))
+                options.append(Option(prompt, id=f"hit{len(options)}:{hit.conversation_id}"))
+            info = f"{len(options)} match{'es' if len(options) != 1 else ''} for “{self.query_text.strip()}”"
+        else:
+            conversations = self.app.db(store.list_conversations, LIST_LIMIT) or []
+            for conv in conversations:
+                marker = "● " if conv.id == self.current_id else "  "
+                prompt = Text(marker, style="bold")
+                prompt.append(conv.title or "Untitled")
+                options.append(Option(prompt, id=f"conv:{conv.id}"))
+            total = len(conversations)
+            info = f"{total} conversation{'s' if total != 1 else ''}"
+            if store.in_memory:
+                info += " · in memory only"
+        ol.clear_options()
+        ol.add_options(options)
+        if options:
+            index = 0
+            if keep is not None:
+                for i, opt in enumerate(options):
+                    if opt.id and opt.id.endswith(f":{keep}"):
+                        index = i
+                        break
+            ol.highlighted = index
+        self.query_one("#history-info", Static).update(Text(info, style="dim"))
+
+    def set_current(self, conversation_id: Optional[int]) -> None:
+        self.current_id = conversation_id
+        self.reload()
+
+    def focus_search(self) -> None:
+        self.search_input.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.query_text = event.value
+        if self._debounce is not None:
+            self._debounce.stop()
+        self._debounce = self.set_timer(0.15, self.reload)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self._debounce is not None:
+            self._debounce.stop()
+        self.query_text = event.value
+        self.reload()
+        if self.option_list.option_count:
+            self.option_list.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        if event.option.id:
+            self.post_message(self.Open(int(event.option.id.split(":", 1)[1])))

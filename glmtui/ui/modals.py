@@ -1,0 +1,214 @@
+"""Modal dialogs: confirm, rename, chat settings, load a model, quantization."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+from glmtui.engine.events import GenerationParams
+
+
+class ConfirmModal(ModalScreen[bool]):
+    """Yes/no; Y or Enter confirms, N or Esc cancels."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Delete", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> Iterable:
+        with Vertical(classes="dialog"):
+            yield Static(Text(self.question), classes="dialog-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button("Cancel (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class TextModal(ModalScreen[Optional[str]]):
+    """One line of text (rename); Enter saves, Esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, value: str = "", placeholder: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.title_text = title
+        self.value = value
+        self.placeholder = placeholder
+
+    def compose(self) -> Iterable:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(self.value, placeholder=self.placeholder, id="value")
+            yield Static(Text("Enter saves · Esc cancels", style="dim"))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
+    """Per-conversation system prompt and generation parameters."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    FIELDS = (
+        ("temperature", "Temperature (0 = greedy)", float, 0.0, 5.0),
+        ("top_p", "Top-p", float, 0.0, 1.0),
+        ("max_new_tokens", "Max new tokens", int, 1, 1_000_000),
+        ("repetition_penalty", "Repetition penalty", float, 0.5, 5.0),
+    )
+
+    def __init__(self, system_prompt: str, params: GenerationParams, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.system_prompt = system_prompt
+        self.params = params
+
+    def compose(self) -> Iterable:
+        with Vertical(classes="dialog settings"):
+            yield Label("Chat settings (this conversation)", classes="dialog-title")
+            yield Label("System prompt")
+            yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, show_line_numbers=False,
+                           tab_behavior="focus")
+            for key, label, _cast, _lo, _hi in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(label)
+                    yield Input(str(getattr(self.params, key)), id=f"param-{key}")
+            yield Static(id="settings-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save (Ctrl+S)", variant="primary", id="save")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_save()
+
+    def action_save(self) -> None:
+        values: dict = {}
+        for key, label, cast, lo, hi in self.FIELDS:
+            raw = self.query_one(f"#param-{key}", Input).value.strip()
+            try:
+                value = cast(raw)
+            except ValueError:
+                self._error(f"{label}: “{raw}” is not a {'whole ' if cast is int else ''}number")
+                return
+            if not lo <= value <= hi:
+                self._error(f"{label} must be between {lo} and {hi}")
+                return
+            values[key] = value
+        self.dismiss((self.query_one("#system-prompt", TextArea).text, values))
+
+    def _error(self, message: str) -> None:
+        self.query_one("#settings-error", Static).update(Text(message, style="bold red"))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LoadModal(ModalScreen[Optional[tuple[str, str]]]):
+    """Load a model: a folder, a catalogue key or a downloaded hub id, and a mode."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, spec: str, mode: str, modes: Iterable[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.mode = mode
+        self.modes = tuple(modes)
+
+    def compose(self) -> Iterable:
+        with Vertical(classes="dialog"):
+            yield Label("Load a model", classes="dialog-title")
+            yield Input(self.spec, placeholder="model folder, catalogue key (chatglm3-6b) or org/name", id="spec")
+            yield Label("Quantization")
+            options = [Option(m, id=m) for m in self.modes]
+            yield OptionList(*options, id="mode")
+            yield Static(Text("Enter loads · Tab to the mode list · Esc cancels", style="dim"))
+
+    def on_mount(self) -> None:
+        ol = self.query_one("#mode", OptionList)
+        if self.mode in self.modes:
+            ol.highlighted = self.modes.index(self.mode)
+        self.query_one("#spec", Input).focus()
+
+    def _submit(self) -> None:
+        spec = self.query_one("#spec", Input).value.strip()
+        ol = self.query_one("#mode", OptionList)
+        mode = self.modes[ol.highlighted] if ol.highlighted is not None else self.mode
+        self.dismiss((spec, mode) if spec else None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._submit()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self._submit()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ModeModal(ModalScreen[Optional[str]]):
+    """Choose a quantization mode; rows carry predicted memory and fit verdicts."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, current: str, rows: list[tuple[str, Text]], note: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.current = current
+        self.rows = rows
+        self.note = note
+
+    def compose(self) -> Iterable:
+        with Vertical(classes="dialog"):
+            yield Label("Quantization", classes="dialog-title")
+            yield OptionList(*[Option(prompt, id=mode) for mode, prompt in self.rows], id="modes")
+            if self.note:
+                yield Static(Text(self.note, style="dim"))
+            yield Static(Text("Enter chooses (reloads a loaded model) · Esc cancels", style="dim"))
+
+    def on_mount(self) -> None:
+        ol = self.query_one("#modes", OptionList)
+        ids = [m for m, _ in self.rows]
+        if self.current in ids:
+            ol.highlighted = ids.index(self.current)
+        ol.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,318 @@
+"""The models pane: the catalogue, what is on disk, predicted memory per mode,
+load / unload / quantization, and download progress.
+
+Predictions come from ``config.json`` only (glmtui.engine.memory, no torch);
+for a model that is not on disk yet they are a rough estimate from the
+catalogue's parameter count, and say so. The fit verdict compares them with
+the free memory of the latest monitor snapshot (GPU 0, or host RAM without a
+GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import OptionList, ProgressBar, Static
+from textual.widgets.option_list import Option
+
+from glmtui import catalog
+from glmtui.engine import memory
+
+from .monitor import fmt_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import GlmApp
+
+MODES = memory.MODES
+VERDICT_STYLES = {"fits": "green", "tight": "yellow", "won't fit": "red", "CPU only": "cyan", "unknown": "dim"}
+
+
+@dataclass
+class ModelRow:
+    row_id: str
+    entry: catalog.CatalogEntry
+    status: catalog.LocalStatus
+
+    @property
+    def folder(self) -> Optional[Path]:
+        return self.status.path if self.status.present else None
+
+
+def predictions(row: ModelRow, device: str) -> tuple[dict[str, int], bool]:
+    """({mode: predicted bytes}, exact) for a row on ``device`` ("cuda"/"cpu")."""
+    folder = row.folder or row.entry.local_path
+    if folder is not None and (Path(folder) / "config.json").is_file():
+        try:
+            preds = memory.predict_for_dir(folder, device=device)
+            return {m: p.total_bytes for m, p in preds.items()}, all(p.exact for p in preds.values())
+        except Exception:  # noqa: BLE001 - an odd config.json: fall back to the estimate
+            pass
+    if row.entry.params_b:
+        params = row.entry.params_b * 1e9
+        per = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "int8": 1.1, "int4": 0.6}
+        extra = memory.CUDA_CONTEXT_BYTES if device == "cuda" else 0
+        return {m: int(params * per[m] * 1.08) + extra for m in MODES}, False
+    return {}, False
+
+
+class ModelList(OptionList):
+    BINDINGS = [
+        Binding("enter", "select", "Load", show=True),
+        Binding("d", "app.download_model", "Download"),
+        Binding("x", "app.cancel_download", "Cancel download"),
+    ]
+
+
+class ModelsPane(Vertical):
+    app: "GlmApp"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rows: dict[str, ModelRow] = {}
+        self.jobs: dict[str, object] = {}  # dest folder -> latest hub.DownloadJob
+        self.load_stage: Optional[str] = None
+        self.load_fraction: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.border_title = "Models"
+
+    def compose(self) -> Iterable:
+        yield Static(id="loaded-info")
+        yield ProgressBar(total=100, show_eta=False, id="load-bar")
+        yield ModelList(id="model-list")
+        yield ProgressBar(total=100, show_eta=False, id="download-bar")
+        yield Static(id="model-detail")
+
+    def on_mount(self) -> None:
+        self.query_one("#load-bar").display = False
+        self.query_one("#download-bar").display = False
+        self.reload()
+
+    @property
+    def option_list(self) -> ModelList:
+        return self.query_one("#model-list", ModelList)
+
+    # -------------------------------------------------------------- rows
+
+    def reload(self) -> None:
+        models_dir = self.app.paths.models_dir
+        rows: list[ModelRow] = []
+        known_dirs: set[Path] = set()
+        for entry in catalog.entries():
+            try:
+                status = catalog.local_status(entry, models_dir)
+            except OSError:
+                status = catalog.LocalStatus("absent", None)
+            rows.append(ModelRow(f"cat:{entry.key}", entry, status))
+            known_dirs.add(entry.model_dir(models_dir).resolve())
+        extra: list[Path] = []
+        try:
+            extra += sorted(p for p in Path(models_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            pass
+        extra += [Path(p) for p in self.app.extra_model_paths]
+        for folder in extra:
+            try:
+                resolved = folder.expanduser().resolve()
+            except OSError:
+                continue
+            if resolved in known_dirs or not resolved.is_dir():
+                continue
+            known_dirs.add(resolved)
+            try:
+                entry = catalog.entry_for_folder(resolved)
+                status = catalog.local_status(entry, models_dir)
+            except Exception:  # noqa: BLE001 - an unreadable folder is just not listed
+                continue
+            rows.append(ModelRow(f"dir:{resolved}", entry, status))
+        self.rows = {r.row_id: r for r in rows}
+        ol = self.option_list
+        keep = ol.highlighted
+        ol.clear_options()
+        ol.add_options([Option(self._row_prompt(r), id=r.row_id) for r in rows])
+        if rows:
+            ol.highlighted = min(keep or 0, len(rows) - 1)
+        self.refresh_info()
+
+    def _job_for(self, row: ModelRow):
+        try:
+            dest = str(row.entry.model_dir(self.app.paths.models_dir))
+        except ValueError:
+            return None
+        return self.jobs.get(dest)
+
+    def _row_prompt(self, row: ModelRow) -> Text:
+        loaded = self.app.loaded
+        is_loaded = loaded is not None and row.folder is not None and Path(loaded.model_path).resolve() == row.folder.resolve()
+        job = self._job_for(row)
+        state = row.status.state
+        if is_loaded:
+            mark, style = "● ", "bold green"
+        elif job is not None and not job.finished:
+            mark, style = "↓ ", "bold cyan"
+        else:
+            mark, style = {"complete": ("✓ ", "green"), "partial": ("◐ ", "yellow")}.get(state, ("  ", "dim"))
+        text = Text(mark, style=style)
+        text.append(row.entry.name[:24].ljust(24), style="bold" if state == "complete" else "")
+        if job is not None and not job.finished:
+            frac = job.progress.fraction if job.progress else 0.0
+            text.append(f" {job.state} {frac * 100:3.0f}%", style="cyan")
+        elif row.status.present:
+            text.append(f" {fmt_bytes(row.status.size_bytes):>9}", style="dim")
+            if state == "partial":
+                text.append(" partial", style="yellow")
+        elif row.entry.download_bytes:
+            text.append(f" {row.entry.download_bytes / 1e9:6.1f} GB", style="dim")
+        return text
+
+    def refresh_rows(self) -> None:
+        ol = self.option_list
+        for row_id, row in self.rows.items():
+            try:
+                ol.replace_option_prompt(row_id, self._row_prompt(row))
+            except Exception:  # noqa: BLE001 - the list was rebuilt meanwhile
+                pass
+        self.refresh_detail()
+
+    def highlighted_row(self) -> Optional[ModelRow]:
+        ol = self.option_list
+        if ol.highlighted is None or ol.option_count == 0:
+            return None
+        option = ol.get_option_at_index(ol.highlighted)
+        return self.rows.get(option.id or "")
+
+    # -------------------------------------------------------------- info + detail
+
+    def refresh_info(self) -> None:
+        app = self.app
+        info = Text()
+        loaded = app.loaded
+        if self.load_stage is not None:
+            info.append("Loading ", style="bold")
+            info.append(app.loading_label or "model", style="bold")
+            info.append(f" · {self.load_stage}")
+        elif loaded is not None:
+            info.append("Loaded ", style="bold")
+            info.append(loaded.model_name, style="bold green")
+            info.append(f"\n{loaded.mode} · {loaded.device} · {fmt_bytes(loaded.footprint_bytes)} · ctx {loaded.context_length}")
+            info.append(f" · {loaded.load_seconds:.1f} s", style="dim")
+        else:
+            info.append("No model loaded", style="bold")
+            if app.unloaded_note:
+                info.append(f"\n{app.unloaded_note}", style="dim")
+        if self.last_error:
+            info.append("\n✗ ", style="bold red")
+            info.append(self.last_error, style="red")
+        info.append(f"\nmode for the next load: {app.mode}", style="dim")
+        self.query_one("#loaded-info", Static).update(info)
+        bar = self.query_one("#load-bar", ProgressBar)
+        bar.display = self.load_stage is not None
+        if self.load_stage is not None:
+            if self.load_fraction is None:
+                bar.update(total=None)
+            else:
+                bar.update(total=100, progress=self.load_fraction * 100)
+        self.refresh_detail()
+
+    def refresh_detail(self) -> None:
+        row = self.highlighted_row()
+        detail = Text()
+        if row is None:
+            self.query_one("#model-detail", Static).update(detail)
+            return
+        e = row.entry
+        detail.append(e.name, style="bold")
+        facts = []
+        if e.params_b:
+            facts.append(f"{e.params_b:g} B params")
+        if e.context_length:
+            facts.append(f"ctx {e.context_length}")
+        if facts:
+            detail.append("  " + " · ".join(facts), style="dim")
+        if e.hf_repo:
+            detail.append(f"\n{e.hf_repo}", style="dim")
+        state = row.status.state
+        detail.append("\n")
+        if state == "complete":
+            detail.append("on disk" + (" (verified)" if row.status.verified else ""), style="green")
+        elif state == "partial":
+            detail.append("partly downloaded — d resumes", style="yellow")
+        else:
+            detail.append("not downloaded — d downloads" if e.hf_repo or e.modelscope_repo else "not found", style="dim")
+        if e.notes:
+            detail.append(f"\n{e.notes}", style="dim italic")
+        device, free = self.app.free_memory()
+        preds, exact = predictions(row, device)
+        if preds:
+            where = "GPU" if device == "cuda" else "CPU"
+            free_text = fmt_bytes(free) + (" free VRAM" if device == "cuda" else " available RAM") if free is not None else "free memory unknown"
+            detail.append(f"\nPredicted on {where} ({free_text})" + ("" if exact else ", rough estimate") + ":", style="bold")
+            for mode in MODES:
+                if mode not in preds:
+                    continue
+                verdict = memory.fit(preds[mode], free, device, mode=mode)
+                marker = "▶" if mode == self.app.mode else " "
+                detail.append(f"\n {marker}{mode:<5}{fmt_bytes(preds[mode]):>10}  ")
+                detail.append(verdict.verdict, style=VERDICT_STYLES.get(verdict.verdict, ""))
+        job = self._job_for(row)
+        if job is not None:
+            detail.append("\n")
+            detail.append(self.describe_job(job), style="red" if job.state == "failed" else "cyan")
+        detail.append("\nEnter load · d download · x cancel · F8 mode", style="dim")
+        self.query_one("#model-detail", Static).update(detail)
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        self.refresh_detail()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        row = self.rows.get(event.option.id or "")
+        if row is None:
+            return
+        if row.folder is None or row.status.state != "complete":
+            if row.status.state == "partial":
+                self.app.notify(f"{row.entry.name} is only partly downloaded: press d to resume.", severity="warning")
+            else:
+                self.app.notify(f"{row.entry.name} is not downloaded yet: press d to download it.", severity="warning")
+            return
+        self.app.request_load(str(row.folder), label=row.entry.name)
+
+    # -------------------------------------------------------------- progress
+
+    def set_load_progress(self, stage: Optional[str], fraction: Optional[float]) -> None:
+        self.load_stage = stage
+        self.load_fraction = fraction
+        self.refresh_info()
+
+    @staticmethod
+    def describe_job(job) -> str:
+        if job.state == "failed":
+            return f"download failed: {job.error}"
+        if job.state == "cancelled":
+            return "download cancelled (d resumes it)"
+        if job.state == "done":
+            return "download complete"
+        p = job.progress
+        if p is None:
+            return f"download {job.state}"
+        speed = f" · {p.speed_bps / 1e6:.1f} MB/s" if p.speed_bps else ""
+        return f"{p.phase} {p.bytes_done / 1e9:.2f}/{p.bytes_total / 1e9:.2f} GB ({p.fraction * 100:.0f}%){speed}"
+
+    def update_job(self, job) -> None:
+        self.jobs[str(job.dest)] = job
+        bar = self.query_one("#download-bar", ProgressBar)
+        running = [j for j in self.jobs.values() if not j.finished]
+        bar.display = bool(running)
+        if running:
+            current = running[0]
+            frac = current.progress.fraction if current.progress else 0.0
+            bar.update(total=100, progress=frac * 100)
+        if job.finished:
+            self.reload()
+        else:
+            self.refresh_rows()

@@ -1,0 +1,230 @@
+"""The monitor pane: GPU rows (NVML) and host memory, with sparkline history.
+
+Everything is drawn from one :class:`glmtui.monitor.MonitorSnapshot` into a
+single Rich renderable, so a tick costs one widget update. Sampling happens
+elsewhere (a thread worker in the app calls ``Sampler.sample``); this module
+only formats. No torch here: torch figures come inside the snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+from rich.console import Group
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from glmtui.monitor import GpuSnapshot, HostSnapshot, MonitorSnapshot
+
+NA = "n/a"
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    """Binary units, 3 significant-ish digits: 512 MiB, 12.3 GiB; None -> n/a."""
+    if n is None:
+        return NA
+    n = float(n)
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_pair(used: Optional[int], total: Optional[int]) -> str:
+    if used is None and total is None:
+        return NA
+    if total is None:
+        return fmt_bytes(used)
+    if used is None:
+        return f"{NA} / {fmt_bytes(total)}"
+    # one unit for both numbers, from the total
+    unit, scale = next(((u, s) for u, s in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)) if total >= s), ("KiB", 1024))
+    return f"{used / scale:.1f}/{total / scale:.1f} {unit}"
+
+
+def fmt_num(value: Optional[float], suffix: str = "", digits: int = 0) -> str:
+    if value is None:
+        return NA
+    return f"{value:.{digits}f}{suffix}"
+
+
+def sparkline(values: Sequence[Optional[float]], width: int, top: Optional[float] = None) -> str:
+    """Block-character sparkline of the last ``width`` values (None -> space)."""
+    if width <= 0:
+        return ""
+    tail = list(values)[-width:]
+    known = [v for v in tail if v is not None]
+    if not known:
+        return " " * width
+    hi = top if top else max(known)
+    if not hi or hi <= 0:
+        hi = 1.0
+    out = []
+    for v in tail:
+        if v is None:
+            out.append(" ")
+            continue
+        level = int(round(max(0.0, min(1.0, v / hi)) * (len(BLOCKS) - 1)))
+        out.append(BLOCKS[level])
+    return "".join(out).rjust(width)
+
+
+def bar(fraction: Optional[float], width: int) -> Text:
+    if width <= 0:
+        return Text()
+    if fraction is None:
+        return Text("·" * width, style="dim")
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    style = "green" if fraction < 0.7 else ("yellow" if fraction < 0.9 else "red")
+    return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
+
+
+def _state_line(snapshot: MonitorSnapshot) -> Optional[Text]:
+    if snapshot.nvml_state == "ok":
+        return None
+    message = snapshot.message or {
+        "no_gpu": "no NVIDIA GPU: host view only",
+        "no_library": "GPU monitoring unavailable (nvidia-ml-py missing)",
+        "error": "NVML error",
+    }.get(snapshot.nvml_state, snapshot.nvml_state)
+    style = "bold yellow" if snapshot.nvml_state in ("error", "no_library") else "bold"
+    return Text(message, style=style)
+
+
+def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[Text]:
+    title = Text(f"GPU{gpu.index} ", style="bold")
+    if gpu.state == "lost":
+        return [title + Text(gpu.name or "", style="bold") + Text("  lost", style="bold red"),
+                Text("  the GPU fell off the bus or the driver reset it", style="red")]
+    title.append(gpu.name or NA, style="bold")
+    lines = [title]
+    frac = gpu.memory_fraction
+    mem = Text("  mem  ")
+    mem.append(fmt_pair(gpu.memory_used, gpu.memory_total))
+    if frac is not None:
+        mem.append(f" {frac * 100:.0f}%")
+    lines.append(mem)
+    bar_width = max(4, min(width - 4, 60))
+    lines.append(Text("  ") + bar(frac, bar_width))
+    stats = Text("  ")
+    stats.append(f"util {fmt_num(gpu.utilization_gpu, '%')}")
+    stats.append(f" · {fmt_num(gpu.temperature_c, '°C')}")
+    if gpu.power_w is None:
+        stats.append(f" · power {NA}")
+    else:
+        limit = f"/{gpu.power_limit_w:.0f}" if gpu.power_limit_w is not None else ""
+        stats.append(f" · {gpu.power_w:.0f}{limit} W")
+    lines.append(stats)
+    hist = snapshot.history.gpu(gpu.index)
+    spark_width = max(4, width - 9)
+    if hist is not None and hist.memory_used:
+        lines.append(Text("  mem  ", style="dim") + Text(sparkline(hist.memory_used, spark_width, gpu.memory_total), style="cyan"))
+        lines.append(Text("  util ", style="dim") + Text(sparkline(hist.utilization, spark_width, 100), style="magenta"))
+    if snapshot.torch:
+        for t in snapshot.torch:
+            if t.device == gpu.index:
+                lines.append(Text(f"  torch alloc {fmt_bytes(t.allocated)} · reserved {fmt_bytes(t.reserved)}", style="dim"))
+    if gpu.processes is None:
+        lines.append(Text(f"  processes {NA}", style="dim"))
+    elif not gpu.processes:
+        lines.append(Text("  no processes", style="dim"))
+    else:
+        for proc in gpu.processes[:6]:
+            marker = "▶ " if proc.is_self else "  "
+            line = Text(f"  {marker}{proc.pid:>7} {(proc.name or '?')[:16]:<16} {fmt_bytes(proc.used_bytes):>9}")
+            if proc.is_self:
+                line.stylize("bold")
+                line.append(" ← glmtui", style="bold green")
+            lines.append(line)
+        if len(gpu.processes) > 6:
+            lines.append(Text(f"    … {len(gpu.processes) - 6} more", style="dim"))
+    for err in gpu.errors[:2]:
+        lines.append(Text(f"  {err}", style="yellow"))
+    return lines
+
+
+def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, prominent: bool) -> list[Text]:
+    if host.error:
+        return [Text(f"host: {host.error}", style="yellow")]
+    frac = host.ram_used / host.ram_total if host.ram_used is not None and host.ram_total else None
+    spark_width = max(4, width - 9)
+    hist = snapshot.history
+    if prominent:
+        lines = [Text("Host RAM", style="bold")]
+        used = Text("  used ", style="bold")
+        used.append(fmt_pair(host.ram_used, host.ram_total), style="bold")
+        if frac is not None:
+            used.append(f" {frac * 100:.0f}%")
+        used.append(f" · avail {fmt_bytes(host.ram_available)}")
+        lines.append(used)
+        lines.append(Text("  ") + bar(frac, max(4, min(width - 4, 60))))
+        lines.append(Text("  ram  ", style="dim") + Text(sparkline(hist.ram_used, spark_width, host.ram_total), style="cyan"))
+        rss = Text("glmtui RSS ", style="bold")
+        rss.append(fmt_bytes(host.process_rss), style="bold green")
+        rss.append(f" · CPU {fmt_num(host.process_cpu_percent, '%')} (all {fmt_num(host.cpu_percent, '%')})")
+        lines.append(rss)
+        lines.append(Text("  rss  ", style="dim") + Text(sparkline(hist.process_rss, spark_width), style="green"))
+        return lines
+    line = Text("Host ", style="bold")
+    line.append(f"RAM {fmt_pair(host.ram_used, host.ram_total)}")
+    line.append(f" · RSS {fmt_bytes(host.process_rss)}")
+    line.append(f" · CPU {fmt_num(host.cpu_percent, '%')}")
+    return [line]
+
+
+def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int) -> Group:
+    if snapshot is None:
+        return Group(Text("sampling…", style="dim"))
+    lines: list[Text] = []
+    state = _state_line(snapshot)
+    if state is not None:
+        lines.append(state)
+    for gpu in snapshot.gpus:
+        lines.extend(gpu_lines(gpu, snapshot, width))
+    if snapshot.gpus and snapshot.driver_version:
+        lines.append(Text(f"driver {snapshot.driver_version}", style="dim"))
+    lines.extend(host_lines(snapshot.host, snapshot, width, prominent=not snapshot.has_gpu))
+    return Group(*lines)
+
+
+class MonitorPane(VerticalScroll, can_focus=True):
+    """GPU and host memory; scrollable when there are many GPUs."""
+
+    DEFAULT_CSS = """
+    MonitorPane { height: auto; }
+    MonitorPane > #monitor-body { width: 1fr; height: auto; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.snapshot: Optional[MonitorSnapshot] = None
+        self.border_title = "Monitor"
+
+    def compose(self) -> Iterable:
+        yield Static(render_snapshot(None, 40), id="monitor-body")
+
+    def show(self, snapshot: MonitorSnapshot) -> None:
+        self.snapshot = snapshot
+        self._render_now()
+
+    def _render_now(self) -> None:
+        width = max(20, self.scrollable_content_region.width or self.size.width or 40)
+        self.query_one("#monitor-body", Static).update(render_snapshot(self.snapshot, width))
+
+    def on_resize(self) -> None:
+        self._render_now()
+
+    # convenient for the models pane: free memory where a model would go
+    def free_for_model(self) -> tuple[str, Optional[int]]:
+        """("cuda", free VRAM of GPU 0) when there is a GPU, else ("cpu", available RAM)."""
+        snap = self.snapshot
+        if snap is None:
+            return "cpu", None
+        if snap.has_gpu:
+            ok = [g for g in snap.gpus if g.state == "ok"]
+            if ok:
+                return "cuda", ok[0].memory_free
+        return "cpu", snap.host.ram_available

@@ -1,0 +1,158 @@
+"""UI preferences (the ``[ui]`` table of config.toml) and theme files.
+
+Preferences are small: the chosen theme and the last quantization mode. The
+``[ui]`` table is rewritten in place; every other table of the file (other
+parts of glmtui keep their settings there) is left exactly as it was.
+
+Themes are TOML files, one theme each::
+
+    name = "glm-ink"          # defaults to the file name
+    dark = true
+    primary = "#4C7DFF"       # any field of textual.theme.Theme
+    [variables]               # optional Textual design variables
+    "footer-key-foreground" = "#FFB454"
+
+They are read from the package (``glmtui/themes/*.toml``, shipped as package
+data; the top-level ``themes/`` folder of the repository is a symlink to it)
+and then from ``<config dir>/themes/*.toml``, where users drop their own: a
+user file with the same name overrides a shipped one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None  # type: ignore[assignment]
+
+PACKAGE_THEMES = Path(__file__).resolve().parent.parent / "themes"
+DEFAULT_THEME = "glm-ink"
+UI_TABLE = "ui"
+
+
+def _load_toml(path: Path) -> dict:
+    if tomllib is None:
+        raise ValueError("reading TOML needs Python 3.11 or the tomli package")
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+# ------------------------------------------------------------------ prefs
+
+
+def load_prefs(config_file: Path) -> tuple[dict, Optional[str]]:
+    """The ``[ui]`` table, and a warning when the file could not be read."""
+    try:
+        data = _load_toml(config_file)
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as exc:
+        return {}, f"settings file {config_file} could not be read ({exc}); using defaults"
+    ui = data.get(UI_TABLE)
+    return (dict(ui) if isinstance(ui, dict) else {}), None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def save_prefs(config_file: Path, values: dict) -> None:
+    """Merge ``values`` into the ``[ui]`` table of ``config_file`` (created if missing)."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    current, _ = load_prefs(config_file) if text else ({}, None)
+    merged = {**current, **values}
+    lines = text.splitlines()
+    out: list[str] = []
+    in_ui = False
+    for line in lines:
+        m = _HEADER.match(line)
+        if m:
+            in_ui = m.group(1).strip().strip('"') == UI_TABLE
+            if in_ui:
+                continue
+        if not in_ui:
+            out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    if out:
+        out.append("")
+    out.append(f"[{UI_TABLE}]")
+    for key, value in merged.items():
+        if value is None:
+            continue
+        name = key if _KEY.match(key) else _toml_value(key)
+        out.append(f"{name} = {_toml_value(value)}")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = config_file.with_name(config_file.name + ".tmp")
+    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    os.replace(tmp, config_file)
+
+
+# ------------------------------------------------------------------ themes
+
+
+def theme_from_dict(data: dict, default_name: str):
+    """A textual Theme from a parsed theme file (ValueError when it is not one)."""
+    from textual.theme import Theme
+
+    allowed = {f.name for f in fields(Theme)}
+    kwargs = {k: v for k, v in data.items() if k in allowed}
+    kwargs.setdefault("name", default_name)
+    if "primary" not in kwargs:
+        raise ValueError("a theme needs at least a 'primary' colour")
+    variables = kwargs.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise ValueError("'variables' must be a table")
+    kwargs["variables"] = {str(k): str(v) for k, v in (variables or {}).items()}
+    theme = Theme(**kwargs)
+    theme.to_color_system()  # validates the colours
+    return theme
+
+
+def theme_dirs(config_dir: Optional[Path]) -> list[Path]:
+    dirs = [PACKAGE_THEMES]
+    if config_dir is not None:
+        dirs.append(Path(config_dir) / "themes")
+    return dirs
+
+
+def load_themes(dirs: Iterable[Path]) -> tuple[list, list[str]]:
+    """(themes, problems): every readable theme file in ``dirs``, later dirs winning."""
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for folder in dirs:
+        try:
+            files = sorted(Path(folder).glob("*.toml"))
+        except OSError:
+            continue
+        for path in files:
+            try:
+                theme = theme_from_dict(_load_toml(path), path.stem)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the app
+                problems.append(f"theme {path.name}: {exc}")
+                continue
+            found[theme.name] = theme
+    return list(found.values()), problems

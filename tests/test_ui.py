@@ -1,0 +1,486 @@
+"""The TUI driven by Textual's Pilot on tiny real models, with the real worker and a real history file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from glmtui.config import default_paths
+from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
+from glmtui.ui import prefs
+from glmtui.ui.app import GlmApp
+from glmtui.ui.chat import AssistantMessage, ChatInput, visible
+from glmtui.ui.modals import ConfirmModal, ModeModal, SettingsModal, TextModal
+from glmtui.ui.monitor import fmt_bytes, render_snapshot, sparkline
+
+GREEDY = {"temperature": 0.0, "max_new_tokens": 24}
+GiB = 2**30
+
+
+async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition"):
+    steps = int(timeout / 0.05)
+    for _ in range(steps):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def type_text(pilot, text: str) -> None:
+    for ch in text:
+        await pilot.press("space" if ch == " " else ch)
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def screen_text(app) -> str:
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+async def send(pilot, app, text: str) -> AssistantMessage:
+    chat = app.chat_pane
+    chat.input.focus()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: chat.active is not None or (chat.turns and chat.turns[-1].role == "assistant"), what="reply start")
+    await wait_for(pilot, lambda: chat.active is None, what="reply end")
+    return chat.turns[-1].widget
+
+
+def stored(conversation_id: int, app):
+    """What the app's own history file holds (through its connection: a second
+    store opened in this process would mark the streaming row interrupted)."""
+    return app.store.get_conversation(conversation_id), app.store.messages(conversation_id)
+
+
+class FrozenSampler:
+    interval = 1.0
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def sample(self):
+        return self.snapshot
+
+
+def host_only_snapshot() -> MonitorSnapshot:
+    return MonitorSnapshot(
+        timestamp=0.0,
+        nvml_state="no_gpu",
+        message="no NVIDIA GPU (NVML Shared Library Not Found): host view only",
+        driver_version=None,
+        gpus=(),
+        host=HostSnapshot(ram_total=32 * GiB, ram_used=12 * GiB, ram_available=19 * GiB,
+                          process_rss=512 * 2**20, cpu_percent=12.0, process_cpu_percent=3.0),
+        torch=None,
+        history=History(timestamps=(0.0, 1.0, 2.0), ram_used=(10 * GiB, 11 * GiB, 12 * GiB),
+                        process_rss=(400 * 2**20, 450 * 2**20, 512 * 2**20)),
+    )
+
+
+@pytest.fixture
+def quiet_sampler():
+    return FrozenSampler(host_only_snapshot())
+
+
+# ---------------------------------------------------------------- a whole session
+
+
+async def test_whole_session_on_a_tiny_model(chatglm3_dir, quiet_sampler, isolated_home):
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        assert app.loaded.mode == "fp32"
+        assert "tiny-chatglm3" in screen_text(app)
+        chat = app.chat_pane
+
+        # settings modal: system prompt and parameters for this conversation
+        await pilot.press("ctrl+o")
+        assert isinstance(app.screen, SettingsModal)
+        app.screen.query_one("#system-prompt").load_text("You are terse.")
+        tokens = app.screen.query_one("#param-max_new_tokens")
+        tokens.value = "20"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not isinstance(app.screen, SettingsModal)
+        assert chat.system_prompt == "You are terse." and chat.params["max_new_tokens"] == 20
+
+        # two turns, streamed
+        first = await send(pilot, app, "hello there")
+        assert first.status == "complete" and first.text
+        assert first.stats["completion_tokens"] == 20 and first.stats["tokens_per_s"] > 0
+        assert "20 tokens" in str(first.query_one(".msg-meta").render())
+        second = await send(pilot, app, "你好世界")
+        assert second.status == "complete"
+        cid = chat.conversation_id
+        conv, msgs = stored(cid, app)
+        assert conv.system_prompt == "You are terse." and conv.params["max_new_tokens"] == 20
+        assert [(m.role, m.status) for m in msgs] == [("user", "complete"), ("assistant", "complete")] * 2
+        assert msgs[1].content == first.text and msgs[3].content == second.text
+        assert msgs[3].stats["completion_tokens"] == 20
+
+        # a long reply: flushed to the store while streaming, then stopped with Esc
+        chat.apply_settings("You are terse.", {"max_new_tokens": 2000})
+        chat.input.focus()
+        await type_text(pilot, "tell me a long story")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.active is not None and chat.active.text, what="first token")
+        mid = chat.active.message_id
+        await wait_for(pilot, lambda: (stored(cid, app)[1][-1].content != ""), timeout=10, what="a streaming flush")
+        flushed = stored(cid, app)[1][-1]
+        assert flushed.id == mid and flushed.status == "streaming"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.active is None, what="stop")
+        stopped = chat.turns[-1].widget
+        assert stopped.status == "stopped" and stopped.text
+        assert "stopped" in str(stopped.query_one(".msg-head").render())
+        last = stored(cid, app)[1][-1]
+        assert last.status == "stopped" and last.content == stopped.text
+        assert last.stats["finish_reason"] == "cancelled"
+
+        # regenerate the stopped reply
+        chat.apply_settings("You are terse.", {"max_new_tokens": 20})
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: chat.active is None and chat.turns[-1].status != "streaming", what="regenerate")
+        assert len(chat.turns) == 6 and chat.turns[-1].status == "complete"
+        msgs = stored(cid, app)[1]
+        assert len(msgs) == 6 and msgs[-1].status == "complete" and msgs[-1].stats["finish_reason"] == "length"
+
+        # edit and resend the last prompt
+        await pilot.press("ctrl+e")
+        assert chat.input.text == "tell me a long story" and len(chat.turns) == 4
+        assert len(stored(cid, app)[1]) == 4
+        chat.input.clear()
+        await type_text(pilot, "a short story")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.active is None and chat.turns[-1].status == "complete", what="resend")
+        msgs = stored(cid, app)[1]
+        assert [m.content for m in msgs if m.role == "user"] == ["hello there", "你好世界", "a short story"]
+
+        # a second conversation
+        await pilot.press("ctrl+n")
+        assert chat.conversation_id is None and not chat.turns
+        await send(pilot, app, "weather 天气 today")
+        other = chat.conversation_id
+        assert other != cid
+
+        # search finds the first conversation; Enter opens it
+        await pilot.press("ctrl+f")
+        assert app.focused.id == "search"
+        await type_text(pilot, "short story")
+        await pilot.press("enter")
+        await pilot.pause()
+        history = app.history_pane
+        assert history.option_list.option_count >= 1
+        assert app.focused is history.option_list
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.conversation_id == cid, what="open from search")
+        assert [t.role for t in chat.turns] == ["user", "assistant"] * 3
+
+        # rename the open conversation
+        await pilot.press("f3")
+        assert isinstance(app.screen, TextModal)
+        app.screen.query_one("#value").value = ""
+        await type_text(pilot, "Renamed chat")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert stored(cid, app)[0].title == "Renamed chat"
+        assert chat.title == "Renamed chat"
+
+        # export: Markdown and JSON in the data folder, paths told to the user
+        await pilot.press("f5")
+        md, js = app.export_paths(cid, "Renamed chat")
+        assert md.parent == default_paths().data_dir / "exports"
+        assert md.read_text(encoding="utf-8").startswith("# Renamed chat")
+        data = json.loads(js.read_text(encoding="utf-8"))
+        assert data["title"] == "Renamed chat" and len(data["messages"]) == 6
+        assert any(str(md) in n and str(js) in n for n in notifications(app))
+
+        # delete the other conversation from the history list, after confirming
+        await pilot.press("ctrl+f")
+        app.history_pane.search_input.value = ""
+        await pilot.pause(0.3)
+        app.history_pane.option_list.focus()
+        ids = [app.history_pane.option_list.get_option_at_index(i).id for i in range(app.history_pane.option_list.option_count)]
+        app.history_pane.option_list.highlighted = ids.index(f"conv:{other}")
+        await pilot.press("f4")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        assert stored(other, app)[0] is not None
+        await pilot.press("f4")
+        await pilot.press("y")
+        await pilot.pause()
+        assert stored(other, app)[0] is None and stored(cid, app)[0] is not None
+        assert app.history_pane.option_list.option_count == 1
+
+    # restart on the same GLMTUI_HOME: the conversation is there and continues
+    app2 = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app2.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app2.loaded is not None, what="model load after restart")
+        history = app2.history_pane
+        assert history.option_list.option_count == 1
+        history.option_list.focus()
+        await pilot.press("enter")
+        chat = app2.chat_pane
+        await wait_for(pilot, lambda: chat.conversation_id == cid, what="reopen")
+        assert chat.title == "Renamed chat" and chat.system_prompt == "You are terse."
+        assert len(chat.turns) == 6
+        await send(pilot, app2, "and then?")
+        msgs = stored(cid, app2)[1]
+        assert len(msgs) == 8 and msgs[-2].content == "and then?" and msgs[-1].status == "complete"
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def test_loading_a_missing_folder_shows_a_message(tmp_path, quiet_sampler):
+    missing = tmp_path / "no-such-model"
+    app = GlmApp(model=str(missing), mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: any("not found" in n for n in notifications(app)), what="load error")
+        assert app.loaded is None
+        assert "Traceback" not in "".join(notifications(app))
+        assert "not found" in (app.models_pane.last_error or "")
+        # still alive and usable
+        await pilot.press("ctrl+n")
+        await pilot.press("f2")
+        assert app.current_pane == "history"
+        await type_text(pilot, "x")
+        assert app.is_running
+
+
+async def test_unknown_model_and_sending_without_a_model(quiet_sampler):
+    app = GlmApp(model="no-such-catalogue-key", mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: any("unknown model" in n for n in notifications(app)), what="resolve error")
+        app.chat_pane.input.focus()
+        await type_text(pilot, "hi")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert any("No model loaded" in n for n in notifications(app))
+        assert app.chat_pane.input.text == "hi" and not app.chat_pane.turns
+
+
+async def test_corrupt_history_is_set_aside_and_reported(isolated_home, quiet_sampler):
+    db = default_paths().history_db
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not a database" * 100)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert any("corrupt" in n.lower() or "not an sqlite" in n.lower() for n in notifications(app))
+        assert not app.store.in_memory
+        assert app.is_running
+    kept = [p for p in db.parent.iterdir() if p.name.startswith("history.sqlite3.corrupt-")]
+    assert kept and kept[0].read_bytes() == b"this is not a database" * 100
+
+
+async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sampler):
+    data_dir = default_paths().data_dir
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.write_text("a file where the data folder should be")
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert app.store.in_memory
+        assert any("memory" in n for n in notifications(app))
+        assert "history in memory only" in screen_text(app)
+
+
+# ---------------------------------------------------------------- models
+
+
+async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
+    pytest.importorskip("bitsandbytes")
+    app = GlmApp(model=str(native_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="load")
+        fp32_bytes = app.loaded.footprint_bytes
+        await pilot.press("f8")
+        assert isinstance(app.screen, ModeModal)
+        options = app.screen.query_one("#modes")
+        options.highlighted = [options.get_option_at_index(i).id for i in range(options.option_count)].index("int8")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.loaded is not None and app.loaded.mode == "int8", what="int8 reload")
+        assert app.loaded.footprint_bytes < fp32_bytes
+        reply = await send(pilot, app, "hi")
+        assert reply.status == "complete"
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: app.loaded is None, what="unload")
+        assert "No model loaded" in screen_text(app)
+    assert prefs.load_prefs(default_paths().config_file)[0]["mode"] == "int8"
+
+
+async def test_load_modal_loads_a_folder(native_glm, quiet_sampler):
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+l")
+        app.screen.query_one("#spec").value = str(native_glm)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.loaded is not None, what="load from modal")
+        assert app.loaded.model_name == native_glm.name
+        await pilot.press("f2", "f2")
+        assert app.current_pane == "models"
+        assert native_glm.name in screen_text(app)
+
+
+# ---------------------------------------------------------------- layout, keys, themes
+
+
+async def test_narrow_layout_switches_panes(quiet_sampler):
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.screen.has_class("-narrow")
+        seen = []
+        for _ in range(4):
+            seen.append((app.current_pane, app.query_one(f"#{app.current_pane if app.current_pane in ('chat', 'history') else 'side'}").display))
+            await pilot.press("f2")
+        assert [p for p, _ in seen] == ["chat", "history", "models", "monitor"] and all(d for _, d in seen)
+        assert app.current_pane == "chat"
+        assert not app.query_one("#history").display
+        text = screen_text(app)
+        assert "Send" in text and "Stop" in text  # the footer
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert app.screen.has_class("-wide")
+        assert all(app.query_one(f"#{p}").display for p in ("history", "chat", "side"))
+        assert "Host RAM" in screen_text(app)
+
+
+async def test_command_palette_lists_every_action(quiet_sampler):
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        titles = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        for title in ("Stop reply", "Regenerate", "Edit last prompt", "New chat", "Switch pane", "Search history",
+                      "Rename conversation", "Delete conversation", "Export conversation", "Chat settings",
+                      "Load model", "Unload model", "Change quantization", "Download model", "Theme", "Quit"):
+            assert title in titles, title
+        assert "^r" in titles["Regenerate"] or "ctrl+r" in titles["Regenerate"].lower()
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await type_text(pilot, "new chat")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.chat_pane.conversation_id is None
+
+
+async def test_themes_are_registered_and_remembered(isolated_home, quiet_sampler):
+    user_themes = default_paths().config_dir / "themes"
+    user_themes.mkdir(parents=True)
+    (user_themes / "mine.toml").write_text('name = "my-own"\nprimary = "#ff00ff"\ndark = false\n')
+    (user_themes / "broken.toml").write_text("primary = [not toml")
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert app.theme == "glm-ink"
+        assert {"glm-ink", "glm-paper", "my-own", "textual-dark"} <= set(app.available_themes)
+        assert any("broken.toml" in n for n in notifications(app))
+        app.theme = "glm-paper"
+        await pilot.pause()
+    assert prefs.load_prefs(default_paths().config_file)[0]["theme"] == "glm-paper"
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert app.theme == "glm-paper"
+
+
+def test_prefs_keep_other_tables(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nport = 8000\n\n[ui]\ntheme = "old"\nextra = 1\n\n[models]\ndir = "/x"\n')
+    prefs.save_prefs(config, {"theme": "glm-paper", "mode": "int4"})
+    import tomllib
+
+    data = tomllib.loads(config.read_text())
+    assert data["server"] == {"port": 8000} and data["models"] == {"dir": "/x"}
+    assert data["ui"] == {"theme": "glm-paper", "extra": 1, "mode": "int4"}
+
+
+def test_shipped_theme_files_are_valid():
+    themes, problems = prefs.load_themes([prefs.PACKAGE_THEMES])
+    assert not problems
+    assert {t.name for t in themes} >= {"glm-ink", "glm-paper"}
+    top_level = Path(__file__).resolve().parent.parent / "themes"
+    assert {p.name for p in top_level.glob("*.toml")} == {p.name for p in prefs.PACKAGE_THEMES.glob("*.toml")}
+
+
+# ---------------------------------------------------------------- monitor rendering
+
+
+def _plain(snapshot, width=60) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, color_system=None, file=open(os.devnull, "w"))
+    console.print(render_snapshot(snapshot, width))
+    return console.export_text()
+
+
+def test_monitor_renders_gpu_rows_with_na_lost_and_self_marker():
+    me = os.getpid()
+    gpu = GpuSnapshot(
+        index=0, state="ok", name="NVIDIA H100 80GB HBM3", memory_used=20 * GiB, memory_total=80 * GiB,
+        memory_free=60 * GiB, utilization_gpu=55, temperature_c=None, power_w=None,
+        processes=(GpuProcess(me, 12 * GiB, "compute", "python", True), GpuProcess(4242, 8 * GiB, "compute", "vllm", False)),
+    )
+    lost = GpuSnapshot(index=1, state="lost")
+    snap = MonitorSnapshot(
+        timestamp=0.0, nvml_state="ok", message=None, driver_version="550.1", gpus=(gpu, lost),
+        host=HostSnapshot(ram_total=64 * GiB, ram_used=10 * GiB, ram_available=50 * GiB, process_rss=GiB),
+        torch=None,
+        history=History(timestamps=(0.0, 1.0), ram_used=(GiB, GiB), process_rss=(GiB, GiB),
+                        gpus=(GpuHistory(0, (10 * GiB, 20 * GiB), (10, 55)), GpuHistory(1, (None, None), (None, None)))),
+    )
+    text = _plain(snap)
+    assert "GPU0 NVIDIA H100 80GB HBM3" in text and "20.0/80.0 GiB" in text and "util 55%" in text
+    assert "n/a" in text  # temperature and power unsupported
+    assert "GPU1" in text and "lost" in text
+    assert f"▶ {me:>7}" in text and "← glmtui" in text and "vllm" in text
+    assert "Host RAM 10.0/64.0 GiB" in text  # compact host line when there is a GPU
+
+
+def test_monitor_without_gpu_shows_host_memory_prominently():
+    text = _plain(host_only_snapshot())
+    assert "no NVIDIA GPU" in text
+    assert "used 12.0/32.0 GiB" in text and "glmtui RSS 512 MiB" in text
+    assert fmt_bytes(None) == "n/a" and fmt_bytes(1536) == "1.5 KiB"
+    assert sparkline([0, 50, 100], 3, 100) == "▁▅█" and sparkline([None], 2) == "  "
+
+
+def test_control_characters_are_made_visible():
+    assert visible("a\x1b[31mb\x07\tc\n") == "a␛[31mb␇\tc\n"
+
+
+# ---------------------------------------------------------------- responsiveness
+
+
+def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from glmtui.ui.app import GlmApp
+
+        async def main():
+            app = GlmApp(mode="fp32")
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause()
+                painted = "Ask anything" in "".join(
+                    seg.text for strip in app.screen._compositor.render_strips() for seg in strip)
+                print("painted", painted, "torch", "torch" in sys.modules, "transformers" in sys.modules)
+
+        asyncio.run(main())
+        """
+    )
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert "painted True torch False False" in out.stdout, out.stdout + out.stderr

@@ -252,3 +252,22 @@ def test_importing_glmtui_does_not_import_torch():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        (GenerationParams(repetition_penalty=5e-324), "repetition_penalty"),
+        (GenerationParams(temperature=float("nan")), "temperature"),
+        (GenerationParams(top_p=0.0), "top_p"),
+        (GenerationParams(max_new_tokens=0), "max_new_tokens"),
+        (GenerationParams(top_k=-3), "top_k"),
+    ],
+)
+def test_parameters_that_would_break_sampling_are_refused(worker, chatglm3_dir, params, word):
+    """Found by fuzzing the API: a repetition penalty of 5e-324 made sampling raise on NaN."""
+    w, log = worker
+    _load(w, log, chatglm3_dir)
+    failed = log.wait(w.generate([ChatMessage("user", "hi")], params))
+    assert isinstance(failed, Failed) and failed.during == "params" and word in failed.message
+    assert isinstance(log.wait(w.generate([ChatMessage("user", "hi")], GREEDY)), Finished)

@@ -35,6 +35,28 @@ class GenerationParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    def problems(self) -> list[str]:
+        """Why these parameters cannot be used (empty when they can).
+
+        Extreme values do not fail loudly in ``generate``: a repetition
+        penalty near zero divides logits into infinities and sampling then
+        raises on NaN probabilities, so the limits are checked up front.
+        """
+        import math
+
+        found = []
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            found.append("max_new_tokens must be a whole number >= 1")
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 100.0):
+            found.append("temperature must be between 0 and 100")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            found.append("top_p must be above 0 and at most 1")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            found.append("top_k must be a whole number >= 0 (0 disables it)")
+        if not (math.isfinite(self.repetition_penalty) and 0.01 <= self.repetition_penalty <= 100.0):
+            found.append("repetition_penalty must be between 0.01 and 100")
+        return found
+
 
 @dataclass(frozen=True)
 class LoadProgress:

@@ -242,6 +242,10 @@ class InferenceWorker:
         if command.cancel.is_set():
             self._emit(command, Finished(command.request_id, "", 0, 0, None, None, 0.0, "cancelled"))
             return
+        problems = command.args["params"].problems()
+        if problems:
+            self._emit(command, Failed(command.request_id, "invalid parameters: " + "; ".join(problems), "params"))
+            return
         if self._loaded is None:
             self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate"))
             return

@@ -1,0 +1,152 @@
+"""Reliability of `glmtui serve` under load: 50 concurrent streaming clients on loopback.
+
+The real server runs as its own process (`python -m glmtui.cli serve`) on a tiny
+real model. For a bounded time 50 clients stream completions; every third one
+hangs up mid-stream. Every stream that completes must be well-formed, the
+server must keep answering /health quickly, and its memory must be flat
+afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+CLIENTS = 50
+DURATION_S = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_process(chatglm3_dir, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path_factory.mktemp("serve-home")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", "serve", "--model", str(chatglm3_dir), "--mode", "fp32",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("server did not become healthy")
+    yield proc, url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _body(i: int) -> dict:
+    return {
+        "model": "tiny-chatglm3",
+        "messages": [{"role": "user", "content": f"client {i}: tell me something"}],
+        "stream": True,
+        "max_tokens": 12 + (i % 5) * 4,
+        "temperature": 0.8,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def _check_stream(lines: list[str]) -> None:
+    """A completed stream: JSON chunks with one id, a finish_reason, usage, then [DONE]."""
+    data = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    assert data and data[-1] == "[DONE]", data[-3:]
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert len({c["id"] for c in chunks}) == 1
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")]
+    assert finishes and finishes[-1] in ("stop", "length"), finishes
+    usage = [c["usage"] for c in chunks if c.get("usage")]
+    assert usage and usage[-1]["completion_tokens"] >= 0
+
+
+async def _client(i: int, url: str, stop_at: float, stats: dict) -> None:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            hang_up = (i % 3 == 0) and (n % 2 == 1)
+            lines: list[str] = []
+            async with http.stream("POST", url + "/v1/chat/completions", json=_body(i)) as response:
+                if response.status_code == 429:  # the queue is full: a proper answer, retry later
+                    stats["busy"] += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                assert response.status_code == 200, await response.aread()
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if hang_up and sum(1 for x in lines if x.startswith("data: ")) >= 2:
+                        break
+            if hang_up:
+                stats["disconnected"] += 1
+            else:
+                _check_stream(lines)
+                stats["completed"] += 1
+
+
+async def _health_probe(url: str, stop_at: float, latencies: list[float]) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        while time.monotonic() < stop_at:
+            t = time.perf_counter()
+            response = await http.get(url + "/health")
+            latencies.append(time.perf_counter() - t)
+            assert response.status_code == 200
+            await asyncio.sleep(0.5)
+
+
+async def _round(url: str, duration: float, clients: int) -> tuple[dict, list[float]]:
+    stats = {"completed": 0, "disconnected": 0, "busy": 0}
+    latencies: list[float] = []
+    stop_at = time.monotonic() + duration
+    await asyncio.gather(*(_client(i, url, stop_at, stats) for i in range(clients)),
+                         _health_probe(url, stop_at, latencies))
+    return stats, latencies
+
+
+def test_fifty_streaming_clients_with_hangups(server_process):
+    proc, url = server_process
+    server = psutil.Process(proc.pid)
+    asyncio.run(_round(url, 5.0, 10))  # warm-up: allocator pools, first requests
+    rss_before = server.memory_info().rss
+    stats, latencies = asyncio.run(_round(url, DURATION_S, CLIENTS))
+    time.sleep(1.0)
+    rss_after = server.memory_info().rss
+    print(f"\nclients {CLIENTS}, {DURATION_S:.0f} s: {stats}; /health max {max(latencies) * 1000:.0f} ms; "
+          f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
+    assert stats["completed"] >= CLIENTS // 2, stats
+    assert stats["disconnected"] >= 5, stats
+    assert max(latencies) < 2.0, latencies
+    # Flat memory: hung-up streams must not leave generations, queues or buffers behind.
+    assert rss_after - rss_before < 64 * 2**20, (rss_before, rss_after)
+    # And the server is idle again: a fresh request is answered at once.
+    response = httpx.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "tiny-chatglm3", "messages": [{"role": "user", "content": "hi"}],
+                                "max_tokens": 4})
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert proc.poll() is None

@@ -111,6 +111,7 @@ class GlmApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "glmtui"
+    AUTO_FOCUS = "#prompt"  # not the first focusable widget (the history search box)
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]
 
     BINDINGS = [
@@ -165,6 +166,8 @@ class GlmApp(App):
         default_params: Optional[dict] = None,
         default_system_prompt: str = "",
         monitor_interval: Optional[float] = None,
+        api: bool = False,
+        api_port: int = 8000,
     ) -> None:
         self.paths = paths or default_paths()
         self.device = device or "auto"
@@ -192,6 +195,9 @@ class GlmApp(App):
         self.engine.add_listener(self._engine_listener)
         self.sampler = sampler
         self.monitor_interval = monitor_interval
+        self.api = api
+        self.api_port = api_port
+        self._api_server = None
         self._monitor_stop = threading.Event()
         self._downloads = None
 
@@ -219,9 +225,13 @@ class GlmApp(App):
 
     def _make_engine(self):
         if self.endpoint:
-            from glmtui.engine.remote import RemoteEngine
+            try:
+                from glmtui.engine.remote import RemoteEngine
 
-            return RemoteEngine(self.endpoint)
+                return RemoteEngine(self.endpoint)
+            except Exception as exc:  # noqa: BLE001 - say why, run locally instead
+                self.notes.append(("error", f"Cannot use the endpoint {self.endpoint} ({exc}); running models locally."))
+                self.endpoint = None
         from glmtui.engine.worker import InferenceWorker
 
         return InferenceWorker()
@@ -253,9 +263,28 @@ class GlmApp(App):
         self.refresh_status()
         if self.initial_model:
             self.call_after_refresh(self.request_load, self.initial_model)
+        if self.api:
+            threading.Thread(target=self._start_api, name="glmtui-api-start", daemon=True).start()
+
+    def _start_api(self) -> None:
+        """``--api``: serve the OpenAI-compatible API over this app's engine (thread: imports FastAPI)."""
+        try:
+            from glmtui.server import ServerThread, create_app
+
+            server = ServerThread(create_app(self.engine, "glmtui"), port=self.api_port).start()
+        except Exception as exc:  # noqa: BLE001 - the TUI keeps running without it
+            self.call_from_thread(self.notify, f"{type(exc).__name__}: {exc}", severity="error", title="API server")
+            return
+        self._api_server = server
+        self.call_from_thread(self.notify, f"OpenAI-compatible API on {server.url}/v1", title="API server", timeout=8)
 
     def on_unmount(self) -> None:
         self._monitor_stop.set()
+        if self._api_server is not None:
+            try:
+                self._api_server.stop(timeout=3.0)
+            except Exception:  # noqa: BLE001
+                pass
         if self._downloads is not None:
             try:
                 self._downloads.close(cancel=True, timeout=2.0)
@@ -385,11 +414,8 @@ class GlmApp(App):
             elif event.during == "unload":
                 self.notify(event.message, severity="error", title="Could not unload")
             else:
-                active = self.chat_pane.active
-                if active is not None and active.request_id == event.request_id:
-                    await self.chat_pane.on_generation_event(event)
-                else:
-                    self.notify(event.message, severity="error")
+                # a generation of ours; others (the --api server's clients) report to their clients
+                await self.chat_pane.on_generation_event(event)
 
     def _on_loaded(self, event: Loaded) -> None:
         self.loaded = event
@@ -806,8 +832,7 @@ def run_app(args) -> int:
         mode=getattr(args, "mode", None),
         device=getattr(args, "device", "auto") or "auto",
         endpoint=getattr(args, "endpoint", None),
+        api=bool(getattr(args, "api", False)),
     )
-    if getattr(args, "api", False):
-        app.notes.append(("warning", "--api: the API server is started with `glmtui serve`; not beside the TUI yet."))
     app.run()
     return 0 if app.return_code in (None, 0) else int(app.return_code)

@@ -15,7 +15,9 @@ from glmtui.engine.events import GenerationParams
 
 
 class ConfirmModal(ModalScreen[bool]):
-    """Yes/no; Y or Enter confirms, N or Esc cancels."""
+    """Yes/no; Y confirms, N or Esc cancels."""
+
+    AUTO_FOCUS = "#no"
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
@@ -47,6 +49,8 @@ class ConfirmModal(ModalScreen[bool]):
 class TextModal(ModalScreen[Optional[str]]):
     """One line of text (rename); Enter saves, Esc cancels."""
 
+    AUTO_FOCUS = "*"
+
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, value: str = "", placeholder: str = "", **kwargs) -> None:
@@ -71,6 +75,8 @@ class TextModal(ModalScreen[Optional[str]]):
 
 class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
     """Per-conversation system prompt and generation parameters."""
+
+    AUTO_FOCUS = "*"
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
@@ -139,6 +145,8 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
 class LoadModal(ModalScreen[Optional[tuple[str, str]]]):
     """Load a model: a folder, a catalogue key or a downloaded hub id, and a mode."""
 
+    AUTO_FOCUS = "*"
+
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, spec: str, mode: str, modes: Iterable[str], **kwargs) -> None:
@@ -182,6 +190,8 @@ class LoadModal(ModalScreen[Optional[tuple[str, str]]]):
 
 class ModeModal(ModalScreen[Optional[str]]):
     """Choose a quantization mode; rows carry predicted memory and fit verdicts."""
+
+    AUTO_FOCUS = "*"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 

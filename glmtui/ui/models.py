@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.widgets import OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
@@ -68,7 +68,7 @@ class ModelList(OptionList):
     ]
 
 
-class ModelsPane(Vertical):
+class ModelsPane(VerticalScroll):
     app: "GlmApp"
 
     def __init__(self, **kwargs) -> None:

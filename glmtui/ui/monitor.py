@@ -97,8 +97,8 @@ def _state_line(snapshot: MonitorSnapshot) -> Optional[Text]:
 def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[Text]:
     title = Text(f"GPU{gpu.index} ", style="bold")
     if gpu.state == "lost":
-        return [title + Text(gpu.name or "", style="bold") + Text("  lost", style="bold red"),
-                Text("  the GPU fell off the bus or the driver reset it", style="red")]
+        return [title + Text(gpu.name or "", style="bold") + Text(" lost", style="bold red"),
+                Text("  fell off the bus or the driver reset", style="red")]
     title.append(gpu.name or NA, style="bold")
     lines = [title]
     frac = gpu.memory_fraction
@@ -134,7 +134,7 @@ def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[T
     else:
         for proc in gpu.processes[:6]:
             marker = "▶ " if proc.is_self else "  "
-            line = Text(f"  {marker}{proc.pid:>7} {(proc.name or '?')[:16]:<16} {fmt_bytes(proc.used_bytes):>9}")
+            line = Text(f"  {marker}{proc.pid:>7} {(proc.name or '?')[:12]:<12} {fmt_bytes(proc.used_bytes):>9}")
             if proc.is_self:
                 line.stylize("bold")
                 line.append(" ← glmtui", style="bold green")
@@ -171,7 +171,8 @@ def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, promin
     line = Text("Host ", style="bold")
     line.append(f"RAM {fmt_pair(host.ram_used, host.ram_total)}")
     line.append(f" · RSS {fmt_bytes(host.process_rss)}")
-    line.append(f" · CPU {fmt_num(host.cpu_percent, '%')}")
+    if width >= 52:
+        line.append(f" · CPU {fmt_num(host.cpu_percent, '%')}")
     return [line]
 
 

@@ -459,6 +459,7 @@ def test_monitor_without_gpu_shows_host_memory_prominently():
 
 def test_control_characters_are_made_visible():
     assert visible("a\x1b[31mb\x07\tc\n") == "a␛[31mb␇\tc\n"
+    assert visible("x\u202ey\u200bz\x9b") == "xyz\ufffd"
 
 
 # ---------------------------------------------------------------- responsiveness

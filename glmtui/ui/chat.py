@@ -33,10 +33,17 @@ if TYPE_CHECKING:  # pragma: no cover
 FLUSH_INTERVAL = 2.0
 PARAM_KEYS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 
-# C0 controls (a random or broken model emits them) would drive the terminal:
-# show them as Unicode control pictures instead. Tabs and newlines stay.
-_CONTROL_PICTURES = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
+# Control characters (a random or broken model emits them) would drive the
+# terminal: C0 controls are shown as Unicode control pictures (tabs and
+# newlines stay), C1 controls as U+FFFD; invisible format characters (bidi
+# overrides, zero-width marks) that make the terminal and the layout disagree
+# about widths are dropped; line/paragraph separators become newlines.
+_CONTROL_PICTURES: dict[int, object] = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
 _CONTROL_PICTURES[0x7F] = 0x2421
+_CONTROL_PICTURES.update({c: 0xFFFD for c in range(0x80, 0xA0)})
+_CONTROL_PICTURES.update({c: None for c in (0xAD, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010),
+                                             *range(0x202A, 0x202F), *range(0x2060, 0x2070))})
+_CONTROL_PICTURES.update({0x2028: 0x0A, 0x2029: 0x0A})
 
 
 def visible(text: str) -> str:

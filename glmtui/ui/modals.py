@@ -98,17 +98,17 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
     def compose(self) -> Iterable:
         with Vertical(classes="dialog settings"):
             yield Label("Chat settings (this conversation)", classes="dialog-title")
-            yield Label("System prompt")
+            yield Label("System prompt (Tab moves on)")
             yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, show_line_numbers=False,
-                           tab_behavior="focus")
+                           tab_behavior="focus", compact=True, placeholder="(none)")
             for key, label, _cast, _lo, _hi in self.FIELDS:
                 with Horizontal(classes="field"):
                     yield Label(label)
-                    yield Input(str(getattr(self.params, key)), id=f"param-{key}")
+                    yield Input(str(getattr(self.params, key)), id=f"param-{key}", compact=True)
             yield Static(id="settings-error")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Save (Ctrl+S)", variant="primary", id="save")
-                yield Button("Cancel (Esc)", id="cancel")
+                yield Button("Save (Ctrl+S)", variant="primary", id="save", compact=True)
+                yield Button("Cancel (Esc)", id="cancel", compact=True)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":

@@ -1,0 +1,109 @@
+"""The installed ``glmtui`` in a real terminal: a detached tmux session at 100x30.
+
+Loads a tiny real model with ``--model``, types a question, presses Enter and
+reads the screen back with ``capture-pane``. Skipped only when tmux is not
+installed. ``GLMTUI_SAVE_SCREEN=1`` also writes the captured screen to
+docs/screen.txt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _glmtui() -> str:
+    local = Path(sys.executable).parent / "glmtui"
+    found = str(local) if local.exists() else shutil.which("glmtui")
+    if found is None:
+        pytest.skip("the glmtui command is not installed (pip install -e .)")
+    return found
+
+
+class Tmux:
+    def __init__(self, socket: Path, name: str) -> None:
+        self.socket = str(socket)
+        self.name = name
+
+    def run(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True, text=True, timeout=30)
+        if check and out.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def capture(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.name)
+
+    def wait_for(self, predicate, timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.capture()
+            if predicate(screen):
+                return screen
+            time.sleep(0.25)
+        raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
+
+    def alive(self) -> bool:
+        return subprocess.run([TMUX, "-S", self.socket, "has-session", "-t", self.name],
+                              capture_output=True).returncode == 0
+
+
+def test_glmtui_in_tmux_loads_a_model_and_answers(chatglm3_dir, tmp_path):
+    glmtui = _glmtui()
+    home = tmp_path / "home"
+    tmux = Tmux(tmp_path / "tmux.sock", f"glmtui-{uuid.uuid4().hex[:8]}")
+    command = (
+        f"env -u COLUMNS -u LINES GLMTUI_HOME={home} TERM=xterm-256color COLORTERM=truecolor "
+        f"{glmtui} --model {chatglm3_dir} --mode fp32 --device cpu"
+    )
+    tmux.run("-f", "/dev/null", "new-session", "-d", "-s", tmux.name, "-x", "100", "-y", "30", command)
+    try:
+        model = chatglm3_dir.name
+        tmux.wait_for(lambda s: f"● {model} fp32 cpu" in s, 120, "the model to load")
+        # short replies keep the test quick
+        tmux.run("send-keys", "-t", tmux.name, "C-o")
+        tmux.wait_for(lambda s: "Chat settings" in s, 20, "the settings dialog")
+        time.sleep(0.5)  # let the dialog take focus before typing into it
+        # system prompt -> temperature 0 (greedy: the same reply every run) -> top-p -> max new tokens 16
+        for keys in (["Tab"], ["C-u"], ["-l", "0"], ["Tab", "Tab"], ["C-u"], ["-l", "16"]):
+            tmux.run("send-keys", "-t", tmux.name, *keys)
+            time.sleep(0.2)
+        tmux.wait_for(lambda s: "Max new tokens" in s and " 16 " in s, 20, "16 typed")
+        tmux.run("send-keys", "-t", tmux.name, "C-s")
+        tmux.wait_for(lambda s: "T 0 · top-p 0.8 · max 16" in s, 20, "the new settings in the chat header")
+
+        tmux.run("send-keys", "-t", tmux.name, "-l", "What is GLM?")
+        tmux.run("send-keys", "-t", tmux.name, "Enter")
+        tmux.wait_for(lambda s: "tokens · TTFT" in s and "tok/s" in s, 120, "the reply and its stats")
+        # the toasts ("Model loaded", "Settings saved") time out and uncover the reply
+        screen = tmux.wait_for(lambda s: "Model loaded" not in s and "Settings saved" not in s, 20, "toasts to go")
+        lines = screen.splitlines()
+        assert len(lines) == 30 and max(len(line) for line in lines) <= 100
+        assert "You" in screen and "What is GLM?" in screen  # the prompt in the reply area
+        assert model in screen  # the reply's header names the model
+        assert "TTFT" in screen and "prompt" in screen
+        footer = lines[-1]
+        assert "Send" in footer and "Newline" in footer and "palette" in footer
+        assert "Chat" in lines[0] and "History" in lines[0]  # the pane bar at 100 columns
+        if os.environ.get("GLMTUI_SAVE_SCREEN"):
+            (ROOT / "docs" / "screen.txt").write_text(screen, encoding="utf-8")
+
+        tmux.run("send-keys", "-t", tmux.name, "C-q")
+        deadline = time.monotonic() + 20
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tmux.alive(), "glmtui did not quit on Ctrl+Q"
+    finally:
+        tmux.run("kill-server", check=False)

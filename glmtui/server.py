@@ -34,9 +34,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, Started, Token, Unloaded
 
@@ -54,12 +54,31 @@ _MAX_TOOL_CALL_CHARS = 100_000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: JSON types as documented (no "1" for 1, no false for 0); unknown fields are ignored
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _json_int(value):
+    """JSON Schema's integer: 3 and 3.0, never 3.5, "3" or true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _false_only(value):
+    if value:
+        raise ValueError("not supported: only false is accepted")
+    return value
+
+
+def json_int(**constraints):
+    return Annotated[int, Field(**constraints), BeforeValidator(_json_int)]
+Unsupported = Annotated[bool, AfterValidator(_false_only), Field(json_schema_extra={"const": False})]
 
 
 class ContentPart(_Model):
-    type: str
-    text: Optional[str] = None
+    type: Literal["text"] = Field(description="only text parts are supported")
+    text: str
 
 
 class FunctionCall(_Model):
@@ -107,7 +126,7 @@ class StreamOptions(_Model):
 
 
 class ResponseFormat(_Model):
-    type: str = "text"
+    type: Literal["text"] = Field("text", description="only text is supported")
 
 
 _FLOAT = dict(allow_inf_nan=False)
@@ -116,15 +135,15 @@ _FLOAT = dict(allow_inf_nan=False)
 class ChatCompletionRequest(_Model):
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None)
+    max_completion_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, **_FLOAT)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, **_FLOAT)
-    top_k: Optional[int] = Field(None, ge=-1, le=1_000_000, description="vLLM extension; 0 or -1 disables")
-    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0, description="vLLM extension", **_FLOAT)
-    n: Optional[int] = Field(1, description="only 1 is supported")
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = Field(None, ge=-(1 << 63), le=(1 << 64) - 1)
+    top_k: Optional[json_int(ge=-1, le=1_000_000)] = Field(None, description="vLLM extension; 0 or -1 disables")
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, description="vLLM extension", **_FLOAT)
+    n: Optional[json_int(ge=1, le=1)] = Field(1, description="only 1 is supported")
+    stop: Union[str, Annotated[list[str], Field(max_length=16)], None] = None
+    seed: Optional[json_int()] = Field(None, description="any integer; used modulo 2**64")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     tools: Optional[list[Tool]] = None
@@ -132,9 +151,9 @@ class ChatCompletionRequest(_Model):
     parallel_tool_calls: Optional[bool] = None
     frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
     presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
-    logit_bias: Optional[dict[str, float]] = None
+    logprobs: Optional[Unsupported] = Field(None, description="not supported")
+    top_logprobs: Optional[json_int(ge=0, le=0)] = Field(None, description="not supported")
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="not supported")
     response_format: Optional[ResponseFormat] = None
     user: Optional[str] = None
 
@@ -224,6 +243,8 @@ def _failed_to_error(event: Failed, model_loaded: bool) -> ApiError:
     message = event.message
     if not model_loaded or "no model is loaded" in message:
         return ApiError(503, "no model is loaded", "server_error", None, "model_not_loaded")
+    if event.during == "params":
+        return ApiError(400, message, "invalid_request_error", None, "invalid_parameters")
     if "longer than the model's context" in message:
         return ApiError(400, message, "invalid_request_error", "messages", "context_length_exceeded")
     return ApiError(400, message, "invalid_request_error", "messages", None)
@@ -360,22 +381,21 @@ def _content_text(message: Message) -> str:
         return ""
     if isinstance(content, str):
         return content
-    parts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise ApiError(400, f"only text content is supported (got a {part.type!r} part)", param="messages")
-        parts.append(part.text)
-    return "".join(parts)
+    return "".join(part.text for part in content)
 
 
-def _tool_arguments(call: ToolCall) -> dict:
+def _tool_call_turn(call: ToolCall) -> ChatMessage:
+    """An earlier tool call as ChatGLM3 wrote it: metadata = tool name, content = the call.
+
+    Arguments that are not a JSON object are kept as they came.
+    """
+    raw = call.function.arguments or "{}"
     try:
-        value = json.loads(call.function.arguments or "{}")
+        value = json.loads(raw)
     except (ValueError, RecursionError):
-        raise ApiError(400, "tool_calls[].function.arguments must be a JSON object", param="messages")
-    if not isinstance(value, dict):
-        raise ApiError(400, "tool_calls[].function.arguments must be a JSON object", param="messages")
-    return value
+        value = None
+    content = format_tool_call(value) if isinstance(value, dict) else raw
+    return ChatMessage("assistant", content, call.function.name)
 
 
 def to_chat_messages(messages: list[Message]) -> list[ChatMessage]:
@@ -394,7 +414,7 @@ def to_chat_messages(messages: list[Message]) -> list[ChatMessage]:
             if text or not message.tool_calls:
                 out.append(ChatMessage("assistant", text))
             for call in message.tool_calls or ():
-                out.append(ChatMessage("assistant", format_tool_call(_tool_arguments(call)), call.function.name))
+                out.append(_tool_call_turn(call))
     return out
 
 
@@ -421,20 +441,7 @@ def with_tool_system_prompt(messages: list[ChatMessage], tools: Optional[list], 
 
 
 def generation_params(request: ChatCompletionRequest, context_length: int) -> GenerationParams:
-    if request.n is not None and request.n != 1:
-        raise ApiError(400, "only n=1 is supported", param="n", code="unsupported_value")
-    if request.logprobs:
-        raise ApiError(400, "logprobs are not supported", param="logprobs", code="unsupported_value")
-    if request.top_logprobs:
-        raise ApiError(400, "top_logprobs are not supported", param="top_logprobs", code="unsupported_value")
-    if request.logit_bias:
-        raise ApiError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_value")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise ApiError(400, "only response_format text is supported", param="response_format",
-                       code="unsupported_value")
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    if len(stops) > 16:
-        raise ApiError(400, "at most 16 stop sequences", param="stop")
     max_tokens = request.max_completion_tokens or request.max_tokens
     param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
     if max_tokens is None:
@@ -453,7 +460,7 @@ def generation_params(request: ChatCompletionRequest, context_length: int) -> Ge
         top_k=max(0, request.top_k or 0),
         repetition_penalty=request.repetition_penalty or 1.0,
         stop=tuple(s for s in stops if s),
-        seed=request.seed,
+        seed=None if request.seed is None else request.seed % (1 << 64),
     )
 
 
@@ -605,6 +612,27 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
 
     worker.add_listener(track)
 
+    def openapi() -> dict:
+        # Built per call, for the model loaded now: its id is the example ``model`` (so generated
+        # requests reach real work) and its context bounds max_tokens, as the handler enforces.
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        request_schema = schema.get("components", {}).get("schemas", {}).get("ChatCompletionRequest", {})
+        properties = request_schema.get("properties", {})
+        if "model" in properties:
+            properties["model"]["examples"] = names()
+            request_schema["examples"] = [{"model": app.state.model_name, "max_tokens": 16,
+                                           "messages": [{"role": "user", "content": "hi"}]}]
+        limit = context_length()
+        for field in ("max_tokens", "max_completion_tokens"):
+            for option in properties.get(field, {}).get("anyOf", []):
+                if limit and option.get("type") == "integer":
+                    option["maximum"] = limit
+        return schema
+
+    app.openapi = openapi
+
     # -------------------------------------------------------- error bodies
 
     @app.exception_handler(ApiError)
@@ -614,11 +642,13 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
         errors = exc.errors()
-        first = errors[0] if errors else {}
+        # the most specific problem (union members each report one; the deepest is the useful one)
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
         kind = first.get("type", "")
         if kind == "json_invalid":
             message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": ")
+            loc = []
         elif kind == "missing" and not loc:
             message = "the request needs a JSON body"
         else:

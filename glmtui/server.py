@@ -464,10 +464,16 @@ def generation_params(request: ChatCompletionRequest, context_length: int) -> Ge
     )
 
 
+def reply_text(text: str, chatglm3: bool) -> str:
+    """A ChatGLM3 reply starts with its metadata line, empty for a plain answer: drop that newline
+    (as ChatGLM3's own ``chat()`` does)."""
+    return text[1:] if chatglm3 and text.startswith("\n") else text
+
+
 def completion_body(completion_id: str, created: int, model: str, finished: Finished,
-                    tool_names: Optional[set[str]]) -> dict:
+                    tool_names: Optional[set[str]], chatglm3: bool = False) -> dict:
     """The non-streaming response for a finished (not cancelled) generation."""
-    message: dict = {"role": "assistant", "content": finished.text}
+    message: dict = {"role": "assistant", "content": reply_text(finished.text, chatglm3)}
     reason = "length" if finished.finish_reason == "length" else "stop"
     call = parse_tool_call(finished.text, tool_names) if tool_names else None
     if call is not None:
@@ -763,7 +769,8 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                                    "cancelled")
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                stream = _stream(pipe, rid, completion_id, created, body.model, include_usage, tool_names)
+                stream = _stream(pipe, rid, completion_id, created, body.model, include_usage, tool_names,
+                                 chat_format == "chatglm3")
                 done = True  # the stream owns the request from here on
                 return EventSourceResponse(stream, sep="\n", ping=15)
             while True:
@@ -773,7 +780,8 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                     if event.finish_reason == "cancelled":
                         raise ApiError(503, "the request was cancelled on the server", "server_error", None,
                                        "cancelled")
-                    return JSONResponse(completion_body(completion_id, created, body.model, event, tool_names))
+                    return JSONResponse(completion_body(completion_id, created, body.model, event, tool_names,
+                                                        chat_format == "chatglm3"))
                 if isinstance(event, Failed):
                     done = True
                     raise ApiError(500 if "out of memory" not in event.message else 503, event.message,
@@ -798,9 +806,17 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
         return json.dumps(body, ensure_ascii=False)
 
     async def _stream(pipe: _Pipe, rid: int, completion_id: str, created: int, model: str, include_usage: bool,
-                      tool_names: Optional[set[str]]):
+                      tool_names: Optional[set[str]], chatglm3: bool):
         finished = False
         text = ""
+        first = [True]
+
+        def content(piece: str) -> str:
+            if first[0] and piece:
+                first[0] = False
+                return reply_text(piece, chatglm3)
+            return piece
+
         held = tool_names is not None  # with tools, the first line decides: tool name or plain text
         tool_mode = False
         try:
@@ -814,10 +830,13 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                             continue
                         held = False
                         tool_mode = text.partition("\n")[0].strip() in tool_names
-                        if not tool_mode:
-                            yield chunk(completion_id, created, model, {"content": text}, None, include_usage)
+                        piece = "" if tool_mode else content(text)
                     elif not tool_mode:
-                        yield chunk(completion_id, created, model, {"content": event.text}, None, include_usage)
+                        piece = content(event.text)
+                    else:
+                        piece = ""
+                    if piece:
+                        yield chunk(completion_id, created, model, {"content": piece}, None, include_usage)
                 elif isinstance(event, Finished):
                     finished = True
                     if event.finish_reason == "cancelled":
@@ -832,8 +851,9 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                             delta = {"tool_calls": [{"index": 0, **tool}]}
                             yield chunk(completion_id, created, model, delta, None, include_usage)
                             reason = "tool_calls"
-                        elif event.text:
-                            yield chunk(completion_id, created, model, {"content": event.text}, None, include_usage)
+                        elif content(event.text):
+                            yield chunk(completion_id, created, model, {"content": reply_text(event.text, chatglm3)},
+                                        None, include_usage)
                     yield chunk(completion_id, created, model, {}, reason, include_usage)
                     if include_usage:
                         yield json.dumps({

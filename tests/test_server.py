@@ -20,6 +20,7 @@ from glmtui.server import (
     parse_tool_arguments,
     parse_tool_call,
     completion_body,
+    reply_text,
 )
 
 MODEL = "tiny-chatglm3"
@@ -65,7 +66,7 @@ def test_non_streaming_equals_the_workers_greedy_reply(served, client):
     assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
-    assert choice.message.content == expected.text
+    assert choice.message.content == reply_text(expected.text, chatglm3=True)
     assert choice.finish_reason == ("length" if expected.completion_tokens == 40 else "stop")
     assert reply.usage.prompt_tokens == expected.prompt_tokens
     assert reply.usage.completion_tokens == expected.completion_tokens
@@ -461,6 +462,14 @@ def test_malicious_tool_calls_are_never_executed(tmp_path, payload):
         assert body["choices"][0]["message"]["content"] == text  # returned as plain text
     assert parse_tool_arguments(code) is None
     assert not canary.exists()
+
+
+def test_chatglm3_metadata_newline_is_dropped():
+    assert reply_text("\nHello", chatglm3=True) == "Hello"
+    assert reply_text("\n\nHello", chatglm3=True) == "\nHello"
+    assert reply_text("\nHello", chatglm3=False) == "\nHello"
+    body = completion_body("c", 1, MODEL, Finished(1, "\nHi", 1, 2, None, None, 0.1, "stop"), None, chatglm3=True)
+    assert body["choices"][0]["message"]["content"] == "Hi"
 
 
 def test_completion_body_reports_tool_calls():

@@ -1,0 +1,226 @@
+"""``glmtui chat``: line-mode chat for terminals, scripts and pipes.
+
+Interactive (stdin is a terminal), it works like ChatGLM3's ``cli_demo.py``:
+replies stream as they are generated, ``clear`` forgets the conversation,
+``stop`` (or Ctrl-D) exits, and Ctrl-C during a reply stops that reply.
+
+Piped (``echo question | glmtui chat --model X``), the whole of stdin is one
+question and stdout carries only the answer; loading and progress messages go
+to stderr. The exit status is 0 on success, 1 when loading or generation
+failed, 2 for bad usage.
+
+``--model`` runs a model in-process; ``--endpoint URL`` uses an OpenAI-compatible
+server (glmtui serve, vLLM, SGLang) through RemoteEngine instead.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+from typing import Optional, TextIO
+
+from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, LoadProgress, Token
+
+CLEAR, STOP = "clear", "stop"
+
+
+class _Events:
+    """Events of the engine, moved from its thread to the main thread."""
+
+    def __init__(self):
+        self.queue: "queue.Queue" = queue.Queue()
+
+    def __call__(self, event) -> None:  # engine thread: never blocks
+        self.queue.put(event)
+
+    def next(self, request_id: int):
+        """The next event of ``request_id`` (short waits, so Ctrl-C is handled promptly)."""
+        while True:
+            try:
+                event = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if getattr(event, "request_id", None) == request_id:
+                return event
+
+
+def _open_engine(args, events: _Events, log: TextIO):
+    """(engine, model name) or (None, error message)."""
+    endpoint = getattr(args, "endpoint", None)
+    if endpoint:
+        from .engine.remote import RemoteEngine
+
+        engine = RemoteEngine(endpoint, api_key=getattr(args, "api_key", None), autoconnect=False).start()
+        rid = engine.load(getattr(args, "model", None) or "", sink=events)
+        what = endpoint
+    else:
+        if not getattr(args, "model", None):
+            return None, "give --model PATH (a model folder or downloaded catalogue model) or --endpoint URL"
+        from .engine.worker import InferenceWorker
+        from .server import default_mode, resolve_model
+
+        path, _name = resolve_model(args.model)
+        device = getattr(args, "device", None) or "auto"
+        mode = getattr(args, "mode", None) or default_mode(device)
+        engine = InferenceWorker().start()
+        print(f"Loading {path} ({mode}, device {device})…", file=log, flush=True)
+        rid = engine.load(path, mode, device, sink=events)
+        what = path
+    last_stage = None
+    while True:
+        event = events.next(rid)
+        if isinstance(event, LoadProgress):
+            if event.stage != last_stage and endpoint:
+                print(f"{event.stage}…", file=log, flush=True)
+            last_stage = event.stage
+        elif isinstance(event, Loaded):
+            where = f"{event.mode} on {event.device}" if not endpoint else f"served by {endpoint}"
+            print(f"Loaded {event.model_name} ({where}) in {event.load_seconds:.1f} s.", file=log, flush=True)
+            return engine, event.model_name
+        elif isinstance(event, Failed):
+            engine.shutdown()
+            return None, f"cannot use {what}: {event.message}"
+
+
+def _reply(engine, events: _Events, messages: list[ChatMessage], params: GenerationParams, out: TextIO):
+    """Stream one reply to ``out``; returns the Finished or Failed event. Ctrl-C stops the reply."""
+    rid = engine.generate(messages, params, sink=events)
+    started = False
+    interrupted = False
+    while True:
+        try:
+            event = events.next(rid)
+            if isinstance(event, Token):
+                text = event.text
+                if not started:
+                    text = text.lstrip("\n")  # ChatGLM3's empty metadata line
+                    started = bool(text)
+                if text:
+                    out.write(text)
+                    out.flush()
+            elif isinstance(event, (Finished, Failed)):
+                return event
+        except KeyboardInterrupt:
+            if not interrupted:
+                interrupted = True
+                engine.cancel(rid)
+
+
+def _params(args) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=int(getattr(args, "max_new_tokens", 512) or 512),
+        temperature=float(getattr(args, "temperature", 0.8)),
+        top_p=float(getattr(args, "top_p", 0.8)),
+    )
+
+
+def _system(args) -> list[ChatMessage]:
+    system = getattr(args, "system", "") or ""
+    return [ChatMessage("system", system)] if system else []
+
+
+def run_line_chat(args, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
+                  stderr: Optional[TextIO] = None) -> int:
+    stdin = stdin or sys.stdin
+    out = stdout or sys.stdout
+    log = stderr or sys.stderr
+    params = _params(args)
+    problems = params.problems()
+    if problems:
+        print("glmtui chat: " + "; ".join(problems), file=log)
+        return 2
+    try:
+        if not stdin.isatty():
+            return _run_piped(args, stdin, out, log, params)
+        return _run_interactive(args, stdin, out, log, params)
+    except KeyboardInterrupt:  # while loading
+        print("", file=log)
+        return 130
+
+
+def _run_piped(args, stdin: TextIO, out: TextIO, log: TextIO, params: GenerationParams) -> int:
+    question = stdin.read().strip()
+    if not question:
+        print("glmtui chat: no question on stdin", file=log)
+        return 2
+    events = _Events()
+    real_stdout = sys.stdout
+    sys.stdout = log  # whatever a library prints while loading must not mix into the answer
+    try:
+        engine, name = _open_engine(args, events, log)
+        if engine is None:
+            print(f"glmtui chat: {name}", file=log)
+            return 1
+        try:
+            done = _reply(engine, events, _system(args) + [ChatMessage("user", question)], params, out)
+        finally:
+            engine.shutdown()
+    finally:
+        sys.stdout = real_stdout
+    if isinstance(done, Failed):
+        out.flush()
+        print(f"glmtui chat: {done.message}", file=log)
+        return 1
+    if not done.text.endswith("\n"):
+        out.write("\n")
+    out.flush()
+    if done.finish_reason == "length":
+        print(f"(the reply reached the {params.max_new_tokens}-token limit: --max-new-tokens)", file=log)
+    return 0
+
+
+def _run_interactive(args, stdin: TextIO, out: TextIO, log: TextIO, params: GenerationParams) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    events = _Events()
+    engine, name = _open_engine(args, events, log)
+    if engine is None:
+        print(f"glmtui chat: {name}", file=log)
+        return 1
+    history: list[ChatMessage] = []
+    out.write(f"Chatting with {name}. Type a message; '{CLEAR}' clears the history, '{STOP}' exits; "
+              "Ctrl-C stops a reply.\n")
+    out.flush()
+    try:
+        while True:
+            try:
+                if stdin is sys.stdin and out is sys.stdout:
+                    line = input("\nUser: ") + "\n"  # with readline's line editing
+                else:
+                    out.write("\nUser: ")
+                    out.flush()
+                    line = stdin.readline()
+            except (KeyboardInterrupt, EOFError):
+                line = ""
+            if not line:  # Ctrl-D or Ctrl-C at the prompt
+                out.write("\n")
+                break
+            query = line.strip()
+            if query == STOP:
+                break
+            if query == CLEAR:
+                history = []
+                out.write("History cleared.\n")
+                continue
+            if not query:
+                continue
+            out.write(f"\n{name}: ")
+            out.flush()
+            user = ChatMessage("user", query)
+            done = _reply(engine, events, _system(args) + history + [user], params, out)
+            if isinstance(done, Failed):
+                out.write(f"\n[error: {done.message}]\n")
+                continue
+            reply = done.text.lstrip("\n")
+            if done.finish_reason == "cancelled":
+                out.write(" [stopped]")
+            elif done.finish_reason == "length":
+                out.write(" [token limit]")
+            out.write("\n")
+            out.flush()
+            history += [user, ChatMessage("assistant", reply)]
+    finally:
+        engine.shutdown()
+    return 0

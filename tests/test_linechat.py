@@ -1,0 +1,172 @@
+"""`glmtui chat` through real pipes and a real pty, on a tiny real model (local and via --endpoint)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine_helpers import EventLog
+from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Started, Token
+from glmtui.engine.worker import InferenceWorker
+from glmtui.server import ServerThread, create_app
+
+MODEL = "tiny-chatglm3"
+CHAT = [sys.executable, "-m", "glmtui.cli", "chat"]
+
+
+@pytest.fixture(scope="module")
+def served(chatglm3_dir):
+    log = EventLog()
+    worker = InferenceWorker(log).start()
+    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
+    server = ServerThread(create_app(worker, MODEL)).start()
+    yield worker, log, server
+    server.stop()
+    worker.shutdown()
+
+
+def greedy(served, messages, max_new_tokens=40):
+    worker, log, _ = served
+    done = log.wait(worker.generate(messages, GenerationParams(max_new_tokens, 0.0)))
+    assert isinstance(done, Finished)
+    return done
+
+
+def answer_line(text: str) -> str:
+    text = text.lstrip("\n")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def test_piped_question_prints_only_the_answer(served, chatglm3_dir):
+    expected = greedy(served, [ChatMessage("user", "你好")])
+    run = subprocess.run(CHAT + ["--model", str(chatglm3_dir), "--temperature", "0", "--max-new-tokens", "40"],
+                         input="你好\n".encode(), capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode() == answer_line(expected.text)
+    assert "Loaded" in run.stderr.decode()
+
+
+def test_piped_question_through_an_endpoint(served):
+    messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "what is a GPU?\nexplain")]
+    expected = greedy(served, messages, 30)
+    run = subprocess.run(CHAT + ["--endpoint", served[2].url, "--system", "Be brief.", "--temperature", "0",
+                                 "--max-new-tokens", "30"],
+                         input=b"  what is a GPU?\nexplain\n\n", capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode() == answer_line(expected.text)
+
+
+def test_piped_failures_keep_stdout_empty(chatglm3_dir, tmp_path):
+    run = subprocess.run(CHAT + ["--model", str(chatglm3_dir)], input=b"  \n", capture_output=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == b"" and b"no question" in run.stderr
+    run = subprocess.run(CHAT + ["--model", str(tmp_path / "missing")], input=b"hi", capture_output=True, timeout=300)
+    assert run.returncode == 1 and run.stdout == b"" and b"missing" in run.stderr
+    run = subprocess.run(CHAT + ["--endpoint", "http://127.0.0.1:9"], input=b"hi", capture_output=True, timeout=120)
+    assert run.returncode == 1 and run.stdout == b"" and b"cannot reach" in run.stderr
+    run = subprocess.run(CHAT + ["--model", str(chatglm3_dir), "--temperature", "-1"], input=b"hi",
+                         capture_output=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == b"" and b"temperature" in run.stderr
+
+
+class Terminal:
+    """`glmtui chat` on a pseudo-terminal."""
+
+    def __init__(self, argv):
+        master, slave = pty.openpty()
+        self.master = master
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.PIPE, close_fds=True)
+        os.close(slave)
+        self.buffer = b""
+
+    def read_until(self, marker: bytes, timeout: float = 60.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.buffer:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {marker!r} in {self.buffer[-500:]!r}")
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.buffer += os.read(self.master, 65536)
+                except OSError:
+                    break
+        at = self.buffer.index(marker) + len(marker)
+        seen, self.buffer = self.buffer[:at], self.buffer[at:]
+        return seen
+
+    def type(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        os.close(self.master)
+
+
+def _reply_text(seen: bytes, name: str) -> str:
+    """The reply as shown: after '<name>: ', before the next prompt."""
+    text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
+    return text.split(f"{name}: ", 1)[1].rsplit("\nUser: ", 1)[0].rstrip("\n")
+
+
+def test_interactive_chat_clear_stop_and_ctrl_c(served):
+    worker, log, server = served
+    term = Terminal(CHAT + ["--endpoint", server.url, "--temperature", "0", "--max-new-tokens", "40"])
+    try:
+        term.read_until(b"User: ")
+        mark = len(log.events)
+        term.type("hello")
+        first = _reply_text(term.read_until(b"User: "), MODEL)
+        expected = greedy(served, [ChatMessage("user", "hello")])
+        assert first == expected.text.lstrip("\n").rstrip("\n") + (" [token limit]" if expected.finish_reason == "length" else "")
+        first_prompt = [e for e in log.events[mark:] if isinstance(e, Started)][0].prompt_tokens
+
+        # the history goes along with the next question...
+        mark = len(log.events)
+        term.type("hello")
+        term.read_until(b"User: ")
+        assert [e for e in log.events[mark:] if isinstance(e, Started)][0].prompt_tokens > first_prompt
+        # ...until `clear`
+        term.type("clear")
+        term.read_until(b"History cleared.")
+        term.read_until(b"User: ")
+        mark = len(log.events)
+        term.type("hello")
+        term.read_until(b"User: ")
+        assert [e for e in log.events[mark:] if isinstance(e, Started)][0].prompt_tokens == first_prompt
+
+        # Ctrl-C during a reply stops that reply, not the program
+        def throttle(event):
+            if isinstance(event, Token):
+                time.sleep(0.05)
+
+        worker.add_listener(throttle)
+        try:
+            term.type("clear")
+            term.read_until(b"User: ")
+            mark = len(log.events)
+            term.type("story time")
+            term.read_until(f"{MODEL}: ".encode())
+            time.sleep(0.3)  # a few tokens in
+            term.proc.send_signal(signal.SIGINT)
+            seen = term.read_until(b"User: ", timeout=30)
+        finally:
+            worker.remove_listener(throttle)
+        assert b"[stopped]" in seen
+        deadline = time.time() + 10
+        while time.time() < deadline and not [e for e in log.events[mark:] if isinstance(e, Finished)]:
+            time.sleep(0.05)
+        assert [e for e in log.events[mark:] if isinstance(e, Finished)][-1].finish_reason == "cancelled"
+        assert term.proc.poll() is None
+
+        term.type("stop")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()

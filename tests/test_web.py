@@ -1,0 +1,177 @@
+"""`glmtui web`: the command line it builds, and the real thing serving its page over one API server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import psutil
+import pytest
+
+from glmtui.web import app_command, serve_argv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_command_runs_the_tui_against_the_endpoint():
+    command = app_command("http://127.0.0.1:8123", python="/opt/my env/bin/python")
+    assert shlex.split(command) == ["/opt/my env/bin/python", "-m", "glmtui.cli", "--endpoint",
+                                    "http://127.0.0.1:8123"]
+    # and that command line parses as the TUI with --endpoint
+    from glmtui.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert args.command is None and args.endpoint == "http://127.0.0.1:8123"
+
+
+def test_serve_argv_starts_one_loopback_api_server():
+    args = SimpleNamespace(model="/models/chatglm3-6b", mode="int4", device="cuda:1")
+    argv = serve_argv(args, 9001, python="py")
+    assert argv[:4] == ["py", "-m", "glmtui.cli", "serve"]
+    from glmtui.cli import build_parser
+
+    parsed = build_parser().parse_args(argv[3:])
+    assert (parsed.model, parsed.mode, parsed.device, parsed.host, parsed.port) == (
+        "/models/chatglm3-6b", "int4", "cuda:1", "127.0.0.1", 9001)
+    assert parsed.parent_pid == os.getpid() and parsed.api_key is None  # the key travels in the environment
+
+
+class _Output:
+    def __init__(self, stream):
+        self.text = ""
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in iter(stream.readline, b""):
+            self.text += line.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def web(chatglm3_dir, tmp_path_factory):
+    port, api_port = _free_port(), _free_port()
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path_factory.mktemp("web-home")))
+    env.pop("GLMTUI_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", "web", "--model", str(chatglm3_dir), "--mode", "fp32",
+         "--port", str(port), "--api-port", str(api_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    output = _Output(proc.stdout)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"glmtui web exited: {output.text}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"glmtui web did not serve its page: {output.text}")
+    yield proc, url, f"http://127.0.0.1:{api_port}", output
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_web_serves_the_textual_page_over_one_api_server(web):
+    proc, url, api, output = web
+    page = httpx.get(url)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "textual.js" in page.text and "textual-terminal" in page.text and "/ws" in page.text
+    assert "glmtui" in page.text  # the title
+    # the API server it started: loopback, model loaded, key required
+    health = httpx.get(api + "/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny-chatglm3"
+    assert httpx.get(api + "/v1/models").status_code == 401
+    children = psutil.Process(proc.pid).children(recursive=True)
+    serve = [c for c in children if "serve" in c.cmdline()]
+    assert len(serve) == 1
+    assert "--endpoint " in output.text and api in output.text  # the session command it logged
+
+
+def test_a_browser_session_runs_the_tui_against_the_shared_api(web):
+    pytest.importorskip("glmtui.ui.app")
+    import aiohttp
+
+    proc, url, api, output = web
+    received: list = []
+
+    async def session():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(url.replace("http", "ws") + "/ws?width=100&height=30") as ws:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        message = await ws.receive(timeout=1)
+                    except asyncio.TimeoutError:
+                        message = None
+                    if message is not None and message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                        received.append(message.data)
+                    sessions = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                                if "--endpoint" in c.cmdline()]
+                    if sessions and len(received) > 5 and '"GET /v1/models HTTP/1.1" 200' in output.text:
+                        return sessions[0].cmdline()
+                raise AssertionError(f"no app session talked to the API; output: {output.text[-2000:]}")
+
+    cmdline = asyncio.run(session())
+    assert cmdline[-2:] == ["--endpoint", api]
+    # one model for every session: still exactly one API server process
+    assert len([c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]) == 1
+
+
+def test_web_stops_its_api_server(chatglm3_dir, tmp_path):
+    port, api_port = _free_port(), _free_port()
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", "web", "--model", str(chatglm3_dir), "--mode", "fp32",
+         "--port", str(port), "--api-port", str(api_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        serve = [c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]
+        assert len(serve) == 1
+        proc.kill()  # even when web dies hard, its API server follows
+        proc.wait(10)
+        psutil.wait_procs(serve, timeout=15)
+        assert not serve[0].is_running() or serve[0].status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_web_without_model_or_server_explains(tmp_path):
+    from glmtui.web import DEFAULT_SERVE_URL, _health
+
+    if _health(DEFAULT_SERVE_URL) is not None:
+        pytest.skip("a glmtui server really is running on 127.0.0.1:8000 (web would reuse it)")
+    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--port", str(_free_port())],
+                         capture_output=True, timeout=60, env=dict(os.environ, GLMTUI_HOME=str(tmp_path)))
+    assert run.returncode == 2 and b"--model" in run.stderr

@@ -122,3 +122,25 @@ def run_web(args) -> int:
         return 0
     finally:
         _stop(api)
+        _stop_sessions()
+
+
+def _stop_sessions() -> None:
+    """End app sessions textual-serve left behind (a browser that vanished without closing its socket)."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass

@@ -86,12 +86,16 @@ def web(chatglm3_dir, tmp_path_factory):
         proc.kill()
         pytest.fail(f"glmtui web did not serve its page: {output.text}")
     yield proc, url, f"http://127.0.0.1:{api_port}", output
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
             proc.kill()
+    # Ctrl-C ends the API server and every app session with it
+    _, alive = psutil.wait_procs(descendants, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 def test_web_serves_the_textual_page_over_one_api_server(web):
@@ -175,3 +179,93 @@ def test_web_without_model_or_server_explains(tmp_path):
     run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--port", str(_free_port())],
                          capture_output=True, timeout=60, env=dict(os.environ, GLMTUI_HOME=str(tmp_path)))
     assert run.returncode == 2 and b"--model" in run.stderr
+
+
+# ------------------------------------------------------------------ a real browser (when one is installed)
+
+
+async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, ready_marker: str, sent_marker: str):
+    """Open ``url`` in headless Chromium (DevTools protocol), type ``text`` + Enter into the app, screenshot."""
+    import aiohttp
+    import base64
+    import json
+    import tempfile
+
+    port = _free_port()
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,800",
+                             f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as http:
+            targets = None
+            for _ in range(150):
+                try:
+                    targets = await (await http.get(f"http://127.0.0.1:{port}/json")).json()
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+            page = [t for t in targets if t["type"] == "page"][0]
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                counter = 0
+
+                async def call(method, **params):
+                    nonlocal counter
+                    counter += 1
+                    await ws.send_json({"id": counter, "method": method, "params": params})
+                    while True:
+                        message = json.loads((await ws.receive(timeout=30)).data)
+                        if message.get("id") == counter:
+                            return message.get("result", {})
+
+                async def until(predicate, timeout):
+                    deadline = time.monotonic() + timeout
+                    while not predicate():
+                        if time.monotonic() > deadline:
+                            return False
+                        await asyncio.sleep(0.2)
+                    return True
+
+                ready_before = output.text.count(ready_marker)
+                sent_before = output.text.count(sent_marker)
+                await call("Page.enable")
+                await call("Page.navigate", url=url)
+                # the session's TUI connected to the shared API server
+                assert await until(lambda: output.text.count(ready_marker) > ready_before, 60), output.text[-2000:]
+                await asyncio.sleep(2.0)  # first paint
+                focused = await call("Runtime.evaluate", returnByValue=True, expression=(
+                    "(() => { const t = document.querySelector('.xterm-helper-textarea');"
+                    " if (t) { t.focus(); } return !!t; })()"))
+                assert focused["result"]["value"] is True
+                await call("Input.insertText", text=text)
+                await asyncio.sleep(0.3)
+                for kind in ("keyDown", "keyUp"):
+                    await call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                               windowsVirtualKeyCode=13, nativeVirtualKeyCode=13,
+                               **({"text": "\r"} if kind == "keyDown" else {}))
+                sent = await until(lambda: output.text.count(sent_marker) > sent_before, 60)
+                await asyncio.sleep(1.0)
+                shot = await call("Page.captureScreenshot", format="png")
+                screenshot.write_bytes(base64.b64decode(shot["data"]))
+                return sent
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_the_tui_in_headless_chromium_chats_through_the_shared_api(web, tmp_path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    pytest.importorskip("glmtui.ui.app")
+    proc, url, api, output = web
+    shot = tmp_path / "glmtui-web.png"
+    sent = asyncio.run(_cdp_chat(chromium, url, "hello from a browser", shot, output,
+                                 '"GET /v1/models HTTP/1.1" 200', '"POST /v1/chat/completions HTTP/1.1" 200'))
+    assert sent, f"the browser's message never reached the API; screenshot: {shot}; output: {output.text[-2000:]}"
+    assert shot.stat().st_size > 5000
+    assert len([c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from glmtui.config import default_paths
+from glmtui.store import HistoryStore
 from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
@@ -485,3 +486,81 @@ def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert "painted True torch False False" in out.stdout, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- downloads
+
+
+@pytest.fixture
+def fake_hub(tmp_path_factory, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hfc
+    from hubserver import FakeHub, build_tiny_model
+
+    src = build_tiny_model(tmp_path_factory.mktemp("hub-src"))
+    with FakeHub() as fake:
+        fake.add_folder("THUDM/glm-edge-1.5b-chat", src)  # a catalogue id, served by the fake hub
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
+        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
+        monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-hf-tokens"))
+        monkeypatch.setattr(hfc, "HF_HUB_DISABLE_TELEMETRY", True)
+        if hasattr(hfc, "AGENT_HARNESSES_PATH"):
+            monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        yield fake
+
+
+async def test_download_cancel_resume_and_load_from_the_models_pane(fake_hub, quiet_sampler):
+    app = GlmApp(mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        models = app.models_pane
+        ol = models.option_list
+        ol.focus()
+        ol.highlighted = [ol.get_option_at_index(i).id for i in range(ol.option_count)].index("cat:glm-edge-1.5b-chat")
+        await pilot.pause()
+        assert "not downloaded" in screen_text(app)
+
+        fake_hub.slow = (2048, 0.05)  # slow enough to cancel mid-way
+        await pilot.press("d")
+        await wait_for(pilot, lambda: any(j.progress and j.progress.bytes_done > 0 for j in models.jobs.values()),
+                       what="download progress")
+        assert app.query_one("#download-bar").display
+        assert "downloading" in screen_text(app) or "running" in screen_text(app)
+        await pilot.press("x")
+        await wait_for(pilot, lambda: all(j.finished for j in models.jobs.values()), what="cancel")
+        assert [j.state for j in models.jobs.values()] == ["cancelled"]
+
+        fake_hub.slow = None
+        await pilot.press("d")
+        await wait_for(pilot, lambda: any(j.state == "done" for j in models.jobs.values()), what="download")
+        await pilot.pause()
+        row = models.highlighted_row()
+        assert row.status.state == "complete" and row.status.verified
+        assert any("downloaded to" in n for n in notifications(app))
+
+        await pilot.press("enter")  # load it
+        await wait_for(pilot, lambda: app.loaded is not None, what="load of the download")
+        assert app.loaded.model_path == str(row.folder)
+        reply = await send(pilot, app, "hi")
+        assert reply.status == "complete"
+
+
+async def test_quitting_mid_reply_keeps_it_marked_stopped(chatglm3_dir, quiet_sampler):
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 4000},
+                 sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="load")
+        chat = app.chat_pane
+        assert await chat.send("tell me a long story")  # what Enter does, without waiting for the app to idle
+        assert chat.active is not None
+        cid = chat.conversation_id
+        await pilot.press("ctrl+q")
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        reply = store.messages(cid)[-1]
+    finally:
+        store.close()
+    assert reply.role == "assistant" and reply.status == "stopped"

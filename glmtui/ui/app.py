@@ -240,7 +240,8 @@ class GlmApp(App):
         yield PaneBar(id="pane-bar")
         with Horizontal(id="main", classes="-pane-chat"):
             yield HistoryPane(id="history")
-            yield ChatPane(id="chat")
+            self._chat = ChatPane(id="chat")  # kept: on_unmount runs after the DOM is gone
+            yield self._chat
             with Vertical(id="side"):
                 yield MonitorPane(id="monitor")
                 yield ModelsPane(id="models")
@@ -260,6 +261,8 @@ class GlmApp(App):
             self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
         self.engine.start()
         self._start_monitor()
+        self._toast_count = 0
+        self.set_interval(0.5, self._heal_after_toasts)
         self.refresh_status()
         if self.initial_model:
             self.call_after_refresh(self.request_load, self.initial_model)
@@ -280,6 +283,14 @@ class GlmApp(App):
 
     def on_unmount(self) -> None:
         self._monitor_stop.set()
+        active = getattr(getattr(self, "_chat", None), "active", None)
+        if active is not None and active.message_id is not None:
+            # quitting mid-reply: keep what was written, marked stopped (not left "streaming")
+            try:
+                self.store.update_message(active.message_id, active.text, "stopped",
+                                          {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens})
+            except Exception:  # noqa: BLE001 - the next start marks it interrupted instead
+                pass
         if self._api_server is not None:
             try:
                 self._api_server.stop(timeout=3.0)
@@ -334,6 +345,19 @@ class GlmApp(App):
 
     def free_memory(self) -> tuple[str, Optional[int]]:
         return self.monitor_pane.free_for_model()
+
+    def _heal_after_toasts(self) -> None:
+        """Repaint the whole screen once a toast has gone.
+
+        In a real terminal, a toast that expires in the same frame as a layout
+        change elsewhere can leave its cells on screen (seen in tmux with
+        Textual 8.2.8; the headless tests never show it): a full repaint after
+        any toast goes away clears them.
+        """
+        count = len(getattr(self, "_notifications", ()))
+        if count < self._toast_count:
+            self.call_after_refresh(self.screen.refresh)
+        self._toast_count = count
 
     # ------------------------------------------------------------------ theme
 

@@ -17,6 +17,16 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   touch "$stamp"
 fi
+if [ "${1:-app}" = test ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # The terminal test drives glmtui in tmux; the web test loads it in headless Chromium.
+  missing=""
+  command -v tmux >/dev/null || missing="$missing tmux"
+  command -v chromium >/dev/null || missing="$missing chromium"
+  if [ -n "$missing" ]; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing) >/dev/null 2>&1 \
+      || echo "dev.sh: could not install$missing; those tests will be skipped" >&2
+  fi
+fi
 what=${1:-app}
 shift || true
 case "$what" in

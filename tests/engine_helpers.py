@@ -13,12 +13,15 @@ FINAL = (Failed, Finished, Loaded, Unloaded)
 class EventLog:
     def __init__(self):
         self.events = []
+        self._final = {}  # request id -> its final event, so waiting stays O(1) per token
         self._cond = threading.Condition()
 
     def __call__(self, event):
         with self._cond:
             self.events.append(event)
-            self._cond.notify_all()
+            if isinstance(event, FINAL):
+                self._final[event.request_id] = event
+                self._cond.notify_all()
 
     def of(self, request_id, kind=None):
         return [e for e in self.events if e.request_id == request_id and (kind is None or isinstance(e, kind))]
@@ -26,9 +29,9 @@ class EventLog:
     def wait(self, request_id, timeout=120.0):
         """The request's final event (Loaded, Unloaded, Finished or Failed)."""
         with self._cond:
-            ok = self._cond.wait_for(lambda: any(isinstance(e, FINAL) for e in self.of(request_id)), timeout)
+            ok = self._cond.wait_for(lambda: request_id in self._final, timeout)
         assert ok, f"request {request_id} did not finish in {timeout}s; events: {self.of(request_id)}"
-        return [e for e in self.of(request_id) if isinstance(e, FINAL)][-1]
+        return self._final[request_id]
 
 
 def start_worker():

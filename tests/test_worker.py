@@ -59,7 +59,11 @@ def test_greedy_generation_through_worker_equals_model_generate(worker, chatglm3
         )[0, len(ids):].tolist()
     stops = set(loaded.chat_format.stop_token_ids)
     reply = out[: next((i for i, t in enumerate(out) if t in stops), len(out))]
-    assert done.text == loaded.chat_format.decode(reply)
+    expected = loaded.chat_format.decode(reply)
+    prefix = loaded.chat_format.reply_prefix
+    if prefix and expected.startswith(prefix):
+        expected = expected[len(prefix):]
+    assert done.text == expected
     assert done.completion_tokens == len(reply)
     assert "".join(e.text for e in log.of(rid, Token)) == done.text
     started = log.of(rid, Started)[0]
@@ -271,3 +275,22 @@ def test_parameters_that_would_break_sampling_are_refused(worker, chatglm3_dir, 
     failed = log.wait(w.generate([ChatMessage("user", "hi")], params))
     assert isinstance(failed, Failed) and failed.during == "params" and word in failed.message
     assert isinstance(log.wait(w.generate([ChatMessage("user", "hi")], GREEDY)), Finished)
+
+
+def test_chatglm3_reply_loses_its_empty_metadata_line():
+    """ChatGLM3 answers "<metadata>\\n<content>"; a plain reply's leading newline is not content."""
+    from glmtui.engine.generation import ReplyStream
+
+    pieces = []
+    stream = ReplyStream(lambda ids: "".join(chr(i) for i in ids), [0], (), pieces.append, drop_prefix="\n")
+    stream.put(torch.tensor([[1, 2]]))  # the prompt
+    for ch in "\nHello\nworld":
+        stream.put(torch.tensor([ord(ch)]))
+    stream.end()
+    assert stream.text == "Hello\nworld" == "".join(pieces)
+    tool = ReplyStream(lambda ids: "".join(chr(i) for i in ids), [0], (), lambda t: None, drop_prefix="\n")
+    tool.put(torch.tensor([[1]]))
+    for ch in "weather\n{}":
+        tool.put(torch.tensor([ord(ch)]))
+    tool.end()
+    assert tool.text == "weather\n{}"  # a tool call keeps its metadata line

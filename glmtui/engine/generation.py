@@ -22,7 +22,8 @@ from .prompts import IncrementalDetokenizer, PromptError
 class ReplyStream(BaseStreamer):
     """Receives token ids from ``generate`` and emits text as it becomes final."""
 
-    def __init__(self, decode, stop_token_ids: Sequence[int], stop_strings: Sequence[str], emit_text):
+    def __init__(self, decode, stop_token_ids: Sequence[int], stop_strings: Sequence[str], emit_text,
+                 drop_prefix: str = ""):
         self._detok = IncrementalDetokenizer(decode)
         self._stop_ids = set(stop_token_ids)
         self._stop_strings = [s for s in stop_strings if s]
@@ -30,6 +31,8 @@ class ReplyStream(BaseStreamer):
         self._emit_text = emit_text
         self._prompt_seen = False
         self._pending = ""  # text held back while it might begin a stop string
+        self._drop_prefix = drop_prefix  # dropped once from the very start of the reply
+        self._started = False
         self.text = ""  # everything emitted so far
         self.generated = 0
         self.hit_stop_token = False
@@ -58,6 +61,12 @@ class ReplyStream(BaseStreamer):
     def _take(self, new_text: str) -> None:
         if not new_text:
             return
+        if not self._started:
+            self._started = True
+            if self._drop_prefix and new_text.startswith(self._drop_prefix):
+                new_text = new_text[len(self._drop_prefix) :]
+                if not new_text:
+                    return
         pending = self._pending + new_text
         for stop in self._stop_strings:
             at = pending.find(stop)
@@ -137,6 +146,7 @@ def run_generation(
         chat_format.stop_token_ids,
         params.stop,
         lambda text: emit(Token(request_id, text)),
+        getattr(chat_format, "reply_prefix", ""),
     )
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
     sampling = params.temperature > 0

@@ -40,6 +40,7 @@ class PromptError(ValueError):
 class ChatFormat(Protocol):
     name: str
     stop_token_ids: list[int]
+    reply_prefix: str  # text a reply always starts with that is not content
 
     def encode_conversation(self, messages: Sequence[ChatMessage]) -> list[int]: ...
 
@@ -72,6 +73,9 @@ class ChatGLM3Format:
     """
 
     name = "chatglm3"
+    # A reply is "<metadata>\n<content>"; plain replies have empty metadata,
+    # so they start with a newline that ChatGLM3's own chat() drops too.
+    reply_prefix = "\n"
 
     def __init__(self, tokenizer_model: Path):
         import sentencepiece
@@ -119,6 +123,7 @@ class ChatTemplateFormat:
     """Any Hugging Face tokenizer that carries a chat template."""
 
     name = "chat_template"
+    reply_prefix = ""
 
     def __init__(self, tokenizer, extra_stop_ids: Sequence[int] = ()):
         if not getattr(tokenizer, "chat_template", None):

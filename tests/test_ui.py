@@ -564,3 +564,48 @@ async def test_quitting_mid_reply_keeps_it_marked_stopped(chatglm3_dir, quiet_sa
     finally:
         store.close()
     assert reply.role == "assistant" and reply.status == "stopped"
+
+
+# ---------------------------------------------------------------- --endpoint
+
+
+async def test_endpoint_mode_chats_through_an_openai_server(native_glm, quiet_sampler):
+    pytest.importorskip("fastapi")
+    from engine_helpers import start_worker
+
+    from glmtui.server import ServerThread, create_app
+
+    worker, log = start_worker()
+    assert log.wait(worker.load(str(native_glm), "fp32")).__class__.__name__ == "Loaded"
+    server = ServerThread(create_app(worker, "tiny")).start()
+    try:
+        app = GlmApp(endpoint=server.url, default_params=GREEDY, sampler=quiet_sampler)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.loaded is not None, what="connect")
+            assert app.loaded.mode == "remote"
+            assert server.url in screen_text(app)
+            reply = await send(pilot, app, "hello over http")
+            assert reply.status == "complete" and reply.text
+            assert reply.stats["completion_tokens"] > 0
+            await pilot.press("f8")
+            assert any("server" in n for n in notifications(app))
+        assert prefs.load_prefs(default_paths().config_file)[0].get("mode") is None
+    finally:
+        server.stop()
+        worker.shutdown()
+
+
+async def test_api_flag_serves_the_same_engine(quiet_sampler):
+    pytest.importorskip("fastapi")
+    import httpx
+
+    app = GlmApp(mode="fp32", api=True, api_port=0, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: any("OpenAI-compatible API on" in n for n in notifications(app)),
+                       timeout=30, what="the API server")
+        url = app._api_server.url
+        assert any(f"{url}/v1" in n for n in notifications(app))
+        async with httpx.AsyncClient() as client:
+            health = await client.get(f"{url}/health")
+        assert health.status_code == 503 and health.json()  # served, and says no model is loaded yet
+    assert not app._api_server._thread.is_alive()

@@ -447,16 +447,19 @@ class GlmApp(App):
         self.unloaded_note = None
         self.models_pane.last_error = None
         self.models_pane.load_stage = None
-        if event.model_path not in self.extra_model_paths:
-            self.extra_model_paths.append(event.model_path)
-        self.mode = event.mode
-        self._save_prefs(mode=event.mode)
-        self.notify(
-            f"{event.model_name} · {event.mode} · {event.device} · {fmt_bytes(event.footprint_bytes)} "
-            f"in {event.load_seconds:.1f} s",
-            title="Model loaded",
-            timeout=4,
-        )
+        if event.mode in MODES:  # a local load (a remote engine reports mode "remote")
+            if event.model_path not in self.extra_model_paths:
+                self.extra_model_paths.append(event.model_path)
+            self.mode = event.mode
+            self._save_prefs(mode=event.mode)
+            self.notify(
+                f"{event.model_name} · {event.mode} · {event.device} · {fmt_bytes(event.footprint_bytes)} "
+                f"in {event.load_seconds:.1f} s",
+                title="Model loaded",
+                timeout=4,
+            )
+        else:
+            self.notify(f"{event.model_name} served by {event.model_path}", title="Connected", timeout=4)
         self._model_changed(reload_rows=True)
 
     def _model_changed(self, reload_rows: bool = False) -> None:
@@ -481,7 +484,8 @@ class GlmApp(App):
         if self.loaded is not None:
             text.append("● ", style="green")
             text.append(self.loaded.model_name, style="bold")
-            text.append(f" {self.loaded.mode} {self.loaded.device}")
+            if self.loaded.mode in MODES:
+                text.append(f" {self.loaded.mode} {self.loaded.device}")
         elif self.models_pane.load_stage is not None:
             text.append("◌ loading ", style="yellow")
             text.append(self.loading_label or "")
@@ -528,6 +532,13 @@ class GlmApp(App):
             self.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
             return
         mode = mode or self.mode
+        if self.endpoint:  # the server has its model: load() (re)connects, naming a served model id or none
+            self.loading_label = spec or self.endpoint
+            self.models_pane.last_error = None
+            self.models_pane.set_load_progress("connecting", None)
+            self.refresh_status()
+            self.engine.load(spec)
+            return
         folder, name, problem = self.resolve_model(spec)
         if problem is not None or folder is None:
             self.models_pane.last_error = problem
@@ -754,6 +765,9 @@ class GlmApp(App):
         self.engine.unload()
 
     def action_quantization(self) -> None:
+        if self.endpoint:
+            self.notify("The server at the endpoint decides how its model is quantized.", severity="warning")
+            return
         device, free = self.free_memory()
         row = None
         if self.loaded is not None:

@@ -147,7 +147,8 @@ class ModelsPane(VerticalScroll):
 
     def _row_prompt(self, row: ModelRow) -> Text:
         loaded = self.app.loaded
-        is_loaded = loaded is not None and row.folder is not None and Path(loaded.model_path).resolve() == row.folder.resolve()
+        is_loaded = (loaded is not None and loaded.mode in MODES and row.folder is not None
+                     and Path(loaded.model_path).resolve() == row.folder.resolve())
         job = self._job_for(row)
         state = row.status.state
         if is_loaded:
@@ -195,6 +196,10 @@ class ModelsPane(VerticalScroll):
             info.append("Loading ", style="bold")
             info.append(app.loading_label or "model", style="bold")
             info.append(f" · {self.load_stage}")
+        elif loaded is not None and loaded.mode not in MODES:
+            info.append("Remote ", style="bold")
+            info.append(loaded.model_name, style="bold green")
+            info.append(f"\nserved by {loaded.model_path}")
         elif loaded is not None:
             info.append("Loaded ", style="bold")
             info.append(loaded.model_name, style="bold green")
@@ -207,7 +212,8 @@ class ModelsPane(VerticalScroll):
         if self.last_error:
             info.append("\n✗ ", style="bold red")
             info.append(self.last_error, style="red")
-        info.append(f"\nmode for the next load: {app.mode}", style="dim")
+        if not app.endpoint:
+            info.append(f"\nmode for the next load: {app.mode}", style="dim")
         self.query_one("#loaded-info", Static).update(info)
         bar = self.query_one("#load-bar", ProgressBar)
         bar.display = self.load_stage is not None

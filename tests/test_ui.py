@@ -321,7 +321,17 @@ async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
     assert prefs.load_prefs(default_paths().config_file)[0]["mode"] == "int8"
 
 
-async def test_load_modal_loads_a_folder(native_glm, quiet_sampler):
+async def test_load_modal_loads_a_folder(native_glm, quiet_sampler, monkeypatch):
+    from glmtui.ui.models import ModelsPane
+
+    stages = []
+    original = ModelsPane.set_load_progress
+
+    def record(self, stage, fraction):
+        stages.append(stage)
+        original(self, stage, fraction)
+
+    monkeypatch.setattr(ModelsPane, "set_load_progress", record)
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("ctrl+l")
@@ -329,6 +339,7 @@ async def test_load_modal_loads_a_folder(native_glm, quiet_sampler):
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.loaded is not None, what="load from modal")
         assert app.loaded.model_name == native_glm.name
+        assert stages[0] == "queued" and len([st for st in stages if st]) >= 3  # the worker's stages were shown
         await pilot.press("f2", "f2")
         assert app.current_pane == "models"
         assert native_glm.name in screen_text(app)
@@ -609,3 +620,26 @@ async def test_api_flag_serves_the_same_engine(quiet_sampler):
             health = await client.get(f"{url}/health")
         assert health.status_code == 503 and health.json()  # served, and says no model is loaded yet
     assert not app._api_server._thread.is_alive()
+
+
+async def test_chinese_text_renders_and_wraps_at_80_columns(isolated_home, quiet_sampler):
+    long_reply = "量化把模型权重从十六位浮点数压缩成八位或四位整数，显存占用大约减半或减到四分之一。" * 3
+    store = HistoryStore.open(default_paths().history_db)
+    cid = store.create_conversation("中文", None)
+    store.add_message(cid, "user", "请用中文解释量化")
+    store.add_message(cid, "assistant", long_reply)
+    store.close()
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f2")
+        assert app.focused is app.history_pane.option_list
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.chat_pane.conversation_id == cid, what="open")
+        await pilot.pause()
+        from rich.cells import cell_len
+
+        lines = screen_text(app).splitlines()
+        assert all(cell_len(line) <= 80 for line in lines)
+        body = [line for line in lines if "量化" in line or "显存" in line or "整数" in line]
+        assert len(body) >= 3  # one paragraph, wrapped over several rows
+        assert "请用中文解释量化" in screen_text(app)

@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from glmtui import catalog
@@ -201,6 +201,7 @@ class GlmApp(App):
         self._monitor_stop = threading.Event()
         self._downloads = None
 
+        self._focus_next = None  # a widget to focus instead of the pane's usual one
         self.loaded: Optional[Loaded] = None
         self.loading_label: Optional[str] = None
         self.unloaded_note: Optional[str] = None
@@ -564,9 +565,19 @@ class GlmApp(App):
         for name in PANES:
             main.set_class(name == pane, f"-pane-{name}")
         self.query_one(PaneBar).show(pane)
-        target = self._pane_focus_target(pane)
+        target = self._focus_next or self._pane_focus_target(pane)
+        self._focus_next = None
         focused = self.focused
         if target is not None and (focused is None or not self._in_pane(focused, pane)):
+            target.focus()
+            # in the narrow layout the pane is displayed only after the next layout, and Textual
+            # may move focus off the widget it just hid: settle it once that is done
+            self.set_timer(0.05, lambda: self._settle_pane_focus(pane, target))
+
+    def _settle_pane_focus(self, pane: str, target) -> None:
+        if self.current_pane != pane or isinstance(self.screen, ModalScreen):
+            return
+        if self.focused is not target:
             target.focus()
 
     def _pane_widget(self, pane: str):
@@ -604,8 +615,11 @@ class GlmApp(App):
         self.current_pane = PANES[(PANES.index(self.current_pane) + 1) % len(PANES)]
 
     def action_search(self) -> None:
-        self.current_pane = "history"
-        self.history_pane.focus_search()
+        search = self.history_pane.search_input
+        if self.current_pane != "history":
+            self._focus_next = search
+            self.current_pane = "history"
+        search.focus()
 
     # ------------------------------------------------------------------ chat actions
 

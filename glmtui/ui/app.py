@@ -260,6 +260,7 @@ class GlmApp(App):
         self.chat_pane.input.focus()
         for severity, message in self.notes:
             self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
+        self._install_signal_handlers()
         self.engine.start()
         self._start_monitor()
         self._toast_count = 0
@@ -282,13 +283,35 @@ class GlmApp(App):
         self._api_server = server
         self.call_from_thread(self.notify, f"OpenAI-compatible API on {server.url}/v1", title="API server", timeout=8)
 
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM, and SIGHUP when an SSH session drops: leave as cleanly as Ctrl+Q does.
+
+        The default action would kill the process mid-reply with the latest
+        seconds of the reply unsaved and the worker never told to stop.
+        """
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, self._exit_on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+                pass  # not the main thread (tests) or no such signal here
+
+    def _exit_on_signal(self, sig) -> None:
+        self._ended_by_signal = sig
+        self.exit(return_code=128 + int(sig))
+
     def on_unmount(self) -> None:
         self._monitor_stop.set()
         active = getattr(getattr(self, "_chat", None), "active", None)
         if active is not None and active.message_id is not None:
-            # quitting mid-reply: keep what was written, marked stopped (not left "streaming")
+            # quitting mid-reply: keep what was written, marked stopped (not left "streaming");
+            # a signal (dropped SSH session, kill) marks it interrupted — the user did not stop it
+            status = "interrupted" if getattr(self, "_ended_by_signal", None) else "stopped"
             try:
-                self.store.update_message(active.message_id, active.text, "stopped",
+                self.store.update_message(active.message_id, active.text, status,
                                           {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens})
             except Exception:  # noqa: BLE001 - the next start marks it interrupted instead
                 pass

@@ -27,6 +27,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from glmtui.config import ensure_private_dir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -105,9 +107,14 @@ def save_prefs(config_file: Path, values: dict) -> None:
             continue
         name = key if _KEY.match(key) else _toml_value(key)
         out.append(f"{name} = {_toml_value(value)}")
-    config_file.parent.mkdir(parents=True, exist_ok=True)
+    if not config_file.parent.exists():
+        ensure_private_dir(config_file.parent)
     tmp = config_file.with_name(config_file.name + ".tmp")
-    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    # Readable by the user only, from the first byte written.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(out) + "\n")
+    os.chmod(tmp, 0o600)
     os.replace(tmp, config_file)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -205,6 +206,8 @@ class GlmApp(App):
         self.loaded: Optional[Loaded] = None
         self.loading_label: Optional[str] = None
         self.unloaded_note: Optional[str] = None
+        self._memory_before_load: tuple[str, Optional[int]] = ("", None)
+        self._unload_check_at: Optional[float] = None
         self.extra_model_paths: list[str] = []
         self.last_spec = model or ""
         self._store_errors: set[str] = set()
@@ -429,6 +432,28 @@ class GlmApp(App):
         self.monitor_pane.show(message.snapshot)
         if first:
             self.models_pane.refresh_detail()
+        if self._unload_check_at is not None and time.monotonic() >= self._unload_check_at and self.loaded is None:
+            self._unload_check_at = None
+            kind, before = self._memory_before_load
+            now_kind, after = self._own_memory()
+            snap = message.snapshot
+            reserved = sum(t.reserved for t in (snap.torch or ())) if snap is not None else None
+            note = unload_memory_note(kind, before, after, reserved) if kind == now_kind else None
+            if note:
+                self.unloaded_note = note
+                self.models_pane.refresh_info()
+                self.notify(note, title="Memory after unload", timeout=8)
+
+    def _own_memory(self) -> tuple[str, Optional[int]]:
+        """This process's memory as the monitor last saw it: on the GPUs, else resident RAM."""
+        snap = self.monitor_pane.snapshot
+        if snap is None:
+            return ("", None)
+        if snap.has_gpu:
+            used = [g.self_used_bytes for g in snap.gpus if g.self_used_bytes is not None]
+            if used:
+                return ("GPU", sum(used))
+        return ("RAM", snap.host.process_rss)
 
     # ------------------------------------------------------------------ engine events
 
@@ -450,6 +475,7 @@ class GlmApp(App):
             after = f"; {fmt_bytes(event.device_bytes_after)} still reserved on the device" if event.device_bytes_after else ""
             self.unloaded_note = f"unloaded {event.model_name}{after}"
             self.notify(f"Unloaded {event.model_name or 'the model'}{after}.")
+            self._unload_check_at = time.monotonic() + 1.5  # compare once memory has settled
             self._model_changed()
         elif isinstance(event, Failed):
             if event.during == "load":
@@ -571,6 +597,8 @@ class GlmApp(App):
             return
         self.last_spec = spec
         self.mode = mode
+        if self.loaded is None:  # switching quantization keeps the figure from before the first load
+            self._memory_before_load = self._own_memory()
         self.loading_label = label or name
         self.models_pane.last_error = None
         self.models_pane.set_load_progress("queued", None)
@@ -898,6 +926,30 @@ class GlmApp(App):
             await self.run_action(action)
 
         return run
+
+
+UNLOAD_MARGIN = 64 * 2**20
+
+
+def unload_memory_note(kind: str, before: Optional[int], after: Optional[int],
+                       torch_reserved: Optional[int] = None) -> Optional[str]:
+    """What the monitor shows after an unload, against the figure taken before the load.
+
+    ``kind`` is "GPU" (this process's memory on the GPUs, NVML) or "RAM"
+    (this process's resident memory). Within UNLOAD_MARGIN counts as back.
+    """
+    if before is None or after is None:
+        return None
+    delta = after - before
+    if delta <= UNLOAD_MARGIN:
+        return f"{kind} back to within {fmt_bytes(UNLOAD_MARGIN)} of before the load ({fmt_bytes(after)})"
+    if kind == "GPU":
+        why = "the CUDA context and cuBLAS/bitsandbytes workspaces stay resident while glmtui runs"
+        if torch_reserved:
+            why += f"; torch still reserves {fmt_bytes(torch_reserved)}"
+    else:
+        why = "freed memory the C allocator keeps for reuse (the next load reuses it)"
+    return f"{fmt_bytes(delta)} of {kind} stayed behind after unload: {why}"
 
 
 def run_app(args) -> int:

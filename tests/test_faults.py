@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory):
     return tiny_models.build_chatglm3(tmp_path_factory.mktemp("slow") / "slow-chatglm3", hidden=512, layers=8,
-                                      heads=8, kv_heads=2, head_dim=64, ffn=1536)
+                                      heads=8, kv_heads=2, head_dim=64, ffn=1536, never_stop=True)
 
 
 def _rows(db):

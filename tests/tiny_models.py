@@ -158,7 +158,7 @@ def glm_to_chatglm3_state_dict(state: dict, config) -> dict:
 
 
 def build_chatglm3(dest: Path, seed: int = 0, shards: int = 2, fmt: str = "bin", native_copy: Path | None = None,
-                   rope_ratio: float = 1.0, **shape) -> Path:
+                   rope_ratio: float = 1.0, never_stop: bool = False, **shape) -> Path:
     """A ChatGLM3-layout checkpoint; optionally the same weights saved natively too."""
     import torch
 
@@ -171,6 +171,13 @@ def build_chatglm3(dest: Path, seed: int = 0, shards: int = 2, fmt: str = "bin",
     config = tiny_glm_config(vocab, **shape)
     config.rope_parameters["rope_theta"] = 10000.0 * rope_ratio
     model = _random_glm(config, seed)
+    if never_stop:
+        # Zero logits for eos, <|user|> and <|observation|> while others are large: replies run to max length.
+        import torch
+
+        with torch.no_grad():
+            for stop in (2, pieces + 6, pieces + 8):
+                model.lm_head.weight[stop].zero_()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     chatglm = glm_to_chatglm3_state_dict(state, config)
     chatglm_config = {

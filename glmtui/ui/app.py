@@ -883,13 +883,28 @@ class GlmApp(App):
         if row.status.state == "complete":
             self.notify(f"{row.entry.name} is already downloaded.", timeout=3)
             return
-        source = "hf" if row.entry.hf_repo else "modelscope"
+        source = self.download_source
+        if not (row.entry.hf_repo if source == "hf" else row.entry.modelscope_repo):  # only on the other hub
+            source = "modelscope" if source == "hf" else "hf"
         try:
             job = self._downloads_queue().submit(row.entry, source=source)
         except Exception as exc:  # noqa: BLE001
             self.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Download")
             return
         self.notify(f"Downloading {row.entry.name} into {job.dest}", timeout=5)
+
+    @property
+    def download_source(self) -> str:
+        """Where downloads come from: "hf" or "modelscope" (config.toml [ui] download_source)."""
+        source = self.prefs.get("download_source")
+        return source if source in ("hf", "modelscope") else "hf"
+
+    def action_toggle_download_source(self) -> None:
+        source = "modelscope" if self.download_source == "hf" else "hf"
+        self._save_prefs(download_source=source)
+        self.models_pane.refresh_detail()
+        self.notify(f"Downloads now come from {'ModelScope' if source == 'modelscope' else 'Hugging Face'}.",
+                    timeout=3)
 
     def action_cancel_download(self) -> None:
         row = self.models_pane.highlighted_row()

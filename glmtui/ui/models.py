@@ -65,6 +65,7 @@ class ModelList(OptionList):
         Binding("enter", "select", "Load", show=True),
         Binding("d", "app.download_model", "Download"),
         Binding("x", "app.cancel_download", "Cancel download"),
+        Binding("s", "app.toggle_download_source", "Source"),
     ]
 
 
@@ -268,6 +269,8 @@ class ModelsPane(VerticalScroll):
         if job is not None:
             detail.append("\n")
             detail.append(self.describe_job(job), style="red" if job.state == "failed" else "cyan")
+        source = {"hf": "Hugging Face", "modelscope": "ModelScope"}.get(self.app.download_source, self.app.download_source)
+        detail.append(f"\ndownloads from {source} (s switches)", style="dim")
         detail.append("\nEnter load · d download · x cancel · F8 mode", style="dim")
         self.query_one("#model-detail", Static).update(detail)
 

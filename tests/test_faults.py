@@ -43,6 +43,14 @@ def _start_streaming(slow_model, tmp_path):
     command = (f"env -u COLUMNS -u LINES GLMTUI_HOME={home} TERM=xterm-256color "
                f"{_glmtui()} --model {slow_model} --mode fp32 --device cpu")
     tmux.run("-f", "/dev/null", "new-session", "-d", "-s", tmux.name, "-x", "100", "-y", "30", command)
+    try:
+        return _stream_until_flushed(tmux, slow_model, home)
+    except BaseException:
+        tmux.run("kill-server", check=False)  # never leave a glmtui behind
+        raise
+
+
+def _stream_until_flushed(tmux, slow_model, home):
     pid = int(tmux.run("list-panes", "-t", tmux.name, "-F", "#{pane_pid}").split()[0])
     tmux.wait_for(lambda s: f"● {slow_model.name} fp32 cpu" in s, 120, "the model to load")
     tmux.run("send-keys", "-t", tmux.name, "-l", "Tell me a very long story")

@@ -34,6 +34,12 @@ def chatglm3_dir(chatglm3_pair) -> Path:
     return chatglm3_pair[0]
 
 
+@pytest.fixture(scope="session")
+def chatty_chatglm3(models_root) -> Path:
+    """A ChatGLM3-layout model that never emits a stop token: every reply runs to max_new_tokens."""
+    return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-chatty", never_stop=True)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Never touch the real user's data or config folders."""

@@ -1,0 +1,338 @@
+"""Benchmark 1: streaming overhead — a reply through the worker and the chat UI vs plain ``generate``.
+
+A native GLM small enough to build here but big enough that the model's own
+time dominates, as a real one's would (hidden 512, 4 layers by default), is
+built offline with tests/tiny_models.py. The same greedy reply (same prompt,
+same number of tokens) is produced three ways, in alternating order:
+
+* ui     — the real GlmApp, headless (``App.run_test``), real worker, real history
+           file: the clock runs from pressing Enter in the prompt (Pilot) to the
+           first screen refresh after the reply's Finished was handled (its
+           final full Markdown update included). TTFT: Enter to the first
+           refresh that lays out the reply's first Markdown block.
+* worker — glmtui's InferenceWorker alone: submit to the Finished event
+           (TTFT: to the first Token event).
+* plain  — ``model.generate`` on the same loaded model type, same prompt ids,
+           ``max_new_tokens = min_new_tokens =`` the UI reply's token count
+           (TTFT: to the first new token, via a streamer that only notes the time).
+
+The UI reply's length is measured first (a calibration run, not counted); with the
+stop tokens' output rows zeroed (see ``build_model``) it is the UI's max new tokens.
+Prints tokens/s each way, the ratios against plain (target: ui/plain >= 0.97)
+and TTFT each way; medians over ``--reps`` rounds. Headless Textual still
+lays out and composites every frame; only the write to a terminal is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPT = "Tell me about GPUs and memory."
+
+
+def build_model(dest: Path, hidden: int, layers: int) -> Path:
+    """A random native GLM whose greedy replies never stop early: the stop tokens' ``lm_head`` rows are
+    zeroed (their logit is 0, which never wins the argmax over hundreds of random logits), so every
+    reply runs to max new tokens whatever the prompt or the model's size."""
+    import json
+
+    import tiny_models
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_models.build_native_glm(
+        dest, hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=2, head_dim=64, ffn=hidden * 3,
+        context=4096,
+    )
+    stops = json.loads((folder / "config.json").read_text())["eos_token_id"]
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    state["lm_head.weight"][stops] = 0.0
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return folder
+
+
+# ---------------------------------------------------------------- the UI
+
+
+async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeout: float = 600.0,
+                 profile: bool = False, endpoint: Optional[str] = None) -> dict:
+    """One reply through the real app; returns tokens, seconds (Enter -> final paint), ttft, text.
+
+    With ``profile``, the UI thread is sampled (pyinstrument) from Enter to the final paint and
+    ``result["profile"]`` holds the report; the thread's CPU seconds are in ``result["ui_cpu"]``.
+    With ``endpoint``, the app talks to that OpenAI-compatible server (``glmtui serve``) instead of
+    running the model in its own worker thread.
+    """
+    from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Token
+    from glmtui.ui.app import GlmApp
+    from glmtui.ui.chat import visible
+
+    app = GlmApp(model=None if endpoint else str(folder), mode="fp32", device="cpu", endpoint=endpoint,
+                 default_params={"temperature": 0.0, "max_new_tokens": max_new})
+    async with app.run_test(size=size) as pilot:
+        deadline = time.monotonic() + timeout
+        while app.loaded is None:
+            assert time.monotonic() < deadline, "model did not load"
+            await pilot.pause(0.05)
+        # warm the worker's generate (first-call costs) outside the chat: the app ignores foreign request ids
+        warm = threading.Event()
+        app.engine.generate([ChatMessage("user", prompt)], GenerationParams(max_new_tokens=8, temperature=0.0),
+                            sink=lambda e: warm.set() if isinstance(e, Finished) else None)
+        while not warm.is_set():
+            await pilot.pause(0.02)
+        await pilot.pause(0.2)
+
+        chat = app.chat_pane
+        chat.input.load_text(prompt)
+        chat.input.focus()
+        await pilot.pause()
+
+        marks: dict[str, float] = {}
+        done = asyncio.Event()
+        handled = chat.on_generation_event  # instrumentation on the instance only
+
+        async def on_generation_event(event) -> None:
+            await handled(event)
+            now = time.perf_counter()
+            if isinstance(event, Token) and "token" not in marks:
+                marks["token"] = now
+            elif isinstance(event, Finished):
+                marks["finished"] = now
+
+        chat.on_generation_event = on_generation_event
+        screen = app.screen
+        composite = screen._compositor_refresh
+
+        def compositor_refresh() -> None:
+            composite()
+            now = time.perf_counter()
+            if "first_paint" not in marks and "token" in marks and chat.turns and chat.turns[-1].widget.markdown.children:
+                marks["first_paint"] = now
+            if "finished" in marks and "final_paint" not in marks:
+                marks["final_paint"] = now
+                done.set()
+
+        screen._compositor_refresh = compositor_refresh
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.001, async_mode="disabled")
+            profiler.start()
+        cpu = time.thread_time()
+        start = time.perf_counter()
+        await pilot.press("enter")
+        await asyncio.wait_for(done.wait(), timeout)
+        cpu = time.thread_time() - cpu
+        if profiler is not None:
+            profiler.stop()
+        reply = chat.turns[-1]
+        assert reply.status == "complete", reply.status
+        assert reply.widget.markdown.source == visible(reply.content)
+        result = {
+            "tokens": reply.stats["completion_tokens"],
+            "seconds": marks["final_paint"] - start,
+            "ttft": marks.get("first_paint", marks["final_paint"]) - start,
+            "text": reply.content,
+            "ui_cpu": cpu,
+            "marks": {"enter": start, **marks},
+            "worker_seconds": reply.stats["total_s"],
+        }
+        if profiler is not None:
+            result["profile"] = profiler.output_text(unicode=True, color=False, show_all=True)
+        screen._compositor_refresh = composite
+        # a MonitorUpdate still queued when the panes are torn down raises NoMatches in
+        # GlmApp.on_monitor_update (seen on exit after a backed-up queue): stop sampling first
+        app._monitor_stop.set()
+        await pilot.pause(0.2)
+    return result
+
+
+# ---------------------------------------------------------------- the worker alone
+
+
+class WorkerRunner:
+    def __init__(self, folder: Path):
+        from glmtui.engine.events import Failed, Finished, Loaded, Token
+        from glmtui.engine.worker import InferenceWorker
+
+        self._token, self._finished, self._failed = Token, Finished, Failed
+        self.worker = InferenceWorker().start()
+        self._marks: dict = {}
+        self._done = threading.Event()
+        outcome: list = []
+        ready = threading.Event()
+
+        def on_load(event) -> None:
+            if isinstance(event, (Loaded, Failed)):
+                outcome.append(event)
+                ready.set()
+
+        self.worker.load(str(folder), "fp32", "cpu", sink=on_load)
+        assert ready.wait(600) and isinstance(outcome[0], Loaded), outcome
+
+    def _sink(self, event) -> None:
+        now = time.perf_counter()
+        if isinstance(event, self._token) and "token" not in self._marks:
+            self._marks["token"] = now
+        elif isinstance(event, self._finished):
+            self._marks["finished"] = now
+            self._marks["event"] = event
+            self._done.set()
+        elif isinstance(event, self._failed):
+            self._marks["event"] = event
+            self._done.set()
+
+    def run(self, prompt: str, max_new: int) -> dict:
+        from glmtui.engine.events import ChatMessage, GenerationParams
+
+        self._marks, self._done = {}, threading.Event()
+        start = time.perf_counter()
+        self.worker.generate([ChatMessage("user", prompt)], GenerationParams(max_new_tokens=max_new, temperature=0.0),
+                             sink=self._sink)
+        assert self._done.wait(600)
+        event = self._marks["event"]
+        assert isinstance(event, self._finished), event
+        return {"tokens": event.completion_tokens, "seconds": self._marks["finished"] - start,
+                "ttft": self._marks["token"] - start, "text": event.text, "worker_seconds": event.total_seconds}
+
+    def close(self) -> None:
+        self.worker.shutdown()
+
+
+# ---------------------------------------------------------------- plain generate
+
+
+class PlainRunner:
+    def __init__(self, folder: Path, prompt: str):
+        from glmtui.engine import loading
+        from glmtui.engine.events import ChatMessage
+
+        self.loaded = loading.load_model(str(folder), "fp32", "cpu", lambda *a: None)
+        self.ids = self.loaded.chat_format.encode_conversation([ChatMessage("user", prompt)])
+
+    def run(self, tokens: int) -> dict:
+        import torch
+        from transformers.generation.streamers import BaseStreamer
+
+        class FirstToken(BaseStreamer):
+            def __init__(self):
+                self.calls = 0
+                self.at = None
+
+            def put(self, value):
+                self.calls += 1
+                if self.calls == 2:  # the first call carries the prompt
+                    self.at = time.perf_counter()
+
+            def end(self):
+                pass
+
+        stops = list(self.loaded.chat_format.stop_token_ids)
+        x = torch.tensor([self.ids], dtype=torch.long)
+        streamer = FirstToken()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.loaded.model.generate(
+                x, attention_mask=torch.ones_like(x), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                temperature=None, top_p=None, top_k=None, eos_token_id=stops, pad_token_id=stops[0],
+                repetition_penalty=1.0, streamer=streamer,
+            )
+        seconds = time.perf_counter() - start
+        new = out[0, len(self.ids):].tolist()
+        return {"tokens": len(new), "seconds": seconds, "ttft": streamer.at - start,
+                "text": self.loaded.chat_format.decode(new)}
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--max-new", type=int, default=300, help="the UI's max new tokens (the reply may stop earlier)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--profile", action="store_true", help="then profile one more UI reply (needs pyinstrument)")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["GLMTUI_HOME"] = str(Path(tmp) / "home")  # a throwaway history file and config
+        folder = build_model(Path(tmp) / "bench-glm", args.hidden, args.layers)
+        print(f"model: native GLM hidden {args.hidden}, {args.layers} layers, fp32 CPU, torch threads "
+              f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; greedy; prompt {args.prompt!r}", flush=True)
+
+        calib = asyncio.run(ui_run(folder, args.prompt, args.max_new))
+        tokens = calib["tokens"]
+        print(f"calibration (UI, not counted): {tokens} tokens in {calib['seconds']:.2f} s", flush=True)
+        plain = PlainRunner(folder, args.prompt)
+        plain.run(8)  # warm-up
+        worker = WorkerRunner(folder)
+        worker.run(args.prompt, 8)  # warm-up
+
+        results: dict[str, list[dict]] = {"ui": [], "worker": [], "plain": []}
+        for rep in range(args.reps):
+            order = ("ui", "worker", "plain") if rep % 2 == 0 else ("plain", "worker", "ui")
+            for way in order:
+                if way == "ui":
+                    r = asyncio.run(ui_run(folder, args.prompt, args.max_new))
+                elif way == "worker":
+                    r = worker.run(args.prompt, args.max_new)
+                else:
+                    r = plain.run(tokens)
+                assert r["tokens"] == tokens, f"{way} produced {r['tokens']} tokens, expected {tokens}"
+                results[way].append(r)
+                print(f"  rep {rep} {way:6} {r['tokens']} tok {r['seconds']:.3f} s "
+                      f"{r['tokens'] / r['seconds']:7.1f} tok/s  ttft {r['ttft'] * 1000:6.1f} ms", flush=True)
+        worker.close()
+        profile = asyncio.run(ui_run(folder, args.prompt, args.max_new, profile=True))["profile"] if args.profile else ""
+
+    same_text = results["ui"][0]["text"] == results["worker"][0]["text"]
+    med = {}
+    for way, runs in results.items():
+        med[way] = {
+            "tps": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "ttft": statistics.median(r["ttft"] for r in runs),
+        }
+    print(f"\nreply: {tokens} tokens each way; UI text == worker text: {same_text}; medians of {args.reps} rounds")
+    print("way      tok/s   vs plain   total s   TTFT ms")
+    for way in ("plain", "worker", "ui"):
+        m = med[way]
+        print(f"{way:7} {m['tps']:7.1f} {m['tps'] / med['plain']['tps']:9.3f} {m['seconds']:9.3f} {m['ttft'] * 1000:9.1f}")
+    ratio = med["ui"]["tps"] / med["plain"]["tps"]
+    print(f"\nui/plain tokens/s ratio {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
+    per_round = [u["tokens"] / u["seconds"] / (p["tokens"] / p["seconds"]) for u, p in zip(results["ui"], results["plain"])]
+    print("per-round ui/plain:", " ".join(f"{r:.3f}" for r in per_round))
+    ui_cpu = statistics.median(r["ui_cpu"] for r in results["ui"])
+    inside = statistics.median(r["worker_seconds"] for r in results["ui"])
+    alone = statistics.median(r["worker_seconds"] for r in results["worker"])
+    print(f"where the UI's time goes: UI thread CPU {ui_cpu:.2f} s per reply ({ui_cpu / tokens * 1000:.1f} ms/token); "
+          f"the model's own generation (Finished.total_seconds) {inside:.2f} s inside the app vs {alone:.2f} s "
+          f"with the worker alone")
+    if profile:
+        print("\nUI thread from Enter to the final paint (pyinstrument):\n" + profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,6 +58,7 @@ from .catalog import (
     PARTIAL_DIR,
     CatalogEntry,
     UnknownModelError,
+    _read_json,
     read_marker,
     resolve,
 )
@@ -1128,15 +1129,6 @@ def _try_lock(path: Path, repo: str):
     except Timeout:
         raise DownloadBusyError(f"{repo} is already being downloaded into {path.parent.parent}") from None
     return lock
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def download(

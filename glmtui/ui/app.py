@@ -24,6 +24,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
@@ -439,7 +440,12 @@ class GlmApp(App):
         threading.Thread(target=poll, name="glmtui-monitor", daemon=True).start()
 
     def on_monitor_update(self, message: MonitorUpdate) -> None:
-        first = self.monitor_pane.snapshot is None
+        if self._monitor_stop.is_set() or not self.screen.is_mounted:
+            return  # a sample still queued while the app shuts down: the panes are gone
+        try:
+            first = self.monitor_pane.snapshot is None
+        except NoMatches:
+            return
         self.monitor_pane.show(message.snapshot)
         if first:
             self.models_pane.refresh_detail()

@@ -512,6 +512,7 @@ class _Pipe:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self._checked = time.monotonic()
+        self._getter: Optional[asyncio.Future] = None
 
     def __call__(self, event) -> None:  # worker thread: never blocks
         try:
@@ -523,20 +524,39 @@ class _Pipe:
         """The next event; raises _ClientGone when ``request``'s client disconnected meanwhile.
 
         The client is checked at least every ``poll`` seconds, whether or not
-        events keep arriving.
+        events keep arriving. One ``queue.get()`` stays pending across polls:
+        ``asyncio.wait_for`` on it would cancel it at each timeout, and on
+        Python < 3.12 a get that completed as the timeout fired was lost —
+        a lost Started/Finished left a client waiting forever under load.
         """
         while True:
             if request is None:
-                return await self.queue.get()
+                if self._getter is not None:  # a get left pending by an earlier poll holds the next event
+                    return await self._take(None)
+                return await self.queue.get()  # cancelled with its caller: nothing left pending
             now = time.monotonic()
             if now - self._checked >= poll:
                 self._checked = now
                 if await request.is_disconnected():
+                    if self._getter is not None:
+                        self._getter.cancel()
+                        self._getter = None
                     raise _ClientGone()
-            try:
-                return await asyncio.wait_for(self.queue.get(), max(0.0, poll - (now - self._checked)) or poll)
-            except asyncio.TimeoutError:
-                continue
+            event = await self._take(max(0.0, poll - (now - self._checked)) or poll)
+            if event is not _NOTHING:
+                return event
+
+    async def _take(self, timeout: Optional[float]):
+        if self._getter is None:
+            self._getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({self._getter}, timeout=timeout)
+        if not done:
+            return _NOTHING
+        getter, self._getter = self._getter, None
+        return getter.result()
+
+
+_NOTHING = object()
 
 
 class _BodyGuard:

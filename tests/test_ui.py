@@ -645,3 +645,48 @@ async def test_chinese_text_renders_and_wraps_at_80_columns(isolated_home, quiet
         body = [line for line in lines if "量化" in line or "显存" in line or "整数" in line]
         assert len(body) >= 3  # one paragraph, wrapped over several rows
         assert "请用中文解释量化" in screen_text(app)
+
+
+# ---------------------------------------------------------------- keys while a reply streams
+
+
+async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm3, quiet_sampler):
+    """Every key reaches the prompt in the order typed while a reply streams, TextArea bindings
+    (backspace, ctrl+w, ctrl+u, arrows, end) included: they used to run only when the key had
+    bubbled back through the chat pane (busy with tokens) to the App's queue, after later letters."""
+    from textual import events
+
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 100_000}, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        chat.input.focus()
+        await pilot.pause()
+        assert await chat.send("tell me a long story")  # what Enter does, without waiting for idle
+        await wait_for(pilot, lambda: len(chat.active.text) > 20 if chat.active else False, what="streaming")
+
+        typed = ["x", "y", "ctrl+u", "h", "e", "l", "p", "backspace", "l", "o", "space", "w", "r", "o", "l", "d",
+                 "ctrl+w", "w", "o", "r", "l", "d", "left", "left", "left", "left", "left", "b", "i", "g", "space",
+                 "end", "!"]
+        expected = "hello big world!"
+        driver = app._driver
+        for key in typed:  # faster than the app handles them, as the terminal driver delivers them
+            char = " " if key == "space" else key if len(key) == 1 else None
+            event = events.Key(key, char)
+            event.set_sender(app)
+            driver.send_message(event)
+        for _ in range(200):
+            if chat.input.text == expected:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.5)  # nothing still queued changes it
+        assert chat.input.text == expected
+        assert chat.active is not None, "the reply must still be streaming while the keys are typed"
+
+        escape = events.Key("escape", None)  # an App binding still works from the prompt
+        escape.set_sender(app)
+        driver.send_message(escape)
+        await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
+        assert chat.turns[-1].status == "stopped"
+        assert chat.input.text == expected

@@ -143,6 +143,15 @@ class ChatInput(TextArea):
             self.action_newline()
             return
         await super()._on_key(event)
+        if event._stop_propagation or event.is_printable:
+            return
+        # A key no handler took (backspace, ctrl+u, arrows, app keys like Esc): left alone, it would
+        # reach its binding only after bubbling through the chat pane (busy with a streaming reply)
+        # back to the App's queue, i.e. behind keys typed after it. Run the bindings of the focused
+        # chain now, as the App would on the bubbled key, so every key applies in the order typed.
+        if await self.app._check_bindings(event.key):
+            event.stop()
+            event.prevent_default()
 
     def action_submit(self) -> None:
         self.post_message(self.Submitted(self.text))

@@ -40,6 +40,23 @@ def chatty_chatglm3(models_root) -> Path:
     return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-chatty", never_stop=True)
 
 
+@pytest.fixture(scope="module")
+def served(chatglm3_dir):
+    """(worker, event log, API server) on the tiny ChatGLM3, served as "tiny-chatglm3"; one per test module."""
+    from engine_helpers import EventLog
+    from glmtui.engine.events import Loaded
+    from glmtui.engine.worker import InferenceWorker
+    from glmtui.server import ServerThread, create_app
+
+    log = EventLog()
+    worker = InferenceWorker(log).start()
+    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
+    server = ServerThread(create_app(worker, "tiny-chatglm3")).start()
+    yield worker, log, server
+    server.stop()
+    worker.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Never touch the real user's data or config folders."""

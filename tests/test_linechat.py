@@ -10,26 +10,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from engine_helpers import EventLog
-from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Started, Token
-from glmtui.engine.worker import InferenceWorker
-from glmtui.server import ServerThread, create_app
+from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Started, Token
 
 MODEL = "tiny-chatglm3"
 CHAT = [sys.executable, "-m", "glmtui.cli", "chat"]
-
-
-@pytest.fixture(scope="module")
-def served(chatglm3_dir):
-    log = EventLog()
-    worker = InferenceWorker(log).start()
-    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
-    server = ServerThread(create_app(worker, MODEL)).start()
-    yield worker, log, server
-    server.stop()
-    worker.shutdown()
 
 
 def greedy(served, messages, max_new_tokens=40):

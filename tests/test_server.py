@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from engine_helpers import EventLog
-from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Started, Token
+from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Started, Token
 from glmtui.engine.worker import InferenceWorker
 from glmtui.server import (
     ServerThread,
@@ -25,17 +25,6 @@ from glmtui.server import (
 
 MODEL = "tiny-chatglm3"
 PROMPT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "count to ten"}]
-
-
-@pytest.fixture(scope="module")
-def served(chatglm3_dir):
-    log = EventLog()
-    worker = InferenceWorker(log).start()
-    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
-    server = ServerThread(create_app(worker, MODEL)).start()
-    yield worker, log, server
-    server.stop()
-    worker.shutdown()
 
 
 @pytest.fixture

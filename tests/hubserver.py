@@ -520,6 +520,30 @@ SENTENCES = [
 ]
 
 
+def point_hubs_at(fake: "FakeHub", monkeypatch, scratch: Path) -> None:
+    """Send every Hugging Face / ModelScope call of this test to ``fake``, with no token and no telemetry.
+
+    glmtui reads HF_ENDPOINT at each call; huggingface_hub read its constants at
+    import time, so those are patched too for any call that falls back on them.
+    huggingface_hub also fetches an "agent harness" registry from the endpoint for
+    its user agent and caches it under HF_HOME: that goes to ``scratch``.
+    """
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+    monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
+    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(scratch / "no-hf-token"))
+    monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(scratch / "no-hf-tokens"))
+    monkeypatch.setattr(hfc, "HF_HUB_DISABLE_TELEMETRY", True)
+    if hasattr(hfc, "AGENT_HARNESSES_PATH"):
+        monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(scratch / "agent_harnesses.json"))
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def build_tiny_model(dest: Path, seed: int = 0) -> Path:
     """A tiny real GlmForCausalLM (hidden 64, 2 layers, 4 heads, 2 kv heads, head_dim 16) with a
     BPE tokenizer and a chat template, saved as 3 safetensors shards + index."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import FakeHub, build_tiny_model, repo_extras
+from hubserver import FakeHub, build_tiny_model, repo_extras, point_hubs_at
 
 from glmtui import hub as hubmod
 from glmtui.catalog import COMPLETE_MARKER, PARTIAL_DIR, local_status, resolve
@@ -58,29 +58,13 @@ def tiny_src(tmp_path_factory):
 
 @pytest.fixture
 def hub(tiny_src, monkeypatch, tmp_path):
-    import huggingface_hub.constants as hfc
-
     src, extras = tiny_src
     with FakeHub() as fake:
         fake.add_folder(REPO, src, extra=extras)
         fake.add_folder("acme/gated-glm", src, gated=True)
         fake.add_folder("acme/private-glm", src, private=True)
         fake.add_repo("acme/gguf-only", {"config.json": b"{}", "model.gguf": b"\0" * 64, "modeling_x.py": b"x"})
-        # glmtui reads HF_ENDPOINT at each call; huggingface_hub read its constants at import time,
-        # so patch those too for any call that falls back on them.
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
-        monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
-        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-        monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-hf-tokens"))
-        # huggingface_hub fetches an "agent harness" registry from the endpoint for its user agent
-        # and caches it under HF_HOME: keep that out of the user's home and out of the request log
-        monkeypatch.setattr(hfc, "HF_HUB_DISABLE_TELEMETRY", True)
-        monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
-        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
+        point_hubs_at(fake, monkeypatch, tmp_path)
         yield fake
 
 

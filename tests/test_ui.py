@@ -506,23 +506,12 @@ def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
 
 @pytest.fixture
 def fake_hub(tmp_path_factory, monkeypatch, tmp_path):
-    import huggingface_hub.constants as hfc
-    from hubserver import FakeHub, build_tiny_model
+    from hubserver import FakeHub, build_tiny_model, point_hubs_at
 
     src = build_tiny_model(tmp_path_factory.mktemp("hub-src"))
     with FakeHub() as fake:
         fake.add_folder("THUDM/glm-edge-1.5b-chat", src)  # a catalogue id, served by the fake hub
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
-        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))
-        monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-hf-tokens"))
-        monkeypatch.setattr(hfc, "HF_HUB_DISABLE_TELEMETRY", True)
-        if hasattr(hfc, "AGENT_HARNESSES_PATH"):
-            monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
-        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
+        point_hubs_at(fake, monkeypatch, tmp_path)
         yield fake
 
 

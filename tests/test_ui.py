@@ -679,3 +679,66 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
         await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
         assert chat.turns[-1].status == "stopped"
         assert chat.input.text == expected
+
+
+def _rendered(widget, depth: int = 0) -> list:
+    """What a Markdown shows, block by block (table cells as their text, whatever widget holds them)."""
+    from textual.widgets import Static
+
+    if isinstance(widget, Static) and type(widget).__name__ in ("Static", "MarkdownTableCellContents"):
+        return [(depth, "cell", str(widget.render()))]
+    out = [(depth, type(widget).__name__, getattr(widget, "code", None), str(getattr(widget, "_content", "")),
+            getattr(widget, "source_range", None) if depth == 1 else None)]
+    for child in widget.children:
+        out += _rendered(child, depth + 1)
+    return out
+
+
+@pytest.mark.parametrize("text", [
+    "# Title\n\nPara one\nstill para\n===\n\n- a\n- b\n\n  more b\n\n> quote\nlazy\n\n```python\nx = 1\n\n\ny = 2\n```\n",
+    "Intro\n\n| name | link |\n|---|---|\n| a | [x](http://a.example) |\n| b | plain |\n\nAfter.\n\n| t | u |\n|---|---|\n| 1 | 2 |\n",
+    "Text\n\n<div>\nhtml\n</div>\n",  # the last paragraph turns into an HTML block (no widget)
+    "See [the doc][ref].\n\n[ref]: https://example.com\n",  # a later reference changes an earlier link
+    "Unclosed fence\n\n```js\nlet a = 1;\n",
+])
+async def test_a_streamed_reply_ends_as_a_full_render_would(text):
+    """The end of a streamed reply keeps the blocks the stream rendered and rebuilds only what differs:
+    the result must be what a whole-document Markdown.update shows."""
+    import random
+
+    from textual.app import App
+    from textual.containers import VerticalScroll
+    from textual.widgets import Markdown
+
+    from glmtui.ui.chat import complete_stream
+
+    class Two(App):
+        def compose(self):
+            with VerticalScroll():
+                yield Markdown(id="streamed")
+                yield Markdown(id="full")
+
+    for seed in range(3):
+        app = Two()
+        async with app.run_test(size=(100, 40)) as pilot:
+            streamed, full = app.query_one("#streamed", Markdown), app.query_one("#full", Markdown)
+            stream = Markdown.get_stream(streamed)
+            rng, i = random.Random(seed), 0
+            while i < len(text):
+                n = rng.randint(1, 12)
+                await stream.write(text[i:i + n])
+                i += n
+                if rng.random() < 0.2:
+                    await pilot.pause(0.01)
+            await stream.stop()
+            await complete_stream(streamed, text)
+            await full.update(text)
+            await pilot.pause()
+            assert streamed.source == text
+            assert _rendered(streamed) == _rendered(full)
+            if "](" in text:  # rows a table gained while streaming are plain Statics: links would not respond
+                from textual.widgets import Static
+                from textual.widgets._markdown import MarkdownTable
+
+                table = streamed.query(MarkdownTable).first()
+                assert all(type(cell) is not Static for cell in table.query(Static))

@@ -3,8 +3,10 @@
 Streaming follows the shape measured in docs/ARCHITECTURE.md: the worker
 thread posts one message per Token to the app; the handler here awaits
 ``MarkdownStream.write`` (writes coalesce while a render is in flight, the
-worker never waits) and, when the reply ends, replaces the document with one
-full ``Markdown.update`` so code fences and tables render completely.
+worker never waits) and, when the reply ends, :func:`complete_stream` makes the
+document exactly what a full ``Markdown.update`` would show (code fences and
+tables complete) while re-mounting only the blocks that differ - usually just
+the last one, instead of the whole reply (a 5 s freeze at 10,000 tokens).
 
 Every message is written to the history store as it happens: the user's
 prompt at once, the reply as an empty ``streaming`` row that is flushed every
@@ -13,17 +15,20 @@ prompt at once, the reply as an empty ``streaming`` row that is flushed every
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from markdown_it import MarkdownIt
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
+from textual.widgets._markdown import MarkdownBlock, MarkdownTable
 
 from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
 
@@ -44,6 +49,9 @@ _CONTROL_PICTURES.update({c: 0xFFFD for c in range(0x80, 0xA0)})
 _CONTROL_PICTURES.update({c: None for c in (0xAD, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010),
                                              *range(0x202A, 0x202F), *range(0x2060, 0x2070))})
 _CONTROL_PICTURES.update({0x2028: 0x0A, 0x2029: 0x0A})
+
+
+_LINKISH = re.compile(r"\]\(|\]\[|://|<[^>\s]+>|www\.")
 
 
 def visible(text: str) -> str:
@@ -102,6 +110,61 @@ STATUS_LABELS = {
     "interrupted": "⚠ interrupted (glmtui closed while writing)",
     "error": "✗ error",
 }
+
+
+# ------------------------------------------------------------------ the end of a streamed reply
+
+
+async def complete_stream(markdown: Markdown, text: str) -> str:
+    """Make a streamed ``markdown`` render ``text`` exactly as ``Markdown.update(text)`` would, without
+    re-mounting what the stream already rendered right; returns how ("kept", "tail" or "full").
+
+    A whole-document ``update`` at the end of a reply re-parses and re-mounts every block (seconds
+    for a 10,000-token reply, the UI frozen). The stream's top-level blocks are final once a later
+    block has started (CommonMark never reopens a closed block), so the full text is parsed once
+    (cheap, off the UI thread) and the rendered top-level blocks are kept as long as their line
+    ranges match the full parse; the rest - at least the last block, whatever the stream's
+    incremental update left there (e.g. a paragraph that turned into an HTML block) - is rebuilt
+    from the full parse. Falls back to ``update`` where a streamed render cannot be trusted: the text
+    does not extend what was streamed, or it defines link references (they change earlier links).
+    """
+    async with markdown.lock:  # MarkdownStream.stop() can return while a shielded append still runs
+        pass
+    streamed = markdown.source
+    if not streamed or not text.startswith(streamed):
+        await markdown.update(text)
+        return "full"
+    if len(text) > len(streamed):
+        await markdown.append(text[len(streamed):])
+    env: dict = {}
+    tokens = await asyncio.get_running_loop().run_in_executor(None, MarkdownIt("gfm-like").parse, text, env)
+    if env.get("references"):
+        await markdown.update(text)
+        return "full"
+    starts = [i for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map is not None]
+    async with markdown.lock:
+        blocks = [child for child in markdown.children if isinstance(child, MarkdownBlock)]
+        keep = 0
+        while (keep < len(blocks) - 1 and keep < len(starts)
+               and tuple(blocks[keep].source_range) == tuple(tokens[starts[keep]].map)):
+            keep += 1
+        # the same builder Markdown.update uses (private in Textual 8; covered by tests/test_ui.py)
+        build = markdown._parse_markdown
+        rebuilt = list(build(tokens[starts[keep]:])) if keep < len(starts) else []
+        lines = text.splitlines()
+        # Rows a table gained while it streamed are plain Statics, whose links do not respond:
+        # a kept table with links is rebuilt in place.
+        relinked = [i for i in range(keep) if isinstance(blocks[i], MarkdownTable)
+                    and _LINKISH.search("\n".join(lines[slice(*blocks[i].source_range)]))
+                    and any(type(cell) is Static for cell in blocks[i].query(Static))]
+        with markdown.app.batch_update():
+            for i in relinked:
+                group = tokens[starts[i]:starts[i + 1] if i + 1 < len(starts) else len(tokens)]
+                await markdown.mount_all(list(build(group)), before=blocks[i])
+            await markdown.remove_children([*(blocks[i] for i in relinked), *blocks[keep:]])
+            if rebuilt:
+                await markdown.mount_all(rebuilt)
+    return f"kept {keep} of {len(blocks)} blocks, rebuilt {len(rebuilt)} + {len(relinked)} tables"
 
 
 # ------------------------------------------------------------------ widgets
@@ -231,16 +294,18 @@ class AssistantMessage(Vertical):
             await self._stream.write(visible(fragment))
 
     async def finish(self, text: str, status: str, stats: Optional[dict]) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
         self.text = text
         self.status = status
         self.stats = stats or {}
         shown = visible(text)
         if not shown and status == "stopped":
             shown = "*(stopped before any text)*"
-        await self.markdown.update(shown)
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
+            await complete_stream(self.markdown, shown)
+        else:
+            await self.markdown.update(shown)
         self._refresh_labels()
 
 

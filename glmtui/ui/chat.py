@@ -26,6 +26,7 @@ from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.geometry import Size
 from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets._markdown import MarkdownBlock, MarkdownTable
@@ -224,6 +225,19 @@ class ChatInput(TextArea):
         self._replace_via_keyboard("\n", start, end)
 
 
+class ReplyMarkdown(Markdown):
+    """The Markdown of a reply, arranged against the screen's height instead of its own.
+
+    Every block is ``height: auto``, so the height offered to the blocks changes nothing in the
+    result; but Textual arranges a container whose children are all auto-height against that height
+    and caches each container's arrangement by it, and a streaming reply grows on every append: each
+    frame then re-arranged every table and list of the reply (half the UI's time in a long reply).
+    A fixed height keeps those caches valid."""
+
+    def arrange(self, size: Size, optimal: bool = False):
+        return super().arrange(Size(size.width, self.screen.size.height), optimal)
+
+
 class UserMessage(Vertical):
     def __init__(self, text: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -248,7 +262,7 @@ class AssistantMessage(Vertical):
 
     def compose(self) -> Iterable:
         yield Static(self._head(), classes="msg-head")
-        yield Markdown(visible(self.text), classes="msg-body")
+        yield ReplyMarkdown(visible(self.text), classes="msg-body")
         yield Static(self._meta(), classes="msg-meta")
 
     def _head(self) -> Text:

@@ -742,3 +742,66 @@ async def test_a_streamed_reply_ends_as_a_full_render_would(text):
 
                 table = streamed.query(MarkdownTable).first()
                 assert all(type(cell) is not Static for cell in table.query(Static))
+
+
+async def test_a_long_streaming_reply_hides_its_off_screen_blocks_without_moving_anything():
+    """While the view follows a streaming reply, blocks far above its end are hidden (display: none) and the
+    Markdown's top padding takes their height: the screen, every shown block's place and the scroll height
+    must be what they are with every block shown; scrolling up shows them all again."""
+    from textual.app import App
+    from textual.containers import VerticalScroll
+    from textual.widgets import Markdown
+
+    from glmtui.ui.chat import ReplyMarkdown
+
+    parts = []
+    for i in range(60):
+        kind = i % 5
+        if kind == 0:
+            parts.append(f"## Section {i}\n\n")
+        elif kind == 1:
+            parts.append(f"Paragraph {i} with **bold** and `code` words " * 3 + "\n\n")
+        elif kind == 2:
+            parts.append("".join(f"- item {i}.{j} of a list\n" for j in range(3)) + "\n")
+        elif kind == 3:
+            parts.append(f"```python\nx = {i}\nprint(x)\n```\n\n")
+        else:
+            parts.append(f"| a | b |\n|---|---|\n| {i} | [link](http://{i}.example) |\n\n")
+    text = "".join(parts)
+
+    class One(App):
+        CSS = "ReplyMarkdown { padding: 0 1; border-left: outer red; }"
+
+        def compose(self):
+            with VerticalScroll(id="view"):
+                yield ReplyMarkdown()
+
+    app = One()
+    async with app.run_test(size=(80, 20)) as pilot:
+        view = app.query_one("#view", VerticalScroll)
+        view.anchor()
+        markdown = app.query_one(ReplyMarkdown)
+        markdown.follow(view)
+        stream = Markdown.get_stream(markdown)
+        compared = 0
+        for i in range(0, len(text), 40):
+            await stream.write(text[i:i + 40])
+            await pilot.pause()
+            if i % 800 == 0 and markdown._frozen:
+                await pilot.pause(0.05)
+                shown = [block for block in markdown.children if block.display]
+                before = (app.export_screenshot(), view.virtual_size, view.scroll_y, [b.region for b in shown])
+                markdown.follow(None)  # thaws
+                await pilot.pause(0.05)
+                assert all(block.display for block in markdown.children)
+                assert (app.export_screenshot(), view.virtual_size, view.scroll_y, [b.region for b in shown]) == before
+                markdown.follow(view)
+                compared += 1
+        await stream.stop()
+        await pilot.pause(0.05)
+        assert compared >= 2
+        assert len(markdown._frozen) >= 20
+        view.scroll_home(animate=False)  # the user scrolls up: everything shows again
+        await pilot.pause(0.05)
+        assert not markdown._frozen and all(block.display for block in markdown.children)
+        assert markdown.source == text

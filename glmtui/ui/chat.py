@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from markdown_it import MarkdownIt
 from rich.text import Text
 from textual import events
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets._markdown import MarkdownBlock, MarkdownTable
 
@@ -234,8 +236,108 @@ class ReplyMarkdown(Markdown):
     frame then re-arranged every table and list of the reply (half the UI's time in a long reply).
     A fixed height keeps those caches valid."""
 
+    FREEZE_SCREENS = 2
+    """While a reply streams, blocks ending more than this many screens above its end are hidden."""
+    FREEZE_BATCH = 8
+    """Hide at least this many blocks at once (each hiding is one extra layout)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._follow: Optional[Widget] = None
+        self._watched: list[Widget] = []
+        self._frozen: list[Widget] = []
+        self._frozen_at: Optional[tuple[Size, int]] = None
+        self._frozen_height = 0
+
     def arrange(self, size: Size, optimal: bool = False):
         return super().arrange(Size(size.width, self.screen.size.height), optimal)
+
+    # -------------------------------------------------------------- off-screen blocks while streaming
+    #
+    # Every layout (one per streamed frame: the last block grows or a new one is mounted) walks every
+    # displayed widget of the screen, and every paint sorts and filters them (Textual's compositor),
+    # so with all ~1,150 widgets of a 10k-token reply displayed (~155 top-level blocks and their
+    # items, rows, cells) a frame's cost grows with the reply. Blocks far above the end of a reply that the view follows are final
+    # (the stream only ever touches the last block) and off-screen: they are hidden (display: none)
+    # and the Markdown's top padding grows by exactly the height they took, so everything below stays
+    # where it was. Scrolling up, a resize or the end of the reply shows them again (thaw).
+
+    def follow(self, view: Optional[Widget]) -> None:
+        """Hide off-screen blocks after each append while ``view`` (the scrolling container) is at its end;
+        ``None``: stop, and show them all."""
+        if view is not None and view not in self._watched:
+            self._watched.append(view)
+            self.watch(view, "scroll_y", self._view_scrolled, init=False)
+        self._follow = view
+        if view is None:
+            self.thaw()
+
+    def _view_scrolled(self, scroll_y: float) -> None:
+        """Scrolled up (hidden blocks are at least 1.5 screens above what is then shown): show them."""
+        view = self._follow
+        if self._frozen and view is not None and view.max_scroll_y - scroll_y > max(1, view.size.height // 2):
+            self.thaw()
+
+    def append(self, markdown: str) -> AwaitComplete:
+        appended = super().append(markdown)
+        if self._follow is None:
+            return appended
+
+        async def append_then_freeze() -> None:
+            await appended
+            self.freeze_offscreen()
+
+        return AwaitComplete(append_then_freeze())
+
+    def freeze_offscreen(self) -> int:
+        """Hide the blocks that end :attr:`FREEZE_SCREENS` screens above the reply's end; returns how many."""
+        view = self._follow
+        if view is None or not self.is_mounted:
+            return 0
+        screen_size = self.screen.size
+        width = self.size.width - self.styles.gutter.width
+        if self._frozen and self._frozen_at != (screen_size, width):
+            self.thaw()
+            return 0
+        if width <= 0 or view.max_scroll_y - view.scroll_y > 1:
+            return 0
+        placements = self.arrange(Size(width, 0)).placements
+        if len(placements) <= self.FREEZE_BATCH:
+            return 0
+        last = placements[-1]
+        limit = last.region.bottom + last.margin.bottom - self.FREEZE_SCREENS * screen_size.height
+        count = 0
+        while (count < len(placements) - 1
+               and placements[count].region.bottom + placements[count].margin.bottom <= limit):
+            count += 1
+        if count < self.FREEZE_BATCH:
+            return 0
+        hidden = [placement.widget for placement in placements[:count]]
+        if not all(isinstance(widget, MarkdownBlock) for widget in hidden):
+            return 0
+        first_shown = placements[count]
+        height = self._frozen_height + first_shown.region.y - first_shown.margin.top
+        top, right, bottom, left = self.styles.padding
+        with self.app.batch_update():
+            for widget in hidden:
+                widget.display = False
+            self.styles.padding = (top - self._frozen_height + height, right, bottom, left)
+        self._frozen.extend(hidden)
+        self._frozen_height = height
+        self._frozen_at = (screen_size, width)
+        return count
+
+    def thaw(self) -> None:
+        """Show every hidden block again."""
+        if not self._frozen:
+            return
+        with self.app.batch_update():
+            for widget in self._frozen:
+                widget.display = True
+            self.styles.clear_rule("padding")
+        self._frozen.clear()
+        self._frozen_height = 0
+        self._frozen_at = None
 
 
 class UserMessage(Vertical):
@@ -299,7 +401,10 @@ class AssistantMessage(Vertical):
 
     def start_stream(self) -> None:
         self.status = "streaming"
-        self._stream = Markdown.get_stream(self.markdown)
+        markdown = self.markdown
+        if isinstance(markdown, ReplyMarkdown):
+            markdown.follow(self.parent if isinstance(self.parent, Widget) else None)
+        self._stream = Markdown.get_stream(markdown)
         self._refresh_labels()
 
     async def write(self, fragment: str) -> None:
@@ -317,7 +422,10 @@ class AssistantMessage(Vertical):
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await stream.stop()
-            await complete_stream(self.markdown, shown)
+            markdown = self.markdown
+            if isinstance(markdown, ReplyMarkdown):
+                markdown.follow(None)
+            await complete_stream(markdown, shown)
         else:
             await self.markdown.update(shown)
         self._refresh_labels()

@@ -25,7 +25,10 @@ evaluated as code.
 import ast
 import asyncio
 import json
+import logging
+import logging.handlers
 import os
+import queue
 import re
 import secrets
 import socket
@@ -971,6 +974,44 @@ def default_mode(device: str) -> str:
     return "fp32"
 
 
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to a log thread; when its queue is full the record is dropped: never blocks."""
+
+    def prepare(self, record):
+        return record  # same process: the listener's handlers format it (uvicorn's formatters need args)
+
+    def enqueue(self, record) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            pass
+
+
+def log_off_the_loop(logger_names=("uvicorn", "uvicorn.access"), limit: int = 10_000) -> list:
+    """Move these loggers' output to threads of their own; returns the listeners (``.stop()`` them at exit).
+
+    uvicorn writes one access-log line per request from the event loop. Into a
+    stdout or stderr that is not drained (``glmtui serve | less`` left on one
+    page, a pipe nobody reads) that write blocks once the 64 KiB pipe buffer is
+    full, and the whole server stops answering. With this only the log thread
+    waits; beyond ``limit`` waiting records, new ones are dropped.
+    """
+    listeners = []
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        handlers = list(logger.handlers)
+        if not handlers:
+            continue
+        records: queue.Queue = queue.Queue(limit)
+        for handler in handlers:
+            logger.removeHandler(handler)
+        logger.addHandler(_DroppingQueueHandler(records))
+        listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+        listener.start()
+        listeners.append(listener)
+    return listeners
+
+
 def _watch_parent(parent_pid: int, server) -> None:
     while not server.should_exit:
         if os.getppid() != parent_pid:
@@ -995,6 +1036,7 @@ def run_server(args) -> int:
     worker = InferenceWorker().start()
     app = create_app(worker, name, api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    log_listeners = log_off_the_loop()
     server = uvicorn.Server(config)
     outcome: dict = {}
 
@@ -1015,6 +1057,10 @@ def run_server(args) -> int:
         threading.Thread(target=_watch_parent, args=(int(parent), server), daemon=True).start()
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: nothing to report
+        pass
     finally:
         worker.shutdown()
+        for listener in log_listeners:
+            listener.stop()
     return 1 if outcome.get("failed") else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,3 +157,47 @@ def test_fifty_streaming_clients_with_hangups(server_process):
                                 "max_tokens": 4})
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert proc.poll() is None
+
+
+def test_a_log_nobody_reads_does_not_stop_the_server(chatglm3_dir, tmp_path):
+    """`glmtui serve | less` left on its first page: stdout and stderr are pipes that are never read.
+
+    uvicorn logs every request (~75 bytes); written from the event loop into a full
+    64 KiB pipe, the write blocked and the whole server stopped after ~870 requests.
+    """
+    port = _free_port()
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", "serve", "--model", str(chatglm3_dir), "--mode", "fp32",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        requests = 3 * (64 * 1024) // 70  # three pipe buffers of access-log lines
+        with httpx.Client(timeout=10) as http:
+            for _ in range(requests):
+                assert http.get(url + "/v1/models").status_code == 200
+            response = http.post(url + "/v1/chat/completions", json={
+                "model": "tiny-chatglm3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            assert response.status_code == 200, response.text
+        assert proc.poll() is None
+        # Ctrl-C: a clean exit, and the log lines that waited are all written, none lost
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
+        assert out.count(b'"GET /v1/models HTTP/1.1" 200') == requests
+        assert out.count(b'"POST /v1/chat/completions HTTP/1.1" 200') == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(15)

@@ -652,8 +652,12 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
         chat = app.chat_pane
         chat.input.focus()
         await pilot.pause()
+        import gc
+
+        thresholds = gc.get_threshold()
         assert await chat.send("tell me a long story")  # what Enter does, without waiting for idle
         await wait_for(pilot, lambda: len(chat.active.text) > 20 if chat.active else False, what="streaming")
+        assert gc.get_threshold()[2] > 10**9, "no full collection while a reply streams"
 
         typed = ["x", "y", "ctrl+u", "h", "e", "l", "p", "backspace", "l", "o", "space", "w", "r", "o", "l", "d",
                  "ctrl+w", "w", "o", "r", "l", "d", "left", "left", "left", "left", "left", "b", "i", "g", "space",
@@ -679,6 +683,8 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
         await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
         assert chat.turns[-1].status == "stopped"
         assert chat.input.text == expected
+        await pilot.pause(0.1)
+        assert gc.get_threshold() == thresholds, "full collections resume after the reply"
 
 
 def _rendered(widget, depth: int = 0) -> list:
@@ -805,3 +811,19 @@ async def test_a_long_streaming_reply_hides_its_off_screen_blocks_without_moving
         await pilot.pause(0.05)
         assert not markdown._frozen and all(block.display for block in markdown.children)
         assert markdown.source == text
+
+
+def test_full_collections_are_deferred_and_resumed_in_pairs():
+    import gc
+
+    from glmtui.ui.chat import defer_full_collections, resume_full_collections
+
+    before = gc.get_threshold()
+    defer_full_collections()
+    defer_full_collections()
+    assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > 10**9
+    resume_full_collections()
+    assert gc.get_threshold()[2] > 10**9
+    resume_full_collections()
+    resume_full_collections()  # unmatched: no effect
+    assert gc.get_threshold() == before

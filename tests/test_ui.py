@@ -683,8 +683,7 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
         await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
         assert chat.turns[-1].status == "stopped"
         assert chat.input.text == expected
-        await pilot.pause(0.1)
-        assert gc.get_threshold() == thresholds, "full collections resume after the reply"
+        await wait_for(pilot, lambda: gc.get_threshold() == thresholds, what="full collections to resume when idle")
 
 
 def _rendered(widget, depth: int = 0) -> list:

@@ -130,7 +130,7 @@ def defer_full_collections() -> None:
     reply allocates enough to start one every ~2 s (29 in a paced 10k reply, 12 s of the UI thread and
     every keystroke maximum). Young generations are still collected; what survived them is collected
     in one pass after the reply (Textual pauses collection the same way while it animates a scroll,
-    ``App.PAUSE_GC_ON_SCROLL``)."""
+    ``App.PAUSE_GC_ON_SCROLL``); ChatPane resumes them once the user stops typing after the reply."""
     global _deferrals, _saved_thresholds
     _deferrals += 1
     if _deferrals == 1:
@@ -229,7 +229,11 @@ class ChatInput(TextArea):
             **kwargs,
         )
 
+    last_key = 0.0
+    """time.monotonic() of the last key (ChatPane collects garbage once the user stops typing)."""
+
     async def _on_key(self, event: events.Key) -> None:
+        self.last_key = time.monotonic()
         if event.key == "enter":
             event.stop()
             event.prevent_default()
@@ -519,6 +523,20 @@ class ChatPane(Vertical):
     def on_unmount(self) -> None:
         self._resume_collections()
 
+    RESUME_IDLE = 1.5
+    """After a reply, the deferred full collection (~1.5 s after a 10k-token reply on a slow machine)
+    waits for this many seconds without a key in the prompt (a new reply keeps deferring it)."""
+
+    def _resume_collections_when_idle(self) -> None:
+        def check() -> None:
+            if not self._collections_deferred or self.active is not None:
+                timer.stop()
+            elif time.monotonic() - self.input.last_key >= self.RESUME_IDLE:
+                timer.stop()
+                self._resume_collections()
+
+        timer = self.set_interval(0.25, check)
+
     def _resume_collections(self) -> None:
         if self._collections_deferred:
             self._collections_deferred = False
@@ -757,7 +775,7 @@ class ChatPane(Vertical):
         assert active is not None
         self.active = None
         await active.widget.finish(text, status, stats)
-        self.app.call_after_refresh(self._resume_collections)  # once the final frame is on screen
+        self._resume_collections_when_idle()
         for turn in reversed(self.turns):
             if turn.widget is active.widget:
                 turn.content, turn.status, turn.stats = text, status, stats

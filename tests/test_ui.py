@@ -826,3 +826,51 @@ def test_full_collections_are_deferred_and_resumed_in_pairs():
     resume_full_collections()
     resume_full_collections()  # unmatched: no effect
     assert gc.get_threshold() == before
+
+
+async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sampler):
+    """Esc Stop is enabled and Ctrl+R / Ctrl+E disabled while a reply streams, and back after it; the
+    footer's keys are the same widgets throughout (no recompose at the start and end of each reply),
+    and they always match what a freshly composed Footer shows."""
+    from textual.widgets import Footer
+    from textual.widgets._footer import FooterKey
+
+    def footer_keys():
+        footer = app.query_one(Footer)
+        keys = [k for k in footer.query(FooterKey) if not k.has_class("-command-palette")]
+        return [(k.key, k.description, k.has_class("-disabled"), k._disabled) for k in keys], [id(k) for k in keys]
+
+    def composed_keys():  # what Footer.compose builds from the screen's bindings now: one key per action
+        keys: dict = {}
+        for _node, binding, enabled, _tooltip in app.screen.active_bindings.values():
+            if binding.show and binding.action not in keys:
+                keys[binding.action] = (binding.key, binding.description, not enabled, not enabled)
+        return list(keys.values())
+
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 100_000}, sampler=quiet_sampler)
+    async with app.run_test(size=(200, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        await pilot.pause(0.3)
+        before, widgets = footer_keys()
+        assert before == composed_keys()
+        assert ("escape", "Stop", True, True) in before  # nothing to stop yet
+
+        chat = app.chat_pane
+        assert await chat.send("tell me a long story")
+        await wait_for(pilot, lambda: chat.active is not None and len(chat.active.text) > 5, what="streaming")
+        await pilot.pause(0.3)
+        during, widgets_during = footer_keys()
+        assert ("escape", "Stop", False, False) in during
+        assert ("ctrl+r", "Regenerate", True, True) in during
+        assert during == composed_keys()
+        assert widgets_during == widgets, "the footer was rebuilt"
+
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
+        await pilot.pause(0.3)
+        after, widgets_after = footer_keys()
+        assert ("escape", "Stop", True, True) in after
+        assert ("ctrl+r", "Regenerate", False, False) in after
+        assert after == composed_keys()
+        assert widgets_after == widgets

@@ -28,7 +28,7 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from glmtui import catalog
 from glmtui.config import Paths, default_paths, ensure_private_dir
@@ -36,7 +36,8 @@ from glmtui.engine.events import Failed, Finished, GenerationParams, Loaded, Loa
 from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
-from .chat import ChatInput, ChatPane, params_to_dict
+from .footer import QuickFooter
+from .chat import ChatPane, params_to_dict
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
 from .models import MODES, ModelsPane, predictions
@@ -262,7 +263,7 @@ class GlmApp(App):
                 yield MonitorPane(id="monitor")
                 yield ModelsPane(id="models")
         yield Static(id="status")
-        yield Footer(compact=True)
+        yield QuickFooter(compact=True)
 
     def on_mount(self) -> None:
         # the breakpoint classes arrive with the first resize; the first layout needs them already

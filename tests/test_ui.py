@@ -874,3 +874,37 @@ async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sample
         assert ("ctrl+r", "Regenerate", False, False) in after
         assert after == composed_keys()
         assert widgets_after == widgets
+
+
+async def test_keys_typed_right_after_enter_are_kept(chatglm3_dir, quiet_sampler):
+    """Enter, then the next question's first letters at once (as a terminal delivers a fast typist's keys):
+    the letters stay in the prompt. The prompt used to be cleared when the send finished, wiping them."""
+    from textual import events
+
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 4},
+                 sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        chat.input.load_text("first question")
+        chat.input.focus()
+        await pilot.pause()
+        driver = app._driver
+        for key in ["enter", "n", "e", "x", "t"]:
+            event = events.Key(key, "\r" if key == "enter" else key)
+            event.set_sender(app)
+            driver.send_message(event)
+        await wait_for(pilot, lambda: chat.active is None and len(chat.turns) == 2, what="the reply")
+        await pilot.pause(0.2)
+        assert chat.turns[0].content == "first question"
+        assert chat.input.text == "next"
+
+        # a refused send (no model) keeps the text, in front of what was typed since
+        chat.input.load_text("second")
+        app.loaded = None  # as after an unload: sending is refused
+        for key in ["enter", "!"]:
+            event = events.Key(key, "\r" if key == "enter" else key)
+            event.set_sender(app)
+            driver.send_message(event)
+        await wait_for(pilot, lambda: chat.input.text == "second!", what="the refused text back")
+        assert len(chat.turns) == 2

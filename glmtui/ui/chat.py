@@ -256,7 +256,12 @@ class ChatInput(TextArea):
             event.prevent_default()
 
     def action_submit(self) -> None:
-        self.post_message(self.Submitted(self.text))
+        # Cleared now, not when the send is done: keys typed meanwhile (the next
+        # question) go into an empty prompt and are kept. A refused send puts the
+        # text back in front of them.
+        text = self.text
+        self.clear()
+        self.post_message(self.Submitted(text))
 
     def action_newline(self) -> None:
         start, end = self.selection
@@ -633,8 +638,11 @@ class ChatPane(Vertical):
 
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
         message.stop()
-        if await self.send(message.text):
-            self.input.clear()
+        if not await self.send(message.text):
+            prompt = self.input
+            typed_since = prompt.text
+            prompt.load_text(message.text + typed_since)
+            prompt.move_cursor(prompt.document.end)
 
     async def send(self, text: str) -> bool:
         text = text.strip("\n").rstrip()

@@ -908,3 +908,59 @@ async def test_keys_typed_right_after_enter_are_kept(chatglm3_dir, quiet_sampler
             driver.send_message(event)
         await wait_for(pilot, lambda: chat.input.text == "second!", what="the refused text back")
         assert len(chat.turns) == 2
+
+
+async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_chatglm3, quiet_sampler):
+    """With more conversations than the history pane shows, each screen layout used to hand the list a
+    different virtual height than its own and refresh its scrollbar (~2 ms a frame, every frame of a reply).
+    The list must still scroll over all its rows."""
+    from textual.scrollbar import ScrollBar
+    from textual.screen import Screen
+    from textual.widget import Widget
+
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        for i in range(80):
+            store.create_conversation(f"conversation {i}", "tiny", "", {})
+    finally:
+        store.close()
+
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 1500}, sampler=quiet_sampler)
+    counts = {"layouts": 0, "scrollbar": 0}
+    refresh, refresh_layout = Widget.refresh, Screen._refresh_layout
+
+    def counting_refresh(self, *args, **kwargs):
+        if isinstance(self, ScrollBar) and self.parent is not None and self.parent.id == "conversations":
+            counts["scrollbar"] += 1
+        return refresh(self, *args, **kwargs)
+
+    def counting_layout(self, *args, **kwargs):
+        counts["layouts"] += 1
+        return refresh_layout(self, *args, **kwargs)
+
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        await pilot.pause(0.3)
+        conversations = app.query_one("#conversations")
+        assert conversations.max_scroll_y > 0, "the list must overflow for this test"
+        chat = app.chat_pane
+        chat.input.load_text("tell me a story")
+        chat.input.focus()
+        Widget.refresh, Screen._refresh_layout = counting_refresh, counting_layout
+        try:
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: chat.active is None and len(chat.turns) == 2, what="the reply")
+        finally:
+            Widget.refresh, Screen._refresh_layout = refresh, refresh_layout
+        assert counts["layouts"] >= 15, counts
+        # reloading the list for the new conversation refreshes it a few times; the reply's frames do not
+        assert counts["scrollbar"] <= 12 < counts["layouts"], counts
+
+        rows = conversations.option_count
+        assert rows == 81 and conversations.virtual_size.height >= rows
+        conversations.focus()
+        await pilot.press("end")  # the last row: the list scrolls all the way down
+        await pilot.pause(0.2)
+        assert conversations.highlighted == rows - 1
+        assert conversations.scroll_y == conversations.max_scroll_y > 0

@@ -12,6 +12,8 @@ from textual.timer import Timer
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from .lists import SteadyOptionList
+
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
 
@@ -39,7 +41,7 @@ def snippet_text(snippet: str) -> Text:
     return out
 
 
-class ConversationList(OptionList):
+class ConversationList(SteadyOptionList):
     BINDINGS = [
         Binding("enter", "select", "Open", show=False),
         Binding("delete", "app.delete_conversation", "Delete", show=False),

@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from glmtui import catalog
 from glmtui.engine import memory
 
+from .lists import SteadyOptionList
 from .monitor import fmt_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +61,7 @@ def predictions(row: ModelRow, device: str) -> tuple[dict[str, int], bool]:
     return {}, False
 
 
-class ModelList(OptionList):
+class ModelList(SteadyOptionList):
     BINDINGS = [
         Binding("enter", "select", "Load", show=True),
         Binding("d", "app.download_model", "Download"),

@@ -1,0 +1,22 @@
+"""OptionList that keeps its own scroll height across screen layouts."""
+
+from __future__ import annotations
+
+from textual.widgets import OptionList
+
+
+class SteadyOptionList(OptionList):
+    """An OptionList that is not re-rendered by layouts that leave it unchanged.
+
+    In Textual 8.2 every screen layout hands an OptionList its region's height as
+    its virtual (scrollable) size, and the list then sets its own (one line per
+    row): the two differ whenever the list overflows, so each layout — ten or
+    more a second while a reply streams — refreshed its scrollbar and rows
+    (~2 ms a frame with 100 conversations). When neither its size nor its
+    container changed, the list's own virtual size is kept.
+    """
+
+    def _size_updated(self, size, virtual_size, container_size, layout: bool = True) -> bool:
+        if size == self._size and container_size == self._container_size and self.virtual_size.width == virtual_size.width:
+            virtual_size = self.virtual_size
+        return super()._size_updated(size, virtual_size, container_size, layout)

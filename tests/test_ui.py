@@ -964,3 +964,47 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
         await pilot.pause(0.2)
         assert conversations.highlighted == rows - 1
         assert conversations.scroll_y == conversations.max_scroll_y > 0
+
+
+async def test_the_history_list_is_rebuilt_only_when_it_changes(chatglm3_dir, quiet_sampler):
+    """Each reply reloads the history list at its start and end; with hundreds of conversations a rebuild
+    costs 30-70 ms of the UI thread during the prefill. A reply in the conversation already on top changes
+    nothing in the list: no rebuild. A new conversation, a rename or a search still rebuild it."""
+    from glmtui.ui.history import ConversationList
+
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        for i in range(30):
+            store.create_conversation(f"conversation {i}", "tiny", "", {})
+    finally:
+        store.close()
+    rebuilds = []
+    clear_options = ConversationList.clear_options
+
+    def counting_clear(self):
+        rebuilds.append(self.option_count)
+        return clear_options(self)
+
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 8},
+                 sampler=quiet_sampler)
+    ConversationList.clear_options = counting_clear
+    try:
+        async with app.run_test(size=(160, 40)) as pilot:
+            await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+            chat = app.chat_pane
+            conversations = app.query_one("#conversations", ConversationList)
+            assert await chat.send("first question")  # a new conversation: the list gains a row
+            await wait_for(pilot, lambda: chat.active is None, what="the first reply")
+            assert conversations.option_count == 31
+            assert "first question" in str(conversations.get_option_at_index(0).prompt)
+            before = len(rebuilds)
+            assert before >= 1
+            assert await chat.send("second question")  # same conversation, already on top
+            await wait_for(pilot, lambda: chat.active is None and len(chat.turns) == 4, what="the second reply")
+            assert len(rebuilds) == before, "an unchanged list was rebuilt"
+            app.history_pane.query_text = "conversation 7"
+            app.history_pane.reload()
+            assert len(rebuilds) == before + 1
+            assert conversations.option_count >= 1
+    finally:
+        ConversationList.clear_options = clear_options

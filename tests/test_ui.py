@@ -16,7 +16,7 @@ from glmtui.store import HistoryStore
 from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
-from glmtui.ui.chat import AssistantMessage, ChatInput, visible
+from glmtui.ui.chat import AssistantMessage, visible
 from glmtui.ui.modals import ConfirmModal, ModeModal, SettingsModal, TextModal
 from glmtui.ui.monitor import fmt_bytes, render_snapshot, sparkline
 
@@ -910,6 +910,16 @@ async def test_keys_typed_right_after_enter_are_kept(chatglm3_dir, quiet_sampler
         assert len(chat.turns) == 2
 
 
+def _add_conversations(count: int) -> None:
+    """``count`` empty conversations in the (isolated) history, before the app starts."""
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        for i in range(count):
+            store.create_conversation(f"conversation {i}", "tiny", "", {})
+    finally:
+        store.close()
+
+
 async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_chatglm3, quiet_sampler):
     """With more conversations than the history pane shows, each screen layout used to hand the list a
     different virtual height than its own and refresh its scrollbar (~2 ms a frame, every frame of a reply).
@@ -918,12 +928,7 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
     from textual.screen import Screen
     from textual.widget import Widget
 
-    store = HistoryStore.open(default_paths().history_db)
-    try:
-        for i in range(80):
-            store.create_conversation(f"conversation {i}", "tiny", "", {})
-    finally:
-        store.close()
+    _add_conversations(80)
 
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
                  default_params={"temperature": 0.0, "max_new_tokens": 1500}, sampler=quiet_sampler)
@@ -972,12 +977,7 @@ async def test_the_history_list_is_rebuilt_only_when_it_changes(chatglm3_dir, qu
     nothing in the list: no rebuild. A new conversation, a rename or a search still rebuild it."""
     from glmtui.ui.history import ConversationList
 
-    store = HistoryStore.open(default_paths().history_db)
-    try:
-        for i in range(30):
-            store.create_conversation(f"conversation {i}", "tiny", "", {})
-    finally:
-        store.close()
+    _add_conversations(30)
     rebuilds = []
     clear_options = ConversationList.clear_options
 

@@ -47,6 +47,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from harness import hook_generation_events, type_prompt  # noqa: E402
+
 # ---------------------------------------------------------------- a realistic reply
 
 WORDS = (
@@ -238,24 +240,22 @@ async def run_reply(folder: Path, n_tokens: int, keys: bool = False, rate: Optio
         await pilot.pause(0.3)
         engine.tokens, engine.rate = tokens, rate
         chat = app.chat_pane
-        chat.input.load_text("Write a long answer with headings, lists, code and tables.")
-        chat.input.focus()
-        await pilot.pause()
+        await type_prompt(pilot, chat, "Write a long answer with headings, lists, code and tables.")
 
         marks: dict[str, float] = {}
         done = asyncio.Event()
-        handled = chat.on_generation_event  # instrumentation on the instance only
 
-        async def on_generation_event(event) -> None:
+        def before(event, now: float) -> None:
             if isinstance(event, Finished):
-                marks["finished_in"] = time.perf_counter()
-            await handled(event)
-            if isinstance(event, Token):
-                marks["token"] = time.perf_counter()
-            elif isinstance(event, Finished):
-                marks["finished"] = time.perf_counter()
+                marks["finished_in"] = now
 
-        chat.on_generation_event = on_generation_event
+        def after(event, now: float) -> None:
+            if isinstance(event, Token):
+                marks["token"] = now
+            elif isinstance(event, Finished):
+                marks["finished"] = now
+
+        hook_generation_events(chat, before, after)
 
         typed: list[dict] = []  # per key: char, posted, edited, painted
         prompt = chat.input

@@ -39,6 +39,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from harness import hook_generation_events, type_prompt  # noqa: E402
+
 PROMPT = "Tell me about GPUs and memory."
 
 
@@ -95,23 +97,18 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
         await pilot.pause(0.2)
 
         chat = app.chat_pane
-        chat.input.load_text(prompt)
-        chat.input.focus()
-        await pilot.pause()
+        await type_prompt(pilot, chat, prompt)
 
         marks: dict[str, float] = {}
         done = asyncio.Event()
-        handled = chat.on_generation_event  # instrumentation on the instance only
 
-        async def on_generation_event(event) -> None:
-            await handled(event)
-            now = time.perf_counter()
+        def after(event, now: float) -> None:
             if isinstance(event, Token) and "token" not in marks:
                 marks["token"] = now
             elif isinstance(event, Finished):
                 marks["finished"] = now
 
-        chat.on_generation_event = on_generation_event
+        hook_generation_events(chat, after=after)
         screen = app.screen
         composite = screen._compositor_refresh
 

@@ -36,8 +36,8 @@ from glmtui.engine.events import Failed, Finished, GenerationParams, Loaded, Loa
 from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
-from .footer import QuickFooter
 from .chat import ChatPane, params_to_dict
+from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
 from .models import MODES, ModelsPane, predictions
@@ -500,7 +500,7 @@ class GlmApp(App):
     async def on_tokens_ready(self, message: TokensReady) -> None:
         await self._write_buffered_tokens()
         # Hold further TokensReady back for a frame: tokens pile up meanwhile and the
-        # reply is re-rendered ~20 times a second instead of once per token.
+        # reply is re-rendered at most 1 / STREAM_FRAME times a second instead of once per token.
         self.set_timer(STREAM_FRAME, self._release_tokens)
 
     async def _write_buffered_tokens(self) -> None:

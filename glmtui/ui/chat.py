@@ -1,8 +1,8 @@
 """The chat pane: the conversation, the streaming reply and the prompt input.
 
-Streaming follows the shape measured in docs/ARCHITECTURE.md: the worker
-thread posts one message per Token to the app; the handler here awaits
-``MarkdownStream.write`` (writes coalesce while a render is in flight, the
+Streaming follows the shape measured in docs/ARCHITECTURE.md: the app
+coalesces the worker's tokens (GlmApp.on_tokens_ready) and hands them here in
+batches; the handler awaits ``MarkdownStream.write`` (writes coalesce while a render is in flight, the
 worker never waits) and, when the reply ends, :func:`complete_stream` makes the
 document exactly what a full ``Markdown.update`` would show (code fences and
 tables complete) while re-mounting only the blocks that differ - usually just
@@ -152,7 +152,8 @@ def resume_full_collections() -> None:
 
 async def complete_stream(markdown: Markdown, text: str) -> str:
     """Make a streamed ``markdown`` render ``text`` exactly as ``Markdown.update(text)`` would, without
-    re-mounting what the stream already rendered right; returns how ("kept", "tail" or "full").
+    re-mounting what the stream already rendered right; returns how, for benchmarks ("full", or how
+    many blocks were kept and rebuilt).
 
     A whole-document ``update`` at the end of a reply re-parses and re-mounts every block (seconds
     for a 10,000-token reply, the UI frozen). The stream's top-level blocks are final once a later

@@ -15,15 +15,6 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
 
-def _shown_keys(footer: Footer) -> list[tuple[str, str, str, str, bool]]:
-    """(key, action, description, tooltip, enabled) of each shown binding, in footer order."""
-    shown = []
-    for _node, binding, enabled, tooltip in footer.screen.active_bindings.values():
-        if binding.show and binding.group is None:
-            shown.append((binding.key, binding.action, binding.description, tooltip, bool(enabled)))
-    return shown
-
-
 class QuickFooter(Footer):
     """A Footer that toggles keys in place when only their enabled state changed."""
 
@@ -33,29 +24,27 @@ class QuickFooter(Footer):
                 return
         super().bindings_changed(screen)
 
+    def _wanted(self) -> list[tuple[str, str, str, bool]]:
+        """(key, action, description, enabled) per shown action, as Footer.compose lays them out."""
+        wanted: dict[str, tuple[str, str, str, bool]] = {}
+        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
+            if binding.show and binding.group is None and binding.action not in wanted:
+                wanted[binding.action] = (binding.key, binding.action, binding.description, bool(enabled))
+        return list(wanted.values())
+
     def _update_in_place(self) -> bool:
         keys = [child for child in self.children if isinstance(child, FooterKey)]
         if len(keys) != len(self.children):  # key groups or labels: let Footer rebuild
             return False
-        shown = _shown_keys(self)
-        palette = [k for k in keys if k.has_class("-command-palette")]
         plain = [k for k in keys if not k.has_class("-command-palette")]
-        seen_actions: set[str] = set()
-        wanted = []
-        for key, action, description, tooltip, enabled in shown:
-            if action in seen_actions:  # Footer shows one key per action
-                continue
-            seen_actions.add(action)
-            wanted.append((key, action, description, enabled))
-        if len(wanted) != len(plain):
+        wanted = self._wanted()
+        if [(k.key, k.action, k.description) for k in plain] != [w[:3] for w in wanted]:
             return False
-        for widget, (key, action, description, _enabled) in zip(plain, wanted):
-            if (widget.key, widget.action, widget.description) != (key, action, description):
-                return False
-        for widget in palette:  # its enabled state is not expected to change: rebuild if it does
-            entry = self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING)
-            if entry is None or widget._disabled == bool(entry[2]):
-                return False
+        for widget in keys:  # the palette key's enabled state is not expected to change: rebuild if it does
+            if widget.has_class("-command-palette"):
+                entry = self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING)
+                if entry is None or widget._disabled == bool(entry[2]):
+                    return False
         with self.app.batch_update():
             for widget, (_key, _action, _description, enabled) in zip(plain, wanted):
                 if widget._disabled != (not enabled):

@@ -47,7 +47,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import hook_generation_events, type_prompt  # noqa: E402
+from harness import end_run, hook_generation_events, type_prompt  # noqa: E402
 
 # ---------------------------------------------------------------- a realistic reply
 
@@ -358,10 +358,7 @@ async def run_reply(folder: Path, n_tokens: int, keys: bool = False, rate: Optio
         if profiler is not None:
             result["profile"] = profiler.output_text(unicode=True, color=False, show_all=True)
         screen._compositor_refresh = composite
-        # a MonitorUpdate still queued when the panes are torn down raises NoMatches in
-        # GlmApp.on_monitor_update (seen on exit after a backed-up queue): stop sampling first
-        app._monitor_stop.set()
-        await pilot.pause(0.2)
+        await end_run(pilot, app)
     return result
 
 

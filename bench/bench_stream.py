@@ -39,7 +39,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import hook_generation_events, type_prompt  # noqa: E402
+from harness import end_run, hook_generation_events, type_prompt  # noqa: E402
 
 PROMPT = "Tell me about GPUs and memory."
 
@@ -150,10 +150,7 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
         if profiler is not None:
             result["profile"] = profiler.output_text(unicode=True, color=False, show_all=True)
         screen._compositor_refresh = composite
-        # a MonitorUpdate still queued when the panes are torn down raises NoMatches in
-        # GlmApp.on_monitor_update (seen on exit after a backed-up queue): stop sampling first
-        app._monitor_stop.set()
-        await pilot.pause(0.2)
+        await end_run(pilot, app)
     return result
 
 

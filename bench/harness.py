@@ -26,3 +26,9 @@ def hook_generation_events(chat, before: Optional[Callable] = None, after: Optio
             after(event, time.perf_counter())
 
     chat.on_generation_event = on_generation_event
+
+
+async def end_run(pilot, app) -> None:
+    """Stop the app's monitor sampling before the panes are torn down, and let queued samples drain."""
+    app._monitor_stop.set()
+    await pilot.pause(0.2)

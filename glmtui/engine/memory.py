@@ -337,8 +337,6 @@ def predict(
         notes.append(f"unknown architecture {arch.model_type or '?'}: llama-like estimate")
     if arch.moe:
         notes.append("mixture-of-experts not modelled: real size is much larger")
-    if dev == "cpu" and mode == "fp16":
-        notes.append("fp16 on CPU is slow; bf16 or fp32 preferred")
     return MemoryPrediction(
         mode=mode,
         params=arch.params,

@@ -80,9 +80,11 @@ def test_pickle_shards_are_read_with_weights_only(tmp_path, chatglm3_dir):
     state = torch.load(shard, weights_only=True)
     state["evil"] = Exploit()
     torch.save(state, shard)
-    with pytest.raises(ModelLoadError, match="cannot be read"):
+    with pytest.raises(ModelLoadError, match="contains code .*refused for safety") as failure:
         load_model(folder, "fp32")
     assert not marker.exists()
+    # Not mistaken for damage, and torch's advice to turn the safety off is never passed on.
+    assert "corrupt" not in str(failure.value) and "weights_only" not in str(failure.value)
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16", "fp32", "int8", "int4"])
@@ -175,8 +177,11 @@ def test_native_config_that_does_not_match_weights(tmp_path, native_glm):
     config = json.loads((folder / "config.json").read_text())
     config["hidden_size"] = 96
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="loading mismatch-native failed"):
+    # The tensor and both shapes are named (not transformers' "look at the above report!").
+    with pytest.raises(ModelLoadError, match=r"model.embed_tokens.weight is \[\d+, 64\] in the weight files but "
+                                             r"\[\d+, 96\] per config.json") as failure:
         load_model(folder, "fp32")
+    assert "above report" not in str(failure.value)
 
 
 def test_unknown_architecture_never_runs_remote_code(tmp_path, native_glm):

@@ -4,7 +4,9 @@ ChatGLM3 checkpoints (``model_type: chatglm``) are loaded as transformers'
 native ``GlmForCausalLM`` by renaming and splitting their weights at load
 time: the published remote code no longer runs on current transformers and
 running downloaded code is a risk, so ``trust_remote_code`` is never used.
-Pickle shards are only ever read with ``weights_only=True``.
+Pickle shards are only ever read with ``weights_only=True`` (weights.py), and
+every tensor is read into private memory, never left mapped to its file.
+Before the model is built, checks.py compares config.json with the files.
 
 This module imports torch and transformers at module level: only the worker
 thread imports it.
@@ -23,7 +25,10 @@ from typing import Callable, Optional
 
 import torch
 
+from . import checks
+from .checks import CheckFailed
 from .prompts import ChatFormat, ChatGLM3Format, ChatTemplateFormat, PromptError
+from .weights import StoredTensor, WeightReadError, read_checkpoint
 
 def _quiet_transformers() -> None:
     """Progress bars and warnings on stderr would scribble over the TUI."""
@@ -57,6 +62,8 @@ class LoadedModel:
     context_length: int
     footprint_bytes: int
     load_seconds: float
+    # What the user should know about how it was loaded (layers left in 16-bit...).
+    notes: tuple[str, ...] = ()
 
 
 Progress = Callable[[str, Optional[float]], None]
@@ -189,72 +196,90 @@ _TOP_RENAMES = {
 def chatglm3_state_dict_to_glm(tensors: dict, glm_config) -> dict:
     """Rename ChatGLM3 tensors to native GLM names; split the fused QKV.
 
-    Slicing keeps views, so memory-mapped shards stay unmaterialized.
+    Values are :class:`StoredTensor` entries (read later, a range of rows each
+    for q, k and v) or plain tensors (split as views). Names that are not
+    ChatGLM3's pass through unchanged, for the checks to report.
     """
     q_size = glm_config.num_attention_heads * glm_config.head_dim
     kv_size = glm_config.num_key_value_heads * glm_config.head_dim
     out: dict = {}
     for name, tensor in tensors.items():
         if name.endswith("rotary_pos_emb.inv_freq"):
-            continue
+            continue  # recomputed from the config by design
         if name in _TOP_RENAMES:
             out[_TOP_RENAMES[name]] = tensor
             continue
         match = _LAYER.match(name)
-        if not match:
-            raise ModelLoadError(f"unexpected tensor {name!r} in a ChatGLM3 checkpoint")
-        layer, rest = match.groups()
-        prefix = f"model.layers.{layer}."
+        rest = match.group(2) if match else ""
+        prefix = f"model.layers.{match.group(1)}." if match else ""
         if rest in _LAYER_RENAMES:
             out[prefix + _LAYER_RENAMES[rest]] = tensor
         elif rest.startswith("self_attention.query_key_value."):
             kind = rest.rsplit(".", 1)[1]  # weight or bias
-            if tensor.shape[0] != q_size + 2 * kv_size:
+            rows = q_size + 2 * kv_size
+            if tensor.shape[0] != rows:
                 raise ModelLoadError(
-                    f"{name} has {tensor.shape[0]} rows; the config implies {q_size + 2 * kv_size}. "
-                    "config.json does not match the weights."
+                    f"{name} is {list(tensor.shape)} in the weight files; config.json implies {rows} rows "
+                    f"({glm_config.num_attention_heads} heads and 2 x {glm_config.num_key_value_heads} key/value "
+                    f"groups of {glm_config.head_dim}): config.json does not match the weights"
                 )
-            q, k, v = torch.split(tensor, [q_size, kv_size, kv_size], dim=0)
-            out[prefix + f"self_attn.q_proj.{kind}"] = q
-            out[prefix + f"self_attn.k_proj.{kind}"] = k
-            out[prefix + f"self_attn.v_proj.{kind}"] = v
+            bounds = {"q": (0, q_size), "k": (q_size, q_size + kv_size), "v": (q_size + kv_size, rows)}
+            for part, (start, stop) in bounds.items():
+                piece = tensor.rows(start, stop) if isinstance(tensor, StoredTensor) else tensor[start:stop]
+                out[prefix + f"self_attn.{part}_proj.{kind}"] = piece
         else:
-            raise ModelLoadError(f"unexpected tensor {name!r} in a ChatGLM3 checkpoint")
+            out[name] = tensor
     return out
 
 
-def read_weights(fmt: str, files: list[Path], progress: Progress) -> dict:
-    """Read a checkpoint's tensors lazily (mmap) where the format allows."""
-    tensors: dict = {}
-    for index, path in enumerate(files):
-        progress(f"reading {path.name}", index / len(files))
-        try:
-            if fmt == "safetensors":
-                from safetensors.torch import load_file
+_TOP_BACK = {glm: original for original, glm in _TOP_RENAMES.items()}
+_LAYER_BACK = {glm: original for original, glm in _LAYER_RENAMES.items()}
+_GLM_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_QKV_PART = re.compile(r"^self_attn\.[qkv]_proj\.(weight|bias)$")
 
-                tensors.update(load_file(str(path), device="cpu"))
-            else:
-                tensors.update(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True))
-        except Exception as exc:
-            raise ModelLoadError(f"weight file {path.name} cannot be read (truncated or corrupt?): {exc}") from exc
-    progress("weights read", 1.0)
-    return tensors
+
+def chatglm3_name(name: str) -> str:
+    """The ChatGLM3 checkpoint name a native GLM tensor comes from (for messages)."""
+    if name in _TOP_BACK:
+        return _TOP_BACK[name]
+    match = _GLM_LAYER.match(name)
+    if not match:
+        return name
+    layer, rest = match.groups()
+    if rest in _LAYER_BACK:
+        return f"transformer.encoder.layers.{layer}.{_LAYER_BACK[rest]}"
+    qkv = _QKV_PART.match(rest)
+    if qkv:
+        return f"transformer.encoder.layers.{layer}.self_attention.query_key_value.{qkv.group(1)}"
+    return name
+
+
+def looks_like_chatglm3(names) -> bool:
+    return any(name.startswith(("transformer.encoder.layers.", "transformer.embedding.")) for name in names)
+
+
+def read_weights(fmt: str, files: list[Path], progress: Progress) -> dict:
+    """The checkpoint's tensors by name, read into private memory only when used."""
+    try:
+        return read_checkpoint(fmt, files, progress)
+    except WeightReadError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------- loading
 
 
-def _quantization_config(mode: str, compute_dtype):
+def _quantization_config(mode: str, compute_dtype, skip: Optional[list[str]] = None):
     from transformers import BitsAndBytesConfig
 
     if mode == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip
     )
 
 
-def _load_kwargs(mode: str, device: str) -> dict:
+def _load_kwargs(mode: str, device: str, skip: Optional[list[str]] = None) -> dict:
     if mode in DTYPES:
         return {"dtype": DTYPES[mode], "device_map": device}
     if mode == "int8":
@@ -262,19 +287,130 @@ def _load_kwargs(mode: str, device: str) -> dict:
         compute = torch.float16
     else:
         compute = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    return {"dtype": compute, "device_map": device, "quantization_config": _quantization_config(mode, compute)}
+    return {"dtype": compute, "device_map": device, "quantization_config": _quantization_config(mode, compute, skip)}
 
 
 def _native_architecture_check(config: dict) -> None:
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING
 
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
         hint = " It ships its own code (auto_map), which glmtui never runs." if "auto_map" in config else ""
         raise ModelLoadError(
-            f"unknown architecture {model_type!r} — transformers has no built-in model for it.{hint}"
+            f"unknown architecture {model_type!r} — transformers has no built-in model for it.{hint} "
+            "glmtui loads ChatGLM3 checkpoints (model_type \"chatglm\") and architectures built into transformers."
         )
-    del AutoConfig
+
+
+@dataclass
+class _Prepared:
+    """A checkpoint checked against its config, ready to be built."""
+
+    model_class: type
+    config: object  # the transformers config
+    tensors: dict  # name -> StoredTensor, in the model's names
+    meta_model: object  # the model on the meta device (names, shapes, Linear widths)
+    chat_format: ChatFormat
+    context_length: int
+    display: Callable[[str], str] = lambda name: name
+
+
+def _check_sizes(config: dict, tensors: dict, mode: str, device: str) -> None:
+    """Before anything is allocated: a config far larger than the files, or than the machine."""
+    checks.check_size_against_files(config, sum(t.numel() for t in tensors.values()))
+    checks.check_fits_machine(config, mode, device)
+
+
+def _prepare_chatglm3(folder: Path, config: dict, fmt: str, files: list[Path], mode: str, device: str,
+                      progress: Progress) -> _Prepared:
+    from transformers import GlmForCausalLM
+
+    tokenizer_model = folder / "tokenizer.model"
+    if not tokenizer_model.exists():
+        raise ModelLoadError(f"{folder} has no tokenizer.model (ChatGLM3's SentencePiece tokenizer)")
+    progress("reading tokenizer", None)
+    try:
+        chat_format = ChatGLM3Format(tokenizer_model)
+    except Exception as exc:
+        raise ModelLoadError(f"tokenizer.model cannot be read: {exc}") from exc
+    glm_config = chatglm3_to_glm_config(config)
+    glm_config.eos_token_id = list(chat_format.stop_token_ids)
+    if chat_format.vocab_size > glm_config.vocab_size:
+        raise ModelLoadError(
+            f"the tokenizer has {chat_format.vocab_size} tokens but the model only {glm_config.vocab_size}: "
+            "tokenizer.model does not belong to these weights"
+        )
+    stored = read_weights(fmt, files, progress)
+    _check_sizes(config, stored, mode, device)
+    tensors = chatglm3_state_dict_to_glm(stored, glm_config)
+    meta = checks.build_on_meta(lambda: GlmForCausalLM(glm_config))
+    checks.compare_with_model({name: t.shape for name, t in tensors.items()}, meta, chatglm3_name)
+    return _Prepared(GlmForCausalLM, glm_config, tensors, meta, chat_format,
+                     glm_config.max_position_embeddings, chatglm3_name)
+
+
+def _prepare_native(folder: Path, config: dict, fmt: str, files: list[Path], mode: str, device: str,
+                    progress: Progress) -> _Prepared:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _native_architecture_check(config)
+    tensors = read_weights(fmt, files, progress)
+    if looks_like_chatglm3(tensors):
+        raise ModelLoadError(
+            f"these weights are in ChatGLM3's layout (transformer.encoder.layers...) but config.json says "
+            f"model_type {config.get('model_type')!r}: glmtui reads this layout only as model_type \"chatglm\" "
+            "(ChatGLM3's own config.json)."
+        )
+    _check_sizes(config, tensors, mode, device)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        meta = checks.build_on_meta(lambda: AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False))
+    except Exception as exc:
+        raise ModelLoadError(f"config.json in {folder} describes no model transformers can build: "
+                             f"{checks.plain_error(str(exc))}") from exc
+    if "quantization_config" not in config and checks.can_compare_names(meta):
+        checks.compare_with_model({name: t.shape for name, t in tensors.items()}, meta)
+    progress("reading tokenizer", None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(f"the tokenizer in {folder} cannot be loaded: {checks.plain_error(str(exc))}") from exc
+    chat_format = ChatTemplateFormat(tokenizer, _generation_config_stops(folder))
+    embeddings = meta.get_input_embeddings()
+    vocab = embeddings.weight.shape[0] if embeddings is not None else getattr(hf_config, "vocab_size", 0)
+    if vocab and chat_format.vocab_size > vocab:
+        raise ModelLoadError(
+            f"the tokenizer has {chat_format.vocab_size} tokens but the model only {vocab}: "
+            "the tokenizer does not belong to these weights"
+        )
+    context_length = int(getattr(hf_config, "max_position_embeddings", 0) or 0)
+    return _Prepared(type(meta), hf_config, tensors, meta, chat_format, context_length)
+
+
+def _int4_cpu_fallback(prepared: _Prepared, kwargs: dict, name: str) -> Optional[str]:
+    """Keep in 16-bit the Linears bitsandbytes' int4 CPU kernel cannot run; say which (None: all can run)."""
+    odd, quantized = checks.int4_cpu_16bit_layers(prepared.meta_model)
+    if not odd:
+        return None
+    if len(odd) == quantized:
+        raise ModelLoadError(
+            f"int4 on CPU cannot quantize any layer of {name}: bitsandbytes' CPU kernel needs Linear input widths "
+            f"divisible by {checks.INT4_CPU_IN_MULTIPLE} and output widths by {checks.INT4_CPU_OUT_MULTIPLE}. "
+            "Choose int8 or bf16."
+        )
+    compute = kwargs["dtype"]
+    kwargs["quantization_config"] = _quantization_config("int4", compute, checks.skip_modules(prepared.meta_model, odd))
+    dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute, str(compute))
+    return checks.describe_16bit_layers(odd, quantized, dtype_name)
+
+
+def _first_forward(model, mode: str, device: str) -> None:
+    """One token through the quantized model: a kernel that cannot run fails here, not at every reply."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, 1), dtype=torch.long, device=device))
+    except Exception as exc:
+        raise ModelLoadError(f"{mode} loaded but cannot compute on {device}: {checks.plain_error(str(exc))}") from exc
 
 
 def load_model(
@@ -284,8 +420,6 @@ def load_model(
     progress: Progress = lambda stage, fraction: None,
 ) -> LoadedModel:
     """Load a model folder for chat in the given quantization mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from .memory import measured_footprint_bytes
 
     started = time.perf_counter()
@@ -296,50 +430,34 @@ def load_model(
         raise ModelLoadError(reason)
     config = read_config(folder)
     fmt, files = weight_files(folder)
-    kwargs = _load_kwargs(mode, device)
-    model = None
+    model = prepared = None
     try:
-        if is_chatglm3(config):
-            tokenizer_model = folder / "tokenizer.model"
-            if not tokenizer_model.exists():
-                raise ModelLoadError(f"{folder} has no tokenizer.model (ChatGLM3's SentencePiece tokenizer)")
-            progress("reading tokenizer", None)
-            try:
-                chat_format: ChatFormat = ChatGLM3Format(tokenizer_model)
-            except Exception as exc:
-                raise ModelLoadError(f"tokenizer.model cannot be read: {exc}") from exc
-            glm_config = chatglm3_to_glm_config(config)
-            glm_config.eos_token_id = list(chat_format.stop_token_ids)
-            if chat_format.vocab_size > glm_config.vocab_size:
-                raise ModelLoadError(
-                    f"the tokenizer has {chat_format.vocab_size} tokens but the model only {glm_config.vocab_size}: "
-                    "tokenizer.model does not belong to these weights"
-                )
-            tensors = chatglm3_state_dict_to_glm(read_weights(fmt, files, progress), glm_config)
-            progress("building model", None)
-            from transformers import GlmForCausalLM
-
-            model = GlmForCausalLM.from_pretrained(None, config=glm_config, state_dict=tensors, **kwargs)
-            del tensors
-            context_length = glm_config.max_position_embeddings
-        else:
-            _native_architecture_check(config)
-            progress("reading tokenizer", None)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-            except Exception as exc:
-                raise ModelLoadError(f"the tokenizer in {folder} cannot be loaded: {exc}") from exc
-            generation_stops = _generation_config_stops(folder)
-            chat_format = ChatTemplateFormat(tokenizer, generation_stops)
-            progress("loading weights", None)
-            model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
-            if chat_format.vocab_size > model.config.vocab_size:
-                raise ModelLoadError(
-                    f"the tokenizer has {chat_format.vocab_size} tokens but the model only "
-                    f"{model.config.vocab_size}: the tokenizer does not belong to these weights"
-                )
-            context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        prepare = _prepare_chatglm3 if is_chatglm3(config) else _prepare_native
+        prepared = prepare(folder, config, fmt, files, mode, device, progress)
+        kwargs = _load_kwargs(mode, device)
+        notes = []
+        if mode == "int4" and device.startswith("cpu"):
+            note = _int4_cpu_fallback(prepared, kwargs, folder.name)
+            if note:
+                notes.append(note)
+                progress(note, None)
+        progress("building model", None)
+        model, info = prepared.model_class.from_pretrained(
+            None,
+            config=prepared.config,
+            state_dict=prepared.tensors,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in info and refused below, with names and shapes
+            **kwargs,
+        )
+        checks.check_loading_info(info, prepared.display)
+        if mode in ("int8", "int4") and device.startswith("cpu"):
+            _first_forward(model, mode, device)
+        if not is_chatglm3(config):
+            _adopt_generation_config(model, folder)
         model.eval()
+        chat_format, context_length = prepared.chat_format, prepared.context_length
+        prepared = None  # the last references to the checkpoint's files
         progress("ready", 1.0)
         return LoadedModel(
             model=model,
@@ -351,28 +469,47 @@ def load_model(
             context_length=context_length,
             footprint_bytes=measured_footprint_bytes(model),
             load_seconds=time.perf_counter() - started,
+            notes=tuple(notes),
         )
     except ModelLoadError:
-        del model
+        del model, prepared
         release_memory()
         raise
+    except CheckFailed as exc:
+        del model, prepared
+        release_memory()
+        raise ModelLoadError(str(exc)) from exc
     except PromptError as exc:
-        del model
+        del model, prepared
         release_memory()
         raise ModelLoadError(str(exc)) from exc
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        del model
+        del model, prepared
         release_memory()
         raise ModelLoadError(
             f"out of memory while loading {folder.name} in {mode} on {device}: try int8 or int4, "
             "or free memory used by other processes"
         ) from exc
     except Exception as exc:
-        del model
+        del model, prepared
         release_memory()
         if "out of memory" in str(exc).lower():
             raise ModelLoadError(f"out of memory while loading {folder.name} in {mode} on {device}") from exc
-        raise ModelLoadError(f"loading {folder.name} failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"loading {folder.name} failed: {type(exc).__name__}: {checks.plain_error(str(exc))}"
+        ) from exc
+
+
+def _adopt_generation_config(model, folder: Path) -> None:
+    """generation_config.json as from_pretrained(folder) would have read it (plain JSON, no code)."""
+    if not (folder / "generation_config.json").exists():
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    except Exception:
+        pass  # glmtui passes its own generation settings; the file only adds defaults
 
 
 def _generation_config_stops(folder: Path) -> list[int]:

@@ -30,7 +30,6 @@ import logging.handlers
 import os
 import queue
 import re
-import secrets
 import socket
 import sys
 import threading
@@ -42,11 +41,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, Started, Token, Unloaded
+from .server_guard import HostPolicy, RequestGuard, error_body, key_matches
+
+log = logging.getLogger("glmtui.server")
 
 # ----------------------------------------------------------------- limits
 
 MAX_TOKENS_LIMIT = 1 << 20  # anything above is absurd for any GLM context
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# A token never covers more characters than this (the longest pieces in GLM vocabularies are runs of
+# whitespace or punctuation): a longer conversation cannot fit the context and is refused before tokenizing.
+CHARS_PER_TOKEN_BOUND = 64
 MIN_TEMPERATURE = 1e-5  # below this, sampling overflows: treated as greedy
 DEFAULT_MAX_QUEUE = 64
 TOOL_SYSTEM_PROMPT = "Answer the following questions as best as you can. You have access to the following tools:"
@@ -215,7 +220,7 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "no_model"]
+    status: Literal["ok", "loading", "no_model", "load_failed"]
     server: str = "glmtui"
     model: Optional[str] = None
     state: str
@@ -228,21 +233,31 @@ class Health(BaseModel):
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None):
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: Optional[str] = None,
-               code: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+INTERNAL_ERROR = "internal error: the server could not process this request (details are in the server's log)"
+
+
+def _internal(event: Failed) -> ApiError:
+    """An unexpected failure: a generic 500 for the client, the details for the server's log only."""
+    log.error("request %s failed: %s%s", event.request_id, event.message,
+              f"\n{event.detail}" if event.detail else "")
+    return ApiError(500, INTERNAL_ERROR, "server_error", None, "internal_error")
 
 
 def _failed_to_error(event: Failed, model_loaded: bool) -> ApiError:
-    """A Failed event that came before generation started: the request's fault, or no model."""
+    """A Failed event that came before generation started: the request's fault, no model, or a server fault.
+
+    Only failures whose text glmtui wrote for the user reach the client;
+    anything else (an exception from a library) is a generic 500.
+    """
     message = event.message
     if not model_loaded or "no model is loaded" in message:
         return ApiError(503, "no model is loaded", "server_error", None, "model_not_loaded")
@@ -250,7 +265,16 @@ def _failed_to_error(event: Failed, model_loaded: bool) -> ApiError:
         return ApiError(400, message, "invalid_request_error", None, "invalid_parameters")
     if "longer than the model's context" in message:
         return ApiError(400, message, "invalid_request_error", "messages", "context_length_exceeded")
-    return ApiError(400, message, "invalid_request_error", "messages", None)
+    if message.startswith("cannot build the prompt:"):
+        return ApiError(400, message, "invalid_request_error", "messages", None)
+    return _during_generation(event)
+
+
+def _during_generation(event: Failed) -> ApiError:
+    """A Failed event once generation ran: out of memory is 503 (retry later), anything else a generic 500."""
+    if event.message.startswith("out of memory"):
+        return ApiError(503, event.message, "server_error", None, "out_of_memory")
+    return _internal(event)
 
 
 # ----------------------------------------------------------------- tool calls (no eval)
@@ -443,6 +467,54 @@ def with_tool_system_prompt(messages: list[ChatMessage], tools: Optional[list], 
     return messages
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_items(value, path: tuple = ()):
+    """(path, depth, text) for every string and scalar in a JSON value, dict keys included; no recursion."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                yield where, len(where), str(key)
+                stack.append((child, where + (key,)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, where + (i,)) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            yield where, len(where), item
+        elif item is not None:
+            yield where, len(where), str(item)
+
+
+def check_request_text(request: ChatCompletionRequest, context_length: int) -> None:
+    """Refuse text the prompt cannot be built from, before any tokenizing (400 either way).
+
+    * Invalid Unicode: a lone surrogate (``"\ud800"`` in JSON) cannot be encoded
+      by any tokenizer.
+    * Size: the characters the prompt takes (contents, tool calls and tool
+      definitions, counting the indentation tool JSON is written with) above
+      ``context_length * CHARS_PER_TOKEN_BOUND`` cannot fit the context: say so
+      now rather than tokenizing megabytes to find out.
+    """
+    parts = request.model_dump(include={"messages", "tools", "stop"}, exclude_none=True)
+    chars = 0
+    for where, depth, text in _text_items(parts):
+        bad = _SURROGATE.search(text)
+        if bad is not None:
+            name = ".".join(str(x) for x in where) or "body"
+            raise ApiError(400, f"{name}: the text is not valid Unicode (a lone surrogate, "
+                                f"\\u{ord(bad.group()):04x}, at character {bad.start()})",
+                           param=name, code="invalid_text")
+        chars += len(text) + 4 * depth + 4
+    limit = context_length * CHARS_PER_TOKEN_BOUND
+    if context_length and chars > limit:
+        raise ApiError(400, f"the conversation is {chars:,} characters: it cannot fit the model's context of "
+                            f"{context_length:,} tokens (at most {limit:,} characters are accepted, "
+                            f"{CHARS_PER_TOKEN_BOUND} per token); shorten it",
+                       param="messages", code="context_length_exceeded")
+
+
 def generation_params(request: ChatCompletionRequest, context_length: int) -> GenerationParams:
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     max_tokens = request.max_completion_tokens or request.max_tokens
@@ -562,40 +634,6 @@ class _Pipe:
 _NOTHING = object()
 
 
-class _BodyGuard:
-    """Pure ASGI middleware: API key on every route but /health, and a body size cap."""
-
-    OPEN_PATHS = ("/health",)
-
-    def __init__(self, app, api_key: Optional[str], max_body: int):
-        self.app = app
-        self.api_key = api_key
-        self.max_body = max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from starlette.responses import JSONResponse
-
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope.get("path") not in self.OPEN_PATHS:
-            given = headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
-                message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "incorrect API key"
-                response = JSONResponse(
-                    error_body(message, "invalid_request_error", None, "invalid_api_key"),
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                return await response(scope, receive, send)
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            response = JSONResponse(error_body(f"request body over {self.max_body} bytes"), status_code=413)
-            return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
 def _union_tag(item) -> bool:
     """pydantic puts union members' names in error locations (``stop.str``, ``tool_choice.NamedToolChoice``)."""
     if isinstance(item, int):
@@ -608,12 +646,14 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 4
 
 
 def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_queue: int = DEFAULT_MAX_QUEUE,
-               max_body: int = MAX_BODY_BYTES):
+               max_body: int = MAX_BODY_BYTES, host: str = "127.0.0.1", allow_hosts: tuple = ()):
     """The FastAPI app over ``worker`` (an InferenceWorker or anything with its interface).
 
     ``model_name`` is the id clients pass as ``model``; the loaded model's own
     name is accepted too. With ``api_key``, every route except /health needs
-    ``Authorization: Bearer <api_key>``.
+    ``Authorization: Bearer <api_key>``. ``host`` is the address the server is
+    bound to; with ``allow_hosts`` it decides which ``Host`` headers are
+    answered (``server_guard.HostPolicy``).
     """
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -627,17 +667,26 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
     api_key = api_key or None
     bearer = [Depends(HTTPBearer(auto_error=False))] if api_key else []
     app = FastAPI(title="glmtui OpenAI-compatible API", version=__version__)
-    app.add_middleware(_BodyGuard, api_key=api_key, max_body=max_body)
+    app.add_middleware(RequestGuard, api_key=api_key, max_body=max_body, hosts=HostPolicy(host, allow_hosts))
     app.state.worker = worker
     app.state.model_name = model_name
     app.state.load_error = None
     created_at = int(time.time())
+
+    started: dict[int, float] = {}
+    app.state.service_seconds = None  # moving mean of how long one generation holds the worker
 
     def track(event) -> None:  # worker thread
         if isinstance(event, Failed) and event.during == "load":
             app.state.load_error = event.message
         elif isinstance(event, (Loaded, Unloaded)):
             app.state.load_error = None
+        elif isinstance(event, Started):
+            started[event.request_id] = time.monotonic()
+        elif isinstance(event, (Finished, Failed)) and event.request_id in started:
+            took = time.monotonic() - started.pop(event.request_id)
+            mean = app.state.service_seconds
+            app.state.service_seconds = took if mean is None else 0.8 * mean + 0.2 * took
 
     worker.add_listener(track)
 
@@ -666,7 +715,7 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
@@ -694,8 +743,8 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _internal_error(request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+    async def _internal_error(request, exc: Exception):  # starlette logs the traceback after this answer
+        return JSONResponse(error_body(INTERNAL_ERROR, "server_error", None, "internal_error"), status_code=500)
 
     # -------------------------------------------------------- helpers
 
@@ -721,19 +770,28 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
             detail = f": {app.state.load_error}" if app.state.load_error else ""
             raise ApiError(503, f"no model is loaded{detail}", "server_error", None, "model_not_loaded")
 
+    def queue_full() -> ApiError:
+        """429 with Retry-After: about when one generation ends and frees a place (1-60 s)."""
+        mean = app.state.service_seconds
+        retry = min(60, max(1, int(-(-mean // 1)))) if mean else 1
+        return ApiError(429, f"{max_queue} requests are already queued; retry in about {retry} s",
+                        "rate_limit_error", None, "queue_full", {"Retry-After": str(retry)})
+
     # -------------------------------------------------------- routes
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
-    async def health():
+    async def health(request: Request):
         info = worker.model_info
         if info is not None:
             status, code = "ok", 200
         elif worker.state == "loading":
             status, code = "loading", 503
         else:
-            status, code = "no_model", 503
+            status, code = ("load_failed" if app.state.load_error else "no_model"), 503
+        # /health needs no key: why a load failed (file paths) is only told to a caller with the key
+        keyed = key_matches(request.headers.get("authorization", ""), api_key)
         body = Health(status=status, model=app.state.model_name, state=str(worker.state),
-                      queue=int(worker.queue_length()), detail=app.state.load_error)
+                      queue=int(worker.queue_length()), detail=app.state.load_error if keyed else None)
         return JSONResponse(body.model_dump(), status_code=code)
 
     def card(name: str) -> ModelCard:
@@ -757,6 +815,7 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         require_model(body.model)
+        check_request_text(body, context_length())
         params = generation_params(body, context_length())
         chat_format = _chat_format_name(worker)
         messages = to_chat_messages(body.messages)
@@ -769,8 +828,7 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
         except PromptError as exc:
             raise ApiError(400, f"cannot build the prompt: {exc}", param="messages")
         if worker.queue_length() >= max_queue:
-            raise ApiError(429, f"{max_queue} requests are already queued; retry later", "server_error", None,
-                           "queue_full")
+            raise queue_full()
         tool_names = {t.function.name for t in body.tools} if tools else None
 
         pipe = _Pipe(asyncio.get_running_loop())
@@ -807,8 +865,7 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                                                         chat_format == "chatglm3"))
                 if isinstance(event, Failed):
                     done = True
-                    raise ApiError(500 if "out of memory" not in event.message else 503, event.message,
-                                   "server_error")
+                    raise _during_generation(event)
         except _ClientGone:
             return Response(status_code=499)
         finally:
@@ -887,7 +944,7 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
                     return
                 elif isinstance(event, Failed):
                     finished = True
-                    yield json.dumps(error_body(event.message, "server_error"))
+                    yield json.dumps(_during_generation(event).body())
                     return
         finally:
             if not finished:  # the client went away (or the server is stopping)
@@ -897,6 +954,38 @@ def create_app(worker, model_name: str, api_key: Optional[str] = None, *, max_qu
 
 
 # ----------------------------------------------------------------- running it
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), ready for uvicorn; raises OSError (errno EADDRINUSE when taken).
+
+    Bound before anything slow happens, so a taken port is reported at once
+    and nobody can take it between the check and the server's start.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a taken port: only TIME_WAIT leftovers
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line saying why (host, port) cannot be served."""
+    import errno
+
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use on {host}: stop what uses it or pick another with --port"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on {where} (ports below 1024 need privileges): pick another with --port"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: {host} is not an address of this machine"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 class ServerThread:
@@ -909,10 +998,7 @@ class ServerThread:
         import uvicorn
 
         self.host = host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        self._socket = listen_socket(host, port)
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, lifespan="off")
         self.server = uvicorn.Server(config)
@@ -1020,6 +1106,16 @@ def _watch_parent(parent_pid: int, server) -> None:
         time.sleep(0.5)
 
 
+def _log_to_stderr() -> None:
+    """Server-side details (unexpected failures) go to stderr, as uvicorn's own lines do."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("glmtui serve: %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run_server(args) -> int:
     """``glmtui serve``: load ``--model`` on one worker and serve the API until Ctrl-C."""
     import uvicorn
@@ -1029,21 +1125,29 @@ def run_server(args) -> int:
     if not getattr(args, "model", None):
         print("glmtui serve: give --model (a model folder or a downloaded catalogue model)", file=sys.stderr)
         return 2
+    try:  # before loading anything: a taken port is said at once, in one line
+        sock = listen_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"glmtui serve: {bind_problem(args.host, args.port, exc)}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
     path, name = resolve_model(args.model)
     device = getattr(args, "device", None) or "auto"
     mode = getattr(args, "mode", None) or default_mode(device)
     api_key = getattr(args, "api_key", None) or os.environ.get("GLMTUI_API_KEY") or None
     worker = InferenceWorker().start()
-    app = create_app(worker, name, api_key)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
-    log_listeners = log_off_the_loop()
+    app = create_app(worker, name, api_key, host=args.host, allow_hosts=tuple(getattr(args, "allow_host", None) or ()))
+    config = uvicorn.Config(app, host=args.host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    _log_to_stderr()
+    log_listeners = log_off_the_loop(("uvicorn", "uvicorn.access", log.name))
     server = uvicorn.Server(config)
     outcome: dict = {}
 
     def on_load(event) -> None:
         if isinstance(event, Loaded):
             print(f"glmtui serve: {event.model_name} loaded ({event.mode} on {event.device}, "
-                  f"{event.load_seconds:.1f} s); serving {name!r} on http://{args.host}:{args.port}/v1",
+                  f"{event.load_seconds:.1f} s); serving {name!r} on http://{host}:{port}/v1",
                   file=sys.stderr, flush=True)
         elif isinstance(event, Failed):
             print(f"glmtui serve: cannot load {args.model}: {event.message}", file=sys.stderr, flush=True)
@@ -1056,11 +1160,12 @@ def run_server(args) -> int:
     if parent:
         threading.Thread(target=_watch_parent, args=(int(parent), server), daemon=True).start()
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: nothing to report
         pass
     finally:
         worker.shutdown()
         for listener in log_listeners:
             listener.stop()
+        sock.close()
     return 1 if outcome.get("failed") else 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -28,9 +31,10 @@ def test_serve_listens_on_loopback_only(chatglm3_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = dict(os.environ, GLMTUI_API_KEY="from-the-environment")
     proc = subprocess.Popen([sys.executable, "-m", "glmtui.cli", "serve", "--model", str(chatglm3_dir),
-                             "--mode", "fp32", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--mode", "fp32", "--port", str(port), "--allow-host", "glmtui.test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -42,6 +46,14 @@ def test_serve_listens_on_loopback_only(chatglm3_dir):
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet")
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+        # $GLMTUI_API_KEY is required; the Host must be loopback or an --allow-host name
+        url = f"http://127.0.0.1:{port}/v1/models"
+        key = {"Authorization": "Bearer from-the-environment"}
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers=key).status_code == 200
+        assert httpx.get(url, headers={**key, "Host": f"glmtui.test:{port}"}).status_code == 200
+        forged = httpx.get(url, headers={**key, "Host": f"rebound.example:{port}"})
+        assert forged.status_code == 400 and forged.json()["error"]["code"] == "host_not_allowed"
     finally:
         proc.terminate()
         proc.wait(15)
@@ -62,3 +74,76 @@ async def test_history_and_config_files_are_private(isolated_home):
             path = os.path.join(folder, name)
             mode = stat.S_IMODE(os.stat(path).st_mode)
             assert mode & 0o077 == 0, f"{path} is {oct(mode)}: readable by others"
+
+
+# ------------------------------------------------------------------ the API server's front door (issue 12)
+
+
+def test_a_chunked_body_over_the_cap_is_refused_as_it_arrives(served):
+    """No Content-Length to check: the bytes read are counted, and 413 comes once the cap is passed."""
+    from glmtui.server import MAX_BODY_BYTES
+
+    server = served[2]
+    me = psutil.Process()
+    peak = [me.memory_info().rss]
+    base = peak[0]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    chunk = b'{"model": "tiny-chatglm3", "messages": [' + b" " * (1 << 20)
+    sent, started = 0, time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            while sent < 100 * 1024 * 1024:  # a 100 MB body, unless the server answers first
+                try:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += len(chunk)
+                if select.select([sock], [], [], 0)[0]:
+                    break
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                part = sock.recv(65536)
+                if not part:
+                    break
+                answer += part
+    finally:
+        sampling.set()
+        sampler.join()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent <= MAX_BODY_BYTES + 8 * len(chunk)  # answered as the cap was passed, not after 100 MB
+    assert peak[0] - base < 2 * MAX_BODY_BYTES, f"the server grew by {(peak[0] - base) >> 20} MiB"
+    assert time.monotonic() - started < 30
+    # the server keeps serving
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_a_small_cap_holds_for_chunked_and_declared_bodies(served):
+    from glmtui.server import ServerThread, create_app
+
+    server = ServerThread(create_app(served[0], "tiny-chatglm3", max_body=1000)).start()
+    try:
+        body = json.dumps({"model": "tiny-chatglm3", "messages": [{"role": "user", "content": "x" * 2000}]})
+        url = server.url + "/v1/chat/completions"
+        declared = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        chunked = httpx.post(url, content=(body[i:i + 100].encode() for i in range(0, len(body), 100)),
+                             headers={"content-type": "application/json"})
+        for r in (declared, chunked):
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+            assert "1000 bytes" in r.json()["error"]["message"]
+        # under the cap, a chunked body is read whole and answered
+        small = json.dumps({"model": "tiny-chatglm3", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(url, content=(small[i:i + 10].encode() for i in range(0, len(small), 10)),
+                       headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    finally:
+        server.stop()

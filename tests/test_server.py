@@ -14,6 +14,7 @@ from engine_helpers import EventLog
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Started, Token
 from glmtui.engine.worker import InferenceWorker
 from glmtui.server import (
+    CHARS_PER_TOKEN_BOUND,
     ServerThread,
     create_app,
     format_tool_call,
@@ -484,3 +485,177 @@ def test_completion_body_reports_tool_calls():
     # without tools in the request the same text is a plain answer
     assert completion_body("c", 1, MODEL, Finished(1, text, 1, 1, None, None, 0.1, "length"), None)[
         "choices"][0]["finish_reason"] == "length"
+
+
+# ------------------------------------------------------------------ invalid text, unexpected failures, a full queue
+
+
+def raw_post(server, body: dict, **kw):
+    """POST a body whose JSON may hold lone surrogates (json.dumps escapes them as \\udXXX; httpx's json= cannot)."""
+    return httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body),
+                      headers={"content-type": "application/json"}, timeout=60, **kw)
+
+
+@pytest.mark.parametrize("where", ["content", "stop", "tool"])
+def test_a_lone_surrogate_is_a_clear_400_before_the_worker(served, where):
+    worker, log, server = served
+    body = ok(messages=[{"role": "user", "content": "a\ud800b" if where == "content" else "hi"}])
+    if where == "stop":
+        body["stop"] = ["x", "\udc00"]
+    if where == "tool":
+        body["tools"] = [{"type": "function", "function": {"name": "f", "description": "bad \udfff text"}}]
+    mark = len(log.events)
+    r = raw_post(server, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_text"
+    assert error["param"] == {"content": "messages.0.content", "stop": "stop.1",
+                              "tool": "tools.0.function.description"}[where]
+    assert "not valid Unicode" in error["message"] and "pybind" not in error["message"]
+    assert log.events[mark:] == []  # refused at validation: the worker never saw it
+    # a proper pair (an emoji written as two escapes) is valid text
+    assert raw_post(server, ok(messages=[{"role": "user", "content": "\U0001F600"}])).status_code == 200
+
+
+class Fault:
+    """Makes one method of the loaded model's objects raise, at the worker's true edge (tokenizer, generate)."""
+
+    def __init__(self, target, name, exc):
+        self.target, self.name, self.exc = target, name, exc
+
+    def __enter__(self):
+        def fail(*args, **kwargs):
+            raise self.exc
+
+        setattr(self.target, self.name, fail)  # an instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc):
+        delattr(self.target, self.name)
+
+
+SECRET = "/srv/secret/glmtui/tokenizer.model"
+
+
+@pytest.mark.parametrize("edge", ["tokenizer", "generate", "generate-stream"])
+def test_an_unexpected_failure_is_a_generic_500_with_details_in_the_log(served, caplog, edge):
+    worker, log, server = served
+    loaded = worker._loaded
+    target, name = (loaded.chat_format, "encode_conversation") if edge == "tokenizer" else (loaded.model, "generate")
+    with caplog.at_level("ERROR", logger="glmtui.server"), Fault(target, name, RuntimeError(f"cannot read {SECRET}")):
+        if edge == "generate-stream":
+            with httpx.stream("POST", server.url + "/v1/chat/completions", json=ok(stream=True)) as r:
+                assert r.status_code == 200  # the stream had begun: the error is its last event
+                events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+            error = events[-1]["error"]
+        else:
+            r = post(server, ok())
+            assert r.status_code == 500, r.text
+            error = r.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "internal_error"
+    assert SECRET not in json.dumps(error) and "RuntimeError" not in error["message"]
+    assert "server's log" in error["message"]
+    assert any(SECRET in record.getMessage() for record in caplog.records)
+    # the server keeps serving
+    assert post(server, ok()).status_code == 200
+
+
+class Gate:
+    """Holds the worker at the first Started event (on the worker thread) until opened."""
+
+    def __init__(self, worker):
+        self.worker, self.reached, self.open = worker, threading.Event(), threading.Event()
+
+    def __call__(self, event):
+        if isinstance(event, Started) and not self.reached.is_set():
+            self.reached.set()
+            self.open.wait(60)
+
+    def __enter__(self):
+        self.worker.add_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.open.set()
+        self.worker.remove_listener(self)
+
+
+def test_a_full_queue_is_429_with_retry_after_and_a_rate_limit_type(served):
+    worker = served[0]
+    server = ServerThread(create_app(worker, MODEL, max_queue=1)).start()
+    try:
+        assert post(server, ok()).status_code == 200  # one generation measured: Retry-After follows it
+        with Gate(worker) as gate:
+            first = threading.Thread(target=post, args=(server, ok()))
+            first.start()
+            assert gate.reached.wait(30)
+            r = post(server, ok())
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "queue_full"
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            with pytest.raises(openai.RateLimitError):
+                openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+                    model=MODEL, messages=PROMPT, max_tokens=2)
+        first.join(60)
+        assert post(server, ok()).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_health_tells_why_a_load_failed_only_to_a_caller_with_the_key(tmp_path):
+    worker = InferenceWorker().start()
+    missing = tmp_path / "private-models" / "nothing-here"
+    servers = {key: ServerThread(create_app(worker, MODEL, api_key=key)).start() for key in (None, "sekret")}
+    try:
+        log = EventLog()
+        log.wait(worker.load(str(missing), "fp32", sink=log))
+        for key, server in servers.items():
+            r = httpx.get(server.url + "/health")
+            assert "private-models" not in r.text and r.json()["detail"] is None  # no server paths
+            assert r.status_code == 503 and r.json()["status"] == "load_failed"  # status words only
+        keyed = httpx.get(servers["sekret"].url + "/health", headers={"Authorization": "Bearer sekret"})
+        assert keyed.json()["status"] == "load_failed" and "private-models" in keyed.json()["detail"]
+        wrong = httpx.get(servers["sekret"].url + "/health", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 503 and "private-models" not in wrong.text
+    finally:
+        for server in servers.values():
+            server.stop()
+        worker.shutdown()
+
+
+# ------------------------------------------------------------------ size: refused before tokenizing
+
+
+def test_a_conversation_too_long_in_characters_is_refused_before_tokenizing(served):
+    worker, log, server = served
+    context = worker.model_info.context_length
+    limit = context * CHARS_PER_TOKEN_BOUND
+    mark = len(log.events)
+    body = ok(messages=[{"role": "user", "content": "word " * (limit // 5 + 1000)}])
+    r = post(server, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert f"{limit:,} characters" in error["message"] and f"{context:,} tokens" in error["message"]
+    assert log.events[mark:] == []  # the worker never tokenized it
+    # ~30 MB (under the 32 MB body cap) is refused quickly: no tokenizing of megabytes
+    big = ok(messages=[{"role": "system", "content": "x" * 10_000_000},
+                       {"role": "user", "content": "y" * 20_000_000}])
+    started = time.monotonic()
+    r = post(server, big)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert time.monotonic() - started < 10  # was 5.4 s on a fast machine, tokenizing 30 MB; now parsing only
+    assert log.events[mark:] == []
+
+
+def test_deeply_nested_tool_schemas_count_the_indentation_they_are_written_with(served):
+    # ChatGLM3 writes tools as indented JSON: 400 levels of {"a": ...} (~3 KB of body) become ~1.3 M
+    # characters of prompt and ~1 M tokens; they are counted as written and refused before tokenizing
+    worker, log, server = served
+    schema = '{"a":' * 400 + "{}" + "}" * 400
+    raw = ('{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}], '
+           '"tools": [{"type": "function", "function": {"name": "f", "parameters": %s}}]}' % (MODEL, schema))
+    mark = len(log.events)
+    r = post(server, None, raw.encode(), {"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    assert log.events[mark:] == []

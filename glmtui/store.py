@@ -19,11 +19,20 @@ Robustness rules:
   older files in one transaction. A file from a *newer* glmtui, a corrupt or
   truncated file, or an SQLite file that is not ours is never modified or
   deleted: it is renamed aside (``history.sqlite3.newer-<timestamp>``,
-  ``.corrupt-<timestamp>``, ``.foreign-<timestamp>``, with its ``-wal``/``-shm``
-  companions), a new file is started and :attr:`HistoryStore.warning` says so.
+  ``.corrupt-<timestamp>``, ``.foreign-<timestamp>``, ``.empty-<timestamp>``,
+  with its ``-wal``/``-shm`` companions), a new file is started and
+  :attr:`HistoryStore.warning` says so.
+* Damage a successful open does not reveal is looked for with a time-bounded
+  ``PRAGMA quick_check`` (and remembered in ``<file>.damaged`` when a query
+  meets it later, so the next start repairs it). A damaged file is set aside
+  and everything still readable in it is copied into the new one
+  (:mod:`glmtui.store_recovery`).
+* A history file without write permission is not written to: its content is
+  loaded into memory and :attr:`HistoryStore.unsaved` says chats are not saved.
 * An unwritable folder or a database locked by another program raises
   :class:`HistoryError`; the UI can then fall back to
-  :meth:`HistoryStore.open_memory`.
+  :meth:`HistoryStore.open_memory`. :attr:`HistoryStore.unsaved` also reports
+  writes that fail while the store is in use, until one succeeds again.
 * Files are created ``0600`` and a missing folder ``0700``. Opening is
   serialised between processes by ``flock`` on ``<file>.lock``.
 
@@ -47,12 +56,16 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from urllib.parse import quote
+
+from glmtui import store_recovery
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -340,7 +353,10 @@ def _describe(err: BaseException, path: Optional[Path], timeout: float) -> str:
     if "disk is full" in low or "disk full" in low:
         return f"Cannot write {where}: the disk is full."
     if _is_corruption(err):
-        return f"The chat history at {path} is damaged ({text}); restart glmtui to set it aside."
+        return (
+            f"The chat history at {path} is damaged ({text}); restart glmtui to repair it "
+            "(the damaged file is kept)."
+        )
     return f"Chat history error ({where}): {text}"
 
 
@@ -370,6 +386,49 @@ def _read_header_problem(path: Path) -> Optional[str]:
     if page_count and valid_for == change_counter and not wal_pending:
         if size < page_count * page_size:
             return f"the file is truncated ({size} of {page_count * page_size} bytes)"
+    return None
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".damaged")
+
+
+def _damage_noted(path: Path) -> Optional[str]:
+    """Why a query found *path* damaged in an earlier session (None: it did not)."""
+    marker = _marker(path)
+    if not marker.exists() or not path.exists():
+        return None
+    try:
+        text = marker.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"glmtui found it damaged while using it ({text or 'database disk image is malformed'})"
+
+
+def _note_damage(path: Path, err: BaseException) -> None:
+    """Remember damage met in use, so the next open repairs the file even when
+    its time-bounded check would not reach the damaged pages."""
+    try:
+        _write_private(_marker(path), f"{err}\n")
+    except OSError:
+        pass
+
+
+def _clear_damage_note(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_marker(path))
+
+
+def _read_only_mode(path: Path) -> Optional[str]:
+    """The file's mode (e.g. "0400") when glmtui must not write it: no write
+    permission for its owner (also binding for root, who could write anyway),
+    or none for this user. None when it is writable or missing."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        return f"{mode:04o}"
     return None
 
 
@@ -537,13 +596,19 @@ class HistoryStore:
         *,
         timeout: float,
         warning: Optional[str] = None,
+        notice: Optional[str] = None,
+        unsaved: Optional[str] = None,
         use_fts: bool = True,
     ) -> None:
         self._conn: Optional[sqlite3.Connection] = conn
         self.path = path
         self.timeout = timeout
-        #: Human-readable note for the UI when a bad file was set aside (else None).
+        #: Human-readable note for the UI when a bad file was set aside or repaired (else None).
         self.warning = warning
+        #: Minor note for the UI (the check at open was cut short), else None.
+        self.notice = notice
+        self._unsaved = unsaved  # why nothing is ever saved (memory store, read-only file)
+        self._write_problem: Optional[str] = None  # the last write failed, and why
         self._lock = threading.RLock()
         self._owner = _owner_tag()
         self._fts = use_fts and _has_fts_table(conn)
@@ -552,64 +617,139 @@ class HistoryStore:
     # ---------------------------------------------------------------- open
 
     @classmethod
-    def open(cls, path: PathLike, *, timeout: float = 5.0, use_fts: bool = True) -> "HistoryStore":
+    def open(
+        cls,
+        path: PathLike,
+        *,
+        timeout: float = 5.0,
+        use_fts: bool = True,
+        check_budget: float = store_recovery.CHECK_BUDGET_S,
+    ) -> "HistoryStore":
         """Open (or create) the history file at *path*.
 
         Raises :class:`HistoryError` when the folder is not writable or the
         file stays locked by another program for *timeout* seconds. A corrupt,
-        truncated, foreign or newer-schema file is renamed aside and a new one
-        started; :attr:`warning` then describes what happened. ``use_fts=False``
-        forces the substring-scan search (diagnostics, tests).
+        truncated, empty, foreign or newer-schema file is renamed aside and a
+        new one started (with what a damaged file still held); :attr:`warning`
+        then describes what happened. A file without write permission is read
+        into memory (:attr:`unsaved` says so). *check_budget* bounds the
+        damage check in seconds. ``use_fts=False`` forces the substring-scan
+        search (diagnostics, tests).
         """
         path = Path(path)
         try:
+            mode = _read_only_mode(path)
+            if mode is not None:
+                return cls._open_read_only(path, mode, use_fts)
             if not path.parent.exists():
                 from glmtui.config import ensure_private_dir
 
                 ensure_private_dir(path.parent)
             with _file_lock(path, timeout):
-                conn, warning = cls._open_repairing(path, timeout)
+                conn, warning, notice = cls._open_repairing(path, timeout, check_budget)
         except HistoryError:
             raise
         except (sqlite3.Error, OSError) as err:
             raise HistoryError(_describe(err, path, timeout)) from err
-        return cls(conn, path, timeout=timeout, warning=warning, use_fts=use_fts)
+        return cls(conn, path, timeout=timeout, warning=warning, notice=notice, use_fts=use_fts)
 
     @classmethod
-    def open_memory(cls, *, use_fts: bool = True) -> "HistoryStore":
-        """A private, non-persistent store (fallback when the file cannot be used)."""
+    def open_memory(cls, *, reason: Optional[str] = None, use_fts: bool = True) -> "HistoryStore":
+        """A private, non-persistent store (fallback when the file cannot be
+        used); *reason* is what :attr:`unsaved` tells the user."""
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys=ON")
         _prepare(conn)
-        return cls(conn, None, timeout=0.0, use_fts=use_fts)
+        return cls(conn, None, timeout=0.0, use_fts=use_fts,
+                   unsaved=reason or "The chat history is kept in memory only, until glmtui closes.")
 
     @classmethod
-    def _open_repairing(cls, path: Path, timeout: float) -> tuple[sqlite3.Connection, Optional[str]]:
+    def _open_read_only(cls, path: Path, mode: str, use_fts: bool) -> "HistoryStore":
+        """The file's conversations, copied into memory; the file is never written."""
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            # immutable: SQLite creates nothing beside the file; a log with
+            # commits in it needs mode=ro (and a -shm) to be read
+            wal = path.with_name(path.name + "-wal")
+            pending = wal.exists() and wal.stat().st_size > 0
+            queries = ("mode=ro", "immutable=1") if pending else ("immutable=1",)
+            for query in queries:
+                src = sqlite3.connect(f"file:{quote(str(path))}?{query}", uri=True)
+                try:
+                    src.backup(mem)
+                    break
+                except sqlite3.OperationalError:
+                    if query == queries[-1]:
+                        raise
+                finally:
+                    src.close()
+            mem.execute("PRAGMA foreign_keys=ON")
+            _check_version(mem)
+            check = store_recovery.quick_check(mem, store_recovery.CHECK_BUDGET_S)
+            if check.problem:
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({check.problem})")
+            _prepare(mem)
+        except _SetAside as aside:
+            mem.close()
+            raise HistoryError(f"The chat history {path} is read-only and cannot be used: {aside.reason}.")
+        except sqlite3.Error as err:
+            mem.close()
+            raise HistoryError(
+                f"The chat history {path} is read-only (mode {mode}) and cannot be read: {err}."
+            ) from err
+        reason = (
+            f"The chat history {path} is read-only (mode {mode}): its conversations are shown, but "
+            f"nothing new is saved. Make it writable (chmod u+w {path}) and restart glmtui."
+        )
+        return cls(mem, None, timeout=0.0, use_fts=use_fts, unsaved=reason)
+
+    @classmethod
+    def _open_repairing(
+        cls, path: Path, timeout: float, check_budget: float
+    ) -> tuple[sqlite3.Connection, Optional[str], Optional[str]]:
         warnings: list[str] = []
+        damaged: list[tuple[Path, str]] = []  # set-aside files to salvage from, and why
+        notice = None
         for _attempt in range(3):
-            problem = _read_header_problem(path)
             try:
+                problem = _read_header_problem(path) or _damage_noted(path)
                 if problem:
                     raise _SetAside("corrupt", problem)
+                if path.exists() and path.stat().st_size == 0:
+                    raise _SetAside("empty", "it is empty (0 bytes)")
                 conn = _connect(path, timeout)
                 try:
                     _check_version(conn)
+                    check = store_recovery.quick_check(conn, check_budget)
+                    if check.problem:
+                        raise _SetAside("corrupt", f"damaged pages: {check.problem}")
+                    if not check.complete:
+                        notice = (
+                            f"The chat history {path.name} is large: its damage check stopped after "
+                            f"{check_budget:g} s with nothing found so far."
+                        )
                     _configure(conn)
                     _prepare(conn)
                 except BaseException:
                     conn.close()
                     raise
             except _SetAside as aside:
-                warnings.append(_set_aside_message(path, aside, _set_aside(path, aside.kind)))
+                dest = _set_aside(path, aside.kind)
+                if aside.kind == "corrupt":
+                    damaged.append((dest, aside.reason))
+                else:
+                    warnings.append(_set_aside_message(path, aside, dest))
                 continue
             except sqlite3.DatabaseError as err:
                 if not _is_corruption(err):
                     raise
-                aside = _SetAside("corrupt", str(err))
-                warnings.append(_set_aside_message(path, aside, _set_aside(path, "corrupt")))
+                damaged.append((_set_aside(path, "corrupt"), str(err)))
                 continue
+            _clear_damage_note(path)
+            for dest, reason in damaged:
+                warnings.append(_salvage_into(conn, path, dest, reason))
             _chmod_private(path)
-            return conn, (" ".join(warnings) or None)
+            return conn, (" ".join(warnings) or None), notice
         raise HistoryError(f"Cannot create a usable chat history at {path}. " + " ".join(warnings))
 
     # ------------------------------------------------------------- plumbing
@@ -622,20 +762,37 @@ class HistoryStore:
             try:
                 yield self._conn
             except sqlite3.Error as err:
+                if self.path is not None and _is_corruption(err):
+                    _note_damage(self.path, err)
                 raise HistoryError(_describe(err, self.path, self.timeout)) from err
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._read() as conn:
-            # IMMEDIATE takes the write lock up front, so busy_timeout applies;
-            # a deferred read-then-write could fail with SQLITE_BUSY at once.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        try:
+            with self._read() as conn:
+                # IMMEDIATE takes the write lock up front, so busy_timeout applies;
+                # a deferred read-then-write could fail with SQLITE_BUSY at once.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite has already rolled back after some errors (disk full, corruption)
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+        except HistoryError as err:
+            if self._conn is not None:
+                self._write_problem = str(err)
+            raise
+        self._write_problem = None
+
+    @property
+    def unsaved(self) -> Optional[str]:
+        """Why chats are not being saved right now (None: they are): a store
+        in memory, a read-only file, or the last write failed."""
+        return self._unsaved or self._write_problem
 
     def close(self) -> None:
         with self._lock:
@@ -1269,9 +1426,32 @@ def _set_aside_message(path: Path, aside: _SetAside, dest: Path) -> str:
             f"{path} was not a glmtui history ({aside.reason}). It was moved to {dest} "
             "and a new history was started."
         )
+    if aside.kind == "empty":
+        return (
+            f"The chat history {path} was empty (0 bytes), so it held no conversations; if you had "
+            f"some, something outside glmtui emptied the file (a full disk, an interrupted copy): "
+            f"restore it from a backup. The empty file was kept as {dest} and a new history was started."
+        )
     return (
         f"The chat history {path.name} could not be read ({aside.reason}). It was kept as "
         f"{dest} and a new, empty history was started."
+    )
+
+
+def _salvage_into(conn: sqlite3.Connection, path: Path, dest: Path, reason: str) -> str:
+    """Copy what the set-aside *dest* still holds into the new file; the message for the user."""
+    try:
+        got = store_recovery.salvage(dest, conn)
+    except (sqlite3.Error, OSError) as err:
+        got, reason = None, f"{reason}; copying from it failed: {err}"
+    if got is None or (got.conversations == 0 and got.messages == 0):
+        return _set_aside_message(path, _SetAside("corrupt", reason), dest)
+    untitled = f" ({got.untitled} of them lost their title)" if got.untitled else ""
+    return (
+        f"The chat history {path.name} was damaged ({reason}). {got.conversations} "
+        f"conversation{'s' if got.conversations != 1 else ''}{untitled} and {got.messages} "
+        f"message{'s' if got.messages != 1 else ''} were recovered into a new history; "
+        f"the original is kept, unchanged, as {dest}."
     )
 
 

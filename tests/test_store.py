@@ -340,7 +340,11 @@ def test_truncated_database_is_set_aside(db: Path) -> None:
     assert s.warning and "the file is truncated (" in s.warning
     aside = _aside_files(db, "corrupt")
     assert len(aside) == 1 and aside[0].read_bytes() == full[: len(full) // 2]
-    assert s.list_conversations() == []
+    # what the first half still holds is copied into the new file
+    assert [c.title for c in s.list_conversations()] == ["big"]
+    kept = s.messages(cid)
+    assert 50 < len(kept) < 300 and kept[0].content.startswith("message 0 ")
+    assert f"{len(kept)} messages were recovered" in s.warning and str(aside[0]) in s.warning
     s.add_message(s.create_conversation("new"), "user", "works")
     assert s.integrity_check() == ["ok"]
     s.close()
@@ -376,6 +380,242 @@ def test_foreign_sqlite_file_is_set_aside(db: Path) -> None:
     s = HistoryStore.open(db)
     assert s.warning and len(_aside_files(db, "foreign")) == 1
     s.close()
+
+
+# ------------------------------------------------ damaged pages, salvage
+
+N_CONV, N_MSG = 40, 6
+
+
+def _build_history(db: Path) -> None:
+    """A real history of 40 conversations x 6 messages (70-odd 4 KiB pages)."""
+    s = HistoryStore.open(db)
+    for c in range(N_CONV):
+        cid = s.create_conversation(f"conversation {c}", model="tiny")
+        for m in range(N_MSG):
+            role = "user" if m % 2 == 0 else "assistant"
+            s.add_message(cid, role, f"needle{c}x{m} 天气 " + "lorem ipsum dolor " * 20)
+    s.close()
+    assert not db.with_name(db.name + "-wal").exists()  # checkpointed on close
+
+
+def _pages(db: Path, pattern: str) -> list[int]:
+    data = db.read_bytes()
+    page_size = int.from_bytes(data[16:18], "big")
+    count = len(data) // page_size
+    if pattern == "page 2":
+        return [2]
+    if pattern == "pages 10-12":
+        return [10, 11, 12]
+    if pattern == "last 3 pages":
+        return [count - 2, count - 1, count]
+    raw = sqlite3.connect(db)  # "a messages leaf": one in the middle of the messages table
+    try:
+        leaves = [r[0] for r in raw.execute("SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno")]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table")
+    finally:
+        raw.close()
+    return [leaves[len(leaves) // 2]]
+
+
+def _damage(db: Path, pages: list[int], seed: int = 7) -> bytes:
+    """Overwrite whole pages with random bytes (the header on page 1 stays intact)."""
+    import random
+
+    data = bytearray(db.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    rnd = random.Random(seed)
+    for page in pages:
+        data[(page - 1) * page_size : page * page_size] = bytes(rnd.randrange(256) for _ in range(page_size))
+    db.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def _working_recover() -> bool:
+    """Whether an installed sqlite3 shell can run .recover (some builds lack the page access it needs)."""
+    import shutil
+    import tempfile
+
+    cli = shutil.which("sqlite3")
+    if not cli:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "p.sqlite3"
+        sqlite3.connect(probe).execute("CREATE TABLE t(x)").connection.close()
+        return subprocess.run([cli, str(probe), ".recover"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("salvager", ["row reads", "sqlite3 shell"])
+@pytest.mark.parametrize("pattern", ["page 2", "pages 10-12", "last 3 pages", "a messages leaf"])
+def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvager: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glmtui import store_recovery
+
+    if salvager == "row reads":
+        monkeypatch.setattr(store_recovery, "sqlite3_cli", lambda: None)
+    elif not _working_recover():
+        pytest.skip("no sqlite3 shell with a working .recover here")
+    _build_history(db)
+    damaged = _damage(db, _pages(db, pattern))
+
+    s = HistoryStore.open(db)
+    aside = _aside_files(db, "corrupt")
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept byte for byte
+    assert s.warning and "was damaged" in s.warning and str(aside[0]) in s.warning
+    convs = s.list_conversations(limit=100)
+    msgs = [m for c in convs for m in s.messages(c.id)]
+    assert len(convs) >= N_CONV - 2  # most conversations are back...
+    assert len(msgs) >= 0.8 * N_CONV * N_MSG  # ...with most of their messages
+    assert f"{len(convs)} conversations" in s.warning and f"{len(msgs)} messages were recovered" in s.warning
+    if pattern == "page 2":  # the conversations' own rows were there: their messages keep them apart
+        assert len(convs) == N_CONV and "lost their title" in s.warning
+        assert all(c.title.startswith("Recovered conversation: needle") for c in convs)
+    if pattern == "a messages leaf":
+        assert len(msgs) < N_CONV * N_MSG  # the unreadable page is skipped, the rest is read
+    # the search index is rebuilt: substring and two-character (Chinese) terms
+    some = msgs[len(msgs) // 2]
+    needle = some.content.split()[0]
+    assert [h.message_id for h in s.search(needle) if h.message_id] == [some.id]
+    assert len([h for h in s.search("天气", limit=1000) if h.message_id]) == len(msgs)
+    assert s.integrity_check() == ["ok"]
+    cid = s.create_conversation("after the repair")
+    s.add_message(cid, "user", "saved again")
+    s.close()
+
+    s = HistoryStore.open(db)  # the repaired file opens cleanly and keeps new writes
+    assert s.warning is None and len(_aside_files(db, "corrupt")) == 1
+    assert s.count_conversations() == len(convs) + 1
+    assert [m.content for m in s.messages(cid)] == ["saved again"]
+    assert [h.conversation_id for h in s.search("saved again")] == [cid]
+    s.close()
+
+
+def test_damage_met_in_use_is_repaired_at_the_next_open(db: Path) -> None:
+    """A check cut short by its time budget misses the damage; the query that
+    meets it leaves a note, and the next start repairs the file."""
+    _build_history(db)
+    _damage(db, _pages(db, "a messages leaf"))
+    s = HistoryStore.open(db, check_budget=0)
+    assert s.warning is None and s.notice and "damage check stopped after 0 s" in s.notice
+    with pytest.raises(HistoryError, match=r"is damaged \(.*restart glmtui to repair it"):
+        for conv in s.list_conversations(limit=100):
+            s.messages(conv.id)
+    with pytest.raises(HistoryError, match="is damaged") as err:  # a failed write says why, not "cannot rollback"
+        for conv in s.list_conversations(limit=100):
+            s.delete_conversation(conv.id)
+    assert "rollback" not in str(err.value) and s.unsaved == str(err.value)
+    deleted = N_CONV - s.count_conversations()  # those before the damaged page
+    s.close()
+    in_use = db.read_bytes()
+
+    s = HistoryStore.open(db, check_budget=0)
+    aside = _aside_files(db, "corrupt")
+    assert len(aside) == 1 and aside[0].read_bytes() == in_use
+    assert s.warning and "while using it" in s.warning and "were recovered" in s.warning
+    assert not db.with_name(db.name + ".damaged").exists()
+    assert s.count_conversations() == N_CONV - deleted
+    s.close()
+
+
+def test_quick_check_is_bounded_in_time(db: Path) -> None:
+    from glmtui import store_recovery
+
+    _build_history(db)
+    conn = sqlite3.connect(db)
+    assert store_recovery.quick_check(conn, budget_s=0) == store_recovery.CheckResult(None, False)
+    assert store_recovery.quick_check(conn, budget_s=30) == store_recovery.CheckResult(None, True)
+    conn.close()
+
+
+def test_empty_file_is_explained_and_set_aside(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"")
+    s = HistoryStore.open(db)
+    aside = _aside_files(db, "empty")
+    assert len(aside) == 1 and aside[0].stat().st_size == 0
+    assert s.warning and "was empty (0 bytes)" in s.warning and str(aside[0]) in s.warning
+    assert s.unsaved is None
+    cid = s.create_conversation("new")
+    s.close()
+    s = HistoryStore.open(db)
+    assert s.warning is None and s.get_conversation(cid).title == "new"
+    s.close()
+
+
+_READ_ONLY_CHILD = """
+import os, sys
+from glmtui.store import HistoryStore
+os.setgid(65534); os.setuid(65534)
+s = HistoryStore.open(sys.argv[1])
+print(s.in_memory, [c.title for c in s.list_conversations()])
+print(s.unsaved)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_read_only_file_is_shown_but_never_written(db: Path) -> None:
+    s = HistoryStore.open(db)
+    cid = s.create_conversation("old chat")
+    s.add_message(cid, "user", "天气 today")
+    s.close()
+    os.chmod(db, 0o400)
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    files = sorted(p.name for p in db.parent.iterdir())
+
+    s = HistoryStore.open(db)  # as root too: the mode says the user does not want it written
+    assert s.in_memory and s.warning is None
+    assert s.unsaved and "read-only (mode 0400)" in s.unsaved and "chmod u+w" in s.unsaved
+    assert [c.title for c in s.list_conversations()] == ["old chat"]
+    assert [h.conversation_id for h in s.search("天气")] == [cid]
+    s.add_message(s.create_conversation("not saved"), "user", "only in memory")
+    assert s.count_conversations() == 2
+    s.close()
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in db.parent.iterdir()) == files
+
+    if os.geteuid() == 0:  # the same for a user without write permission (pytest's tmp is root's only)
+        import shutil
+        import tempfile
+
+        base = Path(tempfile.mkdtemp(prefix="glmtui-ro-file-"))
+        try:
+            shutil.copy2(db, base / db.name)
+            for p in (base, base / db.name):
+                os.chown(p, 65534, 65534)
+            out, err = _python(_READ_ONLY_CHILD, str(base / db.name)).communicate(timeout=60)
+            assert out.splitlines()[:1] == ["True ['old chat']"], (out, err)
+            assert "read-only (mode 0400)" in out.splitlines()[1]
+            assert sorted(p.name for p in base.iterdir()) == [db.name]
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    os.chmod(db, 0o600)
+    s = HistoryStore.open(db)
+    assert s.unsaved is None and not s.in_memory and s.count_conversations() == 1
+    s.close()
+
+
+def test_failed_writes_are_reported_until_one_succeeds(db: Path) -> None:
+    s = HistoryStore.open(db, timeout=0.5)
+    cid = s.create_conversation("c")
+    assert s.unsaved is None
+    holder = _python(_HOLD_LOCK, str(db), "immediate")
+    try:
+        _wait_line(holder, "locked")
+        with pytest.raises(HistoryError, match="locked by another program") as err:
+            s.add_message(cid, "user", "blocked")
+        assert s.unsaved == str(err.value)
+        s.messages(cid)  # a read does not end it
+        assert s.unsaved == str(err.value)
+    finally:
+        holder.communicate("\n", timeout=30)
+    s.add_message(cid, "user", "after release")
+    assert s.unsaved is None
+    s.close()
+    mem = HistoryStore.open_memory(reason="Cannot open it.")
+    assert mem.unsaved == "Cannot open it."
+    mem.add_message(mem.create_conversation("m"), "user", "x")
+    assert mem.unsaved == "Cannot open it."  # memory is never saved
+    mem.close()
 
 
 def test_migration_mechanism_upgrades_in_place(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Where glmtui keeps its files.
+"""Where glmtui keeps its files, and reading one table of its config.toml.
 
 Paths come from platformdirs; ``GLMTUI_HOME`` overrides all of them with one
 folder (tests and portable installs use it).
@@ -7,6 +7,7 @@ folder (tests and portable installs use it).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,18 @@ def ensure_private_dir(path: Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def read_table(config_file: Path, name: str) -> dict:
+    """The ``[name]`` table of ``config_file``; {} when the file or the table is missing
+    or the file cannot be parsed (the app warns about an unreadable file at start)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(config_file, "rb") as fh:
+            table = tomllib.load(fh).get(name)
+    except (OSError, ValueError):
+        return {}
+    return dict(table) if isinstance(table, dict) else {}

@@ -20,8 +20,7 @@ Nothing outside the model's own folder is written.
 
 Hugging Face: the listing, file URLs, headers and errors come from
 ``huggingface_hub`` (``HfApi.model_info``/``list_repo_tree``,
-``get_hf_file_metadata`` -- the same calls ``snapshot_download`` makes), with
-the endpoint read from ``HF_ENDPOINT`` at each download.  The bytes are fetched
+``get_hf_file_metadata`` -- the same calls ``snapshot_download`` makes).  The bytes are fetched
 here rather than with ``hf_hub_download``, because huggingface_hub >= 2 writes
 each attempt to a process-unique temp file that it deletes on failure: it
 retries a dropped connection inside one call, but a cancel or a crash starts
@@ -30,9 +29,16 @@ a plain mirror, and the plain ``/resolve`` download works everywhere.
 
 ModelScope: its HTTP file API is spoken directly (``/api/v1/models/{id}/repo/files``
 to list, ``/api/v1/models/{id}/repo?Revision=&FilePath=`` to fetch), with the
-endpoint from ``MODELSCOPE_ENDPOINT`` and the token from ``MODELSCOPE_API_TOKEN``;
-the ``modelscope`` client adds requests/cryptography and a second download
-engine for no gain here.
+token from ``MODELSCOPE_API_TOKEN``; the ``modelscope`` client adds
+requests/cryptography and a second download engine for no gain here.
+
+Endpoints (see :meth:`Downloader.endpoint`), read at each download: the
+``hf_endpoint``/``modelscope_endpoint`` argument (``glmtui pull --endpoint``),
+else ``HF_ENDPOINT``/``MODELSCOPE_ENDPOINT``, else ``hf_endpoint``/
+``modelscope_endpoint`` under ``[hub]`` in config.toml, else the public hub.
+Every huggingface_hub call is given the endpoint explicitly: its own
+``constants.ENDPOINT`` is read once, when it is imported.  Connecting is
+bounded by :data:`CONNECT_TIMEOUT`, so no network fails within seconds.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ SOURCES = ("hf", "modelscope")
 MODELSCOPE_DEFAULT_ENDPOINT = "https://modelscope.cn"
 HF_DEFAULT_REVISION = "main"
 MODELSCOPE_DEFAULT_REVISION = "master"
+
+HUB_TABLE = "hub"  # the [hub] table of config.toml: hf_endpoint, modelscope_endpoint
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection to a hub
+READ_TIMEOUT = 20.0  # seconds without a byte before a transfer counts as dropped (HF: or HF_HUB_DOWNLOAD_TIMEOUT)
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
@@ -274,10 +284,39 @@ def _http_lib():
     return lib
 
 
-def _hf():
-    import huggingface_hub
+def _hf_constants():
+    """huggingface_hub's settings. A submodule: huggingface_hub >= 2 does not expose its
+    submodules as lazy attributes of the package, so ``huggingface_hub.constants`` fails."""
+    from huggingface_hub import constants
 
-    return huggingface_hub
+    return constants
+
+
+def _http_timeout(read: float = READ_TIMEOUT):
+    return _http_lib().Timeout(read, connect=CONNECT_TIMEOUT)
+
+
+def _connect_failure(exc: BaseException, endpoint: str) -> str:
+    """Why a connection to ``endpoint`` failed, in words (DNS, refused, unreachable...)."""
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            break
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    host = urlsplit(endpoint).hostname or endpoint
+    if isinstance(e, socket.gaierror) or "Name or service not known" in text or "nodename nor servname" in text \
+            or "getaddrinfo failed" in text or "Temporary failure in name resolution" in text:
+        return f"the name {host} does not resolve (no network, or no DNS)"
+    if "Connection refused" in text or "[Errno 111]" in text:
+        return "connection refused"
+    if "unreachable" in text.lower():
+        return "the network is unreachable"
+    return text or type(exc).__name__
 
 
 def _origin(url: str) -> tuple:
@@ -431,7 +470,9 @@ class _Meter:
 class _Backend:
     source: str
     endpoint: str
+    endpoint_hint: str  # what to check when the hub cannot be reached (names where the endpoint is set)
     client: Any
+    timeout: Any  # the client library's Timeout, for every request
 
     def list_files(self, repo: str, revision: Optional[str]) -> tuple[str, list[RemoteFile]]:
         raise NotImplementedError
@@ -447,11 +488,15 @@ class _Backend:
 
     def map_error(self, exc: BaseException, repo: str) -> Optional[DownloadError]:
         lib = _http_lib()
+        if isinstance(exc, lib.ConnectTimeout):
+            return NetworkError(f"cannot reach {self.endpoint}: no answer within {CONNECT_TIMEOUT:g} s; "
+                                f"{self.endpoint_hint}")
         if isinstance(exc, lib.TimeoutException):
-            return NetworkError(f"{self.endpoint} did not answer in time ({exc})")
+            return NetworkError(f"{self.endpoint} stopped answering ({str(exc) or type(exc).__name__}); "
+                                f"{self.endpoint_hint}")
         if isinstance(exc, lib.TransportError):
-            reason = "connection refused" if isinstance(exc, lib.ConnectError) else str(exc) or type(exc).__name__
-            return NetworkError(f"cannot reach {self.endpoint}: {reason} (check the network, or the endpoint setting)")
+            return NetworkError(f"cannot reach {self.endpoint}: {_connect_failure(exc, self.endpoint)}; "
+                                f"{self.endpoint_hint}")
         return None
 
 
@@ -464,14 +509,14 @@ def _token_hint(source: str) -> str:
 class _HFBackend(_Backend):
     source = "hf"
 
-    def __init__(self, endpoint: Optional[str], token: Union[str, bool, None]):
-        hf = _hf()
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or hf.constants.ENDPOINT).rstrip("/")
+    def __init__(self, endpoint: str, endpoint_hint: str, token: Union[str, bool, None]):
+        self.endpoint = endpoint
+        self.endpoint_hint = endpoint_hint
         self.token = token
         from huggingface_hub.utils import get_session
 
         self.client = get_session()
-        self.timeout = max(10.0, float(hf.constants.HF_HUB_DOWNLOAD_TIMEOUT))
+        self.timeout = _http_timeout(max(READ_TIMEOUT, float(_hf_constants().HF_HUB_DOWNLOAD_TIMEOUT)))
 
     def list_files(self, repo: str, revision: Optional[str]) -> tuple[str, list[RemoteFile]]:
         from huggingface_hub import HfApi
@@ -479,7 +524,7 @@ class _HFBackend(_Backend):
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
         try:
-            info = api.model_info(repo, revision=revision or HF_DEFAULT_REVISION)
+            info = api.model_info(repo, revision=revision or HF_DEFAULT_REVISION, timeout=self.timeout)
             commit = info.sha or revision or HF_DEFAULT_REVISION
             files = []
             for f in api.list_repo_tree(repo, recursive=True, revision=commit):
@@ -499,7 +544,7 @@ class _HFBackend(_Backend):
 
         url = hf_hub_url(repo, rf.path, revision=revision, endpoint=self.endpoint)
         try:
-            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
+            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, timeout=self.timeout)
         except Exception as e:  # noqa: BLE001
             raise self._mapped(e, repo, rf.path) from e
         headers = build_hf_headers(token=self.token)
@@ -569,14 +614,15 @@ class _HFBackend(_Backend):
 class _ModelScopeBackend(_Backend):
     source = "modelscope"
 
-    def __init__(self, endpoint: Optional[str], token: Union[str, bool, None]):
-        self.endpoint = (endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or MODELSCOPE_DEFAULT_ENDPOINT).rstrip("/")
+    def __init__(self, endpoint: str, endpoint_hint: str, token: Union[str, bool, None]):
+        self.endpoint = endpoint
+        self.endpoint_hint = endpoint_hint
         if token is None:
             token = os.environ.get("MODELSCOPE_API_TOKEN") or None
         self.token = token if isinstance(token, str) else None
         lib = _http_lib()
         self.client = lib.Client(follow_redirects=True, timeout=None)
-        self.timeout = 20.0
+        self.timeout = _http_timeout()
 
     def close(self) -> None:
         self.client.close()
@@ -690,7 +736,8 @@ class Downloader:
 
     ``token``: None uses the usual place (``HF_TOKEN``/``hf auth login``,
     ``MODELSCOPE_API_TOKEN``), False sends none, a string is used as is.
-    Endpoints default to ``HF_ENDPOINT``/``MODELSCOPE_ENDPOINT`` read at each call.
+    ``hf_endpoint``/``modelscope_endpoint``: the hub to use; see :meth:`endpoint`
+    for the defaults.  ``config_file``: where ``[hub]`` is read (default: glmtui's).
     """
 
     def __init__(
@@ -700,6 +747,7 @@ class Downloader:
         token: Union[str, bool, None] = None,
         hf_endpoint: Optional[str] = None,
         modelscope_endpoint: Optional[str] = None,
+        config_file: Optional[Union[str, os.PathLike]] = None,
         progress_interval: float = 0.1,
         max_retries: int = 5,
         retry_backoff: float = 1.0,
@@ -708,18 +756,49 @@ class Downloader:
         self.token = token
         self.hf_endpoint = hf_endpoint
         self.modelscope_endpoint = modelscope_endpoint
+        self.config_file = Path(config_file) if config_file is not None else None
         self.progress_interval = progress_interval
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
 
     # -- targets
 
+    def endpoint(self, source: str) -> tuple[str, str]:
+        """(URL of the hub for ``source``, where that is set, in words), read now: the
+        argument given to this Downloader, else ``HF_ENDPOINT``/``MODELSCOPE_ENDPOINT``,
+        else ``hf_endpoint``/``modelscope_endpoint`` under ``[hub]`` in config.toml,
+        else the public hub. Raises :class:`DownloadError` for a value that is not a URL."""
+        from .config import read_table
+
+        key, var = ("hf_endpoint", "HF_ENDPOINT") if source == "hf" else ("modelscope_endpoint", "MODELSCOPE_ENDPOINT")
+        config_file = self.config_file
+        if config_file is None:
+            from .config import default_paths
+
+            config_file = default_paths().config_file
+        candidates = (
+            (self.hf_endpoint if source == "hf" else self.modelscope_endpoint, "the endpoint argument (--endpoint)"),
+            (os.environ.get(var), var),
+            (read_table(config_file, HUB_TABLE).get(key), f"{key} under [{HUB_TABLE}] in {config_file}"),
+        )
+        for value, where in candidates:
+            if value:
+                url = str(value).strip().rstrip("/")
+                p = urlsplit(url)
+                if p.scheme not in ("http", "https") or not p.hostname:
+                    raise DownloadError(f"{where} is not an http(s) URL: {value!r}")
+                return url, f"check the network and {where}"
+        default = _hf_constants().ENDPOINT if source == "hf" else MODELSCOPE_DEFAULT_ENDPOINT
+        return default.rstrip("/"), (f"check the network, or use a mirror (glmtui pull --endpoint, {var}, "
+                                     f"or {key} under [{HUB_TABLE}] in config.toml)")
+
     def _backend(self, source: str) -> _Backend:
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (use 'hf' or 'modelscope')")
+        endpoint, hint = self.endpoint(source)
         if source == "hf":
-            return _HFBackend(self.hf_endpoint, self.token)
-        if source == "modelscope":
-            return _ModelScopeBackend(self.modelscope_endpoint, self.token)
-        raise ValueError(f"unknown source {source!r} (use 'hf' or 'modelscope')")
+            return _HFBackend(endpoint, hint, self.token)
+        return _ModelScopeBackend(endpoint, hint, self.token)
 
     def target(self, entry_or_repo: Union[CatalogEntry, str], source: str = "hf",
                dest_dir: Optional[Union[str, os.PathLike]] = None) -> tuple[CatalogEntry, str, Path]:
@@ -1010,7 +1089,7 @@ class Downloader:
                 req["Range"] = f"bytes={have}-"
             got = 0
             try:
-                with backend.client.stream("GET", url, headers=req, timeout=lib.Timeout(backend.timeout, connect=10.0)) as r:
+                with backend.client.stream("GET", url, headers=req, timeout=backend.timeout) as r:
                     if r.status_code in (401, 403, 410) and not refreshed and "Authorization" not in req \
                             and "authorization" not in req and plan.source == "hf":
                         refreshed = True  # an expired signed CDN url: ask the hub for a fresh one
@@ -1316,6 +1395,7 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
     import argparse
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -1331,14 +1411,23 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: the main branch)")
     parser.add_argument("--models-dir", default=None, help="where models are kept (default: glmtui's data dir)")
     parser.add_argument("--token", default=None, help="hub token (default: HF_TOKEN / MODELSCOPE_API_TOKEN)")
+    parser.add_argument("--endpoint", default=None, metavar="URL",
+                        help="hub or mirror URL (default: HF_ENDPOINT / MODELSCOPE_ENDPOINT, "
+                             f"else hf_endpoint / modelscope_endpoint under [{HUB_TABLE}] in config.toml)")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
-    downloader = Downloader(args.models_dir, token=args.token)
+
+    def say(label: str, text: str) -> None:
+        # one line however long (soft_wrap), and the message printed as is, not as markup
+        console.print(label, escape(text), soft_wrap=True)
+
+    endpoint = {"hf_endpoint" if args.source == "hf" else "modelscope_endpoint": args.endpoint}
+    downloader = Downloader(args.models_dir, token=args.token, **endpoint)
     try:
         _entry, repo, dest = downloader.target(args.model, args.source)
     except DownloadError as e:
-        console.print(f"[red]error:[/red] {e}")
+        say("[red]error:[/red]", str(e))
         return 2
     cancel = threading.Event()
     columns = (
@@ -1349,7 +1438,7 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
         TimeRemainingColumn(),
         TextColumn("{task.fields[files]}"),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"{repo}: listing", total=None, files="")
 
         def on_progress(p: DownloadProgress) -> None:
@@ -1363,13 +1452,15 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
             failure = None
         except KeyboardInterrupt:
             cancel.set()
-            failure = ("[yellow]cancelled[/yellow]: what was downloaded is kept; run the same command to resume", 130)
+            failure = ("[yellow]cancelled:[/yellow]", "what was downloaded is kept; run the same command to resume", 130)
         except DownloadCancelled:
-            failure = ("[yellow]cancelled[/yellow]: run the same command to resume", 130)
+            failure = ("[yellow]cancelled:[/yellow]", "run the same command to resume", 130)
         except DownloadError as e:
-            failure = (f"[red]error:[/red] {e}", 1)
+            failure = ("[red]error:[/red]", str(e), 1)
+        except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback
+            failure = ("[red]error:[/red]", f"unexpected {type(e).__name__}: {e} (a glmtui bug: please report it)", 1)
     if failure is not None:
-        console.print(failure[0])
-        return failure[1]
-    console.print(f"[green]ready:[/green] {path}")
+        say(failure[0], failure[1])
+        return failure[2]
+    say("[green]ready:[/green]", str(path))
     return 0

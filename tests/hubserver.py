@@ -520,20 +520,39 @@ SENTENCES = [
 ]
 
 
-def point_hubs_at(fake: "FakeHub", monkeypatch, scratch: Path) -> None:
+def point_hubs_at(fake: "FakeHub", monkeypatch, scratch: Path, via: str = "env") -> None:
     """Send every Hugging Face / ModelScope call of this test to ``fake``, with no token and no telemetry.
 
-    glmtui reads HF_ENDPOINT at each call; huggingface_hub read its constants at
-    import time, so those are patched too for any call that falls back on them.
-    huggingface_hub also fetches an "agent harness" registry from the endpoint for
-    its user agent and caches it under HF_HOME: that goes to ``scratch``.
+    ``via="env"``: HF_ENDPOINT / MODELSCOPE_ENDPOINT, and huggingface_hub's constants
+    (read from HF_ENDPOINT once, at its import) patched to match.
+    ``via="config"``: the way a user who never set HF_ENDPOINT would: no *_ENDPOINT
+    variable, huggingface_hub's endpoint constants left at their defaults
+    (https://huggingface.co), and the fake hub named under [hub] in glmtui's
+    config.toml (GLMTUI_HOME is a temporary folder in every test).
+    Either way huggingface_hub's token files, telemetry and "agent harness"
+    registry (fetched from its endpoint for the user agent, cached under
+    HF_HOME) are kept away from the real ones.
     """
     import huggingface_hub.constants as hfc
 
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
-    monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
-    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    if via == "env":
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+        monkeypatch.setattr(hfc, "ENDPOINT", fake.url)
+        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    elif via == "config":
+        from glmtui.config import default_paths, ensure_private_dir
+
+        monkeypatch.delenv("HF_ENDPOINT", raising=False)
+        monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
+        config_file = default_paths().config_file
+        ensure_private_dir(config_file.parent)
+        old = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
+        assert "[hub]" not in old, "point_hubs_at(via='config') writes the [hub] table itself"
+        config_file.write_text(f'{old}\n[hub]\nhf_endpoint = "{fake.url}"\nmodelscope_endpoint = "{fake.url}"\n',
+                               encoding="utf-8")
+    else:
+        raise ValueError(f"via must be 'env' or 'config', not {via!r}")
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(scratch / "no-hf-token"))
     monkeypatch.setattr(hfc, "HF_STORED_TOKENS_PATH", str(scratch / "no-hf-tokens"))

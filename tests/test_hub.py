@@ -385,6 +385,161 @@ def test_no_network_is_a_clear_error(hub, dl, monkeypatch, models):
     assert not models.exists()
 
 
+# ------------------------------------------------------------------ endpoints: the default path, no network
+
+
+@pytest.fixture
+def hub_via_config(tiny_src, monkeypatch, tmp_path):
+    """The fake hub named in config.toml's [hub] table: no HF_ENDPOINT, huggingface_hub's constants untouched."""
+    src, extras = tiny_src
+    with FakeHub() as fake:
+        fake.add_folder(REPO, src, extra=extras)
+        point_hubs_at(fake, monkeypatch, tmp_path, via="config")
+        yield fake
+
+
+@pytest.mark.parametrize("source", ["hf", "modelscope"])
+def test_download_with_no_endpoint_variable(hub_via_config, models, source):
+    """The path of a user who never set HF_ENDPOINT: endpoint from config.toml, every call made with it."""
+    import huggingface_hub.constants as hfc
+
+    assert "HF_ENDPOINT" not in os.environ and "MODELSCOPE_ENDPOINT" not in os.environ
+    assert hfc.ENDPOINT != hub_via_config.url  # a call that fell back on huggingface_hub's own endpoint would fail
+    path = Downloader(models, retry_backoff=0.01).download(REPO, source=source)
+    assert local_status(resolve(REPO), models).verified
+    assert json.loads((path / COMPLETE_MARKER).read_text())["endpoint"] == hub_via_config.url
+    assert _requested_files(hub_via_config) == set(EXPECTED)
+
+
+def test_pull_cli_and_queue_with_no_endpoint_variable(hub_via_config, models, tmp_path, capsys):
+    assert pull_cli([REPO, "--models-dir", str(models)]) == 0
+    assert "ready" in capsys.readouterr().err
+    q = DownloadQueue(Downloader(tmp_path / "queue-models", retry_backoff=0.01))
+    try:
+        job = q.submit(REPO)
+        assert q.wait(60)
+        assert q.get(job.id).state == "done", q.get(job.id).error
+    finally:
+        q.close()
+
+
+def test_endpoint_precedence(hub_via_config, monkeypatch):
+    """argument > HF_ENDPOINT > [hub] in config.toml > huggingface_hub's default; a bad value is named."""
+    from glmtui.config import default_paths
+
+    url = hub_via_config.url
+    assert Downloader().endpoint("hf")[0] == url
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1/")
+    assert Downloader().endpoint("hf")[0] == "http://127.0.0.1:1"
+    assert Downloader(hf_endpoint="https://mirror.example").endpoint("hf")[0] == "https://mirror.example"
+    monkeypatch.delenv("HF_ENDPOINT")
+    config = default_paths().config_file
+    config.write_text('[hub]\nhf_endpoint = "hf-mirror.com"\n')
+    with pytest.raises(DownloadError, match=r"hf_endpoint under \[hub\] in .*config.toml is not an http\(s\) URL"):
+        Downloader().endpoint("hf")
+    config.unlink()
+    endpoint, hint = Downloader().endpoint("hf")
+    assert endpoint == "https://huggingface.co" and "HF_ENDPOINT" in hint and "[hub]" in hint
+    assert Downloader().endpoint("modelscope")[0] == "https://modelscope.cn"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pull_subprocess(tmp_path, *args, proxy=None):
+    """``glmtui pull`` in a fresh process with no endpoint variable, fresh homes and (optionally)
+    every proxy variable pointing at ``proxy``; returns (exit code, stderr lines, seconds)."""
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in ("HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "NO_PROXY",
+                                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), GLMTUI_HOME=str(tmp_path / "glmtui-home"), COLUMNS="80")
+    if proxy:
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            env[var] = env[var.lower()] = proxy
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "glmtui.cli", "pull", *args], capture_output=True, text=True,
+                         env=env, timeout=120)
+    return out.returncode, [ln for ln in out.stderr.splitlines() if ln.strip()], time.monotonic() - t0
+
+
+def test_pull_with_no_network_fails_fast_with_one_line(tmp_path):
+    """The blocker: `glmtui pull chatglm3-6b` with HF_ENDPOINT unset, huggingface.co unreachable.
+    The network is taken away with a proxy on a closed 127.0.0.1 port, so this never leaves the machine."""
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    for args, host in ((["chatglm3-6b"], "https://huggingface.co"),
+                       (["chatglm3-6b", "--source", "modelscope"], "https://modelscope.cn")):
+        rc, lines, seconds = _pull_subprocess(tmp_path, *args, proxy=proxy)
+        assert rc == 1, lines
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: cannot reach {host}: connection refused; check the network"), lines
+        assert seconds < 60, seconds  # a few seconds unloaded; generous for a busy machine
+    assert not (tmp_path / "glmtui-home" / "data" / "models").exists()
+
+
+def test_pull_with_no_dns_fails_fast_with_one_line(tmp_path):
+    """The true default, as a user without network meets it: huggingface.co does not resolve."""
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        pass
+    else:
+        pytest.skip("huggingface.co resolves here: this test is for a machine without network")
+    rc, lines, seconds = _pull_subprocess(tmp_path, "chatglm3-6b")
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: cannot reach https://huggingface.co: the name huggingface.co does not resolve")
+    assert seconds < 60, seconds
+
+
+def test_pull_endpoint_option_and_config_key(tmp_path, capsys, monkeypatch):
+    """--endpoint and [hub] hf_endpoint both reach the backend (here: a closed port), named in the one error line."""
+    from glmtui.cli import main
+    from glmtui.config import default_paths
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["pull", "chatglm3-6b", "--endpoint", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot reach {url}: connection refused; check the network and the endpoint argument "
+                   "(--endpoint)")
+    config = default_paths().config_file
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[hub]\nhf_endpoint = "{url}"\n')
+    assert main(["pull", "chatglm3-6b"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reach {url}: connection refused; check the network and hf_endpoint under "
+                          f"[hub] in {config}") and "\n" not in err
+
+
+def test_connect_timeout_is_bounded(monkeypatch, models):
+    """A hub whose connections are never accepted (a full listen backlog on 127.0.0.1) fails within the
+    connect timeout instead of hanging."""
+    monkeypatch.setattr(hubmod, "CONNECT_TIMEOUT", 1.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):  # fill the backlog: further SYNs are dropped
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", port))
+                fillers.append(c)
+            time.sleep(0.2)
+            for source in ("hf", "modelscope"):
+                t0 = time.monotonic()
+                with pytest.raises(NetworkError, match=r"cannot reach http://127\.0\.0\.1:\d+: no answer within 1 s"):
+                    Downloader(models, hf_endpoint=f"http://127.0.0.1:{port}",
+                               modelscope_endpoint=f"http://127.0.0.1:{port}").download("acme/x", source=source)
+                assert time.monotonic() - t0 < 15
+        finally:
+            for c in fillers:
+                c.close()
+
+
 def test_repo_without_loadable_weights(hub, dl):
     with pytest.raises(NoUsableWeightsError, match="gguf-only"):
         dl.download("acme/gguf-only")

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
-from glmtui import store_recovery
+from glmtui import store_export, store_recovery
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -698,8 +698,8 @@ class HistoryStore:
                 f"The chat history {path} is read-only (mode {mode}) and cannot be read: {err}."
             ) from err
         reason = (
-            f"The chat history {path} is read-only (mode {mode}): its conversations are shown, but "
-            f"nothing new is saved. Make it writable (chmod u+w {path}) and restart glmtui."
+            f"The history file is read-only (mode {mode}): its conversations are shown, but nothing "
+            f"new is saved. To save again: chmod u+w {path}, then restart glmtui."
         )
         return cls(mem, None, timeout=0.0, use_fts=use_fts, unsaved=reason)
 
@@ -1177,48 +1177,31 @@ class HistoryStore:
         return text
 
     def export_markdown(self, conversation_id: int, path: Optional[PathLike] = None) -> str:
-        data = self.to_dict(conversation_id)
-        out = [f"# {data['title'] or 'Untitled conversation'}", ""]
-        if data["model"]:
-            out.append(f"- Model: {data['model']}")
-        out.append(f"- Created: {data['created_at']}")
-        out.append(f"- Updated: {data['updated_at']}")
-        if data["params"]:
-            out.append("- Parameters: " + ", ".join(f"{k}={v}" for k, v in data["params"].items()))
-        out.append("")
-        if data["system_prompt"]:
-            out += ["## System prompt", "", data["system_prompt"], ""]
-        out += ["---", ""]
-        for m in data["messages"]:
-            heading = m["role"].capitalize()
-            if m["metadata"]:
-                heading += f" ({m['metadata']})"
-            out += [f"### {heading}", "", m["content"], ""]
-            notes = []
-            if m["status"] != "complete":
-                notes.append(
-                    {
-                        "streaming": "still being written",
-                        "stopped": "stopped before the end",
-                        "interrupted": "interrupted (glmtui closed while writing)",
-                        "error": "failed",
-                    }.get(m["status"], m["status"])
-                )
-            stats = m["stats"] or {}
-            if stats.get("completion_tokens") is not None:
-                notes.append(f"{stats['completion_tokens']} tokens")
-            if isinstance(stats.get("tokens_per_s"), (int, float)):
-                notes.append(f"{stats['tokens_per_s']:.1f} tokens/s")
-            if isinstance(stats.get("ttft"), (int, float)):
-                notes.append(f"first token after {stats['ttft']:.2f} s")
-            if stats.get("error"):
-                notes.append(str(stats["error"]))
-            if notes:
-                out += ["*" + "; ".join(notes) + "*", ""]
-        text = "\n".join(out).rstrip("\n") + "\n"
+        """Markdown for reading (control characters shown as escapes, see :mod:`glmtui.store_export`)."""
+        text = store_export.render_markdown(self.to_dict(conversation_id))
         if path is not None:
             _write_private(Path(path), text)
         return text
+
+    def export_files(self, conversation_id: int, folder: PathLike) -> tuple[Path, Path]:
+        """Write ``<title>-<id>.md`` and ``.json`` into *folder* (created private);
+        an earlier export is never replaced: the next one is ``<title>-<id>-2``, and so on."""
+        from glmtui.config import ensure_private_dir
+
+        conv = self.get_conversation(conversation_id)
+        if conv is None:
+            raise KeyError(conversation_id)
+        md_text = self.export_markdown(conversation_id)
+        json_text = self.export_json(conversation_id)
+        folder = Path(folder)
+        try:
+            ensure_private_dir(folder)
+            md, js = store_export.create_new(folder, f"{store_export.slug(conv.title)}-{conversation_id}", (".md", ".json"))
+            _write_private(md, md_text)
+            _write_private(js, json_text)
+        except OSError as err:
+            raise HistoryError(f"Cannot write the export in {folder}: {err.strerror or err}.") from err
+        return md, js
 
     # --------------------------------------------------------------- import
 

@@ -308,6 +308,41 @@ def test_export_markdown_and_json(store: HistoryStore, tmp_path: Path) -> None:
         store.export_markdown(cid + 999)
 
 
+def test_export_files_never_replace_earlier_ones(store: HistoryStore, tmp_path: Path) -> None:
+    cid = store.create_conversation("My chat / 你好?")
+    store.add_message(cid, "user", "first")
+    folder = tmp_path / "exports"
+    md, js = store.export_files(cid, folder)
+    assert (md.name, js.name) == (f"my-chat-你好-{cid}.md", f"my-chat-你好-{cid}.json")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(md.stat().st_mode) == 0o600
+    first = (md.read_bytes(), js.read_bytes())
+    store.add_message(cid, "assistant", "second")
+    md2, js2 = store.export_files(cid, folder)
+    assert (md2.name, js2.name) == (f"my-chat-你好-{cid}-2.md", f"my-chat-你好-{cid}-2.json")
+    assert (md.read_bytes(), js.read_bytes()) == first  # the earlier export is untouched
+    assert "second" in md2.read_text(encoding="utf-8")
+    (folder / f"my-chat-你好-{cid}-3.json").write_text("someone else's")  # a pair never splits
+    md4, js4 = store.export_files(cid, folder)
+    assert (md4.stem, js4.stem) == (f"my-chat-你好-{cid}-4",) * 2
+    assert not (folder / f"my-chat-你好-{cid}-3.md").exists()
+    with pytest.raises(HistoryError, match="Cannot write the export"):
+        store.export_files(cid, md)  # a file where the folder should be
+
+
+def test_markdown_export_escapes_control_characters(store: HistoryStore) -> None:
+    nasty = "red \x1b[31mtext\x1b[0m bell\x07 nul\x00 csi\x9b2J del\x7f\r\nnext\tline\r"
+    cid = store.create_conversation("title\x1b]0;pwned\x07\nsecond line", model="m\x1b[2J")
+    store.add_message(cid, "user", nasty)
+    store.add_message(cid, "assistant", "ok", status="error", stats={"error": "boom\x1b[5m"})
+    md = store.export_markdown(cid)
+    assert not any(ch in md for ch in "\x00\x07\x1b\x7f\x9b\r")
+    assert "red \\x1b[31mtext\\x1b[0m bell\\x07 nul\\x00 csi\\x9b2J del\\x7f\nnext\tline\\x0d" in md
+    assert md.startswith("# title\\x1b]0;pwned\\x07 second line\n")
+    assert "- Model: m\\x1b[2J" in md and "boom\\x1b[5m" in md
+    data = json.loads(store.export_json(cid))  # JSON keeps every character
+    assert data["messages"][0]["content"] == nasty and data["title"] == "title\x1b]0;pwned\x07\nsecond line"
+
+
 # ------------------------------------------------------------ bad files
 
 

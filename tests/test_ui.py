@@ -201,12 +201,17 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
 
         # export: Markdown and JSON in the data folder, paths told to the user
         await pilot.press("f5")
-        md, js = app.export_paths(cid, "Renamed chat")
-        assert md.parent == default_paths().data_dir / "exports"
+        exports = default_paths().data_dir / "exports"
+        md, js = exports / f"renamed-chat-{cid}.md", exports / f"renamed-chat-{cid}.json"
         assert md.read_text(encoding="utf-8").startswith("# Renamed chat")
         data = json.loads(js.read_text(encoding="utf-8"))
         assert data["title"] == "Renamed chat" and len(data["messages"]) == 6
         assert any(str(md) in n and str(js) in n for n in notifications(app))
+        first = md.read_bytes()
+        await pilot.press("f5")  # a second export never replaces the first
+        md2, js2 = exports / f"renamed-chat-{cid}-2.md", exports / f"renamed-chat-{cid}-2.json"
+        assert md.read_bytes() == first and md2.read_bytes() == first and js2.exists()
+        assert any(str(md2) in n and str(js2) in n for n in notifications(app))
 
         # delete the other conversation from the history list, after confirming
         await pilot.press("ctrl+f")
@@ -1008,3 +1013,64 @@ async def test_the_history_list_is_rebuilt_only_when_it_changes(chatglm3_dir, qu
             assert conversations.option_count >= 1
     finally:
         ConversationList.clear_options = clear_options
+
+
+# ------------------------------------------------ chats that are not being saved
+
+
+def _banner(app):
+    from glmtui.ui.banner import UnsavedBanner
+
+    return app.query_one("#unsaved", UnsavedBanner)
+
+
+async def test_banner_stays_while_the_history_is_in_memory(quiet_sampler):
+    data_dir = default_paths().data_dir
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.write_text("a file where the data folder should be")
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        banner = _banner(app)
+        assert banner.display and banner.region.height >= 1
+        text = screen_text(app)
+        assert "Chats are not being saved." in text and "kept in memory" in text
+        app.clear_notifications()  # toasts go; the banner stays
+        await pilot.pause(0.3)
+        assert banner.display and "Chats are not being saved." in screen_text(app)
+
+
+async def test_banner_for_a_read_only_history_file(quiet_sampler):
+    _add_conversations(2)
+    db = default_paths().history_db
+    os.chmod(db, 0o400)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert _banner(app).display and "read-only (mode 0400)" in screen_text(app)
+        assert app.history_pane.option_list.option_count == 2  # its conversations are shown
+
+
+async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sampler):
+    """Writes that start failing mid-chat (here: the connection turned read-only, as on a file
+    system remounted read-only) show the banner until a write succeeds again."""
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        banner = _banner(app)
+        await send(pilot, app, "first")
+        cid = app.chat_pane.conversation_id
+        assert not banner.display and len(stored(cid, app)[1]) == 2
+
+        app.store._conn.execute("PRAGMA query_only = 1")  # noqa: SLF001 - every write now fails
+        await send(pilot, app, "second")
+        assert banner.display
+        text = screen_text(app)
+        assert "Chats are not being saved." in text and "read-only" in text
+        assert len(stored(cid, app)[1]) == 2  # indeed not saved
+
+        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001
+        await send(pilot, app, "third")
+        assert not banner.display and "Chats are not being saved." not in screen_text(app)
+        assert [m.content for m in stored(cid, app)[1] if m.role == "user"] == ["first", "third"]
+

@@ -13,7 +13,6 @@ below that one pane at a time with a pane bar on top (F2 cycles).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
 from .chat import ChatPane, params_to_dict
+from .banner import UnsavedBanner
 from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
@@ -109,11 +109,6 @@ def default_mode(device: str) -> str:
     if device == "cpu":
         return "fp32"
     return "bf16" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) else "fp32"
-
-
-def _slug(title: str) -> str:
-    slug = re.sub(r"[^\w]+", "-", title, flags=re.UNICODE).strip("-").lower()
-    return slug[:48] or "conversation"
 
 
 class GlmApp(App):
@@ -232,12 +227,14 @@ class GlmApp(App):
             store = HistoryStore.open(self.paths.history_db)
         except HistoryError as exc:
             self.notes.append(("error", f"{exc} Chats are kept in memory for this session only."))
-            return HistoryStore.open_memory()
+            return HistoryStore.open_memory(reason=f"They are kept in memory for this session only. {exc}")
         except Exception as exc:  # noqa: BLE001 - never refuse to start over history
             self.notes.append(("error", f"Chat history unavailable ({exc}); kept in memory for this session only."))
-            return HistoryStore.open_memory()
+            return HistoryStore.open_memory(reason=f"They are kept in memory for this session only ({exc}).")
         if store.warning:
             self.notes.append(("warning", store.warning))
+        if store.notice:
+            self.notes.append(("information", store.notice))
         return store
 
     def _make_engine(self):
@@ -262,6 +259,7 @@ class GlmApp(App):
             with Vertical(id="side"):
                 yield MonitorPane(id="monitor")
                 yield ModelsPane(id="models")
+        yield UnsavedBanner(id="unsaved")
         yield Static(id="status")
         yield QuickFooter(compact=True)
 
@@ -282,6 +280,7 @@ class GlmApp(App):
         self._toast_count = 0
         self.set_interval(0.5, self._heal_after_toasts)
         self.refresh_status()
+        self.show_unsaved()
         if self.initial_model:
             self.call_after_refresh(self.request_load, self.initial_model)
         if self.api:
@@ -382,6 +381,15 @@ class GlmApp(App):
                 self._store_errors.add(message)
                 self.notify(message, severity="error", title="History", timeout=15)
             return None
+        finally:
+            self.show_unsaved()
+
+    def show_unsaved(self) -> None:
+        """Show or hide the banner saying chats are not being saved (a write failed, memory only, read-only file)."""
+        try:
+            self.query_one("#unsaved", UnsavedBanner).show_reason(self.store.unsaved)
+        except NoMatches:
+            pass  # not mounted yet: on_mount shows it
 
     def free_memory(self) -> tuple[str, Optional[int]]:
         return self.monitor_pane.free_for_model()
@@ -841,28 +849,19 @@ class GlmApp(App):
 
         self.push_screen(ConfirmModal(f"Delete “{conv.title}” and all its messages?\nThis cannot be undone."), done)
 
-    def export_paths(self, cid: int, title: str) -> tuple[Path, Path]:
-        folder = self.paths.data_dir / "exports"
-        base = f"{_slug(title)}-{cid}"
-        return folder / f"{base}.md", folder / f"{base}.json"
+    @property
+    def export_folder(self) -> Path:
+        return self.paths.data_dir / "exports"
 
     def action_export(self) -> None:
+        """Write the conversation as .md and .json (new files each time; see HistoryStore.export_files)."""
         cid = self._target_conversation()
         if cid is None:
             self.notify("No conversation to export yet.", severity="warning")
             return
-        conv = self.db(self.store.get_conversation, cid)
-        if conv is None:
-            return
-        md, js = self.export_paths(cid, conv.title)
-        try:
-            ensure_private_dir(md.parent)
-        except OSError as exc:
-            self.notify(f"Cannot create {md.parent}: {exc}", severity="error")
-            return
-        if self.db(self.store.export_markdown, cid, md) is None or self.db(self.store.export_json, cid, js) is None:
-            return
-        self.notify(f"{md}\n{js}", title="Exported", timeout=15)
+        written = self.db(self.store.export_files, cid, self.export_folder)
+        if written is not None:
+            self.notify("\n".join(str(p) for p in written), title="Exported", timeout=15)
 
     # ------------------------------------------------------------------ model actions
 

@@ -158,10 +158,10 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         msgs = stored(cid, app)[1]
         assert len(msgs) == 6 and msgs[-1].status == "complete" and msgs[-1].stats["finish_reason"] == "length"
 
-        # edit and resend the last prompt
+        # edit and resend the last prompt: the exchange stays until the edited prompt is sent
         await pilot.press("ctrl+e")
-        assert chat.input.text == "tell me a long story" and len(chat.turns) == 4
-        assert len(stored(cid, app)[1]) == 4
+        assert chat.input.text == "tell me a long story" and len(chat.turns) == 6
+        assert len(stored(cid, app)[1]) == 6
         chat.input.clear()
         await type_text(pilot, "a short story")
         await pilot.press("enter")
@@ -1074,3 +1074,189 @@ async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sample
         assert not banner.display and "Chats are not being saved." not in screen_text(app)
         assert [m.content for m in stored(cid, app)[1] if m.role == "user"] == ["first", "third"]
 
+
+# ---------------------------------------------------------------- Ctrl+E, context limit, empty and quit replies
+
+
+@pytest.fixture(scope="module")
+def short_context_chatty(tmp_path_factory):
+    """A ChatGLM3 that never stops on its own and has 64 tokens of context: every long enough
+    reply runs into the context, and a long prompt does not fit at all."""
+    import tiny_models
+
+    return tiny_models.build_chatglm3(tmp_path_factory.mktemp("short-context") / "tiny-chatglm3-ctx64",
+                                      never_stop=True, context=64)
+
+
+@pytest.fixture(scope="module")
+def silent_glm(native_glm, tmp_path_factory):
+    """The tiny native GLM with its final norm zeroed: every logit is 0, greedy picks token 0, its
+    end-of-text: every reply is empty."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dest = tmp_path_factory.mktemp("silent") / "tiny-glm-silent"
+    shutil.copytree(native_glm, dest)
+    weights = dest / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["model.norm.weight"].zero_()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return dest
+
+
+def _rows(app, cid):
+    return [(m.id, m.role, m.content, m.status) for m in app.store.messages(cid)]
+
+
+async def test_edit_last_keeps_the_exchange_until_the_edit_is_sent(chatglm3_dir, quiet_sampler):
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        await send(pilot, app, "hello there")
+        cid = chat.conversation_id
+        before = _rows(app, cid)
+        assert [r[1] for r in before] == ["user", "assistant"]
+
+        # Ctrl+E then Esc then Ctrl+N: nothing is lost, and the prompt box has its draft back
+        await type_text(pilot, "a draft")
+        await pilot.press("ctrl+e")
+        assert _rows(app, cid) == before
+        assert chat.input.text == "hello there" and chat.editing is not None
+        assert len(chat.turns) == 2 and all(t.widget.display for t in chat.turns)
+        assert "editing the last prompt" in screen_text(app)
+        await pilot.press("escape")
+        assert chat.editing is None and chat.input.text == "a draft"
+        assert "editing the last prompt" not in screen_text(app)
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert chat.conversation_id is None
+        assert _rows(app, cid) == before
+
+        # back in the conversation: an edit that is sent replaces the exchange, in the file too
+        assert await chat.show_conversation(cid)
+        assert [t.content for t in chat.turns][0] == "hello there"
+        chat.input.clear()
+        await pilot.press("ctrl+e")
+        chat.input.clear()
+        await type_text(pilot, "hello again")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.active is None and chat.turns[-1].status == "complete", what="resend")
+        after = _rows(app, cid)
+        assert [(r[1], r[2]) for r in after][0] == ("user", "hello again") and len(after) == 2
+        assert after[1][3] == "complete" and not {r[0] for r in before} & {r[0] for r in after}
+        assert [t.content for t in chat.turns][0] == "hello again" and len(chat.turns) == 2
+        assert len(chat.messages_view.query(".message")) == 2  # the old exchange's widgets are gone
+
+
+async def test_an_edit_or_regenerate_that_fails_to_start_keeps_the_original(short_context_chatty, quiet_sampler):
+    app = GlmApp(model=str(short_context_chatty), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 8}, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        await send(pilot, app, "hi")
+        cid = chat.conversation_id
+        before = _rows(app, cid)
+        shown = [(t.role, t.content) for t in chat.turns]
+
+        # the engine refuses the edited prompt (longer than the model's 64-token context)
+        await pilot.press("ctrl+e")
+        chat.input.load_text("tell me a story " * 20)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("longer than the model's context" in n for n in notifications(app)),
+                       what="the refusal")
+        await wait_for(pilot, lambda: chat.active is None, what="the refusal handled")
+        assert _rows(app, cid) == before
+        assert [(t.role, t.content) for t in chat.turns] == shown
+        assert all(t.widget.display for t in chat.turns) and len(chat.messages_view.query(".message")) == 2
+        assert chat.input.text == ("tell me a story " * 20).rstrip() and chat.editing is not None
+        await pilot.press("escape")  # what the box held before Ctrl+E: nothing
+        assert chat.input.text == "" and chat.editing is None
+
+        # a regenerate the engine refuses (invalid parameters) keeps the reply
+        chat.apply_settings("", {"repetition_penalty": 0.001})
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any("invalid parameters" in n for n in notifications(app)), what="refusal")
+        await wait_for(pilot, lambda: chat.active is None, what="the refusal handled")
+        assert _rows(app, cid) == before and [(t.role, t.content) for t in chat.turns] == shown
+        chat.apply_settings("", {"repetition_penalty": 1.0})
+
+        # no model loaded: the resend does not start and nothing changes
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: app.loaded is None, what="unload")
+        chat.input.focus()
+        await pilot.press("ctrl+e")
+        chat.input.clear()
+        await type_text(pilot, "other")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert any("No model loaded" in n for n in notifications(app))
+        assert _rows(app, cid) == before and chat.input.text == "other"
+        assert [(t.role, t.content) for t in chat.turns] == shown
+
+
+async def test_a_reply_cut_by_the_context_says_so(short_context_chatty, quiet_sampler):
+    app = GlmApp(model=str(short_context_chatty), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 512}, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        assert app.loaded.context_length == 64
+        chat = app.chat_pane
+        reply = await send(pilot, app, "hi")
+        stats = reply.stats
+        assert stats["finish_reason"] == "length" and stats["prompt_tokens"] + stats["completion_tokens"] == 64
+        meta = str(reply.query_one(".msg-meta").render())
+        assert "reached the model's context (64 tokens)" in meta and "max new tokens" not in meta
+        assert app.store.messages(chat.conversation_id)[-1].stats["context_limit"] == 64
+
+        # max new tokens reached well inside the context: said as such
+        await pilot.press("ctrl+n")
+        chat.apply_settings("", {"max_new_tokens": 5})
+        reply = await send(pilot, app, "hi")
+        assert reply.stats["completion_tokens"] == 5 and "context_limit" not in reply.stats
+        assert "hit max new tokens" in str(reply.query_one(".msg-meta").render())
+
+
+async def test_an_empty_reply_says_so(silent_glm, quiet_sampler):
+    app = GlmApp(model=str(silent_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        reply = await send(pilot, app, "hi")
+        assert reply.status == "complete" and reply.text == ""
+        assert "(empty reply)" in screen_text(app)
+        cid = app.chat_pane.conversation_id
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert "(empty reply)" not in screen_text(app)
+        assert await app.chat_pane.show_conversation(cid)  # reopened from the history file
+        await pilot.pause()
+        assert "(empty reply)" in screen_text(app)
+
+
+@pytest.mark.parametrize("how", ["ctrl+q", "SIGTERM"])
+async def test_a_reply_cut_by_quitting_keeps_its_token_count(chatty_chatglm3, quiet_sampler, how):
+    import signal
+
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 4000},
+                 sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="load")
+        chat = app.chat_pane
+        assert await chat.send("tell me a long story")
+        await wait_for(pilot, lambda: chat.active is not None and chat.active.text, what="the first tokens")
+        cid = chat.conversation_id
+        if how == "ctrl+q":
+            await pilot.press("ctrl+q")
+        else:
+            app._exit_on_signal(signal.SIGTERM)  # what the installed handler does on SIGTERM
+            await pilot.pause()
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        reply = store.messages(cid)[-1]
+    finally:
+        store.close()
+    assert reply.status == ("stopped" if how == "ctrl+q" else "interrupted") and reply.content
+    assert isinstance(reply.stats.get("completion_tokens"), int) and reply.stats["completion_tokens"] > 0
+    assert reply.stats["prompt_tokens"] > 0 and reply.stats["finish_reason"] == "cancelled"

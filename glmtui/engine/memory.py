@@ -28,7 +28,8 @@ KV cache
 --------
 ``2 * layers * kv_heads * head_dim * context_len * batch * kv_bytes`` (kv_bytes: 4 for
 fp32, else the 16-bit compute dtype).  ``context_len`` defaults to the model's context
-capped at :data:`DEFAULT_CONTEXT_CAP`.
+capped at :data:`DEFAULT_CONTEXT_CAP`; :attr:`MemoryPrediction.context_note` says which
+context a figure assumes and what the model's whole context would take.
 
 Overhead (an estimate, stated)
 ------------------------------
@@ -256,6 +257,26 @@ class MemoryPrediction:
     device: str
     exact: bool  # parameter count exact (known architecture) or estimated
     notes: tuple[str, ...] = field(default=())
+    model_context: int | None = None  # the model's own context (config.json), when it says
+
+    def kv_bytes_at(self, tokens: int) -> int:
+        """The KV cache at ``tokens`` of context (it grows linearly with the context)."""
+        return self.kv_cache_bytes * int(tokens) // max(1, self.context_len)
+
+    @property
+    def context_note(self) -> str:
+        """Which context the KV cache figure assumes, against the model's own."""
+        if self.model_context and self.model_context > self.context_len:
+            return (f"KV cache at {self.context_len:,} tokens of context; the model's whole "
+                    f"{self.model_context:,} would take {_binary(self.kv_bytes_at(self.model_context))}")
+        if self.model_context == self.context_len:
+            return f"KV cache at the model's whole context, {self.context_len:,} tokens"
+        return f"KV cache at {self.context_len:,} tokens of context"
+
+    @property
+    def fixed_dominate(self) -> bool:
+        """KV cache and overhead (which quantization does not shrink) outweigh the weights."""
+        return self.kv_cache_bytes + self.overhead_bytes > self.weight_bytes
 
 
 def _dtype_bytes(name: str) -> int:
@@ -349,6 +370,7 @@ def predict(
         device=dev,
         exact=arch.exact,
         notes=tuple(notes),
+        model_context=int(arch.max_context) if arch.max_context else None,
     )
 
 
@@ -376,6 +398,11 @@ class FitVerdict:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
+
+
+def _binary(n: float) -> str:
+    """MiB below 1 GiB, else GiB (binary units, as the UI shows them)."""
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else _gib(n)
 
 
 def fit(predicted_total: int, free_bytes: int | None, device: str = "cuda", *, mode: str | None = None) -> FitVerdict:

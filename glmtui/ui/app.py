@@ -40,8 +40,8 @@ from .banner import UnsavedBanner
 from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
-from .models import MODES, ModelsPane, predictions
-from .monitor import MonitorPane, fmt_bytes
+from .models import MODES, ModelsPane, detailed_predictions, prediction_notes, predictions
+from .monitor import MonitorPane, fmt_bytes, process_rss
 
 PANES = ("chat", "history", "models", "monitor")
 PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
@@ -215,6 +215,9 @@ class GlmApp(App):
         self.loading_label: Optional[str] = None
         self.unloaded_note: Optional[str] = None
         self._memory_before_load: tuple[str, Optional[int]] = ("", None)
+        self._awaiting_import_baseline = False
+        self._rss_after_imports: Optional[int] = None
+        self._final_waiter: Optional[tuple[int, list, threading.Event]] = None
         self._unload_check_at: Optional[float] = None
         self.extra_model_paths: list[str] = []
         self.last_spec = model or ""
@@ -320,14 +323,15 @@ class GlmApp(App):
 
     def on_unmount(self) -> None:
         self._monitor_stop.set()
-        active = getattr(getattr(self, "_chat", None), "active", None)
-        if active is not None and active.message_id is not None:
+        chat = getattr(self, "_chat", None)
+        active = getattr(chat, "active", None)
+        if active is not None:
             # quitting mid-reply: keep what was written, marked stopped (not left "streaming");
             # a signal (dropped SSH session, kill) marks it interrupted — the user did not stop it
             status = "interrupted" if getattr(self, "_ended_by_signal", None) else "stopped"
+            final = self._cancel_and_wait(active.request_id, timeout=3.0)  # for its token count
             try:
-                self.store.update_message(active.message_id, active.text, status,
-                                          {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens})
+                chat.save_on_exit(status, final)
             except Exception:  # noqa: BLE001 - the next start marks it interrupted instead
                 pass
         if self._api_server is not None:
@@ -464,7 +468,8 @@ class GlmApp(App):
             now_kind, after = self._own_memory()
             snap = message.snapshot
             reserved = sum(t.reserved for t in (snap.torch or ())) if snap is not None else None
-            note = unload_memory_note(kind, before, after, reserved) if kind == now_kind else None
+            imports = self._rss_after_imports if kind == "RAM" else None
+            note = unload_memory_note(kind, before, after, reserved, imports) if kind == now_kind else None
             if note:
                 self.unloaded_note = note
                 self.models_pane.refresh_info()
@@ -483,6 +488,19 @@ class GlmApp(App):
 
     # ------------------------------------------------------------------ engine events
 
+    def _cancel_and_wait(self, request_id: int, timeout: float) -> Optional[Finished]:
+        """Cancel a generation and wait (at most ``timeout`` s) for its Finished: quitting mid-reply."""
+        waiter: tuple[int, list, threading.Event] = (request_id, [], threading.Event())
+        self._final_waiter = waiter
+        try:
+            self.engine.cancel(request_id)
+            waiter[2].wait(timeout)
+        except Exception:  # noqa: BLE001 - an engine already gone
+            pass
+        finally:
+            self._final_waiter = None
+        return next((e for e in waiter[1] if isinstance(e, Finished)), None)
+
     def _engine_listener(self, event) -> None:
         """Called on the worker thread: hand over, never block.
 
@@ -492,6 +510,15 @@ class GlmApp(App):
         Markdown write per token made the UI's share of the GIL slow the
         model itself (bench/bench_stream.py: 0.55 of plain generate).
         """
+        waiter = self._final_waiter
+        if waiter is not None and isinstance(event, (Finished, Failed)) and event.request_id == waiter[0]:
+            waiter[1].append(event)
+            waiter[2].set()
+        if isinstance(event, LoadProgress) and self._awaiting_import_baseline:
+            # the engine's first report of a load comes after its imports, before the model is built:
+            # the unload note compares with this figure, not with one from before torch was imported
+            self._awaiting_import_baseline = False
+            self._rss_after_imports = process_rss()
         if isinstance(event, Token):
             with self._token_lock:
                 if self._token_buffer and self._token_buffer[-1][0] == event.request_id:
@@ -664,6 +691,8 @@ class GlmApp(App):
         self.mode = mode
         if self.loaded is None:  # switching quantization keeps the figure from before the first load
             self._memory_before_load = self._own_memory()
+            self._rss_after_imports = None
+            self._awaiting_import_baseline = True
         self.loading_label = label or name
         self.models_pane.last_error = None
         self.models_pane.set_load_progress("queued", None)
@@ -744,8 +773,8 @@ class GlmApp(App):
             chat = self.chat_pane
         except Exception:  # noqa: BLE001 - before compose
             return True
-        if action == "stop":
-            return True if chat.streaming else None
+        if action == "stop":  # Esc also cancels an edit (Ctrl+E)
+            return True if chat.streaming or chat.editing is not None else None
         if action in ("regenerate", "edit_last"):
             return None if chat.streaming or not chat.turns else True
         if action == "unload":
@@ -755,8 +784,11 @@ class GlmApp(App):
         return True
 
     def action_stop(self) -> None:
-        if not self.chat_pane.stop() and self.focused is not None and self.focused.id == "search":
-            self.chat_pane.input.focus()
+        chat = self.chat_pane
+        if chat.stop() or chat.cancel_edit():
+            return
+        if self.focused is not None and self.focused.id == "search":
+            chat.input.focus()
 
     async def action_regenerate(self) -> None:
         await self.chat_pane.regenerate()
@@ -899,6 +931,7 @@ class GlmApp(App):
         preds, exact = predictions(row, device) if row is not None else ({}, False)
         from glmtui.engine import memory
 
+        details = detailed_predictions(row, device) if row is not None else {}
         rows = []
         for mode in MODES:
             prompt = Text(f"{'▶' if mode == self.mode else ' '} {mode:<5}")
@@ -906,8 +939,12 @@ class GlmApp(App):
                 verdict = memory.fit(preds[mode], free, device, mode=mode)
                 prompt.append(f" {fmt_bytes(preds[mode]):>10}  ")
                 prompt.append(verdict.verdict, style={"fits": "green", "tight": "yellow", "won't fit": "red"}.get(verdict.verdict, "cyan"))
+                if mode in details:
+                    prompt.append(f"  weights {fmt_bytes(details[mode].weight_bytes)}", style="dim")
             rows.append((mode, prompt))
         note = f"predicted for {row.entry.name}" + ("" if exact else " (rough estimate)") if row is not None and preds else ""
+        if note:  # what the figures assume: the context; fixed costs that outweigh a small model's weights
+            note = "\n".join([note, *prediction_notes(details)])
 
         def done(mode: Optional[str]) -> None:
             if mode is None:
@@ -1003,24 +1040,33 @@ UNLOAD_MARGIN = 64 * 2**20
 
 
 def unload_memory_note(kind: str, before: Optional[int], after: Optional[int],
-                       torch_reserved: Optional[int] = None) -> Optional[str]:
+                       torch_reserved: Optional[int] = None, after_imports: Optional[int] = None) -> Optional[str]:
     """What the monitor shows after an unload, against the figure taken before the load.
 
     ``kind`` is "GPU" (this process's memory on the GPUs, NVML) or "RAM"
     (this process's resident memory). Within UNLOAD_MARGIN counts as back.
+    ``after_imports`` (RAM): the figure once the engine had imported torch and transformers,
+    before it built the model. The first load imports them into this process and they stay:
+    the model's own memory is compared with that figure, and the imports are named apart.
     """
     if before is None or after is None:
         return None
+    imports = 0
+    if kind == "RAM" and after_imports is not None and after_imports > before:
+        imports, before = after_imports - before, after_imports
     delta = after - before
+    libraries = (f"; torch and transformers, imported by the first load, hold {fmt_bytes(imports)} and stay loaded"
+                 if imports > UNLOAD_MARGIN else "")
     if delta <= UNLOAD_MARGIN:
-        return f"{kind} back to within {fmt_bytes(UNLOAD_MARGIN)} of before the load ({fmt_bytes(after)})"
+        since = "its figure after the engine's imports" if imports else "before the load"
+        return f"{kind} back to within {fmt_bytes(UNLOAD_MARGIN)} of {since} ({fmt_bytes(after)}){libraries}"
     if kind == "GPU":
         why = "the CUDA context and cuBLAS/bitsandbytes workspaces stay resident while glmtui runs"
         if torch_reserved:
             why += f"; torch still reserves {fmt_bytes(torch_reserved)}"
     else:
         why = "freed memory the C allocator keeps for reuse (the next load reuses it)"
-    return f"{fmt_bytes(delta)} of {kind} stayed behind after unload: {why}"
+    return f"{fmt_bytes(delta)} of {kind} stayed behind after unload: {why}{libraries}"
 
 
 def run_app(args) -> int:

@@ -104,8 +104,35 @@ def format_stats(stats: Optional[dict]) -> str:
     if stats.get("prompt_tokens") is not None:
         parts.append(f"prompt {stats['prompt_tokens']}")
     if stats.get("finish_reason") == "length":
-        parts.append("hit max new tokens")
+        if stats.get("context_limit"):
+            parts.append(f"reached the model's context ({stats['context_limit']:,} tokens)")
+        else:
+            parts.append("hit max new tokens")
     return " · ".join(parts)
+
+
+def reached_context(prompt_tokens: Optional[int], completion_tokens: Optional[int],
+                    context_length: Optional[int]) -> bool:
+    """A reply cut at "length" whose prompt and reply fill the whole context: the model's context,
+    not max new tokens, ended it (the engine lowers max new tokens to what the context has left)."""
+    if not context_length or prompt_tokens is None or completion_tokens is None:
+        return False
+    return prompt_tokens + completion_tokens >= context_length
+
+
+EMPTY_TEXT = {
+    "stopped": "*(stopped before any text)*",
+    "interrupted": "*(interrupted before any text)*",
+    "complete": "*(empty reply)*",
+}
+
+
+def shown_text(text: str, status: str) -> str:
+    """What a reply's body shows: its text made safe, or a note when it has none."""
+    shown = visible(text)
+    if not shown.strip():
+        return EMPTY_TEXT.get(status, shown)
+    return shown
 
 
 STATUS_LABELS = {
@@ -406,7 +433,7 @@ class AssistantMessage(Vertical):
 
     def compose(self) -> Iterable:
         yield Static(self._head(), classes="msg-head")
-        yield ReplyMarkdown(visible(self.text), classes="msg-body")
+        yield ReplyMarkdown(shown_text(self.text, self.status), classes="msg-body")
         yield Static(self._meta(), classes="msg-meta")
 
     def _head(self) -> Text:
@@ -454,13 +481,20 @@ class AssistantMessage(Vertical):
         if self._stream is not None:
             await self._stream.write(visible(fragment))
 
+    async def drop_stream(self) -> None:
+        """Stop streaming without a final render (the reply is being removed)."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
+            markdown = self.markdown
+            if isinstance(markdown, ReplyMarkdown):
+                markdown.follow(None)
+
     async def finish(self, text: str, status: str, stats: Optional[dict]) -> None:
         self.text = text
         self.status = status
         self.stats = stats or {}
-        shown = visible(text)
-        if not shown and status == "stopped":
-            shown = "*(stopped before any text)*"
+        shown = shown_text(text, status)
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await stream.stop()
@@ -487,6 +521,29 @@ class Turn:
 
 
 @dataclass
+class EditState:
+    """Ctrl+E: the exchange from ``index`` on is being edited. It stays (shown dimmed, and in the
+    history file) until the edited prompt is sent and its reply has started; Esc puts the prompt box
+    back to ``saved_text`` (what it held before Ctrl+E)."""
+
+    index: int
+    saved_text: str
+    saved_cursor: tuple[int, int]
+
+
+@dataclass
+class Replacement:
+    """Turns a send replaces (the edited exchange, or the reply Ctrl+R writes again). They are hidden,
+    and deleted only once the new reply has started: a send that fails to start brings them back."""
+
+    old: list[Turn]
+    new: list[Turn]
+    edit: Optional[EditState] = None  # an edit: its text goes back into the prompt box on failure
+    text: str = ""
+    created_conversation: bool = False  # the send started the conversation: a failed start removes it
+
+
+@dataclass
 class ActiveReply:
     request_id: int
     message_id: Optional[int]
@@ -494,6 +551,7 @@ class ActiveReply:
     prompt_tokens: Optional[int] = None
     last_flush: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
+    replacing: Optional[Replacement] = None
 
     @property
     def text(self) -> str:
@@ -505,6 +563,10 @@ class ChatPane(Vertical):
 
     app: "GlmApp"
 
+    DEFAULT_CSS = """
+    ChatPane .message.-editing { text-opacity: 50%; }
+    """
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.conversation_id: Optional[int] = None
@@ -513,6 +575,7 @@ class ChatPane(Vertical):
         self.params: dict = {}
         self.turns: list[Turn] = []
         self.active: Optional[ActiveReply] = None
+        self.editing: Optional[EditState] = None
         self._collections_deferred = False
 
     def compose(self) -> Iterable:
@@ -572,6 +635,8 @@ class ChatPane(Vertical):
                     style="dim")
         if self.system_prompt:
             head.append(" · system prompt", style="dim italic")
+        if self.editing is not None:
+            head.append("  editing the last prompt: Enter resends, Esc cancels", style="bold yellow")
         self.query_one("#chat-title", Static).update(head)
         empty = self.query_one("#chat-empty", Static)
         empty.display = not self.turns
@@ -605,6 +670,7 @@ class ChatPane(Vertical):
         if self.active is not None:
             self.app.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
             return False
+        self.editing = None  # an edit left for another conversation: the exchange stays as it was
         await self.messages_view.remove_children(".message")
         self.turns = []
         self.conversation_id = None
@@ -640,10 +706,14 @@ class ChatPane(Vertical):
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
         message.stop()
         if not await self.send(message.text):
-            prompt = self.input
-            typed_since = prompt.text
-            prompt.load_text(message.text + typed_since)
-            prompt.move_cursor(prompt.document.end)
+            self._put_back(message.text)
+
+    def _put_back(self, text: str) -> None:
+        """A send that did not happen: its text goes back into the prompt, in front of keys typed since."""
+        prompt = self.input
+        typed_since = prompt.text
+        prompt.load_text(text + typed_since)
+        prompt.move_cursor(prompt.document.end)
 
     async def send(self, text: str) -> bool:
         text = text.strip("\n").rstrip()
@@ -656,17 +726,35 @@ class ChatPane(Vertical):
             self.app.notify("No model loaded: press Ctrl+L to load one.", severity="error", title="Cannot send")
             return False
         store = self.app.store
+        edit = self.editing
+        replacing = self._set_aside(edit.index if edit is not None else len(self.turns), edit, text)
         if self.conversation_id is None:
             self.title = make_title(text)
             cid = self.app.db(store.create_conversation, self.title, self.app.loaded.model_name,
                               self.system_prompt, self.params)
             self.conversation_id = cid
+            replacing.created_conversation = cid is not None
         mid = self.app.db(store.add_message, self.conversation_id, "user", text) if self.conversation_id else None
         await self._mount_turn(Turn("user", text, "complete", mid))
+        replacing.new.append(self.turns[-1])
         self.refresh_header()
-        await self._start_reply()
+        if not await self._start_reply(replacing):
+            return False
         self.app.history_changed()
         return True
+
+    def _set_aside(self, index: int, edit: Optional[EditState] = None, text: str = "") -> Replacement:
+        """Hide the turns from ``index`` on and take them out of the conversation the model sees.
+
+        They stay in the history file until the new reply starts (:meth:`_commit`) and come back
+        if it does not (:meth:`_roll_back`)."""
+        old = self.turns[index:]
+        del self.turns[index:]
+        for turn in old:
+            turn.widget.remove_class("-editing")
+            turn.widget.display = False
+        self.editing = None
+        return Replacement(old, [], edit, text)
 
     def _conversation_messages(self) -> list[ChatMessage]:
         out = []
@@ -678,13 +766,15 @@ class ChatPane(Vertical):
             out.append(ChatMessage(t.role, t.content))  # type: ignore[arg-type]
         return out
 
-    async def _start_reply(self) -> None:
+    async def _start_reply(self, replacing: Replacement) -> bool:
+        """Start the reply to the turns on screen; False (and everything as before) when the engine refuses."""
         messages = self._conversation_messages()
         mid = None
         if self.conversation_id is not None:
             mid = self.app.db(self.app.store.add_message, self.conversation_id, "assistant", "", "streaming")
         turn = Turn("assistant", "", "streaming", mid)
         await self._mount_turn(turn)
+        replacing.new.append(turn)
         widget: AssistantMessage = turn.widget
         widget.start_stream()
         if not self._collections_deferred:
@@ -692,11 +782,49 @@ class ChatPane(Vertical):
             defer_full_collections()
         try:
             request_id = self.app.engine.generate(messages, self.generation_params())
-        except BaseException:
+        except Exception as exc:  # noqa: BLE001 - an engine that refuses at once (a remote one)
             self._resume_collections()
-            raise
-        self.active = ActiveReply(request_id, mid, widget)
+            await self._roll_back(replacing)
+            self.app.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Cannot send")
+            return False
+        self.active = ActiveReply(request_id, mid, widget, replacing=replacing)
         self.app.generation_state_changed()
+        return True
+
+    async def _commit(self, active: ActiveReply) -> None:
+        """The new reply started: what it replaces goes, from the screen and the history file."""
+        replacing, active.replacing = active.replacing, None
+        if replacing is None or not replacing.old:
+            return
+        for turn in replacing.old:
+            if turn.message_id is not None:
+                self.app.db(self.app.store.delete_message, turn.message_id)
+            await turn.widget.remove()
+        self.app.history_changed()
+
+    async def _roll_back(self, replacing: Replacement) -> None:
+        """A send that did not start: its turns go, the turns it was to replace come back (an edit too)."""
+        for turn in replacing.new:
+            if turn.message_id is not None:
+                self.app.db(self.app.store.delete_message, turn.message_id)
+            if isinstance(turn.widget, AssistantMessage):
+                await turn.widget.drop_stream()
+            await turn.widget.remove()
+        self.turns = [t for t in self.turns if all(t is not n for n in replacing.new)]
+        for turn in replacing.old:
+            turn.widget.display = True
+        self.turns.extend(replacing.old)
+        if replacing.created_conversation and not self.turns and self.conversation_id is not None:
+            self.app.db(self.app.store.delete_conversation, self.conversation_id)
+            self.conversation_id = None
+            self.title = "New chat"
+        if replacing.edit is not None:
+            self.editing = replacing.edit
+            for turn in self.turns[replacing.edit.index:]:
+                turn.widget.add_class("-editing")
+        self.query_one("#chat-empty", Static).display = not self.turns
+        self.refresh_header()
+        self.app.history_changed()
 
     def stop(self) -> bool:
         if self.active is None:
@@ -715,19 +843,18 @@ class ChatPane(Vertical):
         if not self.turns:
             self.app.notify("Nothing to regenerate yet.", severity="warning")
             return
-        last = self.turns[-1]
-        if last.role == "assistant":
-            if last.message_id is not None:
-                self.app.db(self.app.store.delete_message, last.message_id)
-            self.turns.pop()
-            await last.widget.remove()
-        if not self.turns or self.turns[-1].role != "user":
+        end = len(self.turns) - 1 if self.turns[-1].role == "assistant" else len(self.turns)
+        if end == 0 or self.turns[end - 1].role != "user":
             self.app.notify("The last message is not a prompt: nothing to regenerate.", severity="warning")
             return
-        await self._start_reply()
-        self.app.history_changed()
+        self.cancel_edit()
+        # the old reply stays until the new one has started
+        if await self._start_reply(self._set_aside(end)):
+            self.app.history_changed()
 
     async def edit_last(self) -> None:
+        """Ctrl+E: put the last prompt in the prompt box. Nothing is deleted here: the exchange goes
+        only when the edited prompt is sent and its reply starts; Esc (:meth:`cancel_edit`) keeps it."""
         if self.active is not None:
             self.app.notify("A reply is still streaming: Esc stops it.", severity="warning")
             return
@@ -735,18 +862,30 @@ class ChatPane(Vertical):
         if index is None:
             self.app.notify("No prompt to edit yet.", severity="warning")
             return
-        prompt = self.turns[index]
-        if prompt.message_id is not None:
-            self.app.db(self.app.store.delete_message, prompt.message_id, and_following=True)
+        if self.editing is None:
+            self.editing = EditState(index, self.input.text, self.input.cursor_location)
         for turn in self.turns[index:]:
-            await turn.widget.remove()
-        del self.turns[index:]
-        self.query_one("#chat-empty", Static).display = not self.turns
-        self.input.load_text(prompt.content)
+            turn.widget.add_class("-editing")
+        self.input.load_text(self.turns[index].content)
         self.input.move_cursor(self.input.document.end)
         self.input.focus()
-        self.app.history_changed()
-        self.app.notify("Edit the prompt, then Enter resends it.", timeout=3)
+        self.refresh_header()
+        self.app.notify("Enter sends the edited prompt in place of the last exchange (kept until then); "
+                        "Esc cancels.", timeout=4)
+
+    def cancel_edit(self) -> bool:
+        """Esc while editing: the prompt box gets back what it held before Ctrl+E; False if not editing."""
+        edit, self.editing = self.editing, None
+        if edit is None:
+            return False
+        for turn in self.turns[edit.index:]:
+            turn.widget.remove_class("-editing")
+        prompt = self.input
+        prompt.load_text(edit.saved_text)
+        prompt.move_cursor(edit.saved_cursor)
+        prompt.focus()
+        self.refresh_header()
+        return True
 
     # -------------------------------------------------------------- engine events
 
@@ -754,6 +893,12 @@ class ChatPane(Vertical):
         active = self.active
         if active is None or event.request_id != active.request_id:
             return
+        if active.replacing is not None:
+            if isinstance(event, Failed) and active.replacing.old:
+                await self._replacement_failed(event)
+                return
+            if isinstance(event, (Started, Token, Finished)):
+                await self._commit(active)
         if isinstance(event, Started):
             active.prompt_tokens = event.prompt_tokens
         elif isinstance(event, Token):
@@ -764,20 +909,40 @@ class ChatPane(Vertical):
                 self.app.db(self.app.store.update_message, active.message_id, active.text, "streaming")
         elif isinstance(event, Finished):
             status = "stopped" if event.finish_reason == "cancelled" else "complete"
-            stats = {
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "ttft": event.time_to_first_token,
-                "tokens_per_s": event.tokens_per_second,
-                "total_s": event.total_seconds,
-                "finish_reason": event.finish_reason,
-            }
             text = event.text if event.text or not active.text else active.text
-            await self._end_reply(text, status, stats)
+            await self._end_reply(text, status, self._finished_stats(event))
         elif isinstance(event, Failed):
             stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
             await self._end_reply(active.text, "error", stats)
             self.app.notify(event.message, severity="error", title="Generation failed")
+
+    def _finished_stats(self, event: Finished) -> dict:
+        stats = {
+            "prompt_tokens": event.prompt_tokens,
+            "completion_tokens": event.completion_tokens,
+            "ttft": event.time_to_first_token,
+            "tokens_per_s": event.tokens_per_second,
+            "total_s": event.total_seconds,
+            "finish_reason": event.finish_reason,
+        }
+        context = self.app.loaded.context_length if self.app.loaded is not None else None
+        if event.finish_reason == "length" and reached_context(event.prompt_tokens, event.completion_tokens, context):
+            stats["context_limit"] = context
+        return stats
+
+    async def _replacement_failed(self, event: Failed) -> None:
+        """The resent prompt (or regenerated reply) failed before it started: put everything back."""
+        active = self.active
+        assert active is not None and active.replacing is not None
+        self.active = None
+        replacing = active.replacing
+        await self._roll_back(replacing)
+        self._resume_collections_when_idle()
+        if replacing.edit is not None:
+            self._put_back(replacing.text)
+        what = "the last exchange is unchanged" if replacing.edit is not None else "the last reply is unchanged"
+        self.app.notify(f"{event.message} ({what})", severity="error", title="Generation failed")
+        self.app.generation_state_changed()
 
     async def _end_reply(self, text: str, status: str, stats: dict) -> None:
         active = self.active
@@ -794,3 +959,36 @@ class ChatPane(Vertical):
                         {k: v for k, v in stats.items() if v is not None})
         self.app.generation_state_changed()
         self.app.history_changed()
+
+    def save_on_exit(self, status: str, final: Optional[Finished] = None) -> None:
+        """glmtui closes mid-reply: keep what was written, marked ``status`` ("stopped", or
+        "interrupted" when a signal closed it), with the token count of ``final`` (the engine's
+        Finished for the cancelled reply, when it came in time). Called from App.on_unmount:
+        touches the history file only, not the widgets."""
+        active = self.active
+        if active is None:
+            return
+        store = self.app.store
+        replacing = active.replacing
+        started = active.prompt_tokens is not None or bool(active.text) or (
+            isinstance(final, Finished) and bool(final.prompt_tokens or final.text))
+        if replacing is not None and replacing.old and not started:
+            for turn in replacing.new:  # never started: the exchange it was to replace stays
+                if turn.message_id is not None:
+                    store.delete_message(turn.message_id)
+            return
+        if replacing is not None:
+            for turn in replacing.old:
+                if turn.message_id is not None:
+                    store.delete_message(turn.message_id)
+        if active.message_id is None:
+            return
+        text = active.text
+        stats: dict = {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens}
+        if isinstance(final, Finished):
+            if len(final.text) > len(text):  # tokens still waiting to be shown
+                text = final.text
+            stats.update(prompt_tokens=final.prompt_tokens or active.prompt_tokens,
+                         completion_tokens=final.completion_tokens, ttft=final.time_to_first_token,
+                         tokens_per_s=final.tokens_per_second, total_s=final.total_seconds)
+        store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None})

@@ -24,7 +24,7 @@ from glmtui import catalog
 from glmtui.engine import memory
 
 from .lists import SteadyOptionList
-from .monitor import fmt_bytes
+from .monitor import fmt_bytes, fmt_pair
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -44,15 +44,39 @@ class ModelRow:
         return self.status.path if self.status.present else None
 
 
-def predictions(row: ModelRow, device: str) -> tuple[dict[str, int], bool]:
-    """({mode: predicted bytes}, exact) for a row on ``device`` ("cuda"/"cpu")."""
+def detailed_predictions(row: ModelRow, device: str) -> dict[str, memory.MemoryPrediction]:
+    """{mode: prediction} from the row's config.json; empty when it has none on disk."""
     folder = row.folder or row.entry.local_path
     if folder is not None and (Path(folder) / "config.json").is_file():
         try:
-            preds = memory.predict_for_dir(folder, device=device)
-            return {m: p.total_bytes for m, p in preds.items()}, all(p.exact for p in preds.values())
-        except Exception:  # noqa: BLE001 - an odd config.json: fall back to the estimate
+            return memory.predict_for_dir(folder, device=device)
+        except Exception:  # noqa: BLE001 - an odd config.json: the caller falls back to the estimate
             pass
+    return {}
+
+
+def prediction_notes(preds: dict[str, memory.MemoryPrediction]) -> list[str]:
+    """What the figures assume, in words: the context, and fixed costs where they outweigh the weights."""
+    if not preds:
+        return []
+    notes = [next(iter(preds.values())).context_note]
+    if any(p.fixed_dominate for p in preds.values()):
+        fp32 = preds.get("fp32")
+        larger = [m for m in ("int8", "int4") if fp32 is not None and m in preds
+                  and preds[m].total_bytes > fp32.total_bytes]
+        note = ("fixed costs outweigh this model's weights: activations, the KV cache and int8/int4 "
+                "workspaces do not shrink with quantization")
+        if larger:
+            note += f", so {' and '.join(larger)} predict{'s' if len(larger) == 1 else ''} more than fp32"
+        notes.append(note)
+    return notes
+
+
+def predictions(row: ModelRow, device: str) -> tuple[dict[str, int], bool]:
+    """({mode: predicted bytes}, exact) for a row on ``device`` ("cuda"/"cpu")."""
+    preds = detailed_predictions(row, device)
+    if preds:
+        return {m: p.total_bytes for m, p in preds.items()}, all(p.exact for p in preds.values())
     if row.entry.params_b:
         params = row.entry.params_b * 1e9
         per = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "int8": 1.1, "int4": 0.6}
@@ -169,7 +193,7 @@ class ModelsPane(VerticalScroll):
             if state == "partial":
                 text.append(" partial", style="yellow")
         elif row.entry.download_bytes:
-            text.append(f" {row.entry.download_bytes / 1e9:6.1f} GB", style="dim")
+            text.append(f" {fmt_bytes(row.entry.download_bytes):>9}", style="dim")
         return text
 
     def refresh_rows(self) -> None:
@@ -207,6 +231,7 @@ class ModelsPane(VerticalScroll):
             info.append(loaded.model_name, style="bold green")
             info.append(f"\n{loaded.mode} · {loaded.device} · {fmt_bytes(loaded.footprint_bytes)} · ctx {loaded.context_length}")
             info.append(f" · {loaded.load_seconds:.1f} s", style="dim")
+            self._append_comparison(info, loaded)
         else:
             info.append("No model loaded", style="bold")
             if app.unloaded_note:
@@ -225,6 +250,31 @@ class ModelsPane(VerticalScroll):
             else:
                 bar.update(total=100, progress=self.load_fraction * 100)
         self.refresh_detail()
+
+    def loaded_prediction(self, loaded) -> Optional[memory.MemoryPrediction]:
+        """The prediction for what is loaded (its folder's config.json, its mode and device); cached."""
+        key = (loaded.model_path, loaded.mode, loaded.device)
+        if getattr(self, "_prediction_key", None) != key:
+            self._prediction_key = key
+            try:
+                self._prediction = memory.predict_for_dir(loaded.model_path, (loaded.mode,), device=loaded.device)[loaded.mode]
+            except Exception:  # noqa: BLE001 - no or odd config.json: nothing to compare with
+                self._prediction = None
+        return self._prediction
+
+    def _append_comparison(self, info: Text, loaded) -> None:
+        """Predicted (weights / KV cache / overhead) next to what the load measured."""
+        pred = self.loaded_prediction(loaded)
+        if pred is None:
+            return
+        info.append(f"\npredicted {fmt_bytes(pred.total_bytes)} = {fmt_bytes(pred.weight_bytes)} weights"
+                    f" + {fmt_bytes(pred.kv_cache_bytes)} KV cache + {fmt_bytes(pred.overhead_bytes)} overhead")
+        ratio = loaded.footprint_bytes / pred.weight_bytes if pred.weight_bytes else None
+        info.append(f"\nmeasured {fmt_bytes(loaded.footprint_bytes)} of weights")
+        if ratio is not None:
+            info.append(f" = {ratio:.2f}× predicted", style="bold")
+        info.append("\n" + "\n".join(prediction_notes({pred.mode: pred})), style="dim")
+        info.append("\nKV cache and overhead are taken while a reply is written (Monitor shows them)", style="dim")
 
     def refresh_detail(self) -> None:
         row = self.highlighted_row()
@@ -255,6 +305,7 @@ class ModelsPane(VerticalScroll):
             detail.append(f"\n{e.notes}", style="dim italic")
         device, free = self.app.free_memory()
         preds, exact = predictions(row, device)
+        details = detailed_predictions(row, device)
         if preds:
             where = "GPU" if device == "cuda" else "CPU"
             free_text = fmt_bytes(free) + (" free VRAM" if device == "cuda" else " available RAM") if free is not None else "free memory unknown"
@@ -266,13 +317,24 @@ class ModelsPane(VerticalScroll):
                 marker = "▶" if mode == self.app.mode else " "
                 detail.append(f"\n {marker}{mode:<5}{fmt_bytes(preds[mode]):>10}  ")
                 detail.append(verdict.verdict, style=VERDICT_STYLES.get(verdict.verdict, ""))
+                if mode in details:
+                    detail.append(f"  weights {fmt_bytes(details[mode].weight_bytes)}", style="dim")
+            for note in prediction_notes(details):
+                detail.append(f"\n{note}", style="dim")
         job = self._job_for(row)
         if job is not None:
             detail.append("\n")
             detail.append(self.describe_job(job), style="red" if job.state == "failed" else "cyan")
-        source = {"hf": "Hugging Face", "modelscope": "ModelScope"}.get(self.app.download_source, self.app.download_source)
-        detail.append(f"\ndownloads from {source} (s switches)", style="dim")
-        detail.append("\nEnter load · d download · x cancel · F8 mode", style="dim")
+        if e.hf_repo or e.modelscope_repo:
+            source = self.app.download_source
+            if not (e.hf_repo if source == "hf" else e.modelscope_repo):  # only on the other hub
+                source = "modelscope" if source == "hf" else "hf"
+            source = {"hf": "Hugging Face", "modelscope": "ModelScope"}.get(source, source)
+            detail.append(f"\ndownloads from {source} (s switches)", style="dim")
+            detail.append("\nEnter load · d download · x cancel · F8 mode", style="dim")
+        else:  # a folder of the user's: nothing to download
+            detail.append(f"\nlocal folder {row.folder or e.local_path}", style="dim")
+            detail.append("\nEnter load · F8 mode", style="dim")
         self.query_one("#model-detail", Static).update(detail)
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -310,8 +372,8 @@ class ModelsPane(VerticalScroll):
         p = job.progress
         if p is None:
             return f"download {job.state}"
-        speed = f" · {p.speed_bps / 1e6:.1f} MB/s" if p.speed_bps else ""
-        return f"{p.phase} {p.bytes_done / 1e9:.2f}/{p.bytes_total / 1e9:.2f} GB ({p.fraction * 100:.0f}%){speed}"
+        speed = f" · {fmt_bytes(p.speed_bps)}/s" if p.speed_bps else ""
+        return f"{p.phase} {fmt_pair(p.bytes_done, p.bytes_total)} ({p.fraction * 100:.0f}%){speed}"
 
     def update_job(self, job) -> None:
         self.jobs[str(job.dest)] = job

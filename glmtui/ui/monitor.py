@@ -33,6 +33,16 @@ def fmt_bytes(n: Optional[float]) -> str:
     return f"{int(n)} B"
 
 
+def process_rss() -> Optional[int]:
+    """This process's resident memory now (psutil; None when it cannot tell). Cheap: one /proc read."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - no psutil, or a platform without the figure
+        return None
+
+
 def fmt_pair(used: Optional[int], total: Optional[int]) -> str:
     if used is None and total is None:
         return NA

@@ -22,11 +22,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
+def _add_allow_host(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                        help="also answer requests whose Host header is NAME (repeatable; '*' for any). "
+                             "Always answered: localhost, loopback and the bound address")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmtui", description="Run GLM models (ChatGLM3, GLM-4) locally.")
     parser.add_argument("--version", action="version", version=f"glmtui {__version__}")
     _add_model_options(parser)
     parser.add_argument("--api", action="store_true", help="also serve the OpenAI-compatible API beside the TUI")
+    parser.add_argument("--api-key", default=None,
+                        help="with --api: require this bearer key (default: $GLMTUI_API_KEY)")
+    _add_allow_host(parser)
     parser.add_argument("--endpoint", help="drive a remote OpenAI-compatible server instead of a local model")
     sub = parser.add_subparsers(dest="command")
 
@@ -44,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require this bearer key (default: $GLMTUI_API_KEY)")
+    _add_allow_host(serve)
     serve.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     web = sub.add_parser("web", help="the TUI in a browser (textual-serve)")

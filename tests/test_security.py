@@ -147,3 +147,85 @@ def test_a_small_cap_holds_for_chunked_and_declared_bodies(served):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
     finally:
         server.stop()
+
+
+def test_a_forged_host_is_refused_dns_rebinding(served):
+    import openai
+
+    from glmtui.server import ServerThread, create_app
+
+    worker, _, server = served
+    url, port = server.url, server.port
+    # a page on rebound.example whose name now points at 127.0.0.1 sends its own name as Host
+    for host in (f"rebound.example:{port}", "rebound.example", f"localhost.rebound.example:{port}", f"10.1.2.3:{port}"):
+        r = httpx.get(url + "/v1/models", headers={"Host": host})
+        assert r.status_code == 400, host
+        assert r.json()["error"]["code"] == "host_not_allowed" and "--allow-host" in r.json()["error"]["message"]
+        assert httpx.get(url + "/health", headers={"Host": host}).status_code == 400
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST", "localhost:9999"):
+        assert httpx.get(url + "/v1/models", headers={"Host": host}).status_code == 200, host
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    assert client.models.list().data[0].id == "tiny-chatglm3"
+    # --allow-host names are answered; '*' answers any
+    named = ServerThread(create_app(worker, "tiny-chatglm3", allow_hosts=("api.lan",))).start()
+    anything = ServerThread(create_app(worker, "tiny-chatglm3", allow_hosts=("*",))).start()
+    try:
+        assert httpx.get(named.url + "/v1/models", headers={"Host": "api.lan:8000"}).status_code == 200
+        assert httpx.get(named.url + "/v1/models", headers={"Host": "other.lan"}).status_code == 400
+        assert httpx.get(anything.url + "/v1/models", headers={"Host": "whatever.example"}).status_code == 200
+    finally:
+        named.stop()
+        anything.stop()
+
+
+def test_host_policy_for_public_binds():
+    from glmtui.server_guard import HostPolicy
+
+    every = HostPolicy("0.0.0.0")  # every interface: any IP literal (no rebinding with IPs), names listed only
+    assert every.allows("192.168.1.5:8000") and every.allows("[fe80::1]:8000") and every.allows("localhost")
+    assert not every.allows("myserver.lan:8000")
+    assert HostPolicy("0.0.0.0", ["MyServer.LAN"]).allows("myserver.lan.:8000")
+    one = HostPolicy("192.168.1.5")  # one address: that address, loopback, listed names
+    assert one.allows("192.168.1.5:8000") and one.allows("127.0.0.1:8000")
+    assert not one.allows("192.168.1.6:8000") and not one.allows("evil.example")
+    assert HostPolicy("::1").allows("[::1]:8000") and not HostPolicy("::1").allows("[fe80::1]")
+    assert HostPolicy("127.0.0.1").allows(None)  # no Host header at all: not a browser
+
+
+def test_serve_says_a_taken_port_is_taken_before_loading(chatglm3_dir):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "glmtui.cli", "serve", "--model", str(chatglm3_dir),
+                               "--mode", "fp32", "--port", str(port)], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0
+    assert lines == [f"glmtui serve: port {port} is already in use on 127.0.0.1: stop what uses it "
+                     "or pick another with --port"], done.stderr
+    assert "serving" not in done.stderr + done.stdout and "loading" not in done.stderr
+    assert time.monotonic() - started < 60
+
+
+async def test_the_api_flag_takes_a_key_from_the_option_or_the_environment(monkeypatch):
+    pytest.importorskip("fastapi")
+    from test_ui import FrozenSampler, host_only_snapshot
+
+    args = build_parser().parse_args(["--api", "--api-key", "k1", "--allow-host", "a", "--allow-host", "b"])
+    assert args.api and args.api_key == "k1" and args.allow_host == ["a", "b"]
+    bearer = {"Authorization": "Bearer k1"}
+    for option in ("k1", None):  # --api-key, then $GLMTUI_API_KEY
+        if option is None:
+            monkeypatch.setenv("GLMTUI_API_KEY", "k1")
+        app = GlmApp(mode="fp32", api=True, api_port=0, api_key=option, sampler=FrozenSampler(host_only_snapshot()))
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(300):
+                if app._api_server is not None:
+                    break
+                await pilot.pause(0.1)
+            url = app._api_server.url + "/v1/models"
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(url)).status_code == 401
+                assert (await client.get(url, headers=bearer)).status_code == 200
+                assert (await client.get(url, headers={**bearer, "Host": "rebound.example"})).status_code == 400

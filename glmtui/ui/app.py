@@ -13,6 +13,7 @@ below that one pane at a time with a pane bar on top (F2 cycles).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,8 @@ class GlmApp(App):
         monitor_interval: Optional[float] = None,
         api: bool = False,
         api_port: int = 8000,
+        api_key: Optional[str] = None,
+        api_allow_hosts: tuple = (),
     ) -> None:
         self.paths = paths or default_paths()
         self.device = device or "auto"
@@ -202,6 +205,9 @@ class GlmApp(App):
         self.monitor_interval = monitor_interval
         self.api = api
         self.api_port = api_port
+        # like `glmtui serve`: --api-key, else $GLMTUI_API_KEY; none means an open loopback server
+        self.api_key = api_key or os.environ.get("GLMTUI_API_KEY") or None
+        self.api_allow_hosts = tuple(api_allow_hosts or ())
         self._api_server = None
         self._monitor_stop = threading.Event()
         self._downloads = None
@@ -294,7 +300,8 @@ class GlmApp(App):
         try:
             from glmtui.server import ServerThread, create_app
 
-            server = ServerThread(create_app(self.engine, "glmtui"), port=self.api_port).start()
+            app = create_app(self.engine, "glmtui", self.api_key, allow_hosts=self.api_allow_hosts)
+            server = ServerThread(app, port=self.api_port).start()
         except Exception as exc:  # noqa: BLE001 - the TUI keeps running without it
             self.call_from_thread(self.notify, f"{type(exc).__name__}: {exc}", severity="error", title="API server")
             return
@@ -1077,6 +1084,8 @@ def run_app(args) -> int:
         device=getattr(args, "device", "auto") or "auto",
         endpoint=getattr(args, "endpoint", None),
         api=bool(getattr(args, "api", False)),
+        api_key=getattr(args, "api_key", None),
+        api_allow_hosts=tuple(getattr(args, "allow_host", None) or ()),
     )
     app.run()
     return 0 if app.return_code in (None, 0) else int(app.return_code)

@@ -1075,6 +1075,34 @@ async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sample
         assert [m.content for m in stored(cid, app)[1] if m.role == "user"] == ["first", "third"]
 
 
+async def test_a_history_with_damaged_pages_is_repaired_at_start(quiet_sampler):
+    """Page 2 (the conversations' table) overwritten: glmtui used to open it, show 0 conversations and
+    save nothing; now the file is set aside and its messages come back, searchable."""
+    import random
+
+    db = default_paths().history_db
+    store = HistoryStore.open(db)
+    for c in range(12):
+        cid = store.create_conversation(f"conversation {c}")
+        for m in range(4):
+            store.add_message(cid, "user" if m % 2 == 0 else "assistant", f"topic{c} " + "lorem ipsum " * 30)
+    store.close()
+    data = bytearray(db.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    data[page_size : 2 * page_size] = random.Random(3).randbytes(page_size)
+    db.write_bytes(bytes(data))
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert any("12 conversations" in n and "48 messages were recovered" in n and ".corrupt-" in n
+                   for n in notifications(app))
+        assert app.history_pane.option_list.option_count == 12 and not _banner(app).display
+        assert [h.conversation_id for h in app.store.search("topic7") if h.message_id] == [8] * 4
+        assert app.store.create_conversation("saved again") == 13
+    kept = [p for p in db.parent.iterdir() if p.name.startswith("history.sqlite3.corrupt-") and not p.name.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1 and kept[0].read_bytes() == bytes(data)
+
+
 # ---------------------------------------------------------------- Ctrl+E, context limit, empty and quit replies
 
 

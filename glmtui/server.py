@@ -7,9 +7,13 @@ arrival order (the worker's FIFO queue). A client that goes away — mid-stream,
 mid non-streaming request, or while still queued — cancels its generation.
 
 Errors always carry OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
-400 for bad input (malformed JSON, bad parameters, a conversation the model's
-format cannot take), 401 for a missing/wrong API key, 404 for an unknown model,
-429 when too many requests are queued, 503 while no model is loaded.
+400 for bad input (malformed JSON, bad parameters, invalid Unicode, a conversation
+the model's format or context cannot take, a Host header not answered), 401 for a
+missing/wrong API key, 404 for an unknown model, 413 for a body over the cap, 429
+(type ``rate_limit_error``, with ``Retry-After``) when too many requests are queued,
+503 while no model is loaded. Anything unexpected is a 500 with a generic message;
+its details go to the ``glmtui.server`` log only. Host, key and body cap are
+checked before FastAPI sees the request (``server_guard``).
 
 Tool calls follow ChatGLM3's PROMPT.md: OpenAI ``tools`` become the function list
 appended to the system prompt, role ``tool`` messages become ``observation``

@@ -121,6 +121,32 @@ class Failed:
     # "load", "generate", "unload"
     during: str = ""
     detail: str = ""
+    # The engine process ended under this request: a reply keeps its partial text, marked interrupted.
+    interrupted: bool = False
 
 
-Event = Union[LoadProgress, Loaded, Unloaded, Started, Token, Finished, Failed]
+@dataclass(frozen=True)
+class EngineExited:
+    """The engine process ended without being asked to (killed, crashed, exited).
+
+    Sent once to the listeners, after a Failed for each request it had in
+    hand. Nothing is loaded any more; the next load starts a fresh process.
+    """
+
+    request_id: int  # always 0: about the engine, not a request
+    message: str  # one line, with the cause
+    cause: str  # "SIGKILL", "SIGSEGV", "exit code 3", ...
+    log_tail: str = ""  # the last lines of the engine's log
+    log_path: str = ""
+
+
+@dataclass(frozen=True)
+class EngineUnresponsive:
+    """The engine process has not answered a ping for ``seconds`` (0.0: it answers again)."""
+
+    request_id: int  # always 0
+    seconds: float
+    message: str
+
+
+Event = Union[LoadProgress, Loaded, Unloaded, Started, Token, Finished, Failed, EngineExited, EngineUnresponsive]

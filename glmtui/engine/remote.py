@@ -25,9 +25,10 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
+from .api import Listener, MemoryReport, ModelInfo
 from .events import (
     ChatMessage,
     Event,
@@ -40,9 +41,6 @@ from .events import (
     Token,
     Unloaded,
 )
-from .worker import ModelInfo
-
-Listener = Callable[[Event], None]
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -171,6 +169,10 @@ class RemoteEngine:
     def queue_length(self) -> int:
         with self._lock:
             return sum(1 for c in self._pending.values() if c.kind == "generate")
+
+    def memory_report(self) -> MemoryReport:
+        """Nothing of the model is held here: the server's processes are not ours to measure."""
+        return MemoryReport()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:

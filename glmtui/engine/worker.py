@@ -18,8 +18,9 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
+from .api import Listener, MemoryReport, ModelInfo, this_process_report
 from .events import (
     ChatMessage,
     Event,
@@ -32,20 +33,6 @@ from .events import (
     Token,
     Unloaded,
 )
-
-Listener = Callable[[Event], None]
-
-
-@dataclass
-class ModelInfo:
-    """What is loaded, readable from any thread."""
-
-    name: str
-    path: str
-    mode: str
-    device: str
-    footprint_bytes: int
-    context_length: int
 
 
 @dataclass
@@ -121,6 +108,10 @@ class InferenceWorker:
         with self._lock:
             return sum(1 for c in self._pending.values() if c.kind == "generate")
 
+    def memory_report(self) -> MemoryReport:
+        """This process's figures: the model lives here, next to whatever else the process holds."""
+        return this_process_report()
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel everything, free the model and stop the thread."""
         with self._lock:
@@ -136,8 +127,10 @@ class InferenceWorker:
 
     # ------------------------------------------------------------ internals
 
-    def _submit(self, kind: str, args: dict, sink: Optional[Listener]) -> int:
-        request_id = next(self._ids)
+    def _submit(self, kind: str, args: dict, sink: Optional[Listener], request_id: Optional[int] = None) -> int:
+        # An explicit id comes from an engine process's parent, which numbers the requests.
+        if request_id is None:
+            request_id = next(self._ids)
         command = _Command(kind, request_id, args, sink)
         with self._lock:
             self._pending[request_id] = command

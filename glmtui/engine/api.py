@@ -1,0 +1,125 @@
+"""The engine interface every front end talks to.
+
+Three implementations satisfy :class:`Engine`: ``EngineProcess`` (the model in
+a child process; the default for front ends running a local model),
+``InferenceWorker`` (a thread of the calling process; ``glmtui serve`` and fast
+tests) and ``RemoteEngine`` (an OpenAI-compatible server). Commands return a
+request id at once; what happens is reported as events (glmtui.engine.events)
+to the listeners and to the command's ``sink``, on a thread of the engine's
+own — listeners must be cheap and must not block.
+
+This module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+
+from .events import ChatMessage, Event, GenerationParams
+
+Listener = Callable[[Event], None]
+
+
+@dataclass
+class ModelInfo:
+    """What is loaded, readable from any thread."""
+
+    name: str
+    path: str
+    mode: str
+    device: str
+    footprint_bytes: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """What the engine's processes hold now.
+
+    ``pids``: the processes that run the model (empty for a remote engine);
+    ``host_rss_bytes``: their resident memory together (None when unknown);
+    ``device_reserved_bytes`` / ``device_allocated_bytes``: torch's CUDA
+    figures inside the engine (None without CUDA, or when not yet known).
+    """
+
+    pids: tuple[int, ...] = ()
+    host_rss_bytes: Optional[int] = None
+    device_reserved_bytes: Optional[int] = None
+    device_allocated_bytes: Optional[int] = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    # "empty", "loading", "ready", "generating" or "stopped"
+    state: str
+    model_info: Optional[ModelInfo]
+
+    @property
+    def alive(self) -> bool: ...
+
+    def start(self) -> "Engine": ...
+
+    def add_listener(self, listener: Listener) -> None: ...
+
+    def remove_listener(self, listener: Listener) -> None: ...
+
+    def load(self, path: str, mode: str = ..., device: str = ..., sink: Optional[Listener] = None) -> int: ...
+
+    def unload(self, sink: Optional[Listener] = None) -> int: ...
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams = ...,
+        sink: Optional[Listener] = None,
+        tools: Optional[list] = None,
+    ) -> int: ...
+
+    def cancel(self, request_id: Optional[int] = None) -> None: ...
+
+    def queue_length(self) -> int: ...
+
+    def memory_report(self) -> MemoryReport: ...
+
+    def shutdown(self, timeout: float = 10.0) -> None: ...
+
+
+def rss_bytes(pids: Sequence[int]) -> Optional[int]:
+    """Resident memory of these processes together (None when psutil cannot tell)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except (psutil.Error, OSError):
+            continue
+    return total
+
+
+def cuda_figures() -> tuple[Optional[int], Optional[int]]:
+    """(reserved, allocated) CUDA bytes of this process; (None, None) without an initialised CUDA.
+
+    Never imports torch: a process that has not imported it has no CUDA memory of torch's.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None, None
+    try:
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return None, None
+        return int(torch.cuda.memory_reserved()), int(torch.cuda.memory_allocated())
+    except Exception:  # a broken CUDA context must not break a report
+        return None, None
+
+
+def this_process_report() -> MemoryReport:
+    """The report of an engine that runs in the calling process."""
+    reserved, allocated = cuda_figures()
+    pid = os.getpid()
+    return MemoryReport((pid,), rss_bytes([pid]), reserved, allocated)

@@ -1,0 +1,203 @@
+"""The engine process's own side: an InferenceWorker behind a pipe.
+
+Started by glmtui.engine.process as a fresh interpreter (never a fork) with
+its stdout/stderr already sent to a log file. It imports torch and
+transformers at once, so a spare process is ready before it is needed, then
+serves commands from the pipe: load, unload, generate and cancel go to the
+worker; ping and exit are answered by the main thread itself, so a busy
+worker does not delay them. Events go back over the pipe as the dataclasses
+of glmtui.engine.events, tokens coalesced (see :class:`Outbox`).
+
+The process ends when its parent does: a parent-death signal (Linux), the
+pipe's end of file, and a thread that watches the parent's pid.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Optional
+
+from .events import Token, Unloaded
+
+# Tokens wait at most this long (seconds), or until this many have piled up, before they are sent.
+FLUSH_INTERVAL = 0.02
+FLUSH_TOKENS = 64
+
+
+class Outbox:
+    """Sends events over ``conn``, in order, one sender at a time; consecutive Tokens coalesced.
+
+    A token run of one request is sent as one Token once it is ``interval``
+    old or ``max_tokens`` long, and before any other event, so the texts
+    arrive in order and add up to exactly the reply. A flusher thread sends a
+    run that no later token would flush (a slow model, the last tokens).
+    """
+
+    def __init__(self, conn: Connection, interval: float = FLUSH_INTERVAL, max_tokens: int = FLUSH_TOKENS):
+        self._conn = conn
+        self._interval = interval
+        self._max_tokens = max_tokens
+        self._cond = threading.Condition()
+        self._rid: Optional[int] = None
+        self._parts: list[str] = []
+        self._since = 0.0
+        self._closed = False
+        self.exit_after: set[int] = set()  # requests whose Unloaded ends the process
+        threading.Thread(target=self._flusher, name="glmtui-outbox", daemon=True).start()
+
+    def put(self, event) -> None:
+        """A worker event (called on the worker thread)."""
+        with self._cond:
+            if isinstance(event, Token):
+                if self._parts and self._rid != event.request_id:
+                    self._flush()
+                if not self._parts:
+                    self._since = time.monotonic()
+                    self._cond.notify()
+                self._rid = event.request_id
+                self._parts.append(event.text)
+                if len(self._parts) >= self._max_tokens or time.monotonic() - self._since >= self._interval:
+                    self._flush()
+                return
+            self._flush()
+            self._send(event)
+            if isinstance(event, Unloaded) and event.request_id in self.exit_after:
+                # Unloading ends the process: whatever the model held goes back to the system with it.
+                os._exit(0)
+
+    def send(self, message) -> None:
+        """A message of the main thread (pong); tokens waiting are not held back by it."""
+        with self._cond:
+            self._send(message)
+
+    def close(self) -> None:
+        with self._cond:
+            self._flush()
+            self._closed = True
+            self._cond.notify()
+
+    def _flush(self) -> None:
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts = []
+            self._send(Token(self._rid, text))
+
+    def _send(self, message) -> None:
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError):  # the parent is gone: the main loop sees the end of file and exits
+            pass
+
+    def _flusher(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._parts:
+                    self._cond.wait()
+                    continue
+                left = self._since + self._interval - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                else:
+                    self._flush()
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent thread ends."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """End this process once its parent is gone (where no parent-death signal exists, or it was missed)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+# transformers imports these lazily on a process's first load (seconds): a spare imports them in advance.
+_WARM_NAMES = ("GlmConfig", "GlmForCausalLM", "GenerationConfig", "AutoConfig", "AutoModelForCausalLM",
+               "AutoTokenizer")
+
+
+def warm_up() -> None:
+    """Import what a load and a generation need, so that a spare process loads as fast as a used one."""
+    from . import generation, loading, memory  # noqa: F401  (torch and transformers)
+
+    import transformers
+
+    for name in _WARM_NAMES:
+        try:
+            getattr(transformers, name)
+        except Exception:  # an older or newer transformers: the load itself will say what is missing
+            pass
+    try:
+        import sentencepiece  # noqa: F401  (ChatGLM3's tokenizer)
+    except ImportError:
+        pass
+
+
+def _serve(conn: Connection, interval: float) -> None:
+    started = time.perf_counter()
+    warm_up()
+    from .api import cuda_figures
+    from .worker import InferenceWorker
+
+    outbox = Outbox(conn, interval)
+    worker = InferenceWorker(outbox.put).start()
+    outbox.send(("ready", time.perf_counter() - started))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            os._exit(0)
+        kind = message[0]
+        if kind == "load":
+            _, rid, path, mode, device = message
+            worker._submit("load", {"path": path, "mode": mode, "device": device}, None, rid)
+        elif kind == "generate":
+            _, rid, messages, params, tools = message
+            worker._submit("generate", {"messages": messages, "params": params, "tools": tools}, None, rid)
+        elif kind == "unload":  # unload, then end the process (Outbox.put exits once Unloaded is sent)
+            _, rid = message
+            outbox.exit_after.add(rid)
+            worker._submit("unload", {}, None, rid)
+        elif kind == "cancel":
+            worker.cancel(message[1])
+        elif kind == "ping":
+            outbox.send(("pong", message[1], *cuda_figures()))
+        elif kind == "exit":
+            outbox.close()
+            os._exit(0)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``child.py FD PARENT_PID [FLUSH_INTERVAL]``: serve the parent's pipe on file descriptor FD."""
+    args = sys.argv[1:] if argv is None else argv
+    fd, parent_pid = int(args[0]), int(args[1])
+    interval = float(args[2]) if len(args) > 2 else FLUSH_INTERVAL
+    faulthandler.enable(all_threads=False)  # a crash writes "Fatal Python error: ..." and a traceback to the log
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front end's to handle
+    set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="glmtui-parent-watch", daemon=True).start()
+    conn = Connection(fd)
+    print(f"glmtui engine process {os.getpid()} (parent {parent_pid}) started {time.strftime('%Y-%m-%d %H:%M:%S')}",
+          flush=True)
+    conn.send(("hello", os.getpid()))
+    _serve(conn, interval)

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="download a model")
     pull.add_argument("model")
     pull.add_argument("--source", choices=("hf", "modelscope"), default=None)
+    pull.add_argument("--endpoint", default=None, metavar="URL",
+                      help="hub or mirror URL (default: HF_ENDPOINT, else [hub] hf_endpoint in config.toml)")
 
     sub.add_parser("models", help="list the catalogue and what is on disk")
     return parser
@@ -93,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command == "pull":
         from .hub import pull_cli
 
-        return pull_cli([args.model] + (["--source", args.source] if args.source else []))
+        return pull_cli([args.model] + (["--source", args.source] if args.source else [])
+                        + (["--endpoint", args.endpoint] if args.endpoint else []))
     if command == "models":
         from .catalog import print_catalog
 

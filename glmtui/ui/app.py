@@ -971,7 +971,8 @@ class GlmApp(App):
             from glmtui import hub
 
             self._downloads = hub.DownloadQueue(
-                hub.Downloader(self.paths.models_dir), on_update=lambda job: self.post_message(DownloadUpdate(job))
+                hub.Downloader(self.paths.models_dir, config_file=self.paths.config_file),
+                on_update=lambda job: self.post_message(DownloadUpdate(job)),
             )
         return self._downloads
 

@@ -276,12 +276,10 @@ def narrow_by_index(files: list[str], index_name: str, index_bytes: bytes) -> li
 
 
 def _http_lib():
-    """The HTTP client library huggingface_hub uses (httpx2 for hub >= 2, httpx for 1.x)."""
-    try:
-        import httpx2 as lib
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
-        import httpx as lib
-    return lib
+    """httpx2: the HTTP client of huggingface_hub 2.x, whose session and exceptions glmtui shares."""
+    import httpx2
+
+    return httpx2
 
 
 def _hf_constants():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,250 @@ def test_missing_tokenizer_model(tmp_path, chatglm3_dir):
     (folder / "tokenizer.model").unlink()
     with pytest.raises(ModelLoadError, match="no tokenizer.model"):
         load_model(folder, "fp32")
+
+
+# ---------------------------------------------------------------- config.json against the weights (issue 12, item 4)
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _rewrite_bin_shards(folder: Path, edit) -> None:
+    for shard in sorted(folder.glob("pytorch_model-*.bin")):
+        state = torch.load(shard, weights_only=True)
+        edit(state)
+        torch.save(state, shard)
+
+
+def _rewrite_safetensors(path: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def test_chatglm3_missing_tensor_is_refused_and_named(tmp_path, chatglm3_dir):
+    folder = _copy(chatglm3_dir, tmp_path / "holed")
+    name = "transformer.encoder.layers.1.mlp.dense_4h_to_h.weight"
+    _rewrite_bin_shards(folder, lambda state: state.pop(name, None))
+    with pytest.raises(ModelLoadError, match=rf"missing from the weight files: {re.escape(name)}"):
+        load_model(folder, "fp32")
+
+
+def test_chatglm3_config_with_more_layers_than_the_weights(tmp_path, chatglm3_dir):
+    folder = _copy(chatglm3_dir, tmp_path / "three")
+    _edit_config(folder, num_layers=3)
+    with pytest.raises(ModelLoadError, match=r"config.json says 3 layers, the weight files hold 2; .*"
+                                             r"transformer\.encoder\.layers\.2\.input_layernorm\.weight"):
+        load_model(folder, "fp32")
+
+
+def test_chatglm3_config_with_fewer_layers_than_the_weights(tmp_path, chatglm3_dir):
+    folder = _copy(chatglm3_dir, tmp_path / "one")
+    _edit_config(folder, num_layers=1)
+    with pytest.raises(ModelLoadError, match=r"says 1 layers, the weight files hold 2; .*in the weight files that "
+                                             r"config.json has no place for: transformer\.encoder\.layers\.1\."):
+        load_model(folder, "fp32")
+
+
+def test_chatglm3_rows_of_fused_qkv_name_tensor_and_shapes(tmp_path, chatglm3_dir):
+    folder = _copy(chatglm3_dir, tmp_path / "heads")
+    _edit_config(folder, num_attention_heads=8)  # more query rows than the files hold
+    with pytest.raises(ModelLoadError, match=r"transformer\.encoder\.layers\.0\.self_attention\.query_key_value\."
+                                             r"\w+ is \[\d+(, 64)?\] in the weight files; config.json implies"):
+        load_model(folder, "fp32")
+
+
+def test_native_missing_tensor_is_refused_and_named(tmp_path, native_glm):
+    folder = _copy(native_glm, tmp_path / "holed-native")
+    name = "model.layers.1.self_attn.o_proj.weight"
+    _rewrite_safetensors(folder / "model.safetensors", lambda state: state.pop(name))
+    with pytest.raises(ModelLoadError, match=rf"1 tensor\(s\) missing from the weight files: {re.escape(name)}\."):
+        load_model(folder, "fp32")
+
+
+def test_native_extra_tensor_is_refused_and_named(tmp_path, native_glm):
+    folder = _copy(native_glm, tmp_path / "extra-native")
+    name = "model.layers.0.mlp.spare_proj.weight"
+    _rewrite_safetensors(folder / "model.safetensors", lambda state: state.__setitem__(name, torch.zeros(4, 4)))
+    with pytest.raises(ModelLoadError, match=rf"in the weight files that config.json has no place for: {re.escape(name)}"):
+        load_model(folder, "fp32")
+
+
+def test_native_config_with_more_layers_than_the_weights(tmp_path, native_glm):
+    folder = _copy(native_glm, tmp_path / "three-native")
+    _edit_config(folder, num_hidden_layers=3)
+    with pytest.raises(ModelLoadError, match=r"config.json says 3 layers, the weight files hold 2; .*model\.layers\.2\."):
+        load_model(folder, "fp32")
+
+
+def test_tied_embeddings_are_not_reported_missing(tmp_path):
+    folder = tiny_models.build_native_glm(tmp_path / "tied", tied=True)
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        assert "lm_head.weight" not in handle.keys()  # saved once, as the embeddings
+    loaded = load_model(folder, "fp32")
+    model = loaded.model
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+_FAST_FAILURE = """
+import json, resource, sys, time
+from glmtui.engine.loading import ModelLoadError, load_model
+import transformers.models.glm.modeling_glm  # imported before the clock starts, as a second load would find it
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    load_model(sys.argv[1], "fp32")
+    message = None
+except ModelLoadError as exc:
+    message = str(exc)
+print(json.dumps({"message": message, "seconds": time.perf_counter() - started,
+                  "grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+@pytest.mark.parametrize("which", ["chatglm3", "native"])
+def test_a_million_layers_fail_at_once_without_allocating(tmp_path, chatglm3_dir, native_glm, which):
+    """Before the fix this load grew memory for minutes; a child process keeps a regression from hanging pytest."""
+    import subprocess
+    import sys
+
+    folder = _copy(chatglm3_dir if which == "chatglm3" else native_glm, tmp_path / "million")
+    _edit_config(folder, **({"num_layers": 1000000} if which == "chatglm3" else {"num_hidden_layers": 1000000}))
+    child = subprocess.run([sys.executable, "-c", _FAST_FAILURE, str(folder)], capture_output=True, text=True,
+                           timeout=240, cwd=Path(__file__).parent.parent)
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["message"] and "config.json does not match the weights" in result["message"], result
+    assert result["seconds"] < 5.0, result
+    assert result["grew_kib"] < 200 * 1024, result
+
+
+def test_weights_beyond_the_machines_memory_are_refused_before_loading(native_glm):
+    from glmtui.engine import checks
+
+    config = json.loads((native_glm / "config.json").read_text())
+    checks.check_fits_machine(config, "fp32", "cpu")  # the tiny model fits this machine
+    huge = dict(config, hidden_size=65536, intermediate_size=262144, num_hidden_layers=400, head_dim=1024,
+                num_attention_heads=64, num_key_value_heads=64)
+    with pytest.raises(checks.CheckFailed, match=r"weights alone need [\d.]+ GiB, more than the [\d.]+ GiB of RAM "
+                                                 r"and swap this machine has\. Try int8 or int4"):
+        checks.check_fits_machine(huge, "fp32", "cpu")
+
+
+# ---------------------------------------------------------------- messages that leaked library advice (item 5)
+
+
+def test_llama_model_type_on_chatglm3_files_says_what_glmtui_supports(tmp_path, chatglm3_dir):
+    from transformers import AutoTokenizer
+
+    from glmtui.engine.checks import plain_error
+
+    folder = _copy(chatglm3_dir, tmp_path / "llama")
+    _edit_config(folder, model_type="llama")
+    with pytest.raises(ModelLoadError, match=r"ChatGLM3's layout .* model_type 'llama'.* model_type \"chatglm\"") as failure:
+        load_model(folder, "fp32")
+    assert "trust_remote_code" not in str(failure.value)
+    # Whatever path reaches transformers' own advice, it is translated: glmtui has no such option.
+    with pytest.raises(Exception) as library:
+        AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    assert "trust_remote_code" in str(library.value)
+    translated = plain_error(str(library.value))
+    assert "trust_remote_code" not in translated and "never runs" in translated and "chatglm" in translated
+
+
+# ---------------------------------------------------------------- pickles (item 6)
+
+
+def test_plain_pickle_with_objects_is_refused_for_safety_not_called_corrupt(tmp_path, chatglm3_dir):
+    import pickle
+
+    folder = _copy(chatglm3_dir, tmp_path / "plainpickle")
+    shard = sorted(folder.glob("pytorch_model-*.bin"))[0]
+    shard.write_bytes(pickle.dumps({"config": {"a": 1}, "weights": object()}, protocol=4))
+    with pytest.raises(ModelLoadError, match="refused for safety") as failure:
+        load_model(folder, "fp32")
+    assert "corrupt" not in str(failure.value) and "weights_only" not in str(failure.value)
+
+
+def test_legacy_pickle_format_loads(tmp_path, chatglm3_dir):
+    """Pre-zip torch.save files cannot be memory-mapped; they were refused as corrupt."""
+    folder = _copy(chatglm3_dir, tmp_path / "legacy")
+    for shard in sorted(folder.glob("pytorch_model-*.bin")):
+        torch.save(torch.load(shard, weights_only=True), shard, _use_new_zipfile_serialization=False)
+    a, b = load_model(chatglm3_dir, "fp32"), load_model(folder, "fp32")
+    ids = a.chat_format.encode_conversation([ChatMessage("user", "hi")])
+    assert torch.equal(_logits(a, ids), _logits(b, ids))
+
+
+# ---------------------------------------------------------------- int4 on CPU (item 7)
+
+
+def test_int4_on_cpu_keeps_unsupported_widths_in_16bit_and_generates(tmp_path):
+    # ffn 120: down_proj's input (120) is not a multiple of 64, gate_up's output (240) not of 32.
+    folder = tiny_models.build_native_glm(tmp_path / "odd-ffn", ffn=120)
+    loaded = load_model(folder, "int4")
+    assert loaded.notes and "4 of 12 Linear layers stay bf16" in loaded.notes[0], loaded.notes
+    assert "mlp.gate_up_proj in 2 layers" in loaded.notes[0] and "mlp.down_proj in 2 layers" in loaded.notes[0]
+    layers = loaded.model.model.layers
+    assert type(layers[0].mlp.down_proj) is torch.nn.Linear  # left in 16-bit
+    assert type(layers[0].self_attn.q_proj).__name__ == "Linear4bit"  # the rest quantized
+    ids = loaded.chat_format.encode_conversation([ChatMessage("user", "hello")])
+    with torch.no_grad():
+        out = loaded.model.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > len(ids)
+
+
+def test_int4_on_cpu_refuses_a_model_it_cannot_quantize_at_all(tmp_path):
+    folder = tiny_models.build_native_glm(tmp_path / "odd-hidden", hidden=80)  # every Linear has an 80-wide side
+    with pytest.raises(ModelLoadError, match="int4 on CPU cannot quantize any layer .* Choose int8 or bf16"):
+        load_model(folder, "int4")
+
+
+# ---------------------------------------------------------------- weight files changed on disk (item 8)
+
+
+_FILES_CHANGE_UNDER_A_LOADED_MODEL = """
+import os, sys, torch
+from pathlib import Path
+from glmtui.engine.events import ChatMessage
+from glmtui.engine.loading import load_model, weight_files
+folder = Path(sys.argv[1])
+loaded = load_model(folder, "fp32")
+ids = torch.tensor([loaded.chat_format.encode_conversation([ChatMessage("user", "hello there")])])
+def outputs():
+    with torch.no_grad():
+        return loaded.model(ids).logits, loaded.model.generate(ids, max_new_tokens=6, do_sample=False)
+logits, generated = outputs()
+files = weight_files(folder)[1]
+for path in files:  # overwritten in place with garbage
+    with open(path, "r+b") as f:
+        f.write(b"\\xff" * path.stat().st_size)
+overwritten = outputs()
+for path in files:  # truncated: a page of a mapped file past its end is SIGBUS
+    os.truncate(path, 0)
+truncated = outputs()
+for name, (l, g) in (("overwritten", overwritten), ("truncated", truncated)):
+    print(name, torch.equal(l, logits) and torch.equal(g, generated))
+"""
+
+
+@pytest.mark.parametrize("which", ["native-safetensors", "chatglm3-bin", "chatglm3-safetensors"])
+def test_loaded_fp32_model_survives_its_files_changing(tmp_path, chatglm3_dir, native_glm, which):
+    import subprocess
+    import sys
+
+    if which == "chatglm3-safetensors":
+        folder = tiny_models.build_chatglm3(tmp_path / "st", fmt="safetensors")
+    else:
+        folder = _copy(native_glm if which == "native-safetensors" else chatglm3_dir, tmp_path / "changing")
+    child = subprocess.run([sys.executable, "-c", _FILES_CHANGE_UNDER_A_LOADED_MODEL, str(folder)],
+                           capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])  # -7: SIGBUS
+    assert child.stdout.split() == ["overwritten", "True", "truncated", "True"], child.stdout

@@ -294,3 +294,17 @@ def test_chatglm3_reply_loses_its_empty_metadata_line():
         tool.put(torch.tensor([ord(ch)]))
     tool.end()
     assert tool.text == "weather\n{}"  # a tool call keeps its metadata line
+
+
+def test_int4_on_cpu_with_odd_layer_widths_loads_and_then_generates(worker, tmp_path):
+    """Issue 12 item 7: int4 reported Loaded, then every reply failed inside bitsandbytes' CPU kernel."""
+    import tiny_models
+
+    w, log = worker
+    folder = tiny_models.build_native_glm(tmp_path / "odd-ffn", ffn=120)  # 120 and 240: not multiples of 64 / 32
+    loaded = log.wait(w.load(str(folder), "int4", "cpu"))
+    assert isinstance(loaded, Loaded), loaded
+    stages = [e.stage for e in log.of(loaded.request_id, LoadProgress)]
+    assert any("stay bf16" in stage for stage in stages), stages  # the user is told which layers stayed 16-bit
+    done = log.wait(w.generate([ChatMessage("user", "hello")], GenerationParams(max_new_tokens=4, temperature=0.0)))
+    assert isinstance(done, Finished), done

@@ -37,7 +37,8 @@ CHAT_TEMPLATE = (
 
 
 def tiny_glm_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                    head_dim: int = 16, ffn: int = 128, context: int = 2048, eos=None):
+                    head_dim: int = 16, ffn: int = 128, context: int = 2048, eos=None, tied: bool = False):
+    """Shape of a tiny GLM; ``tied``: lm_head shares the embeddings (saved once)."""
     from transformers import GlmConfig
 
     return GlmConfig(
@@ -51,7 +52,7 @@ def tiny_glm_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: i
         max_position_embeddings=context,
         rms_norm_eps=1e-5,
         attention_bias=True,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         bos_token_id=None,
         eos_token_id=eos if eos is not None else 0,

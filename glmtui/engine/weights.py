@@ -86,6 +86,8 @@ def _safetensors_entries(path: Path) -> dict[str, StoredTensor]:
 
             entries[name] = StoredTensor(tuple(piece.get_shape()), _ST_DTYPES.get(piece.get_dtype()), read)
         return entries
+    except MemoryError:
+        raise  # out of memory (or address space) is not damage: the loader says so
     except Exception as exc:
         raise WeightReadError(f"weight file {path.name} cannot be read (truncated or corrupt?): {_first_line(exc)}") from exc
 
@@ -101,6 +103,8 @@ def _pickle_entries(path: Path) -> dict[str, StoredTensor]:
                     raise
                 # The legacy (pre-zip) format cannot be mapped: read it into memory.
                 data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise WeightReadError(describe_pickle_error(path.name, exc)) from exc
     if not isinstance(data, dict) or not all(isinstance(t, torch.Tensor) for t in data.values()):

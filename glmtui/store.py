@@ -34,7 +34,8 @@ Robustness rules:
   :meth:`HistoryStore.open_memory`. :attr:`HistoryStore.unsaved` also reports
   writes that fail while the store is in use, until one succeeds again.
 * Files are created ``0600`` and a missing folder ``0700``. Opening is
-  serialised between processes by ``flock`` on ``<file>.lock``.
+  serialised between processes by ``flock`` on ``<file>.lock``. What is done
+  to the file itself (set-aside, notes, locks) is in :mod:`glmtui.store_files`.
 
 Search uses an FTS5 index with the ``trigram`` tokenizer (substring matching,
 so Chinese works without word segmentation). Two-character terms — most Chinese
@@ -56,7 +57,6 @@ import os
 import re
 import socket
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,6 +66,20 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from urllib.parse import quote
 
 from glmtui import store_export, store_recovery
+from glmtui.store_files import (
+    chmod_private,
+    clear_damage_note,
+    damage_noted,
+    file_lock,
+    note_damage,
+    read_header_problem,
+    read_only_mode,
+    salvage_into,
+    set_aside,
+    set_aside_message,
+    SetAside,
+    write_private,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -87,7 +101,6 @@ EXPORT_FORMAT = "glmtui-conversation"
 # recently is left alone when another process opens the file.
 STALE_STREAMING_S = 30.0
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -96,15 +109,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 class HistoryError(Exception):
     """A history operation failed; ``str(err)`` is meant for the user."""
-
-
-class _SetAside(Exception):
-    """Internal: the file must be moved aside (kind in {corrupt, newer, foreign})."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
 
 
 # ----------------------------------------------------------------- records
@@ -360,135 +364,6 @@ def _describe(err: BaseException, path: Optional[Path], timeout: float) -> str:
     return f"Chat history error ({where}): {text}"
 
 
-def _read_header_problem(path: Path) -> Optional[str]:
-    """Cheap checks on the file itself: None when it looks like an intact SQLite file."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return None
-    if size == 0:
-        return None  # SQLite treats an empty file as an empty database
-    with open(path, "rb") as fh:
-        header = fh.read(100)
-    if len(header) < 100 or header[:16] != _SQLITE_MAGIC:
-        return "the file is not an SQLite database"
-    page_size = int.from_bytes(header[16:18], "big")
-    if page_size == 1:
-        page_size = 65536
-    change_counter = header[24:28]
-    page_count = int.from_bytes(header[28:32], "big")
-    valid_for = header[92:96]
-    wal = path.with_name(path.name + "-wal")
-    wal_pending = wal.exists() and wal.stat().st_size > 0
-    # The in-header page count is authoritative when it was written by the same
-    # transaction as the change counter. With a pending WAL a crash may have
-    # left a half-done checkpoint that SQLite will redo, so do not judge then.
-    if page_count and valid_for == change_counter and not wal_pending:
-        if size < page_count * page_size:
-            return f"the file is truncated ({size} of {page_count * page_size} bytes)"
-    return None
-
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".damaged")
-
-
-def _damage_noted(path: Path) -> Optional[str]:
-    """Why a query found *path* damaged in an earlier session (None: it did not)."""
-    marker = _marker(path)
-    if not marker.exists() or not path.exists():
-        return None
-    try:
-        text = marker.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        text = ""
-    return f"glmtui found it damaged while using it ({text or 'database disk image is malformed'})"
-
-
-def _note_damage(path: Path, err: BaseException) -> None:
-    """Remember damage met in use, so the next open repairs the file even when
-    its time-bounded check would not reach the damaged pages."""
-    try:
-        _write_private(_marker(path), f"{err}\n")
-    except OSError:
-        pass
-
-
-def _clear_damage_note(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_marker(path))
-
-
-def _read_only_mode(path: Path) -> Optional[str]:
-    """The file's mode (e.g. "0400") when glmtui must not write it: no write
-    permission for its owner (also binding for root, who could write anyway),
-    or none for this user. None when it is writable or missing."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return None
-    if not mode & stat.S_IWUSR or not os.access(path, os.W_OK):
-        return f"{mode:04o}"
-    return None
-
-
-def _chmod_private(path: Path) -> None:
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            if p.exists() and (p.stat().st_mode & 0o077):
-                os.chmod(p, 0o600)
-        except OSError:
-            pass
-
-
-def _set_aside(path: Path, kind: str) -> Path:
-    """Rename *path* (and its -wal/-shm) to ``<name>.<kind>-<timestamp>``; never delete."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = path.with_name(f"{path.name}.{kind}-{stamp}")
-    n = 1
-    while dest.exists() or dest.with_name(dest.name + "-wal").exists():
-        dest = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
-        n += 1
-    os.rename(path, dest)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            try:
-                os.rename(side, dest.with_name(dest.name + suffix))
-            except OSError:
-                pass
-    return dest
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """Serialise open/repair between processes (a second glmtui must not set
-    aside the fresh file the first one just created)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: best effort without it
-        yield
-        return
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + max(timeout, 0.1)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError("database is locked (open lock held)")
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 _TERM_RE = re.compile(r'"([^"]+)"|(\S+)')
 
 
@@ -638,14 +513,14 @@ class HistoryStore:
         """
         path = Path(path)
         try:
-            mode = _read_only_mode(path)
+            mode = read_only_mode(path)
             if mode is not None:
                 return cls._open_read_only(path, mode, use_fts)
             if not path.parent.exists():
                 from glmtui.config import ensure_private_dir
 
                 ensure_private_dir(path.parent)
-            with _file_lock(path, timeout):
+            with file_lock(path, timeout):
                 conn, warning, notice = cls._open_repairing(path, timeout, check_budget)
         except HistoryError:
             raise
@@ -689,7 +564,7 @@ class HistoryStore:
             if check.problem:
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({check.problem})")
             _prepare(mem)
-        except _SetAside as aside:
+        except SetAside as aside:
             mem.close()
             raise HistoryError(f"The chat history {path} is read-only and cannot be used: {aside.reason}.")
         except sqlite3.Error as err:
@@ -712,17 +587,17 @@ class HistoryStore:
         notice = None
         for _attempt in range(3):
             try:
-                problem = _read_header_problem(path) or _damage_noted(path)
+                problem = read_header_problem(path) or damage_noted(path)
                 if problem:
-                    raise _SetAside("corrupt", problem)
+                    raise SetAside("corrupt", problem)
                 if path.exists() and path.stat().st_size == 0:
-                    raise _SetAside("empty", "it is empty (0 bytes)")
+                    raise SetAside("empty", "it is empty (0 bytes)")
                 conn = _connect(path, timeout)
                 try:
                     _check_version(conn)
                     check = store_recovery.quick_check(conn, check_budget)
                     if check.problem:
-                        raise _SetAside("corrupt", f"damaged pages: {check.problem}")
+                        raise SetAside("corrupt", f"damaged pages: {check.problem}")
                     if not check.complete:
                         notice = (
                             f"The chat history {path.name} is large: its damage check stopped after "
@@ -733,22 +608,22 @@ class HistoryStore:
                 except BaseException:
                     conn.close()
                     raise
-            except _SetAside as aside:
-                dest = _set_aside(path, aside.kind)
+            except SetAside as aside:
+                dest = set_aside(path, aside.kind)
                 if aside.kind == "corrupt":
                     damaged.append((dest, aside.reason))
                 else:
-                    warnings.append(_set_aside_message(path, aside, dest))
+                    warnings.append(set_aside_message(path, aside, dest))
                 continue
             except sqlite3.DatabaseError as err:
                 if not _is_corruption(err):
                     raise
-                damaged.append((_set_aside(path, "corrupt"), str(err)))
+                damaged.append((set_aside(path, "corrupt"), str(err)))
                 continue
-            _clear_damage_note(path)
+            clear_damage_note(path)
             for dest, reason in damaged:
-                warnings.append(_salvage_into(conn, path, dest, reason))
-            _chmod_private(path)
+                warnings.append(salvage_into(conn, path, dest, reason))
+            chmod_private(path)
             return conn, (" ".join(warnings) or None), notice
         raise HistoryError(f"Cannot create a usable chat history at {path}. " + " ".join(warnings))
 
@@ -763,7 +638,7 @@ class HistoryStore:
                 yield self._conn
             except sqlite3.Error as err:
                 if self.path is not None and _is_corruption(err):
-                    _note_damage(self.path, err)
+                    note_damage(self.path, err)
                 raise HistoryError(_describe(err, self.path, self.timeout)) from err
 
     @contextlib.contextmanager
@@ -1173,14 +1048,14 @@ class HistoryStore:
     def export_json(self, conversation_id: int, path: Optional[PathLike] = None) -> str:
         text = json.dumps(self.to_dict(conversation_id), ensure_ascii=False, indent=2) + "\n"
         if path is not None:
-            _write_private(Path(path), text)
+            write_private(Path(path), text)
         return text
 
     def export_markdown(self, conversation_id: int, path: Optional[PathLike] = None) -> str:
         """Markdown for reading (control characters shown as escapes, see :mod:`glmtui.store_export`)."""
         text = store_export.render_markdown(self.to_dict(conversation_id))
         if path is not None:
-            _write_private(Path(path), text)
+            write_private(Path(path), text)
         return text
 
     def export_files(self, conversation_id: int, folder: PathLike) -> tuple[Path, Path]:
@@ -1197,8 +1072,8 @@ class HistoryStore:
         try:
             ensure_private_dir(folder)
             md, js = store_export.create_new(folder, f"{store_export.slug(conv.title)}-{conversation_id}", (".md", ".json"))
-            _write_private(md, md_text)
-            _write_private(js, json_text)
+            write_private(md, md_text)
+            write_private(js, json_text)
         except OSError as err:
             raise HistoryError(f"Cannot write the export in {folder}: {err.strerror or err}.") from err
         return md, js
@@ -1317,15 +1192,15 @@ def _check_version(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if version > SCHEMA_VERSION:
-        raise _SetAside(
+        raise SetAside(
             "newer",
             f"it was written by a newer glmtui (schema version {version}; "
             f"this version understands up to {SCHEMA_VERSION})",
         )
     if version == 0 and names:
-        raise _SetAside("foreign", "it is an SQLite database that glmtui did not create")
+        raise SetAside("foreign", "it is an SQLite database that glmtui did not create")
     if version > 0 and not _OUR_TABLES <= names:
-        raise _SetAside("corrupt", "its tables are missing")
+        raise SetAside("corrupt", "its tables are missing")
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -1348,7 +1223,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
             if version > SCHEMA_VERSION:
-                raise _SetAside("newer", f"it was written by a newer glmtui (schema version {version})")
+                raise SetAside("newer", f"it was written by a newer glmtui (schema version {version})")
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -1396,49 +1271,3 @@ def _recover_streaming(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _set_aside_message(path: Path, aside: _SetAside, dest: Path) -> str:
-    if aside.kind == "newer":
-        return (
-            f"The chat history {path.name} was not opened: {aside.reason}. It was moved, "
-            f"untouched, to {dest} and a new history was started; a newer glmtui can open it."
-        )
-    if aside.kind == "foreign":
-        return (
-            f"{path} was not a glmtui history ({aside.reason}). It was moved to {dest} "
-            "and a new history was started."
-        )
-    if aside.kind == "empty":
-        return (
-            f"The chat history {path} was empty (0 bytes), so it held no conversations; if you had "
-            f"some, something outside glmtui emptied the file (a full disk, an interrupted copy): "
-            f"restore it from a backup. The empty file was kept as {dest} and a new history was started."
-        )
-    return (
-        f"The chat history {path.name} could not be read ({aside.reason}). It was kept as "
-        f"{dest} and a new, empty history was started."
-    )
-
-
-def _salvage_into(conn: sqlite3.Connection, path: Path, dest: Path, reason: str) -> str:
-    """Copy what the set-aside *dest* still holds into the new file; the message for the user."""
-    try:
-        got = store_recovery.salvage(dest, conn)
-    except (sqlite3.Error, OSError) as err:
-        got, reason = None, f"{reason}; copying from it failed: {err}"
-    if got is None or (got.conversations == 0 and got.messages == 0):
-        return _set_aside_message(path, _SetAside("corrupt", reason), dest)
-    untitled = f" ({got.untitled} of them lost their title)" if got.untitled else ""
-    return (
-        f"The chat history {path.name} was damaged ({reason}). {got.conversations} "
-        f"conversation{'s' if got.conversations != 1 else ''}{untitled} and {got.messages} "
-        f"message{'s' if got.messages != 1 else ''} were recovered into a new history; "
-        f"the original is kept, unchanged, as {dest}."
-    )
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)

@@ -370,7 +370,7 @@ async def test_narrow_layout_switches_panes(quiet_sampler):
         text = screen_text(app)
         assert "Send" in text and "Stop" in text  # the footer
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
-    async with app.run_test(size=(160, 48)) as pilot:
+    async with app.run_test(size=(200, 50)) as pilot:  # three columns from 200 (tests/test_ui_layout.py)
         await pilot.pause()
         assert app.screen.has_class("-wide")
         assert all(app.query_one(f"#{p}").display for p in ("history", "chat", "side"))
@@ -1288,3 +1288,147 @@ async def test_a_reply_cut_by_quitting_keeps_its_token_count(chatty_chatglm3, qu
     assert reply.status == ("stopped" if how == "ctrl+q" else "interrupted") and reply.content
     assert isinstance(reply.stats.get("completion_tokens"), int) and reply.stats["completion_tokens"] > 0
     assert reply.stats["prompt_tokens"] > 0 and reply.stats["finish_reason"] == "cancelled"
+
+
+# ---------------------------------------------------------------- predicted next to measured; units; local folders
+
+
+def _static_text(widget) -> str:
+    return str(widget.content)
+
+
+async def test_after_a_load_the_prediction_sits_next_to_the_measurement(chatglm3_dir, quiet_sampler):
+    from glmtui.engine import memory
+    from textual.widgets import Static
+
+    app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        pred = memory.predict_for_dir(chatglm3_dir, ("fp32",), device="cpu")["fp32"]
+        info = _static_text(app.models_pane.query_one("#loaded-info", Static))
+        assert (f"predicted {fmt_bytes(pred.total_bytes)} = {fmt_bytes(pred.weight_bytes)} weights + "
+                f"{fmt_bytes(pred.kv_cache_bytes)} KV cache + {fmt_bytes(pred.overhead_bytes)} overhead") in info
+        ratio = app.loaded.footprint_bytes / pred.weight_bytes
+        assert 0.95 < ratio < 1.05  # the weight formula is exact for this architecture
+        assert f"measured {fmt_bytes(app.loaded.footprint_bytes)} of weights = {ratio:.2f}× predicted" in info
+        assert "KV cache at the model's whole context, 2,048 tokens" in info
+        # a 5 MiB model: activations and KV cache outweigh its weights, and the pane says so
+        assert pred.kv_cache_bytes + pred.overhead_bytes > pred.weight_bytes
+        assert "fixed costs outweigh this model's weights" in info
+
+        # F8: int8 predicted above fp32 for this model, and why
+        await pilot.press("f8")
+        assert isinstance(app.screen, ModeModal)
+        preds = memory.predict_for_dir(chatglm3_dir, device="cpu")
+        assert preds["int8"].total_bytes > preds["fp32"].total_bytes
+        note = app.screen.note
+        assert "KV cache at the model's whole context, 2,048 tokens" in note
+        assert "fixed costs outweigh" in note and "int8" in note and "more than fp32" in note
+        await pilot.press("escape")
+
+
+def test_a_long_context_model_is_predicted_at_a_stated_context():
+    from glmtui.engine import memory
+    from glmtui.ui.models import prediction_notes
+
+    config = {"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32, "multi_query_attention": True,
+              "multi_query_group_num": 2, "num_layers": 28, "ffn_hidden_size": 13696, "kv_channels": 128,
+              "padded_vocab_size": 65024, "seq_length": 32768, "add_qkv_bias": True}
+    preds = memory.predict_all(config, device="cuda")
+    bf16 = preds["bf16"]
+    assert bf16.context_len == memory.DEFAULT_CONTEXT_CAP == 8192 and bf16.model_context == 32768
+    whole = bf16.kv_bytes_at(32768)
+    assert whole == 4 * bf16.kv_cache_bytes
+    notes = prediction_notes(preds)
+    assert notes[0] == f"KV cache at 8,192 tokens of context; the model's whole 32,768 would take {fmt_bytes(whole)}"
+    assert not any("fixed costs" in n for n in notes)  # a 6B model: the weights dominate
+
+
+async def test_models_pane_uses_binary_units_and_a_local_folder_has_no_hub_lines(native_glm, quiet_sampler):
+    from textual.widgets import Static
+
+    app = GlmApp(model=str(native_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        models = app.models_pane
+        ol = models.option_list
+        ids = [ol.get_option_at_index(i).id for i in range(ol.option_count)]
+        rows_text = "\n".join(str(ol.get_option_at_index(i).prompt) for i in range(ol.option_count))
+        assert " GB" not in rows_text and "GiB" in rows_text  # catalogue download sizes, binary like the rest
+
+        ol.highlighted = ids.index(f"dir:{native_glm.resolve()}")
+        await pilot.pause()
+        detail = _static_text(models.query_one("#model-detail", Static))
+        assert "downloads from" not in detail and "d download" not in detail
+        assert f"local folder {native_glm.resolve()}" in detail
+
+        ol.highlighted = ids.index("cat:chatglm3-6b")
+        await pilot.pause()
+        detail = _static_text(models.query_one("#model-detail", Static))
+        assert "downloads from Hugging Face" in detail and " GB" not in detail
+
+
+def test_download_progress_is_in_binary_units():
+    from types import SimpleNamespace
+
+    from glmtui.ui.models import ModelsPane
+
+    progress = SimpleNamespace(phase="downloading", bytes_done=3 * 2**30, bytes_total=12 * 2**30,
+                               fraction=0.25, speed_bps=40 * 2**20)
+    text = ModelsPane.describe_job(SimpleNamespace(state="running", progress=progress))
+    assert text == "downloading 3.0/12.0 GiB (25%) · 40.0 MiB/s"
+
+
+def test_unload_note_compares_with_the_figure_after_the_imports():
+    from glmtui.ui.app import unload_memory_note
+
+    MiB = 2**20
+    note = unload_memory_note("RAM", 50 * MiB, 440 * MiB, after_imports=430 * MiB)
+    assert note.startswith("RAM back to within 64.0 MiB of its figure after the engine's imports (440 MiB)")
+    assert "torch and transformers, imported by the first load, hold 380 MiB" in note
+    note = unload_memory_note("RAM", 50 * MiB, 600 * MiB, after_imports=430 * MiB)
+    assert note.startswith("170 MiB of RAM stayed behind after unload") and "hold 380 MiB" in note
+
+
+def test_unload_after_the_first_load_names_the_imports(chatglm3_dir, tmp_path):
+    """A fresh process (torch not imported yet): the first load imports it, and the note after the
+    unload compares with the figure after those imports instead of blaming the allocator for them."""
+    script = textwrap.dedent(
+        """
+        import asyncio, sys, time
+        from glmtui.monitor import Sampler
+        from glmtui.ui.app import GlmApp
+
+        async def main(model):
+            app = GlmApp(mode="fp32", sampler=Sampler(interval=0.25))
+            async with app.run_test(size=(160, 48)) as pilot:
+                async def until(condition, what, timeout=240.0):
+                    end = time.monotonic() + timeout
+                    while time.monotonic() < end:
+                        await pilot.pause(0.1)
+                        if condition():
+                            return
+                    raise SystemExit(f"timed out waiting for {what}: {app.models_pane.last_error}")
+
+                await until(lambda: app.monitor_pane.snapshot is not None, "a sample")
+                print("torch before", "torch" in sys.modules)
+                app.request_load(model, "fp32")
+                await until(lambda: app.loaded is not None, "the load")
+                app.action_unload()
+                await until(lambda: app.loaded is None, "the unload")
+                await until(lambda: app.unloaded_note and ("back to" in app.unloaded_note
+                                                           or "stayed behind" in app.unloaded_note), "the note")
+                print("torch after", "torch" in sys.modules)
+                print("NOTE", app.unloaded_note)
+
+        asyncio.run(main(sys.argv[1]))
+        """
+    )
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, "-c", script, str(chatglm3_dir)], capture_output=True, text=True,
+                         env=env, timeout=400)
+    assert "torch before False" in out.stdout, out.stdout + out.stderr[-2000:]
+    note = next(line for line in out.stdout.splitlines() if line.startswith("NOTE ")).removeprefix("NOTE ")
+    if "torch after True" in out.stdout:  # the model ran in this process: its imports are named apart
+        assert "imported by the first load, hold" in note, note
+        assert note.startswith("RAM back to within 64.0 MiB of its figure after the engine's imports"), note

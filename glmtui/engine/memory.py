@@ -28,8 +28,8 @@ KV cache
 --------
 ``2 * layers * kv_heads * head_dim * context_len * batch * kv_bytes`` (kv_bytes: 4 for
 fp32, else the 16-bit compute dtype).  ``context_len`` defaults to the model's context
-capped at :data:`DEFAULT_CONTEXT_CAP`; :attr:`MemoryPrediction.context_note` says which
-context a figure assumes and what the model's whole context would take.
+capped at :data:`DEFAULT_CONTEXT_CAP`; a prediction keeps the model's own context
+(``model_context``) so that what it assumes can be said (``kv_bytes_at`` the whole context).
 
 Overhead (an estimate, stated)
 ------------------------------
@@ -264,16 +264,6 @@ class MemoryPrediction:
         return self.kv_cache_bytes * int(tokens) // max(1, self.context_len)
 
     @property
-    def context_note(self) -> str:
-        """Which context the KV cache figure assumes, against the model's own."""
-        if self.model_context and self.model_context > self.context_len:
-            return (f"KV cache at {self.context_len:,} tokens of context; the model's whole "
-                    f"{self.model_context:,} would take {_binary(self.kv_bytes_at(self.model_context))}")
-        if self.model_context == self.context_len:
-            return f"KV cache at the model's whole context, {self.context_len:,} tokens"
-        return f"KV cache at {self.context_len:,} tokens of context"
-
-    @property
     def fixed_dominate(self) -> bool:
         """KV cache and overhead (which quantization does not shrink) outweigh the weights."""
         return self.kv_cache_bytes + self.overhead_bytes > self.weight_bytes
@@ -398,11 +388,6 @@ class FitVerdict:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
-
-
-def _binary(n: float) -> str:
-    """MiB below 1 GiB, else GiB (binary units, as the UI shows them)."""
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else _gib(n)
 
 
 def fit(predicted_total: int, free_bytes: int | None, device: str = "cuda", *, mode: str | None = None) -> FitVerdict:

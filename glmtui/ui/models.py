@@ -55,11 +55,21 @@ def detailed_predictions(row: ModelRow, device: str) -> dict[str, memory.MemoryP
     return {}
 
 
+def context_note(pred: memory.MemoryPrediction) -> str:
+    """Which context a prediction's KV cache assumes, against the model's own."""
+    if pred.model_context and pred.model_context > pred.context_len:
+        return (f"KV cache at {pred.context_len:,} tokens of context; the model's whole "
+                f"{pred.model_context:,} would take {fmt_bytes(pred.kv_bytes_at(pred.model_context))}")
+    if pred.model_context == pred.context_len:
+        return f"KV cache at the model's whole context, {pred.context_len:,} tokens"
+    return f"KV cache at {pred.context_len:,} tokens of context"
+
+
 def prediction_notes(preds: dict[str, memory.MemoryPrediction]) -> list[str]:
     """What the figures assume, in words: the context, and fixed costs where they outweigh the weights."""
     if not preds:
         return []
-    notes = [next(iter(preds.values())).context_note]
+    notes = [context_note(next(iter(preds.values())))]
     if any(p.fixed_dominate for p in preds.values()):
         fp32 = preds.get("fp32")
         larger = [m for m in ("int8", "int4") if fp32 is not None and m in preds

@@ -457,3 +457,22 @@ def test_loaded_fp32_model_survives_its_files_changing(tmp_path, chatglm3_dir, n
                            capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])  # -7: SIGBUS
     assert child.stdout.split() == ["overwritten", "True", "truncated", "True"], child.stdout
+
+
+def test_rotary_buffers_that_older_checkpoints_saved_are_not_unexpected(tmp_path, native_glm):
+    """transformers drops per-layer rotary_emb.inv_freq of old checkpoints: the check accepts what it accepts."""
+    folder = _copy(native_glm, tmp_path / "old-inv-freq")
+    _rewrite_safetensors(folder / "model.safetensors",
+                         lambda state: state.__setitem__("model.layers.0.self_attn.rotary_emb.inv_freq", torch.ones(4)))
+    load_model(folder, "fp32")
+
+
+def test_native_pickle_checkpoint_loads_like_safetensors(tmp_path, native_glm):
+    from safetensors.torch import load_file
+
+    folder = _copy(native_glm, tmp_path / "native-bin")
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    a, b = load_model(native_glm, "fp32"), load_model(folder, "fp32")
+    ids = a.chat_format.encode_conversation([ChatMessage("user", "hi")])
+    assert torch.equal(_logits(a, ids), _logits(b, ids))

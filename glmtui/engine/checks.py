@@ -192,7 +192,13 @@ def compare_with_model(file_shapes: Mapping[str, tuple], meta_model, display: Di
     prefix = getattr(meta_model, "base_model_prefix", "") or ""
     optional = set(getattr(meta_model, "all_tied_weights_keys", None) or {})  # tied copies (lm_head = embeddings)
     ignore_missing = getattr(meta_model, "_keys_to_ignore_on_load_missing", None)
-    ignore_unexpected = getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None)
+    ignore_unexpected = set(getattr(meta_model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    # Buffers older checkpoints saved and transformers drops as it loads (it makes the same exceptions).
+    buffers = [name for name, _ in meta_model.named_buffers()]
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        ignore_unexpected.add(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        ignore_unexpected.add(r"(^|\.)position_ids$")
 
     found: dict[str, tuple] = {}
     origin: dict[str, str] = {}

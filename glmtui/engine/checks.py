@@ -73,7 +73,8 @@ def device_memory_bytes(device: str) -> Optional[int]:
     try:
         if device.startswith("cuda"):
             index = torch.device(device).index
-            return int(torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).total_memory)
+            index = torch.cuda.current_device() if index is None else index
+            return int(torch.cuda.get_device_properties(index).total_memory)
         import psutil
 
         return int(psutil.virtual_memory().total + psutil.swap_memory().total)
@@ -160,7 +161,9 @@ def mismatch_message(
     if missing:
         parts.append(f"{len(missing)} tensor(s) missing from the weight files: {_names(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} tensor(s) in the weight files that config.json has no place for: {_names(unexpected)}")
+        parts.append(
+            f"{len(unexpected)} tensor(s) in the weight files that config.json has no place for: {_names(unexpected)}"
+        )
     for name, in_file, in_model in mismatched[:SHOWN]:
         parts.append(f"{display(name)} is {_shape(in_file)} in the weight files but {_shape(in_model)} per config.json")
     if len(mismatched) > SHOWN:

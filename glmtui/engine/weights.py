@@ -89,7 +89,9 @@ def _safetensors_entries(path: Path) -> dict[str, StoredTensor]:
     except MemoryError:
         raise  # out of memory (or address space) is not damage: the loader says so
     except Exception as exc:
-        raise WeightReadError(f"weight file {path.name} cannot be read (truncated or corrupt?): {_first_line(exc)}") from exc
+        raise WeightReadError(
+            f"weight file {path.name} cannot be read (truncated or corrupt?): {_first_line(exc)}"
+        ) from exc
 
 
 def _pickle_entries(path: Path) -> dict[str, StoredTensor]:

@@ -19,7 +19,7 @@ MODES = ("bf16", "fp16", "fp32", "int8", "int4")
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", help="model folder, catalogue key or hub id to load at start")
     parser.add_argument("--mode", choices=MODES, default=None, help="quantization mode (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checked before anything loads)")
 
 
 def _add_allow_host(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "device", None) is not None:  # a typo fails here in one line, not inside the load
+        from .devices import device_problem, normalize_device
+
+        problem = device_problem(args.device)
+        if problem:
+            print(f"glmtui: --device: {problem}", file=sys.stderr)
+            return 2
+        args.device = normalize_device(args.device)
     command = args.command
     if command is None:
         from .ui.app import run_app

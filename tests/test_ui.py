@@ -310,7 +310,7 @@ async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sample
 async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
     pytest.importorskip("bitsandbytes")
     app = GlmApp(model=str(native_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
-    async with app.run_test(size=(160, 48)) as pilot:
+    async with app.run_test(size=(200, 50)) as pilot:  # wide: the Models pane shows beside the chat
         await wait_for(pilot, lambda: app.loaded is not None, what="load")
         fp32_bytes = app.loaded.footprint_bytes
         await pilot.press("f8")

@@ -1,4 +1,4 @@
-"""Snapshot tests of the TUI at 80x24 and 160x48 (pytest-textual-snapshot).
+"""Snapshot tests of the TUI at 80x24, 160x48 and 200x50 (pytest-textual-snapshot).
 
 Deterministic by construction: the monitor gets a frozen sampler (fixed GPU
 and host numbers, fixed history), the mode is given, the history is seeded
@@ -163,13 +163,24 @@ def test_models_80x24(snap_compare):
     assert snap_compare(make_app(host_snapshot()), terminal_size=(80, 24), run_before=steady(run_before))
 
 
-def test_wide_160x48_with_gpu(snap_compare, seeded_history):
+def test_medium_160x48_with_gpu(snap_compare, seeded_history):
+    """From 140 columns: the chat and one side column, here the monitor (F2 chose it last)."""
+    async def run_before(pilot):
+        await open_first_conversation(pilot)
+        await pilot.press("f2", "f2", "f2")  # history -> models -> monitor -> chat
+        await settle(pilot)
+
+    assert snap_compare(make_app(gpu_snapshot()), terminal_size=(160, 48), run_before=steady(run_before))
+
+
+def test_wide_200x50_with_gpu(snap_compare, seeded_history):
+    """From 200 columns: history | chat | monitor + models."""
     async def run_before(pilot):
         await open_first_conversation(pilot)
         pilot.app.chat_pane.input.focus()
         await pilot.pause()
 
-    assert snap_compare(make_app(gpu_snapshot()), terminal_size=(160, 48), run_before=steady(run_before))
+    assert snap_compare(make_app(gpu_snapshot()), terminal_size=(200, 50), run_before=steady(run_before))
 
 
 def test_delete_confirmation_80x24(snap_compare, seeded_history):

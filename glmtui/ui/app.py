@@ -7,8 +7,9 @@ monitor samples in a small daemon thread of its own and posts
 Nothing here imports torch or transformers: the worker imports them lazily on
 the first load, after the first screen has been painted.
 
-Layout: at 120 columns and more, history | chat | monitor+models side by side;
-below that one pane at a time with a pane bar on top (F2 cycles).
+Layout by width (app.tcss): under MEDIUM columns one pane at a time with a pane bar
+on top (F2 cycles); from MEDIUM the chat plus one side column (the pane F2 chose
+last); from WIDE history | chat | monitor+models. The chat keeps most of the width.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any, Callable, Iterable, Optional
 
 from rich.text import Text
 from textual import on
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.dom import NoScreen
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
@@ -46,7 +48,10 @@ from .monitor import MonitorPane, fmt_bytes, process_rss
 
 PANES = ("chat", "history", "models", "monitor")
 PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
-WIDE = 120
+# The chat is the full width below MEDIUM and never under 130 columns where side panes
+# show: they fold away before they squeeze it (app.tcss has the widths).
+MEDIUM = 160  # the chat + one side column (19% of the width, at least 30)
+WIDE = 200  # history (13%) | chat | monitor+models (22%): the chat keeps 65% of the width
 
 
 class EngineEvent(Message):
@@ -118,15 +123,17 @@ class GlmApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "glmtui"
     AUTO_FOCUS = "#prompt"  # not the first focusable widget (the history search box)
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (MEDIUM, "-medium"), (WIDE, "-wide")]
 
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("ctrl+e", "edit_last", "Edit last"),
         Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("f2", "next_pane", "Pane"),
-        Binding("ctrl+f", "search", "Search"),
+        # priority: handled as the app receives them, so keys typed right after (F2 F2, Ctrl+F and a
+        # search) reach the pane they open instead of the widget focused before
+        Binding("f2", "next_pane", "Pane", priority=True),
+        Binding("ctrl+f", "search", "Search", priority=True),
         Binding("ctrl+l", "load", "Load"),
         Binding("f9", "unload", "Unload"),
         Binding("f8", "quantization", "Quant"),
@@ -150,11 +157,12 @@ class GlmApp(App):
         ("delete_conversation", "Delete conversation", "Delete the current (or highlighted) conversation, after asking"),
         ("export", "Export conversation", "Write Markdown and JSON copies to the data folder"),
         ("settings", "Chat settings", "System prompt, temperature, top-p, max new tokens, repetition penalty"),
-        ("load", "Load model", "Load a model folder or catalogue model"),
+        ("load", "Load model", "Load a model folder or catalogue model, in a quantization mode, on a device"),
         ("unload", "Unload model", "Free the loaded model's memory"),
         ("quantization", "Change quantization", "bf16 / fp16 / fp32 / int8 / int4, with predicted memory"),
         ("download_model", "Download model", "Download the model highlighted in Models"),
         ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
+        ("toggle_download_source", "Switch download source", "Download from Hugging Face or ModelScope"),
     )
 
     current_pane: reactive[str] = reactive("chat", init=False)
@@ -261,7 +269,7 @@ class GlmApp(App):
 
     def compose(self) -> ComposeResult:
         yield PaneBar(id="pane-bar")
-        with Horizontal(id="main", classes="-pane-chat"):
+        with Horizontal(id="main", classes="-pane-chat -aside-history"):
             yield HistoryPane(id="history")
             self._chat = ChatPane(id="chat")  # kept: on_unmount runs after the DOM is gone
             yield self._chat
@@ -275,7 +283,8 @@ class GlmApp(App):
     def on_mount(self) -> None:
         # the breakpoint classes arrive with the first resize; the first layout needs them already
         width = self.size.width
-        self.screen.set_class(width < WIDE, "-narrow")
+        self.screen.set_class(width < MEDIUM, "-narrow")
+        self.screen.set_class(MEDIUM <= width < WIDE, "-medium")
         self.screen.set_class(width >= WIDE, "-wide")
         self.theme = self.prefs.get("theme") if self.prefs.get("theme") in self.available_themes else prefs.DEFAULT_THEME
         self.theme_changed_signal.subscribe(self, self._remember_theme)
@@ -716,12 +725,18 @@ class GlmApp(App):
         main = self.query_one("#main")
         for name in PANES:
             main.set_class(name == pane, f"-pane-{name}")
+        if pane != "chat":  # the medium layout's side column shows the pane chosen last
+            for name in PANES[1:]:
+                main.set_class(name == pane, f"-aside-{name}")
         self.query_one(PaneBar).show(pane)
         target = self._focus_next or self._pane_focus_target(pane)
         self._focus_next = None
         focused = self.focused
         if target is not None and (focused is None or not self._in_pane(focused, pane)):
-            target.focus()
+            # Focus now, not after the queued messages (Widget.focus): keys that arrived with this
+            # one (F2 F2, Ctrl+F Down) go to the new pane, and a focus event of an earlier pane
+            # key, delivered late, no longer matches the focused widget (on_descendant_focus).
+            target.screen.set_focus(target)
             # in the narrow layout the pane is displayed only after the next layout, and Textual
             # may move focus off the widget it just hid: settle it once that is done
             self.set_timer(0.05, lambda: self._settle_pane_focus(pane, target))
@@ -754,8 +769,12 @@ class GlmApp(App):
         return self.monitor_pane
 
     def on_descendant_focus(self, event) -> None:
-        widget = event.widget if hasattr(event, "widget") else None
-        if widget is None or widget.screen is not self.screen:
+        """Focus moved by the user (Tab, a click) or by code selects the pane it landed in."""
+        widget = getattr(event, "widget", None)
+        try:
+            if widget is None or widget.screen is not self.screen or widget is not self.focused:
+                return  # late: focus has moved on since (keys that arrived together)
+        except (NoScreen, ScreenStackError):  # the app is closing
             return
         for pane in PANES:
             if self._in_pane(widget, pane):
@@ -771,11 +790,13 @@ class GlmApp(App):
         if self.current_pane != "history":
             self._focus_next = search
             self.current_pane = "history"
-        search.focus()
+        search.screen.set_focus(search)  # at once: Down typed right after reaches the search box
 
     # ------------------------------------------------------------------ chat actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("next_pane", "search") and isinstance(self.screen, ModalScreen):
+            return False  # priority keys: a dialog keeps them (and the panes behind it stay)
         try:
             chat = self.chat_pane
         except Exception:  # noqa: BLE001 - before compose
@@ -910,10 +931,13 @@ class GlmApp(App):
 
         def done(result) -> None:
             if result is not None:
-                spec, mode = result
+                spec, mode, device = result
+                if device is not None:  # checked by the dialog (glmtui.devices)
+                    self.device = device
                 self.request_load(spec, mode)
 
-        self.push_screen(LoadModal(spec, self.mode, MODES), done)
+        # an endpoint's server decides where its model runs: no device field then
+        self.push_screen(LoadModal(spec, self.mode, MODES, device=None if self.endpoint else self.device), done)
 
     def action_unload(self) -> None:
         if self.loaded is None:
@@ -1032,10 +1056,15 @@ class GlmApp(App):
                 keys.setdefault(binding.action, self.get_key_display(binding))
         keys.setdefault("download_model", "d in Models")
         keys.setdefault("cancel_download", "x in Models")
+        keys.setdefault("toggle_download_source", "s in Models")
         for action, title, help_text in self.COMMAND_LIST:
             key = keys.get(action)
             yield SystemCommand(title, f"{help_text}  [{key}]" if key else help_text, self._command(action))
-        yield from super().get_system_commands(screen)
+        # Textual's own commands: the key where glmtui binds one, else say there is none
+        textual_keys = {"Theme": keys.get("change_theme"), "Quit": keys.get("quit")}
+        for command in super().get_system_commands(screen):
+            key = textual_keys.get(command.title) or "palette only"
+            yield command._replace(help=f"{command.help}  [{key}]")
 
     def _command(self, action: str) -> Callable:
         async def run() -> None:

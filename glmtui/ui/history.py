@@ -47,11 +47,22 @@ class ConversationList(SteadyOptionList):
         Binding("delete", "app.delete_conversation", "Delete", show=False),
     ]
 
+    def action_cursor_up(self) -> None:
+        """Up from the first row goes back to the search box (Down came from there)."""
+        if self.highlighted in (None, 0) and isinstance(self.parent, HistoryPane):
+            search = self.parent.search_input
+            search.screen.set_focus(search)
+            return
+        super().action_cursor_up()
+
 
 class HistoryPane(Vertical):
     """Conversation list with a search box on top."""
 
     app: "GlmApp"
+
+    # Down in the search box moves into the results (Up from the first result comes back)
+    BINDINGS = [Binding("down", "results", "Results", show=False)]
 
     class Open(Message):
         def __init__(self, conversation_id: int) -> None:
@@ -153,12 +164,19 @@ class HistoryPane(Vertical):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        self.action_results()
+
+    def action_results(self) -> None:
+        """Run the typed search now (not after the debounce) and move into its results."""
         if self._debounce is not None:
             self._debounce.stop()
-        self.query_text = event.value
+            self._debounce = None
+        self.query_text = self.search_input.value  # typed keys may be ahead of their Changed messages
         self.reload()
-        if self.option_list.option_count:
-            self.option_list.focus()
+        ol = self.option_list
+        if ol.option_count:
+            ol.highlighted = 0  # the best match
+            ol.screen.set_focus(ol)  # at once: Enter typed right after opens it
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

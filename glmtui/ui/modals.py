@@ -1,17 +1,23 @@
-"""Modal dialogs: confirm, rename, chat settings, load a model, quantization."""
+"""Modal dialogs: confirm, rename, chat settings, load a model (with folder completion), quantization."""
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Optional
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
+from glmtui import catalog
+from glmtui.devices import device_problem, normalize_device
 from glmtui.engine.events import GenerationParams
+
+CANDIDATES_SHOWN = 12  # folder names listed under the load dialog's path
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -142,27 +148,103 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
         self.dismiss(None)
 
 
-class LoadModal(ModalScreen[Optional[tuple[str, str]]]):
-    """Load a model: a folder, a catalogue key or a downloaded hub id, and a mode."""
+class PathInput(Input):
+    """The load dialog's model box. Tab completes folder names as a shell does; focus keeps the
+    text and puts the cursor at its end (select-all on focus let the next key wipe a path)."""
+
+    BINDINGS = [Binding("tab", "complete", "Complete", show=False)]
+
+    class Candidates(Message):
+        """Folders that match what was typed (empty: nothing to list)."""
+
+        def __init__(self, names: list[str]) -> None:
+            super().__init__()
+            self.names = names
+
+    _listed_for: Optional[str] = None  # the text whose candidates are shown (set before Input's own __init__)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, select_on_focus=False, **kwargs)
+
+    def _on_focus(self, event) -> None:
+        super()._on_focus(event)
+        self.cursor_position = len(self.value)
+
+    def action_complete(self) -> None:
+        """Complete the folder name; with nothing (more) to complete, Tab moves on as usual."""
+        completed, names = complete_folder(self.value)
+        if completed != self.value:
+            self.value = completed
+            self.cursor_position = len(completed)
+        elif not names or self._listed_for == self.value:
+            self.screen.focus_next()
+            return
+        self._listed_for = self.value if names else None
+        self.post_message(self.Candidates(names))
+
+    def _watch_value(self, value: str) -> None:
+        super()._watch_value(value)
+        if value != self._listed_for and self._listed_for is not None:
+            self._listed_for = None
+            self.post_message(self.Candidates([]))
+
+
+def complete_folder(text: str) -> tuple[str, list[str]]:
+    """Shell-like completion of a folder path: (the text completed to the folders' common
+    prefix, the matching folder names when more than one matches). A model folder (it
+    has a config.json) is complete as typed; hidden folders are offered only after a dot."""
+    if not text or not (catalog._looks_like_path(text) or "/" in text):  # noqa: SLF001 - the catalogue's rule
+        return text, []
+    expanded = os.path.expanduser(text)
+    if os.path.isfile(os.path.join(expanded, "config.json")):
+        return text, []
+    head, tail = os.path.split(expanded)
+    try:
+        with os.scandir(head or ".") as entries:
+            names = sorted(e.name for e in entries if e.name.startswith(tail) and e.is_dir()
+                           and (tail.startswith(".") or not e.name.startswith(".")))
+    except OSError:
+        return text, []
+    if not names:
+        return text, []
+    stem = text[: len(text) - len(tail)]
+    if len(names) == 1:
+        return stem + names[0] + "/", []
+    return stem + os.path.commonprefix(names), names
+
+
+class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
+    """Load a model: a folder, a catalogue key or a downloaded hub id, a mode and a device.
+
+    Returns (spec, mode, device); device is None where the dialog has no device field
+    (a remote endpoint decides where its model runs).
+    """
 
     AUTO_FOCUS = "*"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, spec: str, mode: str, modes: Iterable[str], **kwargs) -> None:
+    def __init__(self, spec: str, mode: str, modes: Iterable[str], device: Optional[str] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.spec = spec
         self.mode = mode
         self.modes = tuple(modes)
+        self.device = device
 
     def compose(self) -> Iterable:
-        with Vertical(classes="dialog"):
+        with Vertical(classes="dialog load"):
             yield Label("Load a model", classes="dialog-title")
-            yield Input(self.spec, placeholder="model folder, catalogue key (chatglm3-6b) or org/name", id="spec")
+            yield PathInput(self.spec, placeholder="model folder, catalogue key (chatglm3-6b) or org/name", id="spec")
+            yield Static(id="spec-candidates")
             yield Label("Quantization")
             options = [Option(m, id=m) for m in self.modes]
             yield OptionList(*options, id="mode")
-            yield Static(Text("Enter loads · Tab to the mode list · Esc cancels", style="dim"))
+            if self.device is not None:
+                with Horizontal(classes="field"):
+                    yield Label("Device (auto, cpu, cuda:N)")
+                    yield Input(self.device, id="device", compact=True)
+            yield Static(id="load-error")
+            yield Static(Text("Enter loads · Tab completes a folder, then moves on · Esc cancels", style="dim"))
 
     def on_mount(self) -> None:
         ol = self.query_one("#mode", OptionList)
@@ -170,11 +252,31 @@ class LoadModal(ModalScreen[Optional[tuple[str, str]]]):
             ol.highlighted = self.modes.index(self.mode)
         self.query_one("#spec", Input).focus()
 
+    def on_path_input_candidates(self, message: PathInput.Candidates) -> None:
+        shown = message.names[:CANDIDATES_SHOWN]
+        more = len(message.names) - len(shown)
+        text = Text("  ".join(f"{name}/" for name in shown) + (f"  … {more} more" if more > 0 else ""), style="dim")
+        box = self.query_one("#spec-candidates", Static)
+        box.update(text)
+        box.display = bool(message.names)
+
     def _submit(self) -> None:
         spec = self.query_one("#spec", Input).value.strip()
         ol = self.query_one("#mode", OptionList)
         mode = self.modes[ol.highlighted] if ol.highlighted is not None else self.mode
-        self.dismiss((spec, mode) if spec else None)
+        if not spec:
+            self.dismiss(None)
+            return
+        device = None
+        if self.device is not None:
+            field = self.query_one("#device", Input)
+            problem = device_problem(field.value)
+            if problem:
+                self.query_one("#load-error", Static).update(Text(problem, style="bold red"))
+                field.focus()
+                return
+            device = normalize_device(field.value)
+        self.dismiss((spec, mode, device))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -9,8 +9,10 @@ question and stdout carries only the answer; loading and progress messages go
 to stderr. The exit status is 0 on success, 1 when loading or generation
 failed, 2 for bad usage.
 
-``--model`` runs a model in-process; ``--endpoint URL`` uses an OpenAI-compatible
-server (glmtui serve, vLLM, SGLang) through RemoteEngine instead.
+``--model`` runs the model in an engine process of its own (glmtui.engine.process:
+this process never imports torch; if the engine dies, the reply is marked and the
+model is loaded again); ``--endpoint URL`` uses an OpenAI-compatible server
+(glmtui serve, vLLM, SGLang) through RemoteEngine instead.
 """
 
 from __future__ import annotations
@@ -51,19 +53,33 @@ def _open_engine(args, events: _Events, log: TextIO):
         from .engine.remote import RemoteEngine
 
         engine = RemoteEngine(endpoint, api_key=getattr(args, "api_key", None), autoconnect=False).start()
-        rid = engine.load(getattr(args, "model", None) or "", sink=events)
-        what = endpoint
     else:
         if not getattr(args, "model", None):
             return None, "give --model PATH (a model folder or downloaded catalogue model) or --endpoint URL"
-        from .engine.worker import InferenceWorker
-        from .server import default_mode, resolve_model
+        from .engine.process import EngineProcess
+
+        # A one-shot chat never switches models: no spare process waiting in the background.
+        engine = EngineProcess(keep_spare=False).start()
+    loaded = _load(engine, args, events, log)
+    if isinstance(loaded, str):
+        engine.shutdown()
+        return None, loaded
+    return engine, loaded.model_name
+
+
+def _load(engine, args, events: _Events, log: TextIO):
+    """Load (or connect); the Loaded event, or an error message."""
+    endpoint = getattr(args, "endpoint", None)
+    if endpoint:
+        rid = engine.load(getattr(args, "model", None) or "", sink=events)
+        what = endpoint
+    else:
+        from .server import resolve_model
 
         path, _name = resolve_model(args.model)
         device = getattr(args, "device", None) or "auto"
-        mode = getattr(args, "mode", None) or default_mode(device)
-        engine = InferenceWorker().start()
-        print(f"Loading {path} ({mode}, device {device})…", file=log, flush=True)
+        mode = getattr(args, "mode", None) or "auto"  # the engine picks: bf16 on a GPU, fp32 on the CPU
+        print(f"Loading {path} ({'default mode' if mode == 'auto' else mode}, device {device})…", file=log, flush=True)
         rid = engine.load(path, mode, device, sink=events)
         what = path
     last_stage = None
@@ -76,10 +92,9 @@ def _open_engine(args, events: _Events, log: TextIO):
         elif isinstance(event, Loaded):
             where = f"{event.mode} on {event.device}" if not endpoint else f"served by {endpoint}"
             print(f"Loaded {event.model_name} ({where}) in {event.load_seconds:.1f} s.", file=log, flush=True)
-            return engine, event.model_name
+            return event
         elif isinstance(event, Failed):
-            engine.shutdown()
-            return None, f"cannot use {what}: {event.message}"
+            return f"cannot use {what}: {event.message}"
 
 
 def _reply(engine, events: _Events, messages: list[ChatMessage], params: GenerationParams, out: TextIO):
@@ -212,6 +227,13 @@ def _run_interactive(args, stdin: TextIO, out: TextIO, log: TextIO, params: Gene
             done = _reply(engine, events, _system(args) + history + [user], params, out)
             if isinstance(done, Failed):
                 out.write(f"\n[error: {done.message}]\n")
+                if done.interrupted:  # the engine process ended under the reply: start a fresh one
+                    out.flush()
+                    print("Loading the model again…", file=log, flush=True)
+                    reloaded = _load(engine, args, events, log)
+                    if isinstance(reloaded, str):
+                        print(f"glmtui chat: {reloaded}", file=log)
+                        return 1
                 continue
             reply = done.text.lstrip("\n")
             if done.finish_reason == "cancelled":

@@ -160,9 +160,33 @@ def test_generation_through_the_process_equals_the_in_process_worker(engine, cha
     assert done.text == alone.text
 
 
+def thread_policies(pid: int) -> dict[int, tuple[int, int]]:
+    """{thread id: (scheduling policy, CPU ticks used)} of a process."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[int(tid)] = (os.sched_getscheduler(int(tid)), int(fields[11]) + int(fields[12]))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_a_spare_imports_on_idle_cpu_time_and_then_generates_at_normal_priority(engine):
+    eng, log = engine
+    assert wait_for(lambda: eng._spare is not None, 30)  # started once the engine has been idle a second
+    spare = eng._spare
+    idle_seen = wait_for(lambda: spare.ready.is_set()
+                         or any(p == os.SCHED_IDLE for p, _ in thread_policies(spare.pid).values()), 60, 0.005)
+    assert idle_seen and not spare.ready.is_set(), "the spare imported at normal priority"
+    assert spare.ready.wait(120)
+
+
 def test_a_quantization_switch_ends_the_old_process_before_the_new_load(engine, chatty_chatglm3):
     eng, log = engine
     old = eng.pid
+    spare = eng._spare
     alive_when_loaded = []
 
     def note(event):
@@ -173,7 +197,11 @@ def test_a_quantization_switch_ends_the_old_process_before_the_new_load(engine, 
     assert isinstance(log.wait(rid, timeout=180), Loaded)
     assert wait_for(lambda: alive_when_loaded, 5) and alive_when_loaded == [False]  # the sink runs after the log
     assert eng.pid not in (None, old) and eng.model_info.mode == "bf16"
+    assert eng.pid == spare.pid  # the spare, ready, took the load
     assert isinstance(log.wait(eng.generate(HELLO, GREEDY)), Finished)
+    if sys.platform.startswith("linux"):  # the threads that did the work run at normal priority
+        busiest = sorted(thread_policies(eng.pid).values(), key=lambda pt: pt[1])[-2:]
+        assert all(policy != os.SCHED_IDLE for policy, _ in busiest), busiest
 
 
 def test_cancel_stops_a_reply_promptly(engine):
@@ -302,3 +330,62 @@ def test_the_engine_dies_with_its_front_end_which_never_imports_torch(chatty_cha
     finally:
         if front.poll() is None:
             front.kill()
+
+
+# ------------------------------------------------------------------ glmtui chat over the engine process
+
+LINE_CHAT = """
+import io, json, sys
+from argparse import Namespace
+import glmtui.cli
+from glmtui.linechat import run_line_chat
+
+args = Namespace(model=sys.argv[1], endpoint=None, temperature=0.0, top_p=0.8, max_new_tokens=8, system="",
+                 device=None, mode=None)
+out, err = io.StringIO(), io.StringIO()
+code = run_line_chat(args, stdin=io.StringIO("hi"), stdout=out, stderr=err)
+print(json.dumps({"code": code, "answer": out.getvalue(), "log": err.getvalue(),
+                  "modules": [m for m in ("torch", "transformers") if m in sys.modules]}))
+"""
+
+
+def test_line_chat_runs_the_model_in_an_engine_process(chatty_chatglm3):
+    run = subprocess.run([sys.executable, "-c", LINE_CHAT, str(chatty_chatglm3)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["code"] == 0 and seen["answer"].strip(), seen
+    assert "(fp32 on cpu)" in seen["log"]  # the default mode, decided by the engine on this CPU machine
+    assert seen["modules"] == []
+
+
+def test_interactive_chat_loads_again_after_the_engine_is_killed(chatty_chatglm3):
+    from test_linechat import Terminal
+
+    name = chatty_chatglm3.name
+    term = Terminal([sys.executable, "-m", "glmtui.cli", "chat", "--model", str(chatty_chatglm3),
+                     "--temperature", "0", "--max-new-tokens", "1500"])
+    try:
+        term.read_until(b"User: ", timeout=180)
+        first = [c.pid for c in psutil.Process(term.proc.pid).children()]
+        assert len(first) == 1
+        term.type("hello")
+        term.read_until(f"{name}: ".encode())
+        time.sleep(0.3)  # a few tokens in
+        os.kill(first[0], signal.SIGKILL)
+        seen = term.read_until(b"User: ", timeout=180)
+        assert b"[error: the engine process ended (killed by SIGKILL" in seen
+        second = [c.pid for c in psutil.Process(term.proc.pid).children()]
+        assert len(second) == 1 and second != first  # loaded again, in a fresh process
+
+        term.type("hello again")
+        term.read_until(f"{name}: ".encode())
+        time.sleep(0.3)
+        term.proc.send_signal(signal.SIGINT)  # Ctrl-C stops the reply; the engine lives on
+        assert b"[stopped]" in term.read_until(b"User: ", timeout=30)
+        assert not gone(second[0])
+        term.type("stop")
+        assert term.proc.wait(30) == 0
+        assert wait_for(lambda: gone(second[0]), 5)
+    finally:
+        term.close()

@@ -151,9 +151,39 @@ def warm_up() -> None:
         pass
 
 
-def _serve(conn: Connection, interval: float) -> None:
+def default_mode(device: str) -> str:
+    """The mode of a load given as "auto": bf16 on a GPU, fp32 on the CPU (the front end cannot ask torch)."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bf16"
+    return "fp32"
+
+
+def _warm_up_when_idle() -> None:
+    """warm_up() on a thread that runs only on CPU time nobody else wants (Linux SCHED_IDLE).
+
+    A spare started ahead of need must not slow the reply being generated next
+    to it. Only this thread has the idle policy: it cannot be undone without
+    privileges, so the threads that serve and generate are made after it, as
+    normal ones.
+    """
+
+    def run() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
+        warm_up()
+
+    thread = threading.Thread(target=run, name="glmtui-warm-up")
+    thread.start()
+    thread.join()
+
+
+def _serve(conn: Connection, interval: float, idle: bool) -> None:
     started = time.perf_counter()
-    warm_up()
+    _warm_up_when_idle() if idle else warm_up()
     from .api import cuda_figures
     from .worker import InferenceWorker
 
@@ -168,6 +198,8 @@ def _serve(conn: Connection, interval: float) -> None:
         kind = message[0]
         if kind == "load":
             _, rid, path, mode, device = message
+            if mode == "auto":
+                mode = default_mode(device)
             worker._submit("load", {"path": path, "mode": mode, "device": device}, None, rid)
         elif kind == "generate":
             _, rid, messages, params, tools = message
@@ -186,10 +218,14 @@ def _serve(conn: Connection, interval: float) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``child.py FD PARENT_PID [FLUSH_INTERVAL]``: serve the parent's pipe on file descriptor FD."""
+    """``FD PARENT_PID [FLUSH_INTERVAL [idle]]``: serve the parent's pipe on file descriptor FD.
+
+    ``idle``: a spare started ahead of need, which imports on idle CPU time only.
+    """
     args = sys.argv[1:] if argv is None else argv
     fd, parent_pid = int(args[0]), int(args[1])
     interval = float(args[2]) if len(args) > 2 else FLUSH_INTERVAL
+    idle = len(args) > 3 and args[3] == "idle"
     faulthandler.enable(all_threads=False)  # a crash writes "Fatal Python error: ..." and a traceback to the log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front end's to handle
     set_parent_death_signal()
@@ -200,4 +236,4 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"glmtui engine process {os.getpid()} (parent {parent_pid}) started {time.strftime('%Y-%m-%d %H:%M:%S')}",
           flush=True)
     conn.send(("hello", os.getpid()))
-    _serve(conn, interval)
+    _serve(conn, interval, idle)

@@ -68,8 +68,9 @@ _ERRORISH = re.compile(r"^\S.*(Error|Exception|error:|Fatal|fault|Abort|Killed|C
 class _Child:
     """One engine process and this side of its pipe."""
 
-    def __init__(self, popen: subprocess.Popen, conn: Connection, log_path: Path):
+    def __init__(self, popen: subprocess.Popen, conn: Connection, log_path: Path, ahead: bool = False):
         self.popen = popen
+        self.ahead = ahead  # started ahead of need: imports on idle CPU time only
         self.pid = popen.pid
         self.conn = conn
         self.log_path = log_path
@@ -165,6 +166,7 @@ class EngineProcess:
                 self._listeners.remove(listener)
 
     def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
+        """Load in a fresh process; ``mode="auto"``: bf16 on a GPU, fp32 on the CPU (decided by the engine)."""
         return self._submit("load", sink, str(path), mode, device)
 
     def unload(self, sink: Optional[Listener] = None) -> int:
@@ -295,7 +297,10 @@ class EngineProcess:
             self.model_info = None
         if old is not None:
             self._retire(old)
-        child = spare if spare is not None and not spare.lost else self._spawn()
+        if spare is not None and (spare.lost or (spare.ahead and not spare.ready.is_set())):
+            self._end(spare)  # a spare still importing on idle time could be starved: start one at full speed
+            spare = None
+        child = spare if spare is not None else self._spawn()
         if child is None:
             return self._finish(request_id, Failed(request_id, self._spawn_error, "load"))
         self._wait_retired()  # two models never share the memory
@@ -332,7 +337,7 @@ class EngineProcess:
         with self._lock:
             if self._spare is not None and not self._spare.lost:
                 return
-        spare = self._spawn()
+        spare = self._spawn(ahead=True)
         with self._lock:
             self._spare = spare
 
@@ -412,8 +417,11 @@ class EngineProcess:
 
     _spawn_error = ""
 
-    def _spawn(self) -> Optional[_Child]:
-        """Start a fresh engine process (on the engine's thread: the parent-death signal follows it)."""
+    def _spawn(self, ahead: bool = False) -> Optional[_Child]:
+        """Start a fresh engine process (on the engine's thread: the parent-death signal follows it).
+
+        ``ahead``: a spare nobody waits for yet, whose imports use idle CPU time only.
+        """
         try:
             from ..config import default_paths, ensure_private_dir
 
@@ -426,7 +434,8 @@ class EngineProcess:
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 popen = subprocess.Popen(
-                    [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), str(self._flush_interval)],
+                    [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), str(self._flush_interval),
+                     "idle" if ahead else "now"],
                     stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(theirs.fileno(),),
                     env=dict(os.environ, PYTHONUNBUFFERED="1"),
                     start_new_session=True,  # the terminal's Ctrl-C and hangup are the front end's
@@ -437,7 +446,7 @@ class EngineProcess:
         except OSError as exc:
             self._spawn_error = f"cannot start the engine process: {exc}"
             return None
-        child = _Child(popen, Connection(ours.detach()), log_path)
+        child = _Child(popen, Connection(ours.detach()), log_path, ahead)
         self._last_child = child
         threading.Thread(target=self._read, args=(child,), name=f"glmtui-engine-{child.pid}", daemon=True).start()
         return child

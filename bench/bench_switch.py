@@ -1,0 +1,241 @@
+"""Benchmark: the engine in a process of its own vs the in-process worker thread.
+
+A native GLM whose greedy replies never stop (bench/harness.build_nonstop_glm, hidden 1024 and 8
+layers by default) is loaded by both engines in this one run:
+
+- switch: wall time from ``load(other mode)`` with a model loaded to ``Loaded``, alternating
+  in-process / process, bf16 <-> int4 by default. Before each process switch the bench waits until
+  the spare process has finished its imports (the user reading the reply); that wait is reported
+  apart, as the spawn time (spawn to imports done). One switch with no spare waiting (spare turned
+  off) is measured too: spawn + imports + load.
+- cancel: time from ``cancel()`` to ``Finished(cancelled)`` at the caller, mid-reply.
+- stream: tokens/s of a greedy reply seen by the caller (first Token to Finished), both engines.
+- memory: in a fresh front-end process per engine, the resident memory of that process and all its
+  children before the first load and after each unload (bf16 -> unload -> int4 -> unload, per cycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from harness import LoadWatch, build_nonstop_glm, spread  # noqa: E402
+
+MIB = 2**20
+
+
+class Waiter:
+    """Listener: the events of each request; wait for its end."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.final: dict[int, object] = {}
+        self.first_token: dict[int, float] = {}
+
+    def __call__(self, event) -> None:
+        from glmtui.engine.events import Failed, Finished, Loaded, Token, Unloaded
+
+        with self.cond:
+            if isinstance(event, Token) and event.request_id not in self.first_token:
+                self.first_token[event.request_id] = time.perf_counter()
+                self.cond.notify_all()
+            if isinstance(event, (Loaded, Unloaded, Finished, Failed)):
+                self.final[event.request_id] = (event, time.perf_counter())
+                self.cond.notify_all()
+
+    def wait(self, rid: int, timeout: float = 600.0):
+        with self.cond:
+            assert self.cond.wait_for(lambda: rid in self.final, timeout), f"request {rid} did not end"
+            return self.final[rid]
+
+    def wait_first_token(self, rid: int, timeout: float = 120.0) -> float:
+        with self.cond:
+            assert self.cond.wait_for(lambda: rid in self.first_token or rid in self.final, timeout)
+            return self.first_token.get(rid, 0.0)
+
+
+def timed_load(engine, waiter: Waiter, folder: Path, mode: str) -> float:
+    started = time.perf_counter()
+    event, at = waiter.wait(engine.load(str(folder), mode))
+    assert type(event).__name__ == "Loaded", event
+    return at - started
+
+
+def wait_spare(engine, timeout: float = 300.0) -> float:
+    """Wait until the engine's spare process is ready; seconds waited."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        spare = engine._spare
+        if spare is not None and spare.ready.is_set():
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise RuntimeError("no spare process became ready")
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def memory_run(kind: str, folder: str, cycles: int, modes: list[str]) -> None:
+    """In a fresh front-end process: RSS of it and its children before the first load and after each unload."""
+    import psutil
+
+    from glmtui.engine.events import ChatMessage, GenerationParams
+
+    me = psutil.Process()
+
+    def total() -> int:
+        procs = [me] + me.children(recursive=True)
+        size = 0
+        for proc in procs:
+            try:
+                size += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return size
+
+    waiter = Waiter()
+    if kind == "process":
+        from glmtui.engine.process import EngineProcess
+
+        engine = EngineProcess(waiter).start()
+    else:
+        from glmtui.engine.worker import InferenceWorker
+
+        engine = InferenceWorker(waiter).start()
+    time.sleep(0.5)
+    before = total()
+    after = []
+    for _ in range(cycles):
+        for mode in modes:
+            timed_load(engine, waiter, Path(folder), mode)
+            waiter.wait(engine.generate([ChatMessage("user", "hi")], GenerationParams(max_new_tokens=16,
+                                                                                       temperature=0.0)))
+            waiter.wait(engine.unload())
+            time.sleep(0.5)
+            after.append(total())
+    print(json.dumps({"kind": kind, "before": before, "after": after,
+                      "torch_here": "torch" in sys.modules}), flush=True)
+    engine.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--modes", default="bf16,int4", help="the switch alternates between these")
+    parser.add_argument("--cycles", type=int, default=3, help="switch cycles (each mode once per cycle)")
+    parser.add_argument("--cancels", type=int, default=5)
+    parser.add_argument("--stream-tokens", type=int, default=200)
+    parser.add_argument("--memory-cycles", type=int, default=5)
+    parser.add_argument("--memory-run", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    if args.memory_run:
+        memory_run(args.memory_run[0], args.memory_run[1], args.memory_cycles, modes)
+        return 0
+
+    from glmtui.engine.events import ChatMessage, GenerationParams
+    from glmtui.engine.process import EngineProcess
+    from glmtui.engine.worker import InferenceWorker
+
+    watch = LoadWatch()
+    print(watch.sample("before"), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_nonstop_glm(Path(tmp) / "glm", args.hidden, args.layers, context=4096)
+        print(f"model: native GLM hidden {args.hidden}, {args.layers} layers, CPU; switch {' <-> '.join(modes)}",
+              flush=True)
+        w_in, w_proc = Waiter(), Waiter()
+        inproc = InferenceWorker(w_in).start()
+        proc = EngineProcess(w_proc, log_dir=Path(tmp) / "logs").start()
+        try:
+            first_in = timed_load(inproc, w_in, folder, modes[0])
+            first_proc = timed_load(proc, w_proc, folder, modes[0])
+            print(f"first load ({modes[0]}): in-process {first_in:.2f} s (imports torch in the worker), "
+                  f"process {first_proc:.2f} s (spawn + imports + load)", flush=True)
+
+            switch_in, switch_proc, spare_waits, spawns = [], [], [], []
+            for _ in range(args.cycles):
+                for mode in modes[1:] + modes[:1]:
+                    switch_in.append(timed_load(inproc, w_in, folder, mode))
+                    spare_waits.append(wait_spare(proc))
+                    spare = proc._spare
+                    spawns.append(spare.ready_at - spare.spawned_at)
+                    switch_proc.append(timed_load(proc, w_proc, folder, mode))
+            print(f"switch, median of {len(switch_in)}: in-process {median(switch_in):.3f} s {spread(switch_in)}, "
+                  f"process {median(switch_proc):.3f} s {spread(switch_proc)}; "
+                  f"process / in-process {median(switch_proc) / median(switch_in):.2f}", flush=True)
+            print(f"spare process: spawn to imports done {median(spawns):.2f} s {spread(spawns)} "
+                  f"(waited for it after a switch: {median(spare_waits):.2f} s median)", flush=True)
+
+            w_cold = Waiter()
+            cold = EngineProcess(w_cold, keep_spare=False, log_dir=Path(tmp) / "logs").start()
+            timed_load(cold, w_cold, folder, modes[0])
+            cold_switch = timed_load(cold, w_cold, folder, modes[1 % len(modes)])
+            cold.shutdown()
+            print(f"switch with no spare ready (spawn + imports + load): {cold_switch:.2f} s", flush=True)
+
+            long = GenerationParams(max_new_tokens=4000, temperature=0.0)
+            hello = [ChatMessage("user", "hello")]
+            lat = {"in-process": [], "process": []}
+            for _ in range(args.cancels):
+                for name, engine, waiter in (("in-process", inproc, w_in), ("process", proc, w_proc)):
+                    rid = engine.generate(hello, long)
+                    waiter.wait_first_token(rid)
+                    time.sleep(0.2)
+                    sent = time.perf_counter()
+                    engine.cancel(rid)
+                    event, at = waiter.wait(rid)
+                    assert getattr(event, "finish_reason", None) == "cancelled", event
+                    lat[name].append(at - sent)
+            print("cancel to Finished, median of %d: in-process %.1f ms %s, process %.1f ms %s" % (
+                args.cancels, median(lat["in-process"]) * 1000, spread([v * 1000 for v in lat["in-process"]]),
+                median(lat["process"]) * 1000, spread([v * 1000 for v in lat["process"]])), flush=True)
+
+            rates = {"in-process": [], "process": []}
+            params = GenerationParams(max_new_tokens=args.stream_tokens, temperature=0.0)
+            for _ in range(3):
+                for name, engine, waiter in (("in-process", inproc, w_in), ("process", proc, w_proc)):
+                    rid = engine.generate(hello, params)
+                    first = waiter.wait_first_token(rid)
+                    event, at = waiter.wait(rid)
+                    rates[name].append((event.completion_tokens - 1) / (at - first))
+            print(f"stream, caller-side tok/s (median of 3): in-process {median(rates['in-process']):.1f}, "
+                  f"process {median(rates['process']):.1f}; process / in-process "
+                  f"{median(rates['process']) / median(rates['in-process']):.3f}", flush=True)
+        finally:
+            inproc.shutdown()
+            proc.shutdown()
+
+        for kind in ("in-process", "process"):
+            out = subprocess.run([sys.executable, __file__, "--memory-run", kind.replace("in-process", "inproc"),
+                                  str(folder), "--memory-cycles", str(args.memory_cycles), "--modes", args.modes],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                print(f"memory run ({kind}) failed:\n{out.stderr[-2000:]}")
+                return 1
+            found = json.loads(out.stdout.strip().splitlines()[-1])
+            deltas = [(a - found["before"]) / MIB for a in found["after"]]
+            print(f"memory of the front end and its children, {kind}: {found['before'] / MIB:.1f} MiB before the "
+                  f"first load; after each unload, over that: {', '.join(f'{d:+.1f}' for d in deltas)} MiB "
+                  f"(torch in the front end: {found['torch_here']})", flush=True)
+    print(watch.sample("after"))
+    print(watch.verdict())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

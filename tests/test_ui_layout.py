@@ -62,8 +62,9 @@ async def test_the_chat_keeps_most_of_the_width_at_every_size(quiet_sampler):
     for size in SIZES:
         app = GlmApp(mode="fp32", sampler=quiet_sampler)
         async with app.run_test(size=size) as pilot:
-            await pilot.pause()
             chat = app.query_one("#chat")
+            await wait_for(pilot, lambda: chat.region.width > 0, timeout=10, what="the first layout")
+            await pilot.pause()
             sides = [app.query_one(f"#{pane}") for pane in ("history", "side")]
             shown = [side for side in sides if side.display and side.region.width]
             widths.append(chat.region.width)

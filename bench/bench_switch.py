@@ -4,10 +4,10 @@ A native GLM whose greedy replies never stop (bench/harness.build_nonstop_glm, h
 layers by default) is loaded by both engines in this one run:
 
 - switch: wall time from ``load(other mode)`` with a model loaded to ``Loaded``, alternating
-  in-process / process, bf16 <-> int4 by default. Before each process switch the bench waits until
-  the spare process has finished its imports (the user reading the reply); that wait is reported
-  apart, as the spawn time (spawn to imports done). One switch with no spare waiting (spare turned
-  off) is measured too: spawn + imports + load.
+  in-process / process, bf16 <-> int4 by default, per target mode. Before each process switch the
+  bench waits until the spare process has finished its imports (the user reading the reply); that
+  wait is reported apart, with the spawn time (spawn to imports done). One switch with no spare
+  waiting (spare turned off) is measured too: spawn + imports + load.
 - cancel: time from ``cancel()`` to ``Finished(cancelled)`` at the caller, mid-reply.
 - stream: tokens/s of a greedy reply seen by the caller (first Token to Finished), both engines.
 - memory: in a fresh front-end process per engine, the resident memory of that process and all its
@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=3, help="switch cycles (each mode once per cycle)")
     parser.add_argument("--cancels", type=int, default=5)
     parser.add_argument("--stream-tokens", type=int, default=200)
+    parser.add_argument("--stream-rounds", type=int, default=5)
     parser.add_argument("--memory-cycles", type=int, default=5)
     parser.add_argument("--memory-run", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,22 +165,26 @@ def main() -> int:
         try:
             first_in = timed_load(inproc, w_in, folder, modes[0])
             first_proc = timed_load(proc, w_proc, folder, modes[0])
-            print(f"first load ({modes[0]}): in-process {first_in:.2f} s (imports torch in the worker), "
+            print(f"first load ({modes[0]}): in-process {first_in:.2f} s (torch already imported by the bench), "
                   f"process {first_proc:.2f} s (spawn + imports + load)", flush=True)
 
-            switch_in, switch_proc, spare_waits, spawns = [], [], [], []
+            switch_in = {mode: [] for mode in modes}
+            switch_proc = {mode: [] for mode in modes}
+            spare_waits, spawns = [], []
             for _ in range(args.cycles):
                 for mode in modes[1:] + modes[:1]:
-                    switch_in.append(timed_load(inproc, w_in, folder, mode))
+                    switch_in[mode].append(timed_load(inproc, w_in, folder, mode))
                     spare_waits.append(wait_spare(proc))
                     spare = proc._spare
                     spawns.append(spare.ready_at - spare.spawned_at)
-                    switch_proc.append(timed_load(proc, w_proc, folder, mode))
-            print(f"switch, median of {len(switch_in)}: in-process {median(switch_in):.3f} s {spread(switch_in)}, "
-                  f"process {median(switch_proc):.3f} s {spread(switch_proc)}; "
-                  f"process / in-process {median(switch_proc) / median(switch_in):.2f}", flush=True)
-            print(f"spare process: spawn to imports done {median(spawns):.2f} s {spread(spawns)} "
-                  f"(waited for it after a switch: {median(spare_waits):.2f} s median)", flush=True)
+                    switch_proc[mode].append(timed_load(proc, w_proc, folder, mode))
+            for mode in modes:
+                a, b = switch_in[mode], switch_proc[mode]
+                print(f"switch to {mode}, median of {len(a)}: in-process {median(a):.3f} s {spread(a)}, "
+                      f"process {median(b):.3f} s {spread(b)}; process / in-process {median(b) / median(a):.2f}",
+                      flush=True)
+            print(f"spare process: spawn to imports done (on idle CPU time) {median(spawns):.2f} s {spread(spawns)}; "
+                  f"waited for it after a switch: {median(spare_waits):.2f} s median", flush=True)
 
             w_cold = Waiter()
             cold = EngineProcess(w_cold, keep_spare=False, log_dir=Path(tmp) / "logs").start()
@@ -205,17 +210,19 @@ def main() -> int:
                 args.cancels, median(lat["in-process"]) * 1000, spread([v * 1000 for v in lat["in-process"]]),
                 median(lat["process"]) * 1000, spread([v * 1000 for v in lat["process"]])), flush=True)
 
+            wait_spare(proc)  # steady state: no spare importing beside the replies
             rates = {"in-process": [], "process": []}
             params = GenerationParams(max_new_tokens=args.stream_tokens, temperature=0.0)
-            for _ in range(3):
+            for _ in range(args.stream_rounds):
                 for name, engine, waiter in (("in-process", inproc, w_in), ("process", proc, w_proc)):
                     rid = engine.generate(hello, params)
                     first = waiter.wait_first_token(rid)
                     event, at = waiter.wait(rid)
                     rates[name].append((event.completion_tokens - 1) / (at - first))
-            print(f"stream, caller-side tok/s (median of 3): in-process {median(rates['in-process']):.1f}, "
-                  f"process {median(rates['process']):.1f}; process / in-process "
-                  f"{median(rates['process']) / median(rates['in-process']):.3f}", flush=True)
+            tin, tproc = median(rates["in-process"]), median(rates["process"])
+            print(f"stream, caller-side tok/s (median of {args.stream_rounds}): in-process {tin:.1f} "
+                  f"{spread(rates['in-process'])}, process {tproc:.1f} {spread(rates['process'])}; "
+                  f"process / in-process {tproc / tin:.3f}", flush=True)
         finally:
             inproc.shutdown()
             proc.shutdown()

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "history": ["bench_history.py"],
     "memory": ["bench_memory.py"],
     "gpu": ["bench_gpu.py"],
+    "switch": ["bench_switch.py"],
 }
 
 

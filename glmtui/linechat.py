@@ -79,7 +79,8 @@ def _load(engine, args, events: _Events, log: TextIO):
         path, _name = resolve_model(args.model)
         device = getattr(args, "device", None) or "auto"
         mode = getattr(args, "mode", None) or "auto"  # the engine picks: bf16 on a GPU, fp32 on the CPU
-        print(f"Loading {path} ({'default mode' if mode == 'auto' else mode}, device {device})…", file=log, flush=True)
+        shown = "default mode" if mode == "auto" else mode
+        print(f"Loading {path} ({shown}, device {device})…", file=log, flush=True)
         rid = engine.load(path, mode, device, sink=events)
         what = path
     last_stage = None

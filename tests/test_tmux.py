@@ -95,7 +95,10 @@ def test_glmtui_in_tmux_loads_a_model_and_answers(chatglm3_dir, tmp_path):
         assert model in screen  # the reply's header names the model
         assert "TTFT" in screen and "prompt" in screen
         footer = lines[-1]
-        assert "Send" in footer and "Newline" in footer and "palette" in footer
+        # the footer at 100 columns: whole keys only (it was cut as "^f Sea▏"), Load/Quant/Unload kept
+        assert "⏎ Send" in footer and "^l Load" in footer and "f8 Quant" in footer and "f9 Unload" in footer
+        keys, _, palette = footer.partition("▏")
+        assert palette.strip() == "^p palette" and keys.rstrip().endswith(("Quant", "Unload", "Load", "Search"))
         assert "Chat" in lines[0] and "History" in lines[0]  # the pane bar at 100 columns
         if os.environ.get("GLMTUI_SAVE_SCREEN"):
             (ROOT / "docs" / "screen.txt").write_text(screen, encoding="utf-8")

@@ -285,10 +285,15 @@ def test_unload_ends_the_processes_and_a_failed_load_leaves_none(engine, tmp_pat
     assert wait_for(lambda: all(gone(p) for p in pids), 10) and eng.memory_report().pids == ()
     assert eng.state == "empty" and eng.model_info is None
 
-    missing = log.wait(eng.load(str(tmp_path / "no-such-model"), "fp32"), timeout=120)
+    missing = log.wait(eng.load(str(tmp_path / "no-such-model"), "int4"), timeout=120)
     assert isinstance(missing, Failed) and missing.during == "load"
     assert wait_for(lambda: eng.memory_report().pids == (), 30)  # nothing loaded: nothing kept
     assert eng.state == "empty"
+
+    # int4 was asked for: from now on a spare imports bitsandbytes in advance, on idle CPU time
+    eng.prestart()
+    assert wait_for(lambda: eng._spare is not None, 10)
+    assert psutil.Process(eng._spare.pid).cmdline()[-1] == "idle,quantizers"
 
 
 # ------------------------------------------------------------------ the front end as a process of its own

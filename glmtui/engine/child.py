@@ -134,8 +134,11 @@ _WARM_NAMES = ("GlmConfig", "GlmForCausalLM", "GenerationConfig", "AutoConfig", 
                "AutoTokenizer")
 
 
-def warm_up() -> None:
-    """Import what a load and a generation need, so that a spare process loads as fast as a used one."""
+def warm_up(quantizers: bool = False) -> None:
+    """Import what a load and a generation need, so that a spare process loads as fast as a used one.
+
+    ``quantizers``: bitsandbytes too (seconds, ~100 MiB), once int8/int4 has been used.
+    """
     from . import generation, loading, memory  # noqa: F401  (torch and transformers)
 
     import transformers
@@ -145,10 +148,21 @@ def warm_up() -> None:
             getattr(transformers, name)
         except Exception:  # an older or newer transformers: the load itself will say what is missing
             pass
+    try:  # a table of ~1,000 regular expressions, built on the first load and cached (0.3 s)
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        get_checkpoint_conversion_mapping("glm")
+    except Exception:
+        pass
     try:
         import sentencepiece  # noqa: F401  (ChatGLM3's tokenizer)
     except ImportError:
         pass
+    if quantizers:
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception:  # missing or broken: the int8/int4 load reports it
+            pass
 
 
 def default_mode(device: str) -> str:
@@ -160,7 +174,7 @@ def default_mode(device: str) -> str:
     return "fp32"
 
 
-def _warm_up_when_idle() -> None:
+def _warm_up_when_idle(quantizers: bool) -> None:
     """warm_up() on a thread that runs only on CPU time nobody else wants (Linux SCHED_IDLE).
 
     A spare started ahead of need must not slow the reply being generated next
@@ -174,16 +188,16 @@ def _warm_up_when_idle() -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (AttributeError, OSError):
             pass
-        warm_up()
+        warm_up(quantizers)
 
     thread = threading.Thread(target=run, name="glmtui-warm-up")
     thread.start()
     thread.join()
 
 
-def _serve(conn: Connection, interval: float, idle: bool) -> None:
+def _serve(conn: Connection, interval: float, idle: bool, quantizers: bool) -> None:
     started = time.perf_counter()
-    _warm_up_when_idle() if idle else warm_up()
+    _warm_up_when_idle(quantizers) if idle else warm_up(quantizers)
     from .api import cuda_figures
     from .worker import InferenceWorker
 
@@ -218,14 +232,15 @@ def _serve(conn: Connection, interval: float, idle: bool) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``FD PARENT_PID [FLUSH_INTERVAL [idle]]``: serve the parent's pipe on file descriptor FD.
+    """``FD PARENT_PID [FLUSH_INTERVAL [FLAGS]]``: serve the parent's pipe on file descriptor FD.
 
-    ``idle``: a spare started ahead of need, which imports on idle CPU time only.
+    FLAGS, comma-separated: ``idle``, a spare started ahead of need, which imports on idle CPU
+    time only; ``quantizers``, import bitsandbytes in advance too.
     """
     args = sys.argv[1:] if argv is None else argv
     fd, parent_pid = int(args[0]), int(args[1])
     interval = float(args[2]) if len(args) > 2 else FLUSH_INTERVAL
-    idle = len(args) > 3 and args[3] == "idle"
+    flags = set(args[3].split(",")) if len(args) > 3 else set()
     faulthandler.enable(all_threads=False)  # a crash writes "Fatal Python error: ..." and a traceback to the log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front end's to handle
     set_parent_death_signal()
@@ -236,4 +251,4 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"glmtui engine process {os.getpid()} (parent {parent_pid}) started {time.strftime('%Y-%m-%d %H:%M:%S')}",
           flush=True)
     conn.send(("hello", os.getpid()))
-    _serve(conn, interval, idle)
+    _serve(conn, interval, "idle" in flags, "quantizers" in flags)

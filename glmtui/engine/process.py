@@ -59,6 +59,7 @@ from .events import (
 )
 
 LOG_KEEP = 10  # engine log files kept (one per process)
+QUANTIZED_MODES = ("int8", "int4")  # bitsandbytes's
 FLUSH_INTERVAL = 0.02  # the child's token coalescing (seconds); see child.Outbox
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the glmtui package
 _BOOT = f"import sys; sys.path[0] = {_ROOT!r}; from glmtui.engine.child import main; main()"
@@ -143,6 +144,7 @@ class EngineProcess:
         self._idle_since = time.monotonic()
         self._last_ping_round = 0.0
         self._stopping = False
+        self._quantized = False  # an int8/int4 load was asked for
         self.model_info: Optional[ModelInfo] = None
         self.state = "empty"  # empty, loading, ready, generating, stopped
         self.last_exit: Optional[EngineExited] = None
@@ -291,6 +293,7 @@ class EngineProcess:
             self._housekeeping()
 
     def _do_load(self, request_id: int, path: str, mode: str, device: str) -> None:
+        self._quantized = self._quantized or mode in QUANTIZED_MODES
         with self._lock:
             old, self._active = self._active, None
             spare, self._spare = self._spare, None
@@ -430,12 +433,15 @@ class EngineProcess:
             prune_logs(log_dir, LOG_KEEP - 1)
             self.spawned += 1
             log_path = log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.spawned}.log"
+            # bitsandbytes is imported in advance once a quantized mode has been used (as in-process:
+            # the first int8/int4 load pays its import, later switches do not)
+            flags = ["idle"] * ahead + ["quantizers"] * self._quantized
             ours, theirs = socket.socketpair()
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 popen = subprocess.Popen(
                     [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), str(self._flush_interval),
-                     "idle" if ahead else "now"],
+                     ",".join(flags) or "-"],
                     stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(theirs.fileno(),),
                     env=dict(os.environ, PYTHONUNBUFFERED="1"),
                     start_new_session=True,  # the terminal's Ctrl-C and hangup are the front end's

@@ -12,7 +12,9 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     # CPU build by default; on a GPU box install your CUDA build of torch into .venv first.
-    "$VENV/bin/python" -m pip install -q "${GLMTUI_TORCH:-torch==2.13.0}"
+    # GLMTUI_TORCH may carry pip options too (a CUDA wheel index): split into words
+    read -r -a torch_req <<< "${GLMTUI_TORCH:-torch==2.13.0}"
+    "$VENV/bin/python" -m pip install -q "${torch_req[@]}"
   fi
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   touch "$stamp"

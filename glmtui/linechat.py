@@ -21,7 +21,7 @@ import queue
 import sys
 from typing import Optional, TextIO
 
-from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, LoadProgress, Token
+from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, LoadProgress, Token, reached_context
 
 CLEAR, STOP = "clear", "stop"
 
@@ -44,6 +44,12 @@ class _Events:
                 continue
             if getattr(event, "request_id", None) == request_id:
                 return event
+
+
+def _context_length(engine):
+    """The loaded model's context in tokens, or None (a remote server may not say)."""
+    info = getattr(engine, "model_info", None)
+    return getattr(info, "context_length", None) or None
 
 
 def _open_engine(args, events: _Events, log: TextIO):
@@ -181,7 +187,11 @@ def _run_piped(args, stdin: TextIO, out: TextIO, log: TextIO, params: Generation
         out.write("\n")
     out.flush()
     if done.finish_reason == "length":
-        print(f"(the reply reached the {params.max_new_tokens}-token limit: --max-new-tokens)", file=log)
+        context = _context_length(engine)
+        if reached_context(done.prompt_tokens, done.completion_tokens, context):
+            print(f"(the reply reached the model's context: {context} tokens)", file=log)
+        else:
+            print(f"(the reply reached the {params.max_new_tokens}-token limit: --max-new-tokens)", file=log)
     return 0
 
 
@@ -240,7 +250,8 @@ def _run_interactive(args, stdin: TextIO, out: TextIO, log: TextIO, params: Gene
             if done.finish_reason == "cancelled":
                 out.write(" [stopped]")
             elif done.finish_reason == "length":
-                out.write(" [token limit]")
+                hit = reached_context(done.prompt_tokens, done.completion_tokens, _context_length(engine))
+                out.write(" [context full: `clear` to start over]" if hit else " [token limit]")
             out.write("\n")
             out.flush()
             history += [user, ChatMessage("assistant", reply)]

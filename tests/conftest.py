@@ -40,6 +40,13 @@ def chatty_chatglm3(models_root) -> Path:
     return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-chatty", never_stop=True)
 
 
+@pytest.fixture(scope="session")
+def short_context_chatty(models_root) -> Path:
+    """A ChatGLM3 that never stops on its own and has 64 tokens of context: every long enough
+    reply runs into the context, and a long prompt does not fit at all."""
+    return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-ctx64", never_stop=True, context=64)
+
+
 @pytest.fixture(scope="module")
 def served(chatglm3_dir):
     """(worker, event log, API server) on the tiny ChatGLM3, served as "tiny-chatglm3"; one per test module."""

@@ -59,6 +59,16 @@ def test_piped_failures_keep_stdout_empty(chatglm3_dir, tmp_path):
     assert run.returncode == 2 and run.stdout == b"" and b"temperature" in run.stderr
 
 
+def test_a_reply_cut_by_the_context_says_so_not_max_new_tokens(short_context_chatty):
+    run = subprocess.run(CHAT + ["--model", str(short_context_chatty), "--temperature", "0", "--max-new-tokens", "500"],
+                         input=b"hi", capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert b"reached the model's context: 64 tokens" in run.stderr and b"--max-new-tokens" not in run.stderr
+    run = subprocess.run(CHAT + ["--model", str(short_context_chatty), "--temperature", "0", "--max-new-tokens", "5"],
+                         input=b"hi", capture_output=True, timeout=300)
+    assert run.returncode == 0 and b"5-token limit" in run.stderr, run.stderr
+
+
 class Terminal:
     """`glmtui chat` on a pseudo-terminal."""
 

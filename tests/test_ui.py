@@ -1107,16 +1107,6 @@ async def test_a_history_with_damaged_pages_is_repaired_at_start(quiet_sampler):
 
 
 @pytest.fixture(scope="module")
-def short_context_chatty(tmp_path_factory):
-    """A ChatGLM3 that never stops on its own and has 64 tokens of context: every long enough
-    reply runs into the context, and a long prompt does not fit at all."""
-    import tiny_models
-
-    return tiny_models.build_chatglm3(tmp_path_factory.mktemp("short-context") / "tiny-chatglm3-ctx64",
-                                      never_stop=True, context=64)
-
-
-@pytest.fixture(scope="module")
 def silent_glm(native_glm, tmp_path_factory):
     """The tiny native GLM with its final norm zeroed: every logit is 0, greedy picks token 0, its
     end-of-text: every reply is empty."""

@@ -306,5 +306,6 @@ def test_int4_on_cpu_with_odd_layer_widths_loads_and_then_generates(worker, tmp_
     assert isinstance(loaded, Loaded), loaded
     stages = [e.stage for e in log.of(loaded.request_id, LoadProgress)]
     assert any("stay bf16" in stage for stage in stages), stages  # the user is told which layers stayed 16-bit
+    assert any("stay bf16" in note for note in loaded.notes), loaded  # ...and the Loaded event keeps it
     done = log.wait(w.generate([ChatMessage("user", "hello")], GenerationParams(max_new_tokens=4, temperature=0.0)))
     assert isinstance(done, Finished), done

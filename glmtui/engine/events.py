@@ -75,6 +75,7 @@ class Loaded:
     footprint_bytes: int
     load_seconds: float
     context_length: int
+    notes: tuple[str, ...] = ()  # what the load changed on its own (e.g. layers kept in 16-bit)
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,12 @@ class EngineUnresponsive:
 
 
 Event = Union[LoadProgress, Loaded, Unloaded, Started, Token, Finished, Failed, EngineExited, EngineUnresponsive]
+
+
+def reached_context(prompt_tokens: Optional[int], completion_tokens: Optional[int],
+                    context_length: Optional[int]) -> bool:
+    """A reply cut at "length" whose prompt and reply fill the whole context: the model's context,
+    not max new tokens, ended it (the engine lowers max new tokens to what the context has left)."""
+    if not context_length or prompt_tokens is None or completion_tokens is None:
+        return False
+    return prompt_tokens + completion_tokens >= context_length

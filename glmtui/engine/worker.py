@@ -211,6 +211,7 @@ class InferenceWorker:
                 loaded.footprint_bytes,
                 loaded.load_seconds,
                 loaded.context_length,
+                tuple(getattr(loaded, "notes", ())),
             ),
         )
 

@@ -612,9 +612,9 @@ class GlmApp(App):
             self._save_prefs(mode=event.mode)
             self.notify(
                 f"{event.model_name} · {event.mode} · {event.device} · {fmt_bytes(event.footprint_bytes)} "
-                f"in {event.load_seconds:.1f} s",
+                f"in {event.load_seconds:.1f} s" + "".join(f"\n{note}" for note in event.notes),
                 title="Model loaded",
-                timeout=4,
+                timeout=8 if event.notes else 4,
             )
         else:
             self.notify(f"{event.model_name} served by {event.model_path}", title="Connected", timeout=4)

@@ -34,7 +34,7 @@ from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets._markdown import MarkdownBlock, MarkdownTable
 
-from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
+from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token, reached_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -109,15 +109,6 @@ def format_stats(stats: Optional[dict]) -> str:
         else:
             parts.append("hit max new tokens")
     return " · ".join(parts)
-
-
-def reached_context(prompt_tokens: Optional[int], completion_tokens: Optional[int],
-                    context_length: Optional[int]) -> bool:
-    """A reply cut at "length" whose prompt and reply fill the whole context: the model's context,
-    not max new tokens, ended it (the engine lowers max new tokens to what the context has left)."""
-    if not context_length or prompt_tokens is None or completion_tokens is None:
-        return False
-    return prompt_tokens + completion_tokens >= context_length
 
 
 EMPTY_TEXT = {

@@ -241,6 +241,8 @@ class ModelsPane(VerticalScroll):
             info.append(loaded.model_name, style="bold green")
             info.append(f"\n{loaded.mode} · {loaded.device} · {fmt_bytes(loaded.footprint_bytes)} · ctx {loaded.context_length}")
             info.append(f" · {loaded.load_seconds:.1f} s", style="dim")
+            for note in loaded.notes:
+                info.append(f"\n{note}", style="yellow")
             self._append_comparison(info, loaded)
         else:
             info.append("No model loaded", style="bold")

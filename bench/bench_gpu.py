@@ -215,6 +215,8 @@ def main() -> int:
     for r in rows:
         print(f"{r[0]:5} {r[1]:7.1f} {r[2]:14.0f} {r[3]:15.0f} {r[4]:16.0f} {r[5]:7d} {r[6]:7.3f} {r[7]:13.1f} "
               f"{r[8]:12.1f} {r[9]:13.3f} {r[10]:15.1f} {r[11]:13.3f}")
+    if rows:
+        print("\nHEADLINE decode / bandwidth bound: " + ", ".join(f"{r[0]} {r[11]:.2f}" for r in rows))
     return 0
 
 

@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from glmtui.store import HistoryStore  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import LoadWatch  # noqa: E402
+
 TARGET_MS = 100.0
 
 _SYLLABLES = "ka lo mi ne ra to shu vel dan tor ben ix qua zel mor pin sa ter lun gra fo wen dri op".split()
@@ -154,6 +157,8 @@ def measure(path: Path, long_id: int, repeat: int) -> dict[str, tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
+    watch = LoadWatch()
+    print(watch.sample("before"), flush=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conversations", type=int, default=10_000)
     ap.add_argument("--messages", type=int, default=1_000_000)
@@ -197,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         if not label.startswith("SELECT"):
             worst = max(worst, med)
         print(f"{label:36} {hits:>5} {first:>9.2f} {med:>10.2f} {s_med:>9.2f} {ratio_small:>8.1f} {ratio_rt:>10.0f}  {ok}")
+    print(watch.sample("after"))
+    print(watch.verdict())
+    print(f"\nHEADLINE slowest operation on the big file {worst:.1f} ms (median; target < {TARGET_MS:.0f} ms: "
+          f"{'met' if worst < TARGET_MS else 'MISSED'})")
     return 0
 
 

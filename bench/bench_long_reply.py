@@ -47,7 +47,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import end_run, hook_generation_events, type_prompt  # noqa: E402
+from harness import LoadWatch, end_run, hook_generation_events, type_prompt  # noqa: E402
 
 # ---------------------------------------------------------------- a realistic reply
 
@@ -368,6 +368,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--paced-rate", type=float, default=200.0, help="tokens/s of the paced keystroke run")
     args = parser.parse_args()
+    watch = LoadWatch()
+    print(watch.sample("before"), flush=True)
 
     import tiny_models
 
@@ -425,6 +427,11 @@ def main() -> int:
         worst = max(worst, max(p))
     print(f"keystroke target < 50 ms: full speed {'met' if max(keyed['paint_ms']) < 50 else 'MISSED'}, "
           f"paced {'met' if max(paced['paint_ms']) < 50 else 'MISSED'}")
+    print(watch.sample("after"))
+    print(watch.verdict())
+    print(f"\nHEADLINE {long_}/{short} time ratio {ratio:.2f} (target <= 12: {'met' if ratio <= 12 else 'MISSED'}); "
+          f"paced UI CPU ratio {cpu_ratio:.1f}; key to frame during the paced reply median "
+          f"{statistics.median(paced['paint_ms']):.0f} ms")
     return 1 if failed else 0
 
 

@@ -241,6 +241,9 @@ def main() -> int:
                   f"(torch in the front end: {found['torch_here']})", flush=True)
     print(watch.sample("after"))
     print(watch.verdict())
+    print(f"\nHEADLINE process / in-process streaming tok/s {tproc / tin:.3f}; memory after each unload (process) "
+          f"{', '.join(f'{d:+.1f}' for d in deltas)} MiB over the figure before the first load"
+          f"{' [under load]' if watch.under_load else ''}")
     return 0
 
 

@@ -970,6 +970,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a taken port: only TIME_WAIT leftovers
+        # Accepted connections inherit this (Linux). Served from a socket of our own, asyncio does not set it
+        # per connection, and Nagle + delayed ACK then held every keep-alive response ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

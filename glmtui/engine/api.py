@@ -23,6 +23,19 @@ from .events import ChatMessage, Event, GenerationParams
 Listener = Callable[[Event], None]
 
 
+class Listeners:
+    """The listener registry every engine shares: needs ``self._lock`` and ``self._listeners``."""
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+
 @dataclass
 class ModelInfo:
     """What is loaded, readable from any thread."""

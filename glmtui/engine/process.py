@@ -45,7 +45,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .api import Listener, MemoryReport, ModelInfo, rss_bytes
+from .api import Listener, Listeners, MemoryReport, ModelInfo, rss_bytes
 from .events import (
     ChatMessage,
     EngineExited,
@@ -111,7 +111,7 @@ class _Request:
     internal: bool = False  # our own (retiring a process): its events are not delivered
 
 
-class EngineProcess:
+class EngineProcess(Listeners):
     """The Engine interface over a child process (see the module's docstring)."""
 
     def __init__(
@@ -157,15 +157,6 @@ class EngineProcess:
         if not self._thread.is_alive() and not self._stopping:
             self._thread.start()
         return self
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
 
     def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
         """Load in a fresh process; ``mode="auto"``: bf16 on a GPU, fp32 on the CPU (decided by the engine)."""

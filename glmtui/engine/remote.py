@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
-from .api import Listener, MemoryReport, ModelInfo
+from .api import Listener, Listeners, MemoryReport, ModelInfo
 from .events import (
     ChatMessage,
     Event,
@@ -82,7 +82,7 @@ def _error_message(status: int, body: bytes) -> str:
     return f"the server answered {status}: {message}"
 
 
-class RemoteEngine:
+class RemoteEngine(Listeners):
     """Same interface as InferenceWorker, over HTTP."""
 
     def __init__(
@@ -124,15 +124,6 @@ class RemoteEngine:
             if self._autoconnect:
                 self.load("")
         return self
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
 
     def load(self, path: str = "", mode: str = "remote", device: str = "", sink: Optional[Listener] = None) -> int:
         """Connect and report the server's model (a remote engine cannot load one)."""

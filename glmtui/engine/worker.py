@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .api import Listener, MemoryReport, ModelInfo, this_process_report
+from .api import Listener, Listeners, MemoryReport, ModelInfo, this_process_report
 from .events import (
     ChatMessage,
     Event,
@@ -44,7 +44,7 @@ class _Command:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class InferenceWorker:
+class InferenceWorker(Listeners):
     """Owns the model on a background thread; serves commands one at a time."""
 
     def __init__(self, listener: Optional[Listener] = None):
@@ -65,15 +65,6 @@ class InferenceWorker:
         if not self._thread.is_alive():
             self._thread.start()
         return self
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
 
     def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
         return self._submit("load", {"path": str(path), "mode": mode, "device": device}, sink)

@@ -474,25 +474,25 @@ class AssistantMessage(Vertical):
 
     async def drop_stream(self) -> None:
         """Stop streaming without a final render (the reply is being removed)."""
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
-            markdown = self.markdown
-            if isinstance(markdown, ReplyMarkdown):
-                markdown.follow(None)
+        await self._stop_stream()
+
+    async def _stop_stream(self) -> bool:
+        """End the Markdown stream, if one runs, and stop following the reply's end; True if one ran."""
+        if self._stream is None:
+            return False
+        stream, self._stream = self._stream, None
+        await stream.stop()
+        if isinstance(self.markdown, ReplyMarkdown):
+            self.markdown.follow(None)
+        return True
 
     async def finish(self, text: str, status: str, stats: Optional[dict]) -> None:
         self.text = text
         self.status = status
         self.stats = stats or {}
         shown = shown_text(text, status)
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
-            markdown = self.markdown
-            if isinstance(markdown, ReplyMarkdown):
-                markdown.follow(None)
-            await complete_stream(markdown, shown)
+        if await self._stop_stream():
+            await complete_stream(self.markdown, shown)
         else:
             await self.markdown.update(shown)
         self._refresh_labels()

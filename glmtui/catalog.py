@@ -55,6 +55,11 @@ class CatalogEntry:
     local_path: Optional[Path] = None
     in_catalog: bool = False
 
+    @property
+    def kind(self) -> Literal["chat", "base"]:
+        """"base": a pre-trained model, opened in completion mode (the prompt is raw text)."""
+        return "chat" if self.chat else "base"
+
     def repo_for(self, source: str) -> str:
         """The repo id on ``source`` ("hf" or "modelscope"); ValueError if the model is not there."""
         if source not in ("hf", "modelscope"):

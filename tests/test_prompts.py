@@ -11,6 +11,7 @@ from glmtui.engine.prompts import (
     ChatTemplateFormat,
     IncrementalDetokenizer,
     PromptError,
+    encode_completion,
 )
 
 
@@ -52,6 +53,52 @@ def test_chatglm3_tools_are_appended_to_the_system_prompt(glm3):
     with_tools = glm3.encode_conversation([ChatMessage("system", "sys"), ChatMessage("user", "q")], tools=tools)
     assert "sys\n[\n    {\n        \"name\": \"weather\"" in glm3.decode(with_tools)
     assert "天气" in glm3.decode(with_tools)
+
+
+@pytest.mark.parametrize("text", ["今天天气真不错", "def fib(n):\n    ", "<|user|> is text here"])
+def test_chatglm3_completion_prompt_is_prefix_and_text(glm3, chatglm3_dir, text):
+    # The facts: ChatGLM3's tokenizer puts get_prefix_tokens() = [gMASK] sop before any
+    # encoded text (build_inputs_with_special_tokens); special ids follow the piece count.
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(chatglm3_dir / "tokenizer.model"))
+    n = sp.get_piece_size()
+    ids = encode_completion(glm3, text)
+    assert ids == [n + 1, n + 3] + list(sp.encode(text))
+    assert not set(ids[2:]) & set(glm3.special_ids.values())  # no role tokens, even from "<|user|>"
+    assert glm3.completion_stop_token_ids == [2]
+
+
+def _with_post_processor(tok, single: str):
+    from tokenizers import processors
+
+    specials = [(t, tok.convert_tokens_to_ids(t)) for t in ("[gMASK]", "<sop>", "<|endoftext|>")]
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    return tok
+
+
+def test_chat_template_completion_uses_the_tokenizers_own_prefix(native_glm):
+    tok = _with_post_processor(AutoTokenizer.from_pretrained(native_glm), "[gMASK] <sop> $A")
+    fmt = ChatTemplateFormat(tok)
+    plain = tok.encode("Once upon", add_special_tokens=False)
+    assert encode_completion(fmt, "Once upon") == [tok.convert_tokens_to_ids("[gMASK]"),
+                                                   tok.convert_tokens_to_ids("<sop>")] + plain
+
+
+def test_chat_template_completion_drops_an_appended_eos(native_glm):
+    tok = _with_post_processor(AutoTokenizer.from_pretrained(native_glm), "$A <|endoftext|>")
+    fmt = ChatTemplateFormat(tok)
+    assert encode_completion(fmt, "Once upon") == tok.encode("Once upon", add_special_tokens=False)
+    assert fmt.completion_stop_token_ids == [tok.eos_token_id]
+
+
+def test_base_tokenizer_without_template_does_completion_only(native_glm):
+    tok = AutoTokenizer.from_pretrained(native_glm)
+    tok.chat_template = None
+    fmt = ChatTemplateFormat(tok, require_template=False)
+    assert encode_completion(fmt, "abc") == tok("abc")["input_ids"]
+    with pytest.raises(PromptError, match="completion mode"):
+        fmt.encode_conversation([ChatMessage("user", "hi")])
 
 
 @pytest.mark.parametrize(
@@ -112,3 +159,10 @@ def test_incremental_detokenizer_byte_level_bpe(native_glm):
     out = "".join(detok.push([i]) for i in ids) + detok.flush()
     assert out == text
     assert decode.longest <= IncrementalDetokenizer.MAX_PENDING + 1
+
+
+def test_catalogue_marks_chatglm3_base_for_completion_mode():
+    from glmtui import catalog
+
+    assert catalog.get("chatglm3-6b-base").kind == "base"
+    assert {e.key for e in catalog.CATALOG if e.kind == "base"} == {"chatglm3-6b-base"}

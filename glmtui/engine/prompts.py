@@ -10,6 +10,8 @@ Two formats cover the GLM family:
 
 Both expose the same small interface the worker needs: turn a conversation
 into prompt ids, decode ids, and name the token ids that end a reply.
+``encode_completion`` builds a raw-text prompt (base models, completion mode):
+no role tokens, only the prefix the model's tokenizer puts before any text.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ class ChatFormat(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def encode_completion(self, text: str) -> list[int]: ...
+
+
+def encode_completion(chat_format: ChatFormat, text: str) -> list[int]:
+    """Prompt ids for continuing ``text`` as it is (completion mode, no roles)."""
+    return chat_format.encode_completion(text)
 
 
 def validate_conversation(messages: Sequence[ChatMessage]) -> None:
@@ -99,12 +108,27 @@ class ChatGLM3Format:
     def count_tokens(self, text: str) -> int:
         return len(self.encode_text(text))
 
+    @property
+    def prefix_ids(self) -> list[int]:
+        """``[gMASK] sop``: the original tokenizer's ``get_prefix_tokens``, put before any text."""
+        return [self.special_ids["[gMASK]"], self.special_ids["sop"]]
+
+    @property
+    def completion_stop_token_ids(self) -> list[int]:
+        # A raw continuation ends at eos only: role tokens belong to chat prompts.
+        return [self.eos_id]
+
+    def encode_completion(self, text: str) -> list[int]:
+        """``[gMASK] sop`` + encode(text), as ``tokenizer(text)`` builds it for ChatGLM3-6B-Base
+        (``build_inputs_with_special_tokens``): no role tokens, no trailing eos."""
+        return self.prefix_ids + self.encode_text(text)
+
     def _role_ids(self, role: str, metadata: str) -> list[int]:
         return [self.special_ids[f"<|{role}|>"]] + self.encode_text(f"{metadata}\n")
 
     def encode_conversation(self, messages: Sequence[ChatMessage], tools: list | None = None) -> list[int]:
         validate_conversation(messages)
-        ids = [self.special_ids["[gMASK]"], self.special_ids["sop"]]
+        ids = self.prefix_ids
         for index, message in enumerate(messages):
             content = message.content
             if index == 0 and message.role == "system" and tools:
@@ -120,13 +144,17 @@ class ChatGLM3Format:
 
 
 class ChatTemplateFormat:
-    """Any Hugging Face tokenizer that carries a chat template."""
+    """Any Hugging Face tokenizer that carries a chat template.
+
+    ``require_template=False`` accepts a tokenizer without one (a base model used
+    for completion only); building a chat prompt with it then fails as a PromptError.
+    """
 
     name = "chat_template"
     reply_prefix = ""
 
-    def __init__(self, tokenizer, extra_stop_ids: Sequence[int] = ()):
-        if not getattr(tokenizer, "chat_template", None):
+    def __init__(self, tokenizer, extra_stop_ids: Sequence[int] = (), require_template: bool = True):
+        if require_template and not getattr(tokenizer, "chat_template", None):
             raise PromptError("the tokenizer has no chat template; this does not look like a chat model")
         self.tokenizer = tokenizer
         stops: list[int] = []
@@ -141,7 +169,25 @@ class ChatTemplateFormat:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    @property
+    def completion_stop_token_ids(self) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        return [eos] if eos is not None else list(self.stop_token_ids)
+
+    def encode_completion(self, text: str) -> list[int]:
+        """The text with the tokenizer's own special tokens (GLM-4's ``[gMASK]<sop>``, a bos),
+        less an eos some tokenizers append: the prompt is to be continued, not ended."""
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and ids and ids[-1] == eos:
+            plain = self.tokenizer.encode(text, add_special_tokens=False)
+            if not plain or plain[-1] != eos:
+                ids.pop()
+        return ids
+
     def encode_conversation(self, messages: Sequence[ChatMessage], tools: list | None = None) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise PromptError("this model has no chat template: use it in completion mode")
         validate_conversation(messages)
         rendered = [
             {"role": "tool" if m.role == "observation" and not self._knows_observation() else m.role, "content": m.content}

@@ -654,10 +654,10 @@ def last_error_line(text: str) -> str:
     return ""
 
 
-def prune_logs(log_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` engine logs."""
+def prune_logs(log_dir: Path, keep: int, pattern: str = "engine-*.log") -> None:
+    """Delete all but the newest ``keep`` logs matching ``pattern``."""
     try:
-        logs = sorted(log_dir.glob("engine-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        logs = sorted(log_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return
     for old in logs[keep:]:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 from urllib.parse import quote, urlsplit
 
-from .catalog import (
+from ..catalog import (
     COMPLETE_MARKER,
     PARTIAL_DIR,
     CatalogEntry,
@@ -701,7 +701,7 @@ class _ModelScopeBackend(_Backend):
 
 
 def _default_models_dir() -> Path:
-    from .config import default_paths
+    from ..config import default_paths
 
     return default_paths().models_dir
 
@@ -766,12 +766,12 @@ class Downloader:
         argument given to this Downloader, else ``HF_ENDPOINT``/``MODELSCOPE_ENDPOINT``,
         else ``hf_endpoint``/``modelscope_endpoint`` under ``[hub]`` in config.toml,
         else the public hub. Raises :class:`DownloadError` for a value that is not a URL."""
-        from .config import read_table
+        from ..config import read_table
 
         key, var = ("hf_endpoint", "HF_ENDPOINT") if source == "hf" else ("modelscope_endpoint", "MODELSCOPE_ENDPOINT")
         config_file = self.config_file
         if config_file is None:
-            from .config import default_paths
+            from ..config import default_paths
 
             config_file = default_paths().config_file
         candidates = (

@@ -93,6 +93,13 @@ def quiet_sampler():
     return FrozenSampler(host_only_snapshot())
 
 
+@pytest.fixture(autouse=True)
+def in_process_engine(monkeypatch):
+    """The model in a thread of the test's process: no engine process (and its torch import) per load.
+    The default, an engine process, has its own tests (test_ui_engine_process.py)."""
+    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+
+
 # ---------------------------------------------------------------- a whole session
 
 

@@ -1,11 +1,11 @@
 """GlmApp: the full-screen TUI, and ``run_app`` for ``glmtui`` on the command line.
 
-Threads: the inference worker (or RemoteEngine) calls our listener on its own
-thread; the listener only posts an :class:`EngineEvent` to the app. The
-monitor samples in a small daemon thread of its own and posts
-:class:`MonitorUpdate`. Downloads report through :class:`DownloadUpdate`.
-Nothing here imports torch or transformers: the worker imports them lazily on
-the first load, after the first screen has been painted.
+Threads: the engine (an EngineProcess by default, a RemoteEngine with an
+endpoint) calls our listener on its own thread; the listener only posts an
+:class:`EngineEvent` to the app. The monitor samples in a small daemon thread
+of its own and posts :class:`MonitorUpdate`. Downloads report through
+:class:`DownloadUpdate`. Nothing here imports torch or transformers: the model
+runs in the engine's process (see glmtui.engine.process).
 
 Layout by width (app.tcss): under MEDIUM columns one pane at a time with a pane bar
 on top (F2 cycles); from MEDIUM the chat plus one side column (the pane F2 chose
@@ -167,6 +167,11 @@ class GlmApp(App):
 
     current_pane: reactive[str] = reactive("chat", init=False)
 
+    # Where a local model runs: "process" (an EngineProcess: torch never enters the TUI's process,
+    # an unload gives everything back, a crash of the model leaves the TUI running) or "thread"
+    # (the in-process InferenceWorker: tests that need speed set it, by class or constructor).
+    LOCAL_ENGINE = "process"
+
     def __init__(
         self,
         *,
@@ -184,8 +189,10 @@ class GlmApp(App):
         api_port: int = 8000,
         api_key: Optional[str] = None,
         api_allow_hosts: tuple = (),
+        local_engine: Optional[str] = None,
     ) -> None:
         self.paths = paths or default_paths()
+        self.local_engine = local_engine or self.LOCAL_ENGINE
         self.device = device or "auto"
         self.endpoint = endpoint
         self.initial_model = model
@@ -263,9 +270,13 @@ class GlmApp(App):
             except Exception as exc:  # noqa: BLE001 - say why, run locally instead
                 self.notes.append(("error", f"Cannot use the endpoint {self.endpoint} ({exc}); running models locally."))
                 self.endpoint = None
-        from glmtui.engine.worker import InferenceWorker
+        if self.local_engine == "thread":
+            from glmtui.engine.worker import InferenceWorker
 
-        return InferenceWorker()
+            return InferenceWorker()
+        from glmtui.engine.process import EngineProcess
+
+        return EngineProcess()
 
     def compose(self) -> ComposeResult:
         yield PaneBar(id="pane-bar")
@@ -491,6 +502,12 @@ class GlmApp(App):
                 self.models_pane.refresh_info()
                 self.notify(note, title="Memory after unload", timeout=8)
 
+    def _engine_in_this_process(self) -> bool:
+        try:
+            return os.getpid() in self.engine.memory_report().pids
+        except Exception:  # noqa: BLE001 - a report is no reason to fail a load
+            return False
+
     def _own_memory(self) -> tuple[str, Optional[int]]:
         """This process's memory as the monitor last saw it: on the GPUs, else resident RAM."""
         snap = self.monitor_pane.snapshot
@@ -708,7 +725,8 @@ class GlmApp(App):
         if self.loaded is None:  # switching quantization keeps the figure from before the first load
             self._memory_before_load = self._own_memory()
             self._rss_after_imports = None
-            self._awaiting_import_baseline = True
+            # the imports stay only when the model runs in this process (an engine process takes them along)
+            self._awaiting_import_baseline = self._engine_in_this_process()
         self.loading_label = label or name
         self.models_pane.last_error = None
         self.models_pane.set_load_progress("queued", None)

@@ -239,3 +239,140 @@ def build_chatglm3(dest: Path, seed: int = 0, shards: int = 2, fmt: str = "bin",
     if native_copy is not None:
         model.save_pretrained(native_copy, safe_serialization=True)
     return dest
+
+
+# ------------------------------------------------------------------ the newer GLM architectures
+#
+# GLM-4-0414 / GLM-Z1 (Glm4ForCausalLM, reasoning in <think>...</think>), GLM-4.7-Flash
+# (Glm4MoeLiteForCausalLM: routed + shared experts, MLA attention) and GLM-4.5 / -Air
+# (Glm4MoeForCausalLM: routed + shared experts, GQA).  Shapes are tiny; what is real is the
+# class, its config keys, the checkpoint names (experts saved as transformers 5 saves them)
+# and the chat template's handling of reasoning.
+
+THINK_SPECIALS = GLM_SPECIALS + ["<think>", "</think>"]
+#: GLM-Z1 / GLM-4.5 style: an assistant turn of the history keeps only what follows
+#: ``</think>`` (reasoning is not sent back); ``enable_thinking=False`` closes an empty
+#: reasoning block at once (GLM-4.5's switch); otherwise the model opens ``<think>`` itself.
+THINKING_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{% if m['role'] == 'assistant' %}{{ m['content'].split('</think>')[-1].strip() }}"
+    "{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}{% endif %}"
+)
+
+
+def _glm_tokenizer(dest: Path, specials: list[str], template: str):
+    """A byte-level BPE tokenizer trained on CORPUS with ``specials``, saved into ``dest``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", additional_special_tokens=specials[1:]
+    )
+    fast.chat_template = template
+    fast.save_pretrained(dest)
+    return fast
+
+
+def _randomize(model, seed: int):
+    """Weights larger than init (greedy output varies with the prompt); every norm weight 1."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif param.is_floating_point():
+                param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _save_chat_model(dest: Path, seed: int, template: str, specials: list[str], make_config) -> Path:
+    """Tokenizer + ``make_config(vocab_size, stops)`` -> random model saved as safetensors."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fast = _glm_tokenizer(dest, specials, template)
+    stops = [fast.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    config = make_config(len(fast), stops)
+    model = _randomize(AutoModelForCausalLM.from_config(config), seed)
+    model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=stops[0])
+    model.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def build_glm4_thinking(dest: Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
+                        kv_heads: int = 2, head_dim: int = 16, ffn: int = 128, context: int = 2048) -> Path:
+    """GLM-Z1-9B-0414 shaped small: ``Glm4ForCausalLM`` (four norms per layer, fused gate_up,
+    partial rotary) with ``<think>``/``</think>`` tokens and a reasoning chat template."""
+    from transformers import Glm4Config
+
+    def config(vocab, stops):
+        return Glm4Config(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+            max_position_embeddings=context, rms_norm_eps=1e-5, attention_bias=True,
+            pad_token_id=stops[0], bos_token_id=None, eos_token_id=stops,
+        )
+
+    return _save_chat_model(dest, seed, THINKING_CHAT_TEMPLATE, THINK_SPECIALS, config)
+
+
+def build_glm4_moe_lite(dest: Path, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4,
+                        experts: int = 8, context: int = 2048) -> Path:
+    """GLM-4.7-Flash shaped small: ``Glm4MoeLiteForCausalLM``: the first layer dense, the rest
+    routed experts (fused 3-D ``experts.gate_up_proj``/``down_proj``) + one shared expert, and MLA
+    attention (q through a rank-``q_lora_rank`` bottleneck; the cache holds the
+    ``kv_lora_rank + qk_rope_head_dim`` latent per token, not per-head K/V)."""
+    from transformers import Glm4MoeLiteConfig
+
+    def config(vocab, stops):
+        return Glm4MoeLiteConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+            n_shared_experts=1, n_routed_experts=experts, num_experts_per_tok=2, n_group=1, topk_group=1,
+            kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32,
+            max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            pad_token_id=stops[0], bos_token_id=None, eos_token_id=stops,
+        )
+
+    return _save_chat_model(dest, seed, THINKING_CHAT_TEMPLATE, THINK_SPECIALS, config)
+
+
+def build_glm4_moe(dest: Path, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4, kv_heads: int = 2,
+                   head_dim: int = 16, experts: int = 8, context: int = 2048) -> Path:
+    """GLM-4.5 / GLM-4.5-Air shaped small: ``Glm4MoeForCausalLM``: ``first_k_dense_replace`` dense
+    layers, then routed experts + one shared expert; GQA attention with q/k norms, partial rotary."""
+    from transformers import Glm4MoeConfig
+
+    def config(vocab, stops):
+        return Glm4MoeConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+            n_shared_experts=1, n_routed_experts=experts, num_experts_per_tok=2, first_k_dense_replace=1,
+            n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,
+            max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            pad_token_id=stops[0], bos_token_id=None, eos_token_id=stops,
+        )
+
+    return _save_chat_model(dest, seed, THINKING_CHAT_TEMPLATE, THINK_SPECIALS, config)
+
+
+#: Every architecture a tiny model is built for: name -> builder(dest) (tests iterate over it).
+ARCHITECTURES = {
+    "glm": lambda dest: build_native_glm(dest),
+    "chatglm3": lambda dest: build_chatglm3(dest, fmt="safetensors"),
+    "glm4-thinking": lambda dest: build_glm4_thinking(dest),
+    "glm4-moe-lite": lambda dest: build_glm4_moe_lite(dest),
+    "glm4-moe": lambda dest: build_glm4_moe(dest),
+}

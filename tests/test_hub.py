@@ -22,7 +22,8 @@ import pytest
 from hubserver import FakeHub, build_tiny_model, repo_extras, point_hubs_at
 
 from glmtui import hub as hubmod
-from glmtui.hub import downloader as hub_downloader
+from glmtui.hub import net as hub_net
+from glmtui.hub import transfer as hub_transfer
 from glmtui.catalog import COMPLETE_MARKER, PARTIAL_DIR, local_status, resolve
 from glmtui.hub import (
     AuthRequiredError,
@@ -517,7 +518,7 @@ def test_pull_endpoint_option_and_config_key(tmp_path, capsys, monkeypatch):
 def test_connect_timeout_is_bounded(monkeypatch, models):
     """A hub whose connections are never accepted (a full listen backlog on 127.0.0.1) fails within the
     connect timeout instead of hanging."""
-    monkeypatch.setattr(hub_downloader, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(hub_net, "CONNECT_TIMEOUT", 1.0)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
@@ -624,7 +625,7 @@ def test_disk_full_while_writing_keeps_the_partial_file(hub, dl, models, monkeyp
         f = real_open(path, mode, *a, **kw)
         return FillingUp(f) if str(path).endswith(SHARDS[0] + ".part") and "a" in mode else f
 
-    monkeypatch.setattr(hub_downloader, "open", fake_open, raising=False)
+    monkeypatch.setattr(hub_transfer, "open", fake_open, raising=False)  # where the .part files are written
     with pytest.raises(DiskFullError, match="full"):
         dl.download(REPO)
     part = _dest(models) / PARTIAL_DIR / (SHARDS[0] + ".part")

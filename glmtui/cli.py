@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hub or mirror URL (default: HF_ENDPOINT, else [hub] hf_endpoint in config.toml)")
 
     sub.add_parser("models", help="list the catalogue and what is on disk")
+
+    doctor = sub.add_parser("doctor", help="check the driver, torch, quantizers, disk, hubs and history folder")
+    _add_model_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    doctor.add_argument("--timeout", type=float, default=60.0, help="seconds for each child that inspects torch")
     return parser
 
 
@@ -105,6 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return pull_cli([args.model] + (["--source", args.source] if args.source else [])
                         + (["--endpoint", args.endpoint] if args.endpoint else []))
+    if command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(args)
     if command == "models":
         from .catalog import print_catalog
 

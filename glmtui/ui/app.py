@@ -1078,6 +1078,10 @@ class GlmApp(App):
         for action, title, help_text in self.COMMAND_LIST:
             key = keys.get(action)
             yield SystemCommand(title, f"{help_text}  [{key}]" if key else help_text, self._command(action))
+        from .doctor import DoctorScreen  # `glmtui doctor` as a screen
+
+        yield SystemCommand("Doctor", "Check the driver, torch build, quantizers, disk, hubs and history  "
+                            "[palette only]", lambda: self.push_screen(DoctorScreen.for_app(self)))
         # Textual's own commands: the key where glmtui binds one, else say there is none
         textual_keys = {"Theme": keys.get("change_theme"), "Quit": keys.get("quit")}
         for command in super().get_system_commands(screen):

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from glmtui import store as store_mod
+from glmtui.store import recovery as store_recovery
+from glmtui.store import schema as store_schema
+from glmtui.store import search as store_search
 from glmtui.store import HistoryError, HistoryStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -484,8 +487,6 @@ def _working_recover() -> bool:
 @pytest.mark.parametrize("salvager", ["row reads", "sqlite3 shell"])
 @pytest.mark.parametrize("pattern", ["page 2", "pages 10-12", "last 3 pages", "a messages leaf"])
 def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvager: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from glmtui import store_recovery
-
     if salvager == "row reads":
         monkeypatch.setattr(store_recovery, "sqlite3_cli", lambda: None)
     elif not _working_recover():
@@ -553,8 +554,6 @@ def test_damage_met_in_use_is_repaired_at_the_next_open(db: Path) -> None:
 
 
 def test_quick_check_is_bounded_in_time(db: Path) -> None:
-    from glmtui import store_recovery
-
     _build_history(db)
     conn = sqlite3.connect(db)
     assert store_recovery.quick_check(conn, budget_s=0) == store_recovery.CheckResult(None, False)
@@ -662,8 +661,8 @@ def test_migration_mechanism_upgrades_in_place(db: Path, monkeypatch: pytest.Mon
     def to_2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, to_2])
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, to_2])
     s = HistoryStore.open(db)
     assert s.warning is None
     assert s.messages(cid)[0].content == "survives the upgrade"
@@ -706,6 +705,43 @@ def test_exclusively_locked_database_gives_clear_error(db: Path) -> None:
     s = HistoryStore.open(db)
     assert s.warning is None and s.count_conversations() == 1
     s.close()
+
+
+_HOLD_OPEN_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)  # what any glmtui (older ones too) holds while it opens the file
+print("locked", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="flock")
+def test_open_waits_for_the_open_lock_then_errors(db: Path) -> None:
+    """Opening is serialised by a lock on <file>.lock: while another process
+    holds it, open waits *timeout* seconds, then says the history is locked;
+    once it is released, open goes ahead. The lock file is private."""
+    HistoryStore.open(db).close()
+    lock = db.with_name(db.name + ".lock")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    holder = _python(_HOLD_OPEN_LOCK, str(lock))
+    try:
+        _wait_line(holder, "locked")
+        t0 = time.monotonic()
+        with pytest.raises(HistoryError, match="locked by another program"):
+            HistoryStore.open(db, timeout=0.5)
+        assert time.monotonic() - t0 >= 0.45
+        opened: list[HistoryStore] = []
+        waiter = threading.Thread(target=lambda: opened.append(HistoryStore.open(db, timeout=30)))
+        waiter.start()
+        time.sleep(0.2)
+        assert not opened  # still waiting for the lock
+    finally:
+        holder.communicate("\n", timeout=30)
+    waiter.join(30)
+    assert len(opened) == 1 and opened[0].warning is None
+    opened[0].close()
 
 
 def test_write_locked_database_waits_then_errors(db: Path) -> None:
@@ -902,6 +938,6 @@ def test_common_two_character_term_falls_back_to_scan(store: HistoryStore, monke
     ids = [store.add_message(cid, "user", f"模型{ch}很好") for ch in "甲乙丙"]
     store.add_message(cid, "user", "无关")
     assert [h.message_id for h in store.search("模型")] == ids[::-1]
-    monkeypatch.setattr(store_mod, "_BIGRAM_MAX_TOKENS", 2)  # three distinct trigrams: too many
+    monkeypatch.setattr(store_search, "_BIGRAM_MAX_TOKENS", 2)  # three distinct trigrams: too many
     assert [h.message_id for h in store.search("模型")] == ids[::-1]
     assert [h.message_id for h in store.search("模型 乙很好")] == [ids[1]]

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from glmtui.store.records import ROLES as _ROLES
+from glmtui.store.records import STATUSES as _STATUSES
+
 # Seconds PRAGMA quick_check may take at open (it reads every page: a few hundred MB per
 # second on a local disk). It runs before the first frame, whose target is 1 s: pages past the
 # budget are checked by use (a query that meets damage leaves a note and the next start repairs).
@@ -37,8 +40,6 @@ CHECK_BUDGET_S = 0.5
 # Seconds the sqlite3 shell may take for .recover before the row reads go on alone.
 CLI_TIMEOUT_S = 120.0
 
-_ROLES = ("system", "user", "assistant", "observation")
-_STATUSES = ("complete", "streaming", "stopped", "interrupted", "error")
 _MIN_ROWID = -(2**63)
 _MAX_ROWID = 2**63 - 1
 

@@ -1,11 +1,12 @@
 """The history file on disk: cheap checks of its header, set-aside (rename,
 never delete), the note left when damage is met in use, read-only detection,
-the private file writes, and the messages that tell the user about each.
-Standard library only; used by :mod:`glmtui.store`."""
+the lock that serialises opening between processes, the private file writes,
+and the messages that tell the user about each."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from glmtui import store_recovery
+from filelock import FileLock, Timeout
+
+from glmtui.store import recovery
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -130,30 +133,21 @@ def set_aside(path: Path, kind: str) -> Path:
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[None]:
     """Serialise open/repair between processes (a second glmtui must not set
-    aside the fresh file the first one just created)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: best effort without it
-        yield
-        return
+    aside the fresh file the first one just created): an exclusive lock on
+    ``<file>.lock`` (created 0600), waited for up to *timeout* seconds (at
+    least 0.1), after which SQLite's "database is locked" error is raised."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    if not path.parent.is_dir():  # FileLock would try to create it: fail as opening the file would
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(lock_path))
+    lock = FileLock(lock_path, timeout=max(timeout, 0.1), mode=0o600)
     try:
-        deadline = time.monotonic() + max(timeout, 0.1)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError("database is locked (open lock held)")
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(poll_interval=0.02)
+    except Timeout:
+        raise sqlite3.OperationalError("database is locked (open lock held)") from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def set_aside_message(path: Path, aside: SetAside, dest: Path) -> str:
@@ -182,7 +176,7 @@ def set_aside_message(path: Path, aside: SetAside, dest: Path) -> str:
 def salvage_into(conn: sqlite3.Connection, path: Path, dest: Path, reason: str) -> str:
     """Copy what the set-aside *dest* still holds into the new file; the message for the user."""
     try:
-        got = store_recovery.salvage(dest, conn)
+        got = recovery.salvage(dest, conn)
     except (sqlite3.Error, OSError) as err:
         got, reason = None, f"{reason}; copying from it failed: {err}"
     if got is None or (got.conversations == 0 and got.messages == 0):

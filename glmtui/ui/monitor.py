@@ -216,6 +216,9 @@ class MonitorPane(VerticalScroll, can_focus=True):
 
     def compose(self) -> Iterable:
         yield Static(render_snapshot(None, 40), id="monitor-body")
+        from .engine_metrics import RemoteMetricsView  # --endpoint: the server's own /metrics figures
+
+        yield RemoteMetricsView(id="remote-metrics")
 
     def show(self, snapshot: MonitorSnapshot) -> None:
         self.snapshot = snapshot

@@ -166,3 +166,12 @@ def test_catalogue_marks_chatglm3_base_for_completion_mode():
 
     assert catalog.get("chatglm3-6b-base").kind == "base"
     assert {e.key for e in catalog.CATALOG if e.kind == "base"} == {"chatglm3-6b-base"}
+
+
+def test_chatglm3_decode_can_keep_role_tokens(glm3):
+    # PROMPT.md: a tool-mode reply may be "text<|assistant|>tool_name\n```python\n...```".
+    s = glm3.special_ids
+    ids = glm3.encode_text("Let me look.") + [s["<|assistant|>"]] + glm3.encode_text("weather\ntool_call()")
+    assert glm3.decode(ids, keep_roles=True) == "Let me look.<|assistant|>weather\ntool_call()"
+    assert glm3.decode(ids) == "Let me look. weather\ntool_call()"  # the default still drops role tokens
+    assert glm3.decode([s["[gMASK]"], s["sop"]] + glm3.encode_text("a"), keep_roles=True) == "a"

@@ -138,9 +138,21 @@ class ChatGLM3Format:
         ids.append(self.special_ids["<|assistant|>"])
         return ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        # Special tokens never appear in reply text: they are role markers.
-        return self.sp.decode([i for i in ids if 0 <= i < self.piece_count])
+    def decode(self, ids: Sequence[int], keep_roles: bool = False) -> str:
+        """Text of ``ids``. Special tokens are dropped, or with ``keep_roles`` a role token
+        is written as its name: in tool and interpreter modes ChatGLM3 may start a new
+        ``<|assistant|>tool_name`` segment inside one reply, and its own decode keeps it."""
+        if not keep_roles:
+            return self.sp.decode([i for i in ids if 0 <= i < self.piece_count])
+        names = {v: k for k, v in self.special_ids.items() if k.startswith("<|")}
+        text, run = "", []
+        for i in ids:
+            if 0 <= i < self.piece_count:
+                run.append(i)
+            elif i in names:
+                text += self.sp.decode(run) + names[i]
+                run = []
+        return text + self.sp.decode(run)
 
 
 class ChatTemplateFormat:

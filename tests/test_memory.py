@@ -267,3 +267,152 @@ def test_fit_verdicts():
 def test_import_is_cheap():
     code = "import sys, glmtui.engine.memory; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- exact prediction (meta device)
+
+import tiny_models  # noqa: E402  (tests/ is on sys.path through conftest)
+
+LOAD_MODES = ("bf16", "fp16", "fp32", "int8", "int4")
+
+
+@pytest.fixture(scope="module")
+def tiny_arch_dirs(tmp_path_factory):
+    """One folder per architecture in tests/tiny_models.py."""
+    root = tmp_path_factory.mktemp("arch")
+    return {name: build(root / name) for name, build in tiny_models.ARCHITECTURES.items()}
+
+
+def _measured_weights(folder, mode):
+    """Unique storages of the model as glmtui's loader loads it on CPU."""
+    from glmtui.engine import loading
+
+    try:
+        loaded = loading.load_model(folder, mode, "cpu")
+        return loaded.footprint_bytes, loaded.model
+    except loading.ModelLoadError as exc:
+        # GLM-4.7-Flash's MLA feeds 4-D latents to kv_b_proj: bitsandbytes' LLM.int8 on CPU
+        # loads it but cannot compute (glmtui refuses at the first forward).  The bytes it
+        # stored are still what is predicted: load without that forward.
+        assert mode == "int8" and "cannot compute" in str(exc), exc
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, **loading._load_kwargs(mode, "cpu"))
+        return measured_footprint_bytes(model), model
+
+
+@pytest.mark.parametrize("mode", LOAD_MODES)
+@pytest.mark.parametrize("arch", list(tiny_models.ARCHITECTURES))
+def test_exact_weights_match_measured(tiny_arch_dirs, arch, mode):
+    torch = pytest.importorskip("torch")
+    if mode in ("int8", "int4"):
+        pytest.importorskip("bitsandbytes")
+    from glmtui.engine import predict
+
+    folder = tiny_arch_dirs[arch]
+    pred = predict.predict_dir(folder, (mode,), device="cpu")[mode]
+    measured, model = _measured_weights(folder, mode)
+    assert pred.source == "meta" and pred.exact
+    assert abs(pred.weight_bytes / measured - 1.0) <= 0.01, (arch, mode, pred.weight_bytes, measured)
+    assert pred.params == sum(p.numel() for p in model.parameters()) or mode in ("int8", "int4")
+    if mode in ("bf16", "fp32"):
+        # KV cache per token: what a real transformers cache holds after a 10-token prefill
+        with torch.no_grad():
+            cache = model(torch.arange(3, 13).unsqueeze(0), use_cache=True).past_key_values
+        held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        assert pred.kv_bytes_per_token == held // 10, (arch, pred.kv_bytes_per_token, held)
+        assert pred.kv_cache_bytes == pred.kv_bytes_per_token * pred.context_len
+
+
+def test_exact_kv_cache_by_attention_kind():
+    """GQA: kv heads x head_dim x 2 per layer; MLA (GLM-4.7-Flash): the compressed latent
+    kv_lora_rank + qk_rope_head_dim, not per-head keys and values."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    glm4 = {"model_type": "glm4", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 512,
+            "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32,
+            "pad_token_id": 0}
+    p = predict.predict_config(glm4, ("bf16", "fp32"), device="cpu", context_len=100)
+    assert p["bf16"].kv_bytes_per_token == 2 * 32 * 2 * 5 * 2
+    assert p["fp32"].kv_bytes_per_token == 2 * 32 * 2 * 5 * 4
+    flash = {"model_type": "glm4_moe_lite", "num_hidden_layers": 4, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+             "n_routed_experts": 4, "vocab_size": 1000}
+    q = predict.predict_config(flash, ("bf16",), device="cuda", context_len=1000)["bf16"]
+    assert q.kv_bytes_per_token == (512 + 64) * 4 * 2
+    assert q.kv_cache_bytes == q.kv_bytes_per_token * 1000
+
+
+def test_exact_glm_family_sizes():
+    """Real shapes (transformers' defaults for these classes are GLM-4.7-Flash's and GLM-4.5-Air's):
+    the parameter counts the model cards give, and bitsandbytes leaving MoE experts in 16-bit."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    flash = predict.predict_config({"model_type": "glm4_moe_lite"}, ("bf16", "int4"), device="cuda")
+    assert 29.5e9 < flash["bf16"].params < 30.5e9  # "30B-A3B"
+    assert flash["bf16"].kv_bytes_per_token == (512 + 64) * 47 * 2
+    # experts are 3-D tensors, not nn.Linear: int4 saves little, and says why
+    assert flash["int4"].weight_bytes > 0.9 * flash["bf16"].weight_bytes
+    assert any("experts" in n for n in flash["int4"].notes)
+    z1 = {"model_type": "glm4", "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+          "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+          "attention_bias": True, "max_position_embeddings": 32768}
+    z = predict.predict_config(z1, ("bf16", "int4"), device="cuda")
+    assert 9.3e9 < z["bf16"].params < 9.5e9
+    assert z["int4"].weight_bytes < 0.4 * z["bf16"].weight_bytes and not z["int4"].notes
+
+
+def test_exact_matches_hand_formula_for_chatglm3():
+    """The formula path knows ChatGLM3-6B to the byte (checked on an H100); the meta count agrees."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    exact = predict.predict_config(CHATGLM3_6B, device="cuda", context_len=2048)
+    formula = predict_all(CHATGLM3_6B, context_len=2048, device="cuda")
+    for mode in ("bf16", "fp16", "fp32", "int8", "int4"):
+        # the meta count adds the rotary inv_freq buffers (fp32) the formula ignores
+        assert 0 <= exact[mode].weight_bytes - formula[mode].weight_bytes <= 2 * 64 * 4, mode
+        assert exact[mode].kv_cache_bytes == formula[mode].kv_cache_bytes
+    assert exact["bf16"].params == formula["bf16"].params
+
+
+def test_unknown_architecture_predicts_nothing(tmp_path):
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    with pytest.raises(predict.UnknownArchitecture, match="llama3000"):
+        predict.predict_config({"model_type": "llama3000", "hidden_size": 64})
+    r = predict.exact_result({"model_type": "llama3000"}, use_cache=False)
+    assert r.unknown_architecture and not r.predictions and "no prediction" in r.error
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama3000", "auto_map": {}}))
+    done = subprocess.run([sys.executable, "-m", "glmtui.engine.predict", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert data["unknown_architecture"] and "own code" in data["error"]
+
+
+def test_exact_prediction_from_a_subprocess_and_the_cache(tiny_arch_dirs):
+    """The front end's path: no torch in this process; the second ask is answered from the cache."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    folder = tiny_arch_dirs["glm4-moe-lite"]
+    r = memory.predict_exact_subprocess(folder, "cpu", context_len=300)
+    assert r.error is None, r.error
+    local = predict.predict_dir(folder, device="cpu", context_len=300)
+    assert set(r.predictions) == set(MODES)
+    for mode in MODES:
+        assert r.predictions[mode] == local[mode]
+    assert memory.cached_exact(memory.read_config(folder), "cpu", 300) is not None
+    memory._memo.clear()
+    started = __import__("time").perf_counter()
+    again = memory.predict_exact_subprocess(folder, "cpu", context_len=300)
+    assert again.predictions == r.predictions
+    assert __import__("time").perf_counter() - started < 1.0  # no subprocess: the stored result
+    # an unreadable config.json: one line, no exception
+    bad = folder.parent / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert "cannot be read" in memory.predict_exact_subprocess(bad, "cpu").error

@@ -30,6 +30,8 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: Optional[int] = None
+    # Keep the conversation's KV cache between replies and prefill only what is new (off: prefill it all).
+    kv_reuse: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +65,7 @@ class LoadProgress:
     request_id: int
     stage: str
     fraction: Optional[float] = None
+    elapsed: Optional[float] = None  # seconds spent in this stage so far (compiling shows it)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Started:
 
     request_id: int
     prompt_tokens: int
+    cached_tokens: int = 0  # of the prompt's tokens, those whose KV came from the previous turn's cache
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ class Finished:
     tokens_per_second: Optional[float]
     total_seconds: float
     finish_reason: FinishReason
+    # Prompt tokens taken from the KV cache kept since the previous reply (not prefilled again):
+    # prompt_tokens - cached_tokens were prefilled for this reply.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Runs on the worker thread. Text is produced by an incremental detokenizer
 (constant work per token), stop strings are held back until they can be
-ruled out, and a cancel flag is checked after every token.
+ruled out, and a cancel flag is checked after every token. The KV cache
+comes from the worker's KVSession (only the prompt's new tokens are
+prefilled) and, when compiling, is a static one (compiled.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .compiled import CompiledDecode
 from .events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
+from .kvreuse import KVSession
 from .prompts import IncrementalDetokenizer, PromptError
 
 
@@ -116,7 +120,11 @@ def run_generation(
     emit: Callable,
     request_id: int,
     tools: Optional[list] = None,
+    session: Optional[KVSession] = None,
+    compiled: Optional[CompiledDecode] = None,
 ) -> None:
+    """Generate one reply. ``session`` keeps the KV cache between calls (reused when
+    ``params.kv_reuse``); ``compiled`` runs the decode step compiled on a static cache."""
     started = time.perf_counter()
     chat_format = loaded.chat_format
     try:
@@ -138,16 +146,22 @@ def run_generation(
         return
     if context:
         max_new = min(max_new, context - len(prompt_ids))
-    emit(Started(request_id, len(prompt_ids)))
 
     model = loaded.model
-    stream = ReplyStream(
-        chat_format.decode,
-        chat_format.stop_token_ids,
-        params.stop,
-        lambda text: emit(Token(request_id, text)),
-        getattr(chat_format, "reply_prefix", ""),
-    )
+    reuse = session if (session is not None and params.kv_reuse) else None
+    plan = _CachePlan(model, prompt_ids, max_new, reuse, compiled)
+    emit(Started(request_id, len(prompt_ids), plan.cached))
+
+    def make_stream() -> ReplyStream:
+        return ReplyStream(
+            chat_format.decode,
+            chat_format.stop_token_ids,
+            params.stop,
+            lambda text: emit(Token(request_id, text)),
+            getattr(chat_format, "reply_prefix", ""),
+        )
+
+    stream = make_stream()
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
     sampling = params.temperature > 0
     kwargs = dict(
@@ -156,21 +170,39 @@ def run_generation(
         eos_token_id=list(chat_format.stop_token_ids),
         pad_token_id=chat_format.stop_token_ids[0],
         repetition_penalty=float(params.repetition_penalty),
-        streamer=stream,
-        stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, stream)]),
         attention_mask=torch.ones_like(input_ids),
     )
     if sampling:
         kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k))
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    if params.seed is not None:
-        torch.manual_seed(int(params.seed))
+
+    def generate(stream: ReplyStream):
+        if params.seed is not None:
+            torch.manual_seed(int(params.seed))
+        extra = plan.generate_kwargs()
+        with torch.inference_mode():
+            return model.generate(
+                input_ids, streamer=stream, stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, stream)]),
+                **kwargs, **extra,
+            )
+
     reason = "stop"
     try:
-        with torch.inference_mode():
-            model.generate(input_ids, **kwargs)
+        try:
+            output = generate(stream)
+        except (torch.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as exc:
+            # A compiled generation that failed before its first token runs again eagerly.
+            if not plan.compiling or stream.first_token_at is not None:
+                raise
+            compiled.disable(f"generation failed: {type(exc).__name__}: {exc}")
+            plan.fall_back_to_eager()
+            stream = make_stream()
+            output = generate(stream)
     except (torch.OutOfMemoryError, MemoryError):
+        plan.drop("out of memory")
         _release()
         emit(
             Failed(
@@ -182,8 +214,10 @@ def run_generation(
         )
         return
     except Exception as exc:
+        plan.drop(f"generation failed: {type(exc).__name__}")
         emit(Failed(request_id, f"generation failed: {type(exc).__name__}: {exc}", "generate"))
         return
+    plan.keep(output[0].tolist())
     finished = time.perf_counter()
     if cancel.is_set() and not (stream.hit_stop_token or stream.hit_stop_string):
         reason = "cancelled"
@@ -204,8 +238,70 @@ def run_generation(
             tps,
             finished - started,
             reason,
+            cached_tokens=plan.cached,
         )
     )
+
+
+class _CachePlan:
+    """Which cache a generation runs with: the session's (cropped to the common prefix), a fresh
+    static one for the compiled decode, or none (``generate`` makes its own)."""
+
+    def __init__(self, model, prompt_ids, max_new: int, session: Optional[KVSession],
+                 compiled: Optional[CompiledDecode]):
+        self.model = model
+        self.session = session
+        self.compiled = compiled if compiled is not None and compiled.enabled else None
+        self.needed = len(prompt_ids) + max_new
+        self.cache = None
+        self.cached = 0
+        if session is not None:
+            self.cache, self.cached = session.prepare(prompt_ids, self._make_cache, self._fits)
+        elif self.compiled is not None:
+            self.cache = self._make_cache()
+
+    @property
+    def compiling(self) -> bool:
+        return self.compiled is not None
+
+    def _make_cache(self):
+        if self.compiled is not None:
+            return self.compiled.make_cache(self.model, self.needed)
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _fits(self, cache) -> bool:
+        from transformers import StaticCache
+
+        if self.compiled is None:
+            return not isinstance(cache, StaticCache)  # compiling was turned off: back to a growing cache
+        return isinstance(cache, StaticCache) and self.compiled.fits(cache, self.needed)
+
+    def generate_kwargs(self) -> dict:
+        extra = {}
+        if self.cache is not None:
+            extra["cache"] = self.cache
+        if self.compiled is not None:
+            extra["compile_config"] = self.compiled.compile_config
+        return extra
+
+    def fall_back_to_eager(self) -> None:
+        self.drop("the compiled generation failed")
+        self.compiled = None
+        self.cache = None
+
+    def drop(self, reason: str) -> None:
+        """The cache may be inconsistent (a generation raised): never reuse it."""
+        self.cached = 0
+        if self.session is not None:
+            self.session.evict(reason)
+            self.session = None
+        self.cache = None
+
+    def keep(self, sequence_ids) -> None:
+        if self.session is not None:
+            self.session.commit(sequence_ids, self.model.device)
 
 
 def _release() -> None:

@@ -47,7 +47,30 @@ class _Command:
 class InferenceWorker(Listeners):
     """Owns the model on a background thread; serves commands one at a time."""
 
-    def __init__(self, listener: Optional[Listener] = None):
+    def __init__(
+        self,
+        listener: Optional[Listener] = None,
+        *,
+        kv_reuse: Optional[bool] = None,
+        kv_max_tokens: Optional[int] = None,
+        kv_max_bytes: Optional[int] = None,
+        compiled_decode: Optional[bool] = None,
+        compile_backend=None,
+    ):
+        """``kv_reuse``: keep the conversation's KV cache between replies (default on;
+        ``GLMTUI_KV_REUSE=0`` turns it off), capped at ``kv_max_tokens`` / ``kv_max_bytes``
+        (``GLMTUI_KV_MAX_TOKENS`` / ``GLMTUI_KV_MAX_BYTES``). ``compiled_decode``: None compiles
+        on CUDA in bf16/fp16 (``GLMTUI_COMPILE=0`` turns it off), True forces it (CPU tests),
+        False turns it off; ``compile_backend`` is torch.compile's backend (default inductor)."""
+        from .kvreuse import env_flag, env_int
+
+        self.kv_reuse = env_flag("GLMTUI_KV_REUSE", True) if kv_reuse is None else kv_reuse
+        self.kv_max_tokens = kv_max_tokens if kv_max_tokens is not None else env_int("GLMTUI_KV_MAX_TOKENS")
+        self.kv_max_bytes = kv_max_bytes if kv_max_bytes is not None else env_int("GLMTUI_KV_MAX_BYTES")
+        self.compiled_decode = compiled_decode
+        self.compile_backend = compile_backend
+        self._kv = None  # kvreuse.KVSession of the loaded model, worker thread only
+        self._compiled = None  # compiled.CompiledDecode of the loaded model, worker thread only
         self._queue: "queue.Queue[_Command]" = queue.Queue()
         self._listeners: list[Listener] = [listener] if listener else []
         self._ids = itertools.count(1)
@@ -187,6 +210,12 @@ class InferenceWorker(Listeners):
             self._emit(command, Failed(command.request_id, error, "load"))
             return
         self._loaded = loaded
+        notes = tuple(getattr(loaded, "notes", ()))
+        if self.kv_reuse:
+            from .kvreuse import KVSession
+
+            self._kv = KVSession(self.kv_max_tokens, self.kv_max_bytes)
+        notes += self._prepare_compiled(command, loaded)
         self.model_info = ModelInfo(
             loaded.name, str(loaded.path), loaded.mode, loaded.device, loaded.footprint_bytes, loaded.context_length
         )
@@ -202,9 +231,40 @@ class InferenceWorker(Listeners):
                 loaded.footprint_bytes,
                 loaded.load_seconds,
                 loaded.context_length,
-                tuple(getattr(loaded, "notes", ())),
+                notes,
             ),
         )
+
+    def _prepare_compiled(self, command: _Command, loaded) -> tuple[str, ...]:
+        """Compile the decode step now (a short warm-up generation) when this model is to be compiled."""
+        from . import compiled
+
+        if not compiled.wanted(self.compiled_decode, loaded.device, loaded.mode):
+            return ()
+        try:
+            plan = compiled.CompiledDecode(loaded.model, loaded.context_length, self.compile_backend)
+        except Exception as exc:  # transformers without CompileConfig, an unwritable cache folder...
+            return (f"compiled decode off: {type(exc).__name__}: {exc}",)
+
+        def progress(stage: str, fraction: Optional[float], elapsed: float) -> None:
+            self._emit(command, LoadProgress(command.request_id, stage, fraction, elapsed))
+
+        def run() -> None:
+            from .generation import run_generation
+
+            outcome = []
+            run_generation(
+                loaded, [ChatMessage("user", "Hello")], GenerationParams(max_new_tokens=4, temperature=0.0),
+                threading.Event(), outcome.append, 0, session=self._kv, compiled=plan,
+            )
+            if not isinstance(outcome[-1], Finished):
+                raise RuntimeError(outcome[-1].message)
+
+        plan.warm_up(run, progress)
+        self._compiled = plan  # kept even when off: generation reads plan.enabled, unload resets dynamo
+        if plan.enabled:
+            return (f"decode compiled in {plan.warmup_seconds:.1f} s (static KV cache)",)
+        return (f"compiled decode off, eager instead: {plan.reason}",)
 
     def _drop_model(self) -> Optional[int]:
         if self._loaded is None:
@@ -212,6 +272,14 @@ class InferenceWorker(Listeners):
         from . import loading
 
         self._loaded = None
+        if self._kv is not None:
+            self._kv.evict("the model was unloaded")
+        self._kv = None
+        if self._compiled is not None:
+            self._compiled = None
+            import torch
+
+            torch._dynamo.reset()  # compiled frames and their guards refer to the old model
         self.model_info = None
         self.state = "empty"
         return loading.release_memory()
@@ -243,4 +311,6 @@ class InferenceWorker(Listeners):
             lambda event: self._emit(command, event),
             command.request_id,
             command.args.get("tools"),
+            session=self._kv,
+            compiled=self._compiled,
         )

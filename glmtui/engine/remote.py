@@ -43,6 +43,9 @@ from .events import (
 )
 
 
+MIN_DECODE_SPAN = 0.05  # s: below this, arrival times of streamed tokens are not a decode rate
+
+
 def normalize_endpoint(endpoint: str) -> str:
     """``host:port``, ``http://host:port`` or ``http://host:port/v1`` -> the API base ending in /v1."""
     endpoint = endpoint.strip()
@@ -214,7 +217,12 @@ class RemoteEngine(Listeners):
         try:
             self._loop.run_until_complete(self._serve())
         finally:
-            self._loop.close()
+            # a stream left at [DONE] leaves httpx's async generators open: close them before the loop,
+            # or Python prints "Task was destroyed but it is pending!" at exit
+            try:
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            finally:
+                self._loop.close()
 
     async def _serve(self) -> None:
         import httpx
@@ -291,6 +299,11 @@ class RemoteEngine(Listeners):
             self._emit(command, Failed(command.request_id, f"{self.endpoint} serves no model", "load"))
             return
         model_id = wanted or ids[0]
+        problem = await self._wait_until_served(command)
+        if problem:
+            self.state = "ready" if self.model_info is not None else "empty"
+            self._emit(command, Failed(command.request_id, problem, "load"))
+            return
         card = next((c for c in cards if c["id"] == model_id), {})
         context = card.get("max_model_len") or card.get("context_length") or 0
         context = int(context) if isinstance(context, (int, float)) else 0
@@ -301,6 +314,32 @@ class RemoteEngine(Listeners):
         self._emit(command, LoadProgress(command.request_id, "connected", 1.0))
         self._emit(command, Loaded(command.request_id, model_id, self.endpoint, "remote", self.endpoint, 0,
                                    time.perf_counter() - started, context))
+
+    async def _wait_until_served(self, command: _Command, limit: float = 900.0) -> str:
+        """A server can list its model before it can answer (glmtui serve while it loads): wait while its
+        /health says "loading"; "" when it answers, else why not. Servers without /health are taken as ready."""
+        import httpx
+
+        health = self.endpoint.removesuffix("/v1") + "/health"
+        started = time.monotonic()
+        while True:
+            try:
+                response = await self._client.get(health)
+            except httpx.HTTPError:
+                return ""
+            if response.status_code != 503:
+                return ""
+            try:
+                status = response.json().get("status")
+            except (ValueError, AttributeError):
+                status = None
+            if status != "loading":
+                return _error_message(503, response.content) if status else ""
+            waited = time.monotonic() - started
+            if waited > limit:
+                return f"the server at {self.endpoint} was still loading its model after {limit:.0f} s"
+            self._emit(command, LoadProgress(command.request_id, f"the server is loading its model ({waited:.0f} s)"))
+            await asyncio.sleep(0.5)
 
     async def _do_unload(self, command: _Command) -> None:
         name = self.model_info.name if self.model_info is not None else ""
@@ -315,7 +354,8 @@ class RemoteEngine(Listeners):
             "model": model,
             "messages": to_openai_messages(messages),
             "stream": True,
-            "stream_options": {"include_usage": True},
+            # usage in every chunk (vLLM, SGLang, glmtui serve): a stopped reply still has exact counts
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "max_tokens": int(params.max_new_tokens),
             "temperature": float(params.temperature),
             "top_p": float(params.top_p),
@@ -431,7 +471,15 @@ class RemoteEngine(Listeners):
         completion = int(usage.get("completion_tokens") or chunks) if isinstance(usage, dict) else chunks
         prompt = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
         decode = finished - first_at if first_at else 0.0
-        tps = (completion - 1) / decode if completion > 1 and decode > 0 else None
+        total = finished - started
+        if completion > 1 and decode >= max(MIN_DECODE_SPAN, 0.25 * total):
+            tps = (completion - 1) / decode
+        elif completion > 1 and total > 0:
+            # the tokens came in a burst after a stall (network, server queue): the time between them says
+            # nothing, so the rate is taken over the whole reply (a lower bound) rather than shown as thousands
+            tps = completion / total
+        else:
+            tps = None
         self._emit(command, Finished(
             command.request_id, "".join(text_parts), prompt, completion,
             (first_at - started) if first_at else None, tps, finished - started, reason,

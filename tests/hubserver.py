@@ -26,8 +26,10 @@ Faults (per repo file path): ``drops[path] = [n1, n2, ...]`` closes the connecti
 of the next requests for that file after n1, n2... body bytes (one per request);
 ``drop_always[path] = n`` does it to every request; ``corrupt`` serves wrong bytes
 of the right length; ``slow = (chunk, delay)`` trickles every body;
-``ignore_range`` answers 200 to Range requests.  Every request is logged in
-``requests`` (method, path, file, range, status, body bytes sent, auth, port).
+``ignore_range`` answers 200 to Range requests; ``stall_listing = seconds`` holds every repo
+listing (HF tree, ModelScope repo/files) that long before answering (a hub that stopped answering);
+``tree_page_size = n`` pages the HF tree listing with ``Link: <...&cursor=>; rel="next"``.
+Every request is logged in ``requests`` (method, path, file, range, status, body bytes sent, auth, port).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ class FakeHub:
         self.corrupt: set[str] = set()
         self.slow: Optional[tuple[int, float]] = None
         self.ignore_range = False
+        self.stall_listing = 0.0
+        self.tree_page_size = 0  # > 0: the HF tree listing comes in pages of this many entries
+        self._stopping = threading.Event()  # ends stalls when the hub stops
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
         self.url = ""
@@ -165,6 +170,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -280,6 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return 403 if token else 401
 
+    def _stall(self) -> None:
+        if self.fake.stall_listing:
+            self.fake._stopping.wait(self.fake.stall_listing)
+
     # -- Hugging Face
 
     def _hf_api(self, e: LoggedRequest, rest: str) -> None:
@@ -317,6 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "usedStorage": sum(len(d) for d in repo.files.values()),
             })
         if tail[0] == "tree" and len(tail) >= 2:
+            self._stall()
             rev = unquote(tail[1])
             if rev not in ("main", repo.sha):
                 return self._hf_error(e, 404, "RevisionNotFound", f"Invalid rev id: {rev}")
@@ -343,7 +354,15 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     item["oid"] = git_blob_sha1(data)
                 out.append(item)
-            return self._json(e, 200, out)
+            size = self.fake.tree_page_size
+            if not size:
+                return self._json(e, 200, out)
+            start = int(e.query.get("cursor", 0))  # pages as the real hub gives them: a Link to the next one
+            headers = {}
+            if start + size < len(out):
+                query = "&".join(f"{k}={quote(v, safe='')}" for k, v in e.query.items() if k != "cursor")
+                headers["Link"] = f'<{self.fake.url}{quote(e.path)}?{query}&cursor={start + size}>; rel="next"'
+            return self._json(e, 200, out[start:start + size], headers)
         return self._hf_error(e, 404, "NotFound", "Not found")
 
     def _hf_resolve(self, e: LoggedRequest, p: str) -> None:
@@ -420,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(e, 200, {"Code": 200, "Data": {"RevisionMap": {
                 "Branches": [{"Revision": "master", "CreatedAt": 1700000000}], "Tags": []}}, "Success": True})
         if tail == ["repo", "files"]:
+            self._stall()
             files = []
             for path, data in sorted(repo.files.items()):
                 files.append({

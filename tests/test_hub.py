@@ -542,6 +542,34 @@ def test_connect_timeout_is_bounded(monkeypatch, models):
                 c.close()
 
 
+@pytest.mark.parametrize("source", ["hf", "modelscope"])
+def test_a_listing_that_stalls_fails_within_the_read_timeout(hub, dl, monkeypatch, source):
+    """A hub that takes the listing request and then never answers: one line after the read timeout,
+    not a download that hangs (huggingface_hub's list_repo_tree passes no timeout at all)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(hub_net, "READ_TIMEOUT", 3.0)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 3.0)  # HF reads the larger of the two
+    hub.stall_listing = 60.0
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError) as err:
+        dl.download(REPO, source=source)
+    assert time.monotonic() - t0 < 30
+    message = str(err.value)
+    assert message.startswith(f"{hub.url} stopped answering (") and "\n" not in message
+    assert not (_dest(dl.models_dir)).exists()
+
+
+def test_a_paged_listing_is_read_to_the_end(hub, dl, models):
+    """The hub pages a long tree listing (Link: rel="next"); glmtui reads every page."""
+    hub.tree_page_size = 2
+    dl.download(REPO)
+    assert local_status(resolve(REPO), models).verified
+    pages = [r for r in hub.requests if "/tree/" in r.path]
+    assert len(pages) == -(-len(hub.repos[REPO].files) // 2)
+    assert all(r.query.get("recursive") == "true" for r in pages)
+
+
 def test_repo_without_loadable_weights(hub, dl):
     with pytest.raises(NoUsableWeightsError, match="gguf-only"):
         dl.download("acme/gguf-only")

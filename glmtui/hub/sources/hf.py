@@ -1,5 +1,5 @@
-"""Hugging Face: repo info, file URLs, headers and errors from ``huggingface_hub`` (the calls
-``snapshot_download`` makes); every request is given the endpoint and a bounded timeout.
+"""Hugging Face: repo info, the file listing, file URLs, headers and errors through ``huggingface_hub``
+(the calls ``snapshot_download`` makes); every request is given the endpoint and a bounded timeout.
 
 The bytes are fetched by :mod:`..transfer` rather than with ``hf_hub_download``: huggingface_hub
 >= 2 writes each attempt to a process-unique temp file that it deletes on failure, so a cancel or
@@ -9,7 +9,8 @@ a crash starts the file over.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
+from urllib.parse import quote
 
 from .. import net
 from ..errors import AuthRequiredError, DownloadError, NetworkError, RepoNotFoundError, token_hint
@@ -44,16 +45,13 @@ class HFBackend(Backend):
 
     def list_files(self, repo: str, revision: Optional[str]) -> tuple[str, list[RemoteFile]]:
         from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import RepoFile
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
         try:
             info = api.model_info(repo, revision=revision or HF_DEFAULT_REVISION, timeout=self.timeout)
             commit = info.sha or revision or HF_DEFAULT_REVISION
             files = []
-            for f in api.list_repo_tree(repo, recursive=True, revision=commit):
-                if not isinstance(f, RepoFile):
-                    continue
+            for f in self._tree(repo, commit):
                 if f.lfs is not None:
                     files.append(RemoteFile(f.path, f.lfs.size, sha256=f.lfs.sha256))
                 else:
@@ -61,6 +59,27 @@ class HFBackend(Backend):
         except Exception as e:  # noqa: BLE001 - every failure is mapped to a DownloadError in _mapped
             raise self._mapped(e, repo) from e
         return commit, files
+
+    def _tree(self, repo: str, commit: str) -> Iterator[Any]:
+        """The files of ``repo`` at ``commit``: the tree API that ``HfApi.list_repo_tree`` calls, page
+        by page, with its retries of dropped connections and 429/5xx answers. Asked here because
+        ``list_repo_tree`` passes no timeout: a hub that stopped answering hung the download. Here a
+        read that waits ``self.timeout`` ends the listing (not retried: that would multiply the wait)."""
+        from huggingface_hub.hf_api import RepoFile
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+
+        lib = net.http_lib()
+        url: Optional[str] = f"{self.endpoint}/api/models/{repo}/tree/{quote(commit, safe='')}"
+        params: Optional[dict] = {"recursive": True, "expand": False}
+        headers = build_hf_headers(token=self.token)
+        while url:
+            r = http_backoff("GET", url, params=params, headers=headers, timeout=self.timeout,
+                             retry_on_exceptions=(lib.NetworkError, lib.RemoteProtocolError))
+            hf_raise_for_status(r)
+            for item in r.json():
+                if item.get("type") == "file":
+                    yield RepoFile(**item)
+            url, params = r.links.get("next", {}).get("url"), None  # the next link carries the query
 
     def file_request(self, repo: str, revision: str, rf: RemoteFile) -> tuple[str, dict]:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url

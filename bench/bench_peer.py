@@ -99,6 +99,7 @@ async def measure_server(port: int, model: str, tokens: int, streams: int) -> di
     import httpx
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, trust_env=False) as client:
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]  # each server names the model its way
         await one_stream(client, model, "warm up", 8)
         single = await one_stream(client, model, "Tell me about the mountains.", tokens)
         started = time.perf_counter()

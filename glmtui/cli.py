@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(doctor)
     doctor.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     doctor.add_argument("--timeout", type=float, default=60.0, help="seconds for each child that inspects torch")
+
+    history = sub.add_parser("history", help="export or import every conversation (JSON Lines; see README)")
+    history.add_argument("action", choices=("export", "import"))
+    history.add_argument("file", help="the file to write or read ('-': stdout or stdin)")
     return parser
 
 
@@ -114,6 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .doctor import run_doctor
 
         return run_doctor(args)
+    if command == "history":
+        from .store.history_cli import run_history
+
+        return run_history(args)
     if command == "models":
         from .catalog import print_catalog
 

@@ -492,6 +492,9 @@ def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvag
     elif not _working_recover():
         pytest.skip("no sqlite3 shell with a working .recover here")
     _build_history(db)
+    raw = sqlite3.connect(db)
+    uids = dict(raw.execute("SELECT id, uid FROM conversations").fetchall())
+    raw.close()
     damaged = _damage(db, _pages(db, pattern))
 
     s = HistoryStore.open(db)
@@ -508,6 +511,11 @@ def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvag
         assert all(c.title.startswith("Recovered conversation: needle") for c in convs)
     if pattern == "a messages leaf":
         assert len(msgs) < N_CONV * N_MSG  # the unreadable page is skipped, the rest is read
+    # a conversation whose own row was read keeps its stable id (history import skips on it)
+    kept = [c for c in convs if not c.title.startswith("Recovered conversation")]
+    assert all(c.uid == uids[c.id] for c in kept) and all(c.uid for c in convs)
+    if pattern != "page 2":
+        assert kept
     # the search index is rebuilt: substring and two-character (Chinese) terms
     some = msgs[len(msgs) // 2]
     needle = some.content.split()[0]
@@ -658,17 +666,18 @@ def test_migration_mechanism_upgrades_in_place(db: Path, monkeypatch: pytest.Mon
     s.add_message(cid, "user", "survives the upgrade")
     s.close()
 
-    def to_2(conn: sqlite3.Connection) -> None:
+    def add_pinned(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
 
-    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, to_2])
+    newer = store_schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", newer)
+    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, add_pinned])
     s = HistoryStore.open(db)
     assert s.warning is None
     assert s.messages(cid)[0].content == "survives the upgrade"
     s.close()
     raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == newer
     assert raw.execute("SELECT pinned FROM conversations").fetchall() == [(0,)]
     raw.close()
 

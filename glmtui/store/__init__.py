@@ -5,12 +5,13 @@ open does), :mod:`.files` (the file on disk: set-aside, read-only, open lock),
 :mod:`.opening` (repair loop, read-only copy), :mod:`.recovery` (damage check
 and salvage), :mod:`.search` (FTS5 trigram / bigram / substring scan),
 :mod:`.history` (:class:`HistoryStore`), :mod:`.exchange` and :mod:`.export`
-(conversations as data, Markdown and files). The names below are the public
+(conversations as data, the JSON Lines history, Markdown and files), :mod:`.formats`
+(what ``glmtui history import`` reads). The names below are the public
 ones; patch a name in the module that owns it, not here.
 """
 
 from glmtui.store.errors import HistoryError
-from glmtui.store.exchange import EXPORT_FORMAT
+from glmtui.store.exchange import EXPORT_FORMAT, ExchangeError
 from glmtui.store.history import HistoryStore
 from glmtui.store.records import ROLES, STATUSES, Conversation, SearchHit, StoredMessage
 from glmtui.store.schema import SCHEMA_VERSION, STALE_STREAMING_S, fts_available
@@ -22,6 +23,7 @@ __all__ = [
     "ROLES",
     "STATUSES",
     "HistoryError",
+    "ExchangeError",
     "Conversation",
     "StoredMessage",
     "SearchHit",

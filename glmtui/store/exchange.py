@@ -1,12 +1,28 @@
-"""Conversations as plain data: the dict of one conversation (the JSON export)
-and the rows an imported one becomes."""
+"""Conversations as plain data: the dict of one conversation (the JSON export),
+the JSON Lines history (``glmtui history export``/``import``, one conversation a
+line, schema in README "History exchange"), and the rows an imported one becomes."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from glmtui.store.records import Conversation, StoredMessage, check_role, check_status, dumps, iso, now, parse_ts
+from glmtui.store.formats import HISTORY_VERSION, FormatError, conversations_from_value
+from glmtui.store.records import (
+    CONV_COLS,
+    MSG_COLS,
+    Conversation,
+    StoredMessage,
+    check_role,
+    check_status,
+    conversation_from_row,
+    dumps,
+    iso,
+    message_from_row,
+    now,
+    parse_ts,
+)
 
 EXPORT_FORMAT = "glmtui-conversation"
 
@@ -44,8 +60,8 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
     for data in batch:
         created = parse_ts(data.get("created_at"), t)
         cur = conn.execute(
-            "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at, uid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 str(data.get("title") or ""),
                 data.get("model"),
@@ -53,6 +69,7 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
                 dumps(dict(data.get("params") or {})),
                 created,
                 parse_ts(data.get("updated_at"), created),
+                data.get("uid"),  # None: the schema's trigger gives it a random one
             ),
         )
         cid = int(cur.lastrowid)
@@ -86,3 +103,105 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
         )
         ids.append(cid)
     return ids
+
+
+# ------------------------------------------------------------ the history file
+
+
+class ExchangeError(ValueError):
+    """A history file that cannot be imported; ``str(err)`` is one line naming where."""
+
+
+def history_record(conv: Conversation, msgs: Sequence[StoredMessage]) -> dict:
+    """One line of the JSON Lines history."""
+    return {
+        "glmtui_history": HISTORY_VERSION,
+        "id": conv.uid,
+        "title": conv.title,
+        "model": conv.model,
+        "system_prompt": conv.system_prompt,
+        "params": conv.params,
+        "created_at": iso(conv.created_at, "milliseconds"),
+        "updated_at": iso(conv.updated_at, "milliseconds"),
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "metadata": m.metadata,
+                "status": m.status,
+                "created_at": iso(m.created_at, "milliseconds"),
+                "stats": m.stats,
+            }
+            for m in msgs
+        ],
+    }
+
+
+def history_lines(conn: sqlite3.Connection) -> Iterator[str]:
+    """Every conversation, oldest first, as JSON Lines (each with its newline).
+    The caller holds the store's lock and one read transaction."""
+    convs = [conversation_from_row(r) for r in conn.execute(
+        f"SELECT {CONV_COLS} FROM conversations ORDER BY created_at, id").fetchall()]
+    for conv in convs:
+        msgs = [message_from_row(r) for r in conn.execute(
+            f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY position", (conv.id,))]
+        yield json.dumps(history_record(conv, msgs), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def read_history(text: str) -> list[dict]:
+    """The conversations in a history file's *text*: JSON Lines (one
+    conversation a line; blank lines skipped) or one JSON document. Raises
+    :class:`ExchangeError` naming the line (and, in a document, the item)."""
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise ExchangeError("the file is empty")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        if not _looks_like_lines(text, err):
+            raise ExchangeError(f"line {err.lineno}: not valid JSON ({err.msg})") from None
+    else:
+        first = next(n for n, line in enumerate(text.splitlines(), 1) if line.strip())
+        try:
+            return conversations_from_value(document)
+        except FormatError as err:
+            raise ExchangeError(f"line {first}: {err}") from None
+    out: list[dict] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out += conversations_from_value(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ExchangeError(f"line {n}: not valid JSON ({err.msg})") from None
+        except FormatError as err:
+            raise ExchangeError(f"line {n}: {err}") from None
+    return out
+
+
+def _looks_like_lines(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether a file that is not one JSON document is JSON Lines: JSON
+    followed by more of it, or a first line that is JSON on its own."""
+    if err.msg == "Extra data":
+        return True
+    first = next(line for line in text.splitlines() if line.strip())
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def import_new(conn: sqlite3.Connection, conversations: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Insert the conversations whose uid is not in the store yet (inside the
+    caller's transaction); (added, skipped as already present)."""
+    seen: set[str] = set()
+    new = []
+    for conv in conversations:
+        uid = conv["uid"]
+        if uid in seen or conn.execute("SELECT 1 FROM conversations WHERE uid = ?", (uid,)).fetchone():
+            continue
+        seen.add(uid)
+        new.append(conv)
+    insert_conversations(conn, new)
+    return len(new), len(conversations) - len(new)

@@ -1,4 +1,4 @@
-"""HistoryStore, the one public class of the history (kept whole, ~500 lines: one cohesive interface).
+"""HistoryStore, the one public class of the history (kept whole past 400 lines: one cohesive interface).
 
 Conversation history in SQLite (standard library only; no UI, no torch).
 
@@ -54,11 +54,11 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, TextIO, Union
 
 from glmtui.store import export, recovery
 from glmtui.store.errors import HistoryError, describe, is_corruption
-from glmtui.store.exchange import conversation_dict, insert_conversations
+from glmtui.store.exchange import conversation_dict, history_lines, import_new, insert_conversations, read_history
 from glmtui.store.files import file_lock, note_damage, read_only_mode, write_private
 from glmtui.store.opening import open_read_only, open_repairing
 from glmtui.store.records import (
@@ -518,6 +518,30 @@ class HistoryStore:
     def _import_batch(self, batch: list[Mapping[str, Any]]) -> list[int]:
         with self._write() as conn:
             return insert_conversations(conn, batch)
+
+    # ------------------------------------------------------ history exchange
+
+    def export_history(self, out: TextIO) -> int:
+        """Write every conversation to *out* as JSON Lines (one consistent
+        snapshot; see :mod:`glmtui.store.exchange`); returns how many."""
+        count = 0
+        with self._read() as conn:
+            conn.execute("BEGIN")  # one read transaction: a concurrent writer cannot split a line's view
+            try:
+                for line in history_lines(conn):
+                    out.write(line)
+                    count += 1
+            finally:
+                conn.execute("COMMIT")
+        return count
+
+    def import_history(self, text: str) -> tuple[int, int]:
+        """Import a history file's *text* (see :mod:`glmtui.store.formats`) in
+        one transaction: a conversation whose id is already here is skipped.
+        Returns (added, skipped); raises :class:`ExchangeError` (nothing imported)."""
+        conversations = read_history(text)
+        with self._write() as conn:
+            return import_new(conn, conversations)
 
     # ----------------------------------------------------------- diagnostics
 

@@ -22,6 +22,7 @@ class Conversation:
     params: dict = field(hash=False)
     created_at: float  # unix seconds
     updated_at: float
+    uid: Optional[str] = None  # stable identity across machines (export/import); None only before schema 2
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SearchHit:
     created_at: float
 
 
-CONV_COLS = "id, title, model, system_prompt, params, created_at, updated_at"
+CONV_COLS = "id, title, model, system_prompt, params, created_at, updated_at, uid"
 MSG_COLS = "id, conversation_id, position, role, content, status, stats, metadata, created_at, updated_at"
 
 
@@ -56,8 +57,8 @@ def now() -> float:
     return time.time()
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+def iso(ts: float, timespec: str = "seconds") -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec=timespec)
 
 
 def parse_ts(value: Any, default: float) -> float:
@@ -101,6 +102,7 @@ def conversation_from_row(row: tuple) -> Conversation:
         params=params if isinstance(params, dict) else {},
         created_at=row[5],
         updated_at=row[6],
+        uid=row[7],
     )
 
 

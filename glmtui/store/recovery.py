@@ -151,7 +151,9 @@ def _scan_table(conn: sqlite3.Connection, table: str, cols: tuple[str, ...]) -> 
 
 
 def _valid_conversation(row: tuple) -> Optional[tuple]:
-    cid, title, model, system_prompt, params, created, updated = row
+    """The row as the 8 values _insert writes (uid None: the file predates uids, or it is unreadable)."""
+    cid, title, model, system_prompt, params, created, updated = row[:7]
+    uid = row[7] if len(row) > 7 and isinstance(row[7], str) and row[7] else None
     if not isinstance(cid, int) or not isinstance(title, str):
         return None
     if model is not None and not isinstance(model, str):
@@ -162,7 +164,7 @@ def _valid_conversation(row: tuple) -> Optional[tuple]:
         cid, title, model,
         system_prompt if isinstance(system_prompt, str) else "",
         params if isinstance(params, str) else "{}",
-        float(created), float(updated),
+        float(created), float(updated), uid,
     )
 
 
@@ -183,8 +185,17 @@ def _valid_message(row: tuple) -> Optional[tuple]:
     )
 
 
+def _conversation_columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    """The columns to read: with uid when the file has it (schema 2 on)."""
+    try:
+        names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    except sqlite3.DatabaseError:
+        names = set()
+    return (*_CONV_COLS, "uid") if "uid" in names else _CONV_COLS
+
+
 def _read_into(conn: sqlite3.Connection, convs: dict, msgs: dict, tables: tuple[str, str]) -> None:
-    for row in _scan_table(conn, tables[0], _CONV_COLS):
+    for row in _scan_table(conn, tables[0], _conversation_columns(conn, tables[0])):
         good = _valid_conversation(row)
         if good is not None:
             convs.setdefault(good[0], good)
@@ -206,7 +217,7 @@ def _read_lost_and_found(conn: sqlite3.Connection, convs: dict, msgs: dict) -> N
             if rec["id"] is None or not values:
                 continue
             values[0] = rec["id"]  # INTEGER PRIMARY KEY is stored as the rowid
-            if len(values) == len(_CONV_COLS):
+            if len(values) in (len(_CONV_COLS), len(_CONV_COLS) + 1):  # without or with uid
                 good = _valid_conversation(tuple(values))
                 if good is not None:
                     convs.setdefault(good[0], good)
@@ -302,7 +313,7 @@ def _placeholder(cid: int, rows: list[tuple]) -> tuple:
     first_user = next((m[4] for m in sorted(rows, key=lambda m: m[2]) if m[3] == "user" and m[4].strip()), "")
     line = first_user.strip().splitlines()[0][:60] if first_user.strip() else ""
     title = f"Recovered conversation: {line}" if line else f"Recovered conversation {cid}"
-    return (cid, title, None, "", "{}", min(m[8] for m in rows), max(m[9] for m in rows))
+    return (cid, title, None, "", "{}", min(m[8] for m in rows), max(m[9] for m in rows), None)
 
 
 def _insert(target: sqlite3.Connection, convs: dict, msgs: dict, method: str) -> Salvaged:
@@ -314,8 +325,8 @@ def _insert(target: sqlite3.Connection, convs: dict, msgs: dict, method: str) ->
     target.execute("BEGIN IMMEDIATE")
     try:
         target.executemany(
-            "INSERT OR IGNORE INTO conversations(id, title, model, system_prompt, params, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO conversations(id, title, model, system_prompt, params, created_at, updated_at,"
+            " uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [*convs.values(), *untitled],
         )
         # the new file's triggers index every message inserted here

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from glmtui.store.files import SetAside
 from glmtui.store.records import now
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # A "streaming" message whose writer is still alive and flushed it this
 # recently is left alone when another process opens the file.
@@ -72,11 +72,28 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    # uid: the conversation's stable identity across machines (export/import
+    # skips a conversation whose uid is already here). Every insert that gives
+    # none (the app, salvage, older code paths) gets a random one.
+    exec_script(
+        conn,
+        """
+        ALTER TABLE conversations ADD COLUMN uid TEXT;
+        UPDATE conversations SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL;
+        CREATE UNIQUE INDEX conversations_by_uid ON conversations(uid);
+        CREATE TRIGGER conversations_uid_ai AFTER INSERT ON conversations WHEN new.uid IS NULL BEGIN
+            UPDATE conversations SET uid = lower(hex(randomblob(16))) WHERE id = new.id;
+        END;
+        """
+    )
+
+
 # MIGRATIONS[v] upgrades a database from schema version v to v + 1. Each runs
 # inside the same BEGIN IMMEDIATE transaction that then sets user_version, so
 # an upgrade is all-or-nothing. To change the schema: append a function, bump
 # SCHEMA_VERSION, never edit an old entry.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The index reads the content through a view that appends a newline, so a

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, default=8080)
     web.add_argument("--endpoint", help="reuse this API server instead of starting one for --model")
     web.add_argument("--api-port", type=int, default=0, help="port of the API server web starts (default: a free one)")
+    web.add_argument("--token", default=None,
+                     help="access token the browser must give (default: $GLMTUI_WEB_TOKEN, else token under [web] "
+                          "in config.toml; required for a --host other machines can reach). Prefer the variable "
+                          "or the file: other users can read a command line")
 
     pull = sub.add_parser("pull", help="download a model")
     pull.add_argument("model")

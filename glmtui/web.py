@@ -16,7 +16,9 @@ server instead:
   127.0.0.1:8000.
 
 The page is served on 127.0.0.1:8080 by default. Anyone who can open it drives
-the app, so put it behind your own authentication before using ``--host 0.0.0.0``.
+the app, so a ``--host`` other machines can reach is refused unless an access
+token is set (``--token``, ``$GLMTUI_WEB_TOKEN`` or ``token`` under ``[web]`` in
+config.toml); with a token the browser signs in first (glmtui.web_gate).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def _stop(process: Optional[subprocess.Popen]) -> None:
 def run_web(args) -> int:
     from textual_serve.server import Server
 
+    from .config import default_paths
+    from .web_gate import is_loopback, make_gated_server, refusal, resolve_token
+
+    # before anything starts: a page other machines can reach needs a token
+    token, token_source = resolve_token(getattr(args, "token", None), default_paths().config_file)
+    if not token and not is_loopback(args.host):
+        print(refusal(args.host), file=sys.stderr)
+        return 2
     endpoint = getattr(args, "endpoint", None)
     api: Optional[subprocess.Popen] = None
     try:
@@ -118,7 +128,10 @@ def run_web(args) -> int:
             endpoint = DEFAULT_SERVE_URL
         command = app_command(endpoint)
         print(f"glmtui web: each browser session runs: {command}", file=sys.stderr, flush=True)
-        Server(command, host=args.host, port=args.port, title="glmtui").serve()
+        if token:
+            make_gated_server(command, args.host, args.port, token, token_source).serve()
+        else:
+            Server(command, host=args.host, port=args.port, title="glmtui").serve()
         return 0
     finally:
         _stop(api)

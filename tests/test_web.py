@@ -269,3 +269,219 @@ def test_the_tui_in_headless_chromium_chats_through_the_shared_api(web, tmp_path
     assert sent, f"the browser's message never reached the API; screenshot: {shot}; output: {output.text[-2000:]}"
     assert shot.stat().st_size > 5000
     assert len([c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]) == 1
+
+
+# ------------------------------------------------------------------ the access token
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                           ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
+                                           ("192.168.1.20", False), ("gpu-box.lan", False), ("", False)])
+def test_which_hosts_are_loopback(host, loopback):
+    from glmtui.web_gate import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_where_the_token_comes_from(tmp_path):
+    from glmtui.web_gate import TOKEN_ENV, resolve_token
+
+    config = tmp_path / "config.toml"
+    assert resolve_token(None, config, {}) == (None, "")
+    config.write_text('[web]\ntoken = "from-the-file"\n')
+    assert resolve_token(None, config, {}) == ("from-the-file", f"token under [web] in {config}")
+    environ = {TOKEN_ENV: "from-the-variable"}
+    assert resolve_token(None, config, environ) == ("from-the-variable", "$GLMTUI_WEB_TOKEN")
+    assert TOKEN_ENV not in environ  # the API server and the app sessions do not inherit it
+    assert resolve_token("from-the-flag", config, {TOKEN_ENV: "x"}) == ("from-the-flag", "--token")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20"])
+def test_a_reachable_host_without_a_token_is_refused(host, tmp_path):
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path))
+    env.pop("GLMTUI_WEB_TOKEN", None)
+    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--host", host, "--port", str(_free_port()),
+                          "--model", "/no/such/model"], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2 and run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr  # one line, before any API server or model load
+    assert f"--host {host}" in lines[0] and "--token" in lines[0] and "GLMTUI_WEB_TOKEN" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def gated_web(tmp_path_factory):
+    import secrets
+
+    port = _free_port()
+    token = "tok-" + secrets.token_urlsafe(16)
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path_factory.mktemp("gated-home")), GLMTUI_WEB_TOKEN=token)
+    # an endpoint nobody answers: sessions start (and say they cannot connect), no model needed
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", "web", "--host", "0.0.0.0", "--port", str(port),
+         "--endpoint", "http://127.0.0.1:9"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    output = _Output(proc.stdout)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"glmtui web exited: {output.text}")
+        try:
+            if httpx.get(url + "/login", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"glmtui web did not serve its login page: {output.text}")
+    yield proc, url, token, output
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _sessions(proc) -> list:
+    return [c for c in psutil.Process(proc.pid).children(recursive=True) if "--endpoint" in c.cmdline()]
+
+
+def test_without_the_token_nothing_starts(gated_web):
+    import aiohttp
+
+    proc, url, token, output = gated_web
+    page = httpx.get(url + "/")
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+    login = httpx.get(url + "/login")
+    assert login.status_code == 200 and 'type="password"' in login.text and token not in login.text
+    for path in ("/ws?width=80&height=24", "/static/js/textual.js", "/download/x"):
+        assert httpx.get(url + path).status_code == 401, path
+    wrong = httpx.post(url + "/login", data={"token": token[:-1]})
+    assert wrong.status_code == 401 and "not the access token" in wrong.text and "set-cookie" not in wrong.headers
+    forged = httpx.get(url + "/", cookies={"glmtui_web_session": token})  # the token is not the session key
+    assert forged.status_code == 303
+
+    async def websocket():
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url.replace("http", "ws") + "/ws?width=80&height=24")
+            return refused.value.status
+
+    assert asyncio.run(websocket()) == 401
+    time.sleep(0.5)
+    assert _sessions(proc) == []  # no app process started for anyone without the token
+
+
+def test_with_the_token_the_app_starts_and_the_token_stays_secret(gated_web):
+    import aiohttp
+
+    proc, url, token, output = gated_web
+    signed = httpx.post(url + "/login", data={"token": token})
+    assert signed.status_code == 303 and signed.headers["location"] == "/"
+    cookie = signed.cookies.get("glmtui_web_session")
+    set_cookie = signed.headers["set-cookie"]
+    assert cookie and token not in set_cookie and "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    page = httpx.get(url + "/", cookies={"glmtui_web_session": cookie})
+    assert page.status_code == 200 and "textual.js" in page.text and token not in page.text
+    # the page's websocket and statics on the address this browser used (not 0.0.0.0: no cookie there)
+    assert url.replace("http", "ws") + "/ws" in page.text and "0.0.0.0" not in page.text
+
+    async def session():
+        async with aiohttp.ClientSession(cookies={"glmtui_web_session": cookie}) as http:
+            async with http.ws_connect(url.replace("http", "ws") + "/ws?width=80&height=24") as ws:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not _sessions(proc):
+                    try:
+                        await ws.receive(timeout=0.5)
+                    except asyncio.TimeoutError:
+                        pass
+                started = _sessions(proc)
+                assert started, output.text[-2000:]
+                return started[0].environ()
+
+    environ = asyncio.run(session())
+    assert "GLMTUI_WEB_TOKEN" not in environ  # the app sessions never see it
+    # the URL it printed, where the token comes from, and never the token itself
+    assert f"open http://{socket.gethostname()}:{url.rsplit(':', 1)[1]}/" in output.text
+    assert "$GLMTUI_WEB_TOKEN" in output.text
+    assert token not in output.text
+
+
+async def _cdp_login(chromium: str, url: str, token: str, proc) -> tuple[str, bool]:
+    """Headless Chromium: open ``url``, sign in with ``token`` through the form; (the page's URL after
+    the login, whether the app's terminal appeared and a session process started)."""
+    import aiohttp
+    import json
+    import tempfile
+
+    port = _free_port()
+    browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,700",
+                                f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as http:
+            targets = None
+            for _ in range(150):
+                try:
+                    targets = await (await http.get(f"http://127.0.0.1:{port}/json")).json()
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+            page = [t for t in targets if t["type"] == "page"][0]
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                counter = 0
+
+                async def call(method, **params):
+                    nonlocal counter
+                    counter += 1
+                    await ws.send_json({"id": counter, "method": method, "params": params})
+                    while True:
+                        message = json.loads((await ws.receive(timeout=30)).data)
+                        if message.get("id") == counter:
+                            return message.get("result", {})
+
+                async def evaluate(expression):
+                    return (await call("Runtime.evaluate", expression=expression, returnByValue=True))["result"].get("value")
+
+                async def until(expression, timeout):
+                    deadline = time.monotonic() + timeout
+                    while time.monotonic() < deadline:
+                        if await evaluate(expression):
+                            return True
+                        await asyncio.sleep(0.3)
+                    return False
+
+                await call("Page.enable")
+                await call("Page.navigate", url=url + "/")
+                assert await until("location.pathname === '/login' && !!document.querySelector('#token')", 30)
+                await evaluate(f"document.querySelector('#token').value = {json.dumps(token)};"
+                               " document.querySelector('form').submit(); true")
+                assert await until("location.pathname === '/' && !!document.querySelector('.textual-terminal')", 30), \
+                    await evaluate("location.href + ' ' + document.body.innerText.slice(0, 200)")
+                terminal = await until("!!document.querySelector('.xterm-helper-textarea')", 60)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not _sessions(proc):
+                    await asyncio.sleep(0.3)
+                return await evaluate("location.href"), terminal and bool(_sessions(proc))
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+
+
+def test_a_browser_signs_in_with_the_token(gated_web):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    pytest.importorskip("glmtui.ui.app")
+    proc, url, token, output = gated_web
+    href, started = asyncio.run(_cdp_login(chromium, url, token, proc))
+    assert href == url + "/" and started, output.text[-2000:]
+    assert token not in output.text

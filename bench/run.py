@@ -19,6 +19,7 @@ BENCHMARKS = {
     "memory": ["bench_memory.py"],
     "gpu": ["bench_gpu.py"],
     "switch": ["bench_switch.py"],
+    "kvreuse": ["bench_kvreuse.py"],
 }
 # Opt-in only (installs vLLM's CPU build into .cache/peer; minutes per run): `bash dev.sh bench peer`.
 OPT_IN = {"peer": ["bench_peer.py"]}

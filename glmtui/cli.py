@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the catalogue and what is on disk")
 
+    fit = sub.add_parser("fit", help="memory per mode for a model against this machine's free GPU memory and RAM")
+    fit.add_argument("model", help="a model folder, catalogue key or hub id (org/name: only config.json is fetched)")
+    fit.add_argument("--context", type=int, default=None, help="tokens of context for the KV cache (default: the "
+                     "model's, at most 8,192)")
+    fit.add_argument("--json", action="store_true", help="print the figures as JSON")
+    fit.add_argument("--source", choices=("hf", "modelscope"), default=None, help="hub for a hub id")
+    fit.add_argument("--endpoint", default=None, metavar="URL", help="hub or mirror URL (as for pull)")
+
     doctor = sub.add_parser("doctor", help="check the driver, torch, quantizers, disk, hubs and history folder")
     _add_model_options(doctor)
     doctor.add_argument("--json", action="store_true", help="print the verdicts as JSON")
@@ -126,6 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .store.history_cli import run_history
 
         return run_history(args)
+    if command == "fit":
+        from .fit import fit_command
+
+        return fit_command(args)
     if command == "models":
         from .catalog import print_catalog
 

@@ -131,6 +131,13 @@ def _quantized_linears(model, mode: str, device: str) -> tuple[dict[str, torch.n
 def cpu_int4_repacks() -> bool:
     """Whether bitsandbytes repacks int4 weights for its AVX512-BF16 CPU kernel at the first forward
     (then absmax becomes bfloat16 and double quantization is undone)."""
+    try:  # the CPU flag bitsandbytes asks for, without importing it (seconds)
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_bf16" in line.split()
+    except OSError:
+        pass
     try:
         from bitsandbytes.functional import has_avx512bf16
 

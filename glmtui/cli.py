@@ -123,8 +123,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_web(args)
     if command == "pull":
         from .hub import pull_cli
+        from .mirrors import remembered_source
 
-        return pull_cli([args.model] + (["--source", args.source] if args.source else [])
+        source = args.source or remembered_source()  # else where the Models pane downloads from
+        return pull_cli([args.model] + (["--source", source] if source else [])
                         + (["--endpoint", args.endpoint] if args.endpoint else []))
     if command == "doctor":
         from .doctor import run_doctor

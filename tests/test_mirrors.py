@@ -1,0 +1,44 @@
+"""The other source suggested after a failed download, for the real catalogue and the hub's own errors."""
+
+from __future__ import annotations
+
+from glmtui import catalog
+from glmtui.hub.errors import AuthRequiredError, DiskFullError, DownloadCancelled, NetworkError, RepoNotFoundError
+from glmtui.mirrors import other_source_hint
+
+
+def test_a_catalogue_model_that_failed_on_one_hub_points_at_the_other():
+    entry = catalog.get("chatglm3-6b")
+    hint = other_source_hint(entry, "hf", NetworkError("huggingface.co: the name does not resolve"))
+    assert hint == " — or download it from ModelScope: glmtui pull chatglm3-6b --source modelscope"
+    back = other_source_hint(entry, "modelscope", RepoNotFoundError("not there"))
+    assert back == " — or download it from Hugging Face: glmtui pull chatglm3-6b --source hf"
+    assert "s in Models" in other_source_hint(entry, "hf", AuthRequiredError("gated"), ui=True)
+
+
+def test_no_hint_where_the_other_hub_cannot_help():
+    entry = catalog.get("glm-4-9b-chat")
+    for error in (DiskFullError("disk full"), DownloadCancelled("cancelled"), ValueError("a bug")):
+        assert other_source_hint(entry, "hf", error) == ""
+    only_hf = catalog.resolve("someone/some-glm", source="hf")  # a hub id: on one hub only
+    assert other_source_hint(only_hf, "hf", NetworkError("x")) == ""
+    only_ms = catalog.resolve("someone/some-glm", source="modelscope")
+    assert other_source_hint(only_ms, "modelscope", NetworkError("x")) == ""
+
+
+def test_pull_downloads_from_the_source_the_tui_remembered(monkeypatch, tmp_path):
+    from hubserver import FakeHub, point_hubs_at
+
+    from glmtui.cli import main
+    from glmtui.config import default_paths
+
+    config = default_paths().config_file
+    config.parent.mkdir(parents=True)
+    config.write_text('[ui]\ndownload_source = "modelscope"\n')
+    with FakeHub() as hub:
+        point_hubs_at(hub, monkeypatch, tmp_path, via="env")
+        assert main(["pull", "someorg/not-there"]) == 1
+        assert hub.requests and all(r.path.startswith("/api/v1/models/someorg/not-there") for r in hub.requests)
+        hub.clear_log()
+        assert main(["pull", "someorg/not-there", "--source", "hf"]) == 1  # the flag still wins
+        assert hub.requests and not any(r.path.startswith("/api/v1/") for r in hub.requests)

@@ -31,9 +31,9 @@ from .plan import (
     DownloadPlan,
     atomic_write_json,
     free_bytes,
-    inspect,
     make_plan,
     marker_matches,
+    on_disk,
     try_lock,
     write_marker,
 )
@@ -131,7 +131,7 @@ class Downloader:
             plan = make_plan(backend, repo, revision, dest, threading.Event(), **self._retry)
         finally:
             backend.close()
-        plan.present_bytes = inspect(plan, threading.Event(), dry=True)[0]
+        plan.present_bytes = on_disk(plan, threading.Event(), dry=True)[0]
         return plan
 
     # -- download
@@ -176,7 +176,7 @@ class Downloader:
             meter.emit("done")
             return dest
 
-        present, todo = inspect(plan, cancel, dry=True)
+        present, todo = on_disk(plan, cancel, dry=True)
         need = plan.total_bytes - present
         free = free_bytes(dest)
         if need > free:
@@ -195,7 +195,7 @@ class Downloader:
         try:
             if marker is not None:
                 (dest / COMPLETE_MARKER).unlink(missing_ok=True)  # being updated: not usable meanwhile
-            present, todo = inspect(plan, cancel, meter=meter)
+            present, todo = on_disk(plan, cancel, meter=meter)
             state = {
                 "source": plan.source, "repo": plan.repo_id, "revision": plan.revision, "endpoint": plan.endpoint,
                 "files": {rf.path: dict(rf.identity(), done=rf not in todo) for rf in plan.files},

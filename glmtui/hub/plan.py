@@ -81,7 +81,7 @@ def make_plan(backend: Backend, repo: str, revision: Optional[str], dest: Path, 
     return DownloadPlan(backend.source, repo, commit, backend.endpoint, dest, files, fmt, prefetched=prefetched)
 
 
-def inspect(plan: DownloadPlan, cancel: threading.Event, dry: bool = False,
+def on_disk(plan: DownloadPlan, cancel: threading.Event, dry: bool = False,
             meter: Optional[Meter] = None) -> tuple[int, list[RemoteFile]]:
     """(bytes already present, files still to fetch). Unless ``dry``, drops stale partial files
     and hashes final files the state or marker does not vouch for."""

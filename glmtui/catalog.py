@@ -54,6 +54,12 @@ class CatalogEntry:
     #: Set for a model the user pointed at on disk (not downloaded by glmtui).
     local_path: Optional[Path] = None
     in_catalog: bool = False
+    #: The transformers class it loads into (ChatGLM3 is converted to GlmForCausalLM).
+    architecture: str = "GlmForCausalLM"
+    #: Other hub ids of the same model: the HF org THUDM is now zai-org (old ids redirect).
+    aliases: tuple[str, ...] = ()
+    #: Writes its reasoning in <think>...</think> before the answer.
+    reasoning: bool = False
 
     @property
     def kind(self) -> Literal["chat", "base"]:
@@ -104,6 +110,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="ChatGLM3-6B",
         family="chatglm3",
         hf_repo="THUDM/chatglm3-6b",
+        aliases=("zai-org/chatglm3-6b",),
         modelscope_repo="ZhipuAI/chatglm3-6b",
         params_b=6.24,
         download_bytes=12_490_000_000,
@@ -117,6 +124,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="ChatGLM3-6B-Base",
         family="chatglm3",
         hf_repo="THUDM/chatglm3-6b-base",
+        aliases=("zai-org/chatglm3-6b-base",),
         modelscope_repo="ZhipuAI/chatglm3-6b-base",
         params_b=6.24,
         download_bytes=12_490_000_000,
@@ -131,6 +139,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="ChatGLM3-6B-32K",
         family="chatglm3",
         hf_repo="THUDM/chatglm3-6b-32k",
+        aliases=("zai-org/chatglm3-6b-32k",),
         modelscope_repo="ZhipuAI/chatglm3-6b-32k",
         params_b=6.24,
         download_bytes=12_490_000_000,
@@ -144,6 +153,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="GLM-4-9B-Chat",
         family="glm4",
         hf_repo="THUDM/glm-4-9b-chat-hf",
+        aliases=("zai-org/glm-4-9b-chat-hf",),
         modelscope_repo="ZhipuAI/glm-4-9b-chat-hf",
         params_b=9.40,
         download_bytes=18_800_000_000,
@@ -157,6 +167,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="GLM-4-9B-0414",
         family="glm4",
         hf_repo="THUDM/GLM-4-9B-0414",
+        aliases=("zai-org/GLM-4-9B-0414",),
+        architecture="Glm4ForCausalLM",
         modelscope_repo="ZhipuAI/GLM-4-9B-0414",
         params_b=9.40,
         download_bytes=18_800_000_000,
@@ -170,6 +182,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="GLM-Edge-1.5B-Chat",
         family="glm-edge",
         hf_repo="THUDM/glm-edge-1.5b-chat",
+        aliases=("zai-org/glm-edge-1.5b-chat",),
         modelscope_repo="ZhipuAI/glm-edge-1.5b-chat",
         params_b=1.59,
         download_bytes=3_200_000_000,
@@ -183,6 +196,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         name="GLM-Edge-4B-Chat",
         family="glm-edge",
         hf_repo="THUDM/glm-edge-4b-chat",
+        aliases=("zai-org/glm-edge-4b-chat",),
         modelscope_repo="ZhipuAI/glm-edge-4b-chat",
         params_b=4.0,
         download_bytes=8_000_000_000,
@@ -190,6 +204,88 @@ CATALOG: tuple[CatalogEntry, ...] = (
         prompt_format="chat_template",
         notes="On-device GLM (GlmForCausalLM).",
         in_catalog=True,
+    ),
+)
+
+# The GLM family a GPU owner runs in late 2026.  Parameters are what transformers builds (the
+# multi-token-prediction layer shipped in GLM-4.5/4.7 checkpoints is not loaded); download sizes
+# are approximate (bf16 safetensors).  HF ids are under zai-org (THUDM/... redirects there).
+CATALOG += (
+    CatalogEntry(
+        key="glm-z1-9b-0414",
+        name="GLM-Z1-9B-0414",
+        family="glm4",
+        hf_repo="zai-org/GLM-Z1-9B-0414",
+        modelscope_repo="ZhipuAI/GLM-Z1-9B-0414",
+        aliases=("THUDM/GLM-Z1-9B-0414",),
+        params_b=9.40,
+        download_bytes=18_800_000_000,
+        context_length=32768,
+        notes="Reasoning model (thinks in <think> first): maths, code and step-by-step answers on one 24 GB GPU.",
+        in_catalog=True,
+        architecture="Glm4ForCausalLM",
+        reasoning=True,
+    ),
+    CatalogEntry(
+        key="glm-4-32b-0414",
+        name="GLM-4-32B-0414",
+        family="glm4",
+        hf_repo="zai-org/GLM-4-32B-0414",
+        modelscope_repo="ZhipuAI/GLM-4-32B-0414",
+        aliases=("THUDM/GLM-4-32B-0414",),
+        params_b=32.57,
+        download_bytes=65_100_000_000,
+        context_length=32768,
+        notes="Strong general, code and tool-use model; bf16 needs an 80 GB GPU, int4 fits 24 GB.",
+        in_catalog=True,
+        architecture="Glm4ForCausalLM",
+    ),
+    CatalogEntry(
+        key="glm-z1-32b-0414",
+        name="GLM-Z1-32B-0414",
+        family="glm4",
+        hf_repo="zai-org/GLM-Z1-32B-0414",
+        modelscope_repo="ZhipuAI/GLM-Z1-32B-0414",
+        aliases=("THUDM/GLM-Z1-32B-0414",),
+        params_b=32.57,
+        download_bytes=65_100_000_000,
+        context_length=32768,
+        notes="The 32B reasoning model (<think>): harder maths and code; int4 fits 24 GB.",
+        in_catalog=True,
+        architecture="Glm4ForCausalLM",
+        reasoning=True,
+    ),
+    CatalogEntry(
+        key="glm-4.7-flash",
+        name="GLM-4.7-Flash",
+        family="glm4-moe",
+        hf_repo="zai-org/GLM-4.7-Flash",
+        modelscope_repo="ZhipuAI/GLM-4.7-Flash",
+        aliases=("THUDM/GLM-4.7-Flash",),
+        params_b=29.94,
+        download_bytes=62_500_000_000,
+        context_length=202752,
+        notes="30B MoE, 3B active, MLA (a small KV cache): fast agentic coding; bf16 on an 80 GB GPU "
+              "(bitsandbytes int4 leaves its experts in 16-bit).",
+        in_catalog=True,
+        architecture="Glm4MoeLiteForCausalLM",
+        reasoning=True,
+    ),
+    CatalogEntry(
+        key="glm-4.5-air",
+        name="GLM-4.5-Air",
+        family="glm4-moe",
+        hf_repo="zai-org/GLM-4.5-Air",
+        modelscope_repo="ZhipuAI/GLM-4.5-Air",
+        aliases=("THUDM/GLM-4.5-Air",),
+        params_b=103.48,
+        download_bytes=221_000_000_000,
+        context_length=131072,
+        notes="106B MoE, 12B active: agent and reasoning work; needs ≥ 60 GB at 4-bit (a 4-bit checkpoint: "
+              "bitsandbytes int4 leaves its experts in 16-bit, ~190 GiB).",
+        in_catalog=True,
+        architecture="Glm4MoeForCausalLM",
+        reasoning=True,
     ),
 )
 
@@ -224,6 +320,8 @@ def _guess_family(name: str, config: dict | None = None) -> str:
         return "chatglm3"
     if "edge" in low:
         return "glm-edge"
+    if model_type in ("glm4_moe", "glm4_moe_lite"):
+        return "glm4-moe"
     if model_type in ("glm", "glm4") or "glm-4" in low or "glm4" in low:
         return "glm4"
     return model_type or "unknown"
@@ -273,10 +371,11 @@ def entry_for_folder(path: str | os.PathLike) -> CatalogEntry:
 
 
 def find_by_repo(repo_id: str) -> Optional[CatalogEntry]:
-    """The catalogue entry whose Hugging Face or ModelScope id is ``repo_id`` (case-insensitive)."""
+    """The catalogue entry whose Hugging Face or ModelScope id, or an old id of it (``THUDM/…`` for
+    ``zai-org/…`` and back), is ``repo_id`` (case-insensitive)."""
     low = repo_id.lower()
     for e in CATALOG:
-        if (e.hf_repo and e.hf_repo.lower() == low) or (e.modelscope_repo and e.modelscope_repo.lower() == low):
+        if any(r and r.lower() == low for r in (e.hf_repo, e.modelscope_repo, *e.aliases)):
             return e
     return None
 

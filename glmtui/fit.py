@@ -143,7 +143,8 @@ def model_config(spec: str, source: Optional[str] = None, endpoint: Optional[str
         repo = entry.repo_for(source)
     except ValueError as exc:
         raise FitError(str(exc)) from None
-    return fetch_hub_config(repo, source, endpoint)
+    fetched = fetch_hub_config(repo, source, endpoint)
+    return ModelConfig(entry.name if entry.in_catalog else repo, fetched.config, fetched.origin)
 
 
 # --------------------------------------------------------------------------- the machine

@@ -161,3 +161,50 @@ def test_print_catalog_lists_keys_and_disk_state(tmp_path, capsys):
     for e in catalog.CATALOG:
         assert e.key in out
     assert "ready" in out
+
+
+NEW_GLM = {  # key: (HF id, ModelScope id, transformers class)
+    "glm-z1-9b-0414": ("zai-org/GLM-Z1-9B-0414", "ZhipuAI/GLM-Z1-9B-0414", "Glm4ForCausalLM"),
+    "glm-4-32b-0414": ("zai-org/GLM-4-32B-0414", "ZhipuAI/GLM-4-32B-0414", "Glm4ForCausalLM"),
+    "glm-z1-32b-0414": ("zai-org/GLM-Z1-32B-0414", "ZhipuAI/GLM-Z1-32B-0414", "Glm4ForCausalLM"),
+    "glm-4.7-flash": ("zai-org/GLM-4.7-Flash", "ZhipuAI/GLM-4.7-Flash", "Glm4MoeLiteForCausalLM"),
+    "glm-4.5-air": ("zai-org/GLM-4.5-Air", "ZhipuAI/GLM-4.5-Air", "Glm4MoeForCausalLM"),
+}
+
+
+def test_newer_glm_family_in_the_catalogue():
+    transformers = pytest.importorskip("transformers")
+    for key, (hf, ms, arch) in NEW_GLM.items():
+        e = catalog.get(key)
+        assert (e.hf_repo, e.modelscope_repo, e.architecture) == (hf, ms, arch)
+        assert hasattr(transformers, e.architecture)  # loads natively, no remote code
+        assert e.notes and "\n" not in e.notes and len(e.notes) < 200
+        assert e.dirname == hf.replace("/", "--")
+        # the old org's id and the ModelScope id resolve to the same entry
+        assert resolve("THUDM/" + hf.split("/")[1]) is e
+        assert resolve(hf.lower()) is e and resolve(ms, source="modelscope") is e
+    assert "needs ≥ 60 GB at 4-bit" in catalog.get("glm-4.5-air").notes
+    assert catalog.get("glm-z1-9b-0414").reasoning and not catalog.get("glm-4-32b-0414").reasoning
+    # the older entries answer to their zai-org ids too
+    assert resolve("zai-org/chatglm3-6b") is catalog.get("chatglm3-6b")
+    assert resolve("zai-org/GLM-4-9B-0414") is catalog.get("glm-4-9b-0414")
+
+
+def test_catalogue_parameters_match_the_exact_count():
+    """params_b of the new entries is what transformers builds from their shapes (meta device)."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    shapes = {
+        "glm-z1-9b-0414": {"model_type": "glm4", "vocab_size": 151552, "hidden_size": 4096,
+                           "intermediate_size": 13696, "num_hidden_layers": 40, "num_attention_heads": 32,
+                           "num_key_value_heads": 2, "head_dim": 128, "attention_bias": True},
+        "glm-4-32b-0414": {"model_type": "glm4", "vocab_size": 151552, "hidden_size": 6144,
+                           "intermediate_size": 23040, "num_hidden_layers": 61, "num_attention_heads": 48,
+                           "num_key_value_heads": 2, "head_dim": 128, "attention_bias": True},
+        "glm-4.7-flash": {"model_type": "glm4_moe_lite"},  # transformers' defaults are GLM-4.7-Flash's
+        "glm-4.5-air": {"model_type": "glm4_moe"},  # and GLM-4.5-Air's
+    }
+    for key, cfg in shapes.items():
+        params = predict.predict_config(cfg, ("bf16",), device="cpu")["bf16"].params
+        assert abs(params / 1e9 - catalog.get(key).params_b) < 0.01, (key, params)

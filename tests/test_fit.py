@@ -156,3 +156,19 @@ def test_fit_bad_input_lines(tmp_path, capsys):
     assert code == 1 and "has no config.json" in err
     code, out, err = _run([str(tmp_path / "empty"), "--context", "0"], FakeNVML([gpu()]), capsys)
     assert code == 1 and "--context" in err
+
+
+def test_fit_catalogue_key_and_old_org_id_fetch_the_zai_org_config(tmp_path, monkeypatch, capsys):
+    """A catalogue model not downloaded: its config.json from the hub, under the zai-org id, also when
+    the user typed the old THUDM id."""
+    pytest.importorskip("transformers")
+    folder = tiny_models.build_glm4_thinking(tmp_path / "z1")
+    with FakeHub() as hub:
+        hub.add_folder("zai-org/GLM-Z1-9B-0414", folder)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        for spec in ("glm-z1-9b-0414", "THUDM/GLM-Z1-9B-0414"):
+            code, out, err = _run([spec, "--json"], FakeNVML([gpu()]), capsys)
+            assert code == 0, err
+            data = json.loads(out)
+            assert data["model"] == "GLM-Z1-9B-0414" and "/zai-org/GLM-Z1-9B-0414/" in data["config"]
+            assert data["modes"]["bf16"]["gpu"]["params"] == json.loads(out)["modes"]["int4"]["gpu"]["params"]

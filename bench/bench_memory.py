@@ -166,7 +166,7 @@ def main() -> int:
 
     import torch
 
-    from glmtui.engine.memory import predict_for_dir
+    from glmtui.engine.predict import predict_dir  # the exact count (meta-device model), as glmtui fit uses
 
     modes = args.modes.split(",")
     watch = LoadWatch()
@@ -188,7 +188,7 @@ def main() -> int:
             mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         context = max((m["prompt_tokens"] + m["completion_tokens"] for m in mem.values() if "error" not in m),
                       default=args.gen_tokens)
-        predictions = predict_for_dir(folder, tuple(modes), device="cpu", context_len=context)
+        predictions = predict_dir(folder, tuple(modes), device="cpu", context_len=context)
 
     base = "fp32" if "fp32" in modes else modes[0]
     print(f"\nspeed, medians of {args.rounds} rounds (min-max); vs {base} = per-round ratio in the same round")
@@ -200,7 +200,8 @@ def main() -> int:
         print(f"{mode:5} {statistics.median(pre):7.1f} ({min(pre):.0f}-{max(pre):.0f})"
               f"   {statistics.median(dec):7.1f} ({min(dec):.1f}-{max(dec):.1f})   {spread(ratio)}")
 
-    print(f"\nmemory (host RSS; the prediction at a {context}-token context: prompt + generated)")
+    print(f"\nmemory (host RSS; the exact prediction (weights and KV cache counted on a meta-device model, "
+          f"overhead estimated) at a {context}-token context: prompt + generated)")
     print("mode  weights_MiB meas/pred  | RSS base  load_peak  gen_peak (MiB, growth over base) | "
           "predicted total (weights+KV+overhead)  growth/predicted")
     totals = []

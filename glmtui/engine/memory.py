@@ -1,5 +1,11 @@
 """Predicted memory per quantization mode, from a model folder's ``config.json`` only.
 
+The exact figures come from engine/predict.py (the model built on the meta device; needs
+torch): front ends ask for them through :func:`predict_exact_subprocess` and the shared
+cache below.  The hand formulas in this module are the fallback where the exact count
+cannot be had (no torch, a failure), and their results say ``source == "formula"``: the UI
+marks them "(estimate)".
+
 No weights are read and torch is not imported (except lazily inside
 :func:`measured_footprint_bytes`, which the engine calls on a loaded model).
 

@@ -15,10 +15,14 @@ NVML is initialised once (on the first ``sample()``, i.e. in the polling thread)
 device handles are acquired once and cached: re-acquiring them every tick is what
 made ``gpustat -i`` burn CPU.  GPUs hot-plugged after the first sample are not seen.
 
-Process marking: a GPU process is ``is_self`` when its PID equals ``os.getpid()``.
-Inside containers NVML reports *host* PIDs, so the match can fail there (and no
-process will be marked); the torch figures (``MonitorSnapshot.torch``) still
-describe this process because they come from torch itself.
+Process marking: a GPU process is ``is_self`` when it is one of glmtui's: this
+process (``os.getpid()``) or one of its engine processes (the pids the
+``engine_pids`` callable gives; those are also ``is_engine``). The host figures
+(``process_rss``, ``process_cpu_percent``) add the engine processes to this one,
+and give them apart too. Inside containers NVML reports *host* PIDs, so the match
+can fail there (and no process will be marked); the torch figures
+(``MonitorSnapshot.torch``) still describe this process because they come from
+torch itself.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ class GpuProcess:
     used_bytes: int | None  # None: NVML cannot tell (WDDM, no permission)
     kind: str  # "compute", "graphics" or "compute+graphics"
     name: str | None  # from NVML; None when unavailable
-    is_self: bool  # pid == os.getpid() (can fail in containers: host PIDs)
+    is_self: bool  # one of glmtui's processes: this one or an engine process (can fail in containers: host PIDs)
+    is_engine: bool = False  # one of glmtui's engine processes (the model's, a spare)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class GpuSnapshot:
 
     @property
     def self_used_bytes(self) -> int | None:
-        """GPU memory NVML attributes to this process (None if not found/unknown)."""
+        """GPU memory NVML attributes to glmtui's processes (None if not found/unknown)."""
         if not self.processes:
             return None
         found = [p.used_bytes for p in self.processes if p.is_self and p.used_bytes is not None]
@@ -116,10 +121,13 @@ class HostSnapshot:
     ram_total: int | None = None
     ram_used: int | None = None  # psutil's "used" (total - free - buffers/cache on Linux)
     ram_available: int | None = None
-    process_rss: int | None = None
+    process_rss: int | None = None  # glmtui's processes together: this one and its engine processes
     cpu_percent: float | None = None  # system-wide, since the previous sample
-    process_cpu_percent: float | None = None  # this process, since the previous sample
+    process_cpu_percent: float | None = None  # glmtui's processes together, since the previous sample
     error: str | None = None
+    engine_pids: tuple[int, ...] = ()  # glmtui's engine processes (none when the model runs in this one)
+    engine_rss: int | None = None  # of those alone (None without any)
+    engine_cpu_percent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,8 +210,12 @@ class Sampler:
         history_len: int = HISTORY_LEN,
         pid: int | None = None,
         clock: Callable[[], float] = time.time,
+        engine_pids: Callable[[], Any] | None = None,
     ) -> None:
         self._interval = clamp_interval(interval)
+        self._engine_pids_fn = engine_pids
+        self._engine_pids: frozenset[int] = frozenset()
+        self._engine_procs: dict[int, Any] = {}  # pid -> psutil.Process (kept: cpu_percent counts from the last call)
         self._nvml_arg = nvml
         self._pid = os.getpid() if pid is None else pid
         self._clock = clock
@@ -242,6 +254,20 @@ class Sampler:
     @property
     def history_len(self) -> int:
         return self._history_len
+
+    def track_engine(self, engine_pids: Callable[[], Any] | None) -> None:
+        """Count these processes (a callable giving glmtui's engine pids now) as glmtui's own."""
+        with self._lock:
+            self._engine_pids_fn = engine_pids
+
+    def _read_engine_pids(self) -> frozenset[int]:
+        fn = self._engine_pids_fn
+        if fn is None:
+            return frozenset()
+        try:
+            return frozenset(int(p) for p in fn() or () if int(p) != self._pid)
+        except Exception:  # noqa: BLE001 - an engine's report must not stop the monitor
+            return frozenset()
 
     # ---- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
@@ -435,7 +461,8 @@ class Sampler:
                 used_bytes=used,
                 kind="+".join(kinds),
                 name=self._proc_name(pid),
-                is_self=(pid == self._pid),
+                is_self=(pid == self._pid or pid in self._engine_pids),
+                is_engine=pid in self._engine_pids,
             )
             for pid, (used, kinds) in merged.items()
         ]
@@ -497,17 +524,48 @@ class Sampler:
                 psutil.cpu_percent(None)
             ps = self._psutil
             vm = ps.virtual_memory()
-            rss = self._proc.memory_info().rss
+            rss = int(self._proc.memory_info().rss)
+            cpu = float(self._proc.cpu_percent(None))
+            engine_rss, engine_cpu = self._sample_engine()
+            pids = tuple(sorted(self._engine_procs))
             return HostSnapshot(
                 ram_total=int(vm.total),
                 ram_used=int(vm.used),
                 ram_available=int(vm.available),
-                process_rss=int(rss),
+                process_rss=rss + (engine_rss or 0),
                 cpu_percent=float(ps.cpu_percent(None)),
-                process_cpu_percent=float(self._proc.cpu_percent(None)),
+                process_cpu_percent=cpu + (engine_cpu or 0.0),
+                engine_pids=pids,
+                engine_rss=engine_rss,
+                engine_cpu_percent=engine_cpu,
             )
         except Exception as e:  # noqa: BLE001
             return HostSnapshot(error=f"{type(e).__name__}: {e}")
+
+    def _sample_engine(self) -> tuple[int | None, float | None]:
+        """(resident bytes, CPU percent) of the engine processes together; (None, None) without any.
+
+        A process seen for the first time adds its memory and 0 % CPU (psutil counts CPU time
+        from the previous call on the same Process object)."""
+        ps = self._psutil
+        for pid in list(self._engine_procs):
+            if pid not in self._engine_pids:
+                del self._engine_procs[pid]
+        rss, cpu = 0, 0.0
+        for pid in self._engine_pids:
+            try:
+                proc = self._engine_procs.get(pid)
+                if proc is None:
+                    proc = self._engine_procs[pid] = ps.Process(pid)
+                    proc.cpu_percent(None)
+                else:
+                    cpu += float(proc.cpu_percent(None))
+                rss += int(proc.memory_info().rss)
+            except Exception:  # noqa: BLE001 - it ended meanwhile
+                self._engine_procs.pop(pid, None)
+        if not self._engine_procs:
+            return None, None
+        return rss, cpu
 
     @staticmethod
     def _sample_torch() -> tuple[TorchDeviceMemory, ...] | None:
@@ -532,6 +590,7 @@ class Sampler:
             try:
                 if not self._initialised:
                     self._init_nvml()
+                self._engine_pids = self._read_engine_pids()
                 gpus: tuple[GpuSnapshot, ...] = ()
                 if self._state == "ok":
                     gpus = tuple(self._sample_gpu(i) for i in range(len(self._handles)))

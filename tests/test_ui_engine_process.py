@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -84,6 +86,164 @@ def test_the_tui_runs_its_model_in_an_engine_process_and_never_imports_torch(cha
     seen = json.loads(line.removeprefix("RESULT "))
     assert seen["engine"] == "EngineProcess"
     assert seen["engine_pid"] not in (None, seen["pid"])
-    assert seen["reply"][0] == "complete" and seen["reply"][1].strip()
-    assert seen["api"] == 200 and seen["api_text"].strip()
+    assert seen["reply"][0] == "complete" and seen["reply"][1]
+    assert seen["api"] == 200 and seen["api_text"]
     assert seen["modules"] == []  # after a load, a reply and an API request
+
+
+# ------------------------------------------------------------------ the engine dies, or hangs, under a reply
+
+LONG = {"temperature": 0.0, "max_new_tokens": 1500}  # the chatty model writes until the limit
+
+
+@pytest.fixture
+def quiet_sampler():
+    return FrozenSampler(host_only_snapshot())
+
+
+async def start_reply(pilot, app, text: str):
+    """Send ``text`` and return once the reply has shown some text (it is still being written)."""
+    chat = app.chat_pane
+    chat.input.focus()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: chat.active is not None and chat.active.text, timeout=120, what="first tokens")
+    return chat.active
+
+
+async def interrupted_by(pilot, app, sig: int):
+    """Kill the engine's process with ``sig`` mid-reply; the reply's turn once the app has taken the death in."""
+    chat = app.chat_pane
+    active = await start_reply(pilot, app, "tell me a story")
+    pid = app.engine.pid
+    assert pid is not None and pid != os.getpid()
+    os.kill(pid, sig)
+    await wait_for(pilot, lambda: chat.active is None and app.engine_notice.kind == "exited", timeout=60,
+                   what="the engine's death to reach the UI")
+    assert gone(pid) and app.loaded is None
+    turn = next(t for t in chat.turns if t.widget is active.widget)
+    return turn, active.message_id
+
+
+async def reload_and_reply(pilot, app) -> None:
+    await pilot.press("f6")  # the key the notice names
+    await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="the reload")
+    assert app.engine_notice.kind is None and not app.engine_notice.display
+
+
+async def test_the_tui_survives_the_engine_being_killed_or_aborting_mid_reply(chatty_chatglm3, quiet_sampler):
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=quiet_sampler)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
+        assert isinstance(app.engine, EngineProcess)  # the default for a local model
+        chat = app.chat_pane
+
+        # kill -9: the reply so far is kept, marked interrupted, in the chat and in the history file
+        turn, message_id = await interrupted_by(pilot, app, signal.SIGKILL)
+        assert turn.status == "interrupted" and turn.content
+        assert "killed by SIGKILL" in turn.stats["error"]
+        saved = next(m for m in app.store.messages(chat.conversation_id) if m.id == message_id)
+        assert (saved.status, saved.content) == ("interrupted", turn.content)
+        assert "killed by SIGKILL" in saved.stats["error"]
+        screen = screen_text(app)
+        assert "interrupted (the engine process ended)" in screen
+        notice = str(app.engine_notice.message)
+        assert "killed by SIGKILL" in notice and f"F6 loads {chatty_chatglm3.name} (fp32) again" in notice
+        assert "killed by SIGKILL" in screen and "F6 loads" in screen  # on screen, not only in a toast
+
+        # reload with the key the notice named; a new reply streams in the same conversation
+        await reload_and_reply(pilot, app)
+        # os.abort (SIGABRT) in the engine: faulthandler's line from its log names the fault
+        turn, _ = await interrupted_by(pilot, app, signal.SIGABRT)
+        assert turn.status == "interrupted"
+        assert "Fatal Python error: Aborted" in turn.stats["error"]
+        assert "Fatal Python error: Aborted" in str(app.engine_notice.message)
+        # the Models pane shows the log's last lines: the fault, in the log of the process that had it
+        await pilot.press("f2", "f2")  # chat -> history -> models
+        await wait_for(pilot, lambda: app.focused is app.models_pane.option_list, what="the models list")
+        box = app.models_pane.query_one("#engine-log")
+        assert not box.display
+        await pilot.press("l")
+        await wait_for(pilot, lambda: box.display and "Fatal Python error: Aborted" in screen_text(app),
+                       what="the engine log on screen")
+        assert str(app.engine.last_exit.log_path) in str(box.render())
+        await pilot.press("l")
+        await wait_for(pilot, lambda: not box.display, what="the log to hide")
+
+        await reload_and_reply(pilot, app)
+        chat.apply_settings("", {"max_new_tokens": 8})
+        reply = await send(pilot, app, "and now?")
+        assert reply.status == "complete" and reply.text
+        await wait_for(pilot, lambda: [t.status for t in chat.turns if t.role == "assistant"]
+                       == ["interrupted", "interrupted", "complete"], what="the turns' statuses")
+
+
+async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_chatglm3, quiet_sampler, tmp_path):
+    engine = EngineProcess(keep_spare=False, ping_interval=0.3, hang_after=2.0, log_dir=tmp_path / "logs")
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=quiet_sampler, engine=engine)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
+        chat = app.chat_pane
+        active = await start_reply(pilot, app, "tell me a story")
+        pid = engine.pid
+        os.kill(pid, signal.SIGSTOP)  # hung: no token, no answer to pings
+        try:
+            await wait_for(pilot, lambda: app.engine_notice.kind == "unresponsive", timeout=60, what="the hang")
+            await pilot.pause(3.0)  # it stays (no toast that times out)
+            assert app.engine_notice.kind == "unresponsive" and "F7 kills it" in screen_text(app)
+            assert chat.active is active  # the reply waits, its text kept
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: app.engine_notice.kind == "exited", timeout=30, what="the kill")
+        finally:
+            if not gone(pid):
+                os.kill(pid, signal.SIGCONT)
+        assert gone(pid)
+        turn = chat.turns[-1]
+        assert turn.status == "interrupted" and turn.content == active.text and turn.content
+        assert "stopped from glmtui (F7)" in turn.stats["error"]
+        assert "stopped from glmtui (F7)" in str(app.engine_notice.message)
+
+
+# ------------------------------------------------------------------ the monitor counts the engine as glmtui's own
+
+BUSY_ENGINE = "x = bytearray(160 * 2**20)\nwhile True:\n    x[0] = (x[0] + 1) % 256\n"  # resident, on a CPU
+
+
+def test_the_sampler_counts_engine_processes_as_glmtuis_own():
+    from test_monitor import FakeNVML, gpu
+
+    from glmtui.monitor import Sampler
+    from glmtui.ui.monitor import render_snapshot
+
+    MiB = 2**20
+    engine = subprocess.Popen([sys.executable, "-c", BUSY_ENGINE])
+    try:
+        me = os.getpid()
+        fake = FakeNVML([gpu(compute=[(me, 300 * MiB), (engine.pid, 900 * MiB), (4242, 500 * MiB)])])
+        sampler = Sampler(nvml=fake, engine_pids=lambda: (me, engine.pid))  # the front end's own pid is left out
+        first = sampler.sample()
+        deadline = time.monotonic() + 30  # its 160 MiB written, some CPU time used
+        while (psutil.Process(engine.pid).memory_info().rss < 150 * MiB or
+               psutil.Process(engine.pid).cpu_times().user < 0.3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        snap = sampler.sample()
+        row = {p.pid: p for p in snap.gpus[0].processes}
+        assert row[engine.pid].is_self and row[engine.pid].is_engine
+        assert row[me].is_self and not row[me].is_engine and not row[4242].is_self
+        assert snap.gpus[0].self_used_bytes == 1200 * MiB  # glmtui's own: the front end and its engine
+        host = snap.host
+        assert host.engine_pids == (engine.pid,) and first.host.engine_pids == (engine.pid,)
+        assert host.engine_rss >= 150 * MiB
+        assert host.process_rss >= host.engine_rss + 20 * MiB  # this process counted too
+        assert host.engine_cpu_percent > 5.0 and host.process_cpu_percent >= host.engine_cpu_percent
+
+        text = "\n".join(line.plain for line in render_snapshot(snap, 60).renderables)
+        assert f"{engine.pid} proc{engine.pid}" in text and "← glmtui engine" in text
+        cpu_only = Sampler(nvml=None, engine_pids=lambda: [engine.pid])
+        cpu_only.sample()
+        text = "\n".join(line.plain for line in render_snapshot(cpu_only.sample(), 60).renderables)
+        assert re.search(r"engine \d+(\.\d)? MiB · CPU \d+% · UI", text), text
+    finally:
+        engine.kill()
+        engine.wait()
+    assert sampler.sample().host.engine_pids == ()  # it ended: no longer counted

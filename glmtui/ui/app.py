@@ -34,7 +34,18 @@ from textual.widgets import Static
 
 from glmtui import catalog
 from glmtui.config import Paths, default_paths, ensure_private_dir
-from glmtui.engine.events import Failed, Finished, GenerationParams, Loaded, LoadProgress, Started, Token, Unloaded
+from glmtui.engine.events import (
+    EngineExited,
+    EngineUnresponsive,
+    Failed,
+    Finished,
+    GenerationParams,
+    Loaded,
+    LoadProgress,
+    Started,
+    Token,
+    Unloaded,
+)
 from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
@@ -117,6 +128,35 @@ def default_mode(device: str) -> str:
     return "bf16" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) else "fp32"
 
 
+class EngineNotice(Static):
+    """A line that stays while the engine needs the user: it ended (the cause, and the key that
+    reloads) or it does not answer (the key that kills it). Hidden, taking no space, otherwise."""
+
+    DEFAULT_CSS = """
+    EngineNotice {
+        display: none;
+        height: auto;
+        max-height: 4;
+        padding: 0 1;
+        background: $warning-muted;
+        color: $text;
+    }
+    EngineNotice.-shown { display: block; }
+    EngineNotice.-exited { background: $error-muted; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.kind: Optional[str] = None  # None, "exited" or "unresponsive"
+        self.message = ""
+
+    def show_notice(self, kind: Optional[str], message: str = "") -> None:
+        self.kind, self.message = kind, message
+        self.update(message)
+        self.set_class(kind is not None, "-shown")
+        self.set_class(kind == "exited", "-exited")
+
+
 class GlmApp(App):
     """glmtui's TUI. Every collaborator can be injected (tests, web mode)."""
 
@@ -142,6 +182,10 @@ class GlmApp(App):
         Binding("f4", "delete_conversation", "Delete"),
         Binding("f5", "export", "Export"),
         Binding("ctrl+t", "change_theme", "Theme"),
+        # named by the engine notice when they apply (not in the footer); priority: the prompt's own
+        # F6/F7 (TextArea's select line / select all) get the key whenever these do not apply
+        Binding("f6", "reload", "Reload", show=False, priority=True),
+        Binding("f7", "kill_engine", "Kill engine", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -159,10 +203,13 @@ class GlmApp(App):
         ("settings", "Chat settings", "System prompt, temperature, top-p, max new tokens, repetition penalty"),
         ("load", "Load model", "Load a model folder or catalogue model, in a quantization mode, on a device"),
         ("unload", "Unload model", "Free the loaded model's memory"),
+        ("reload", "Reload model", "Load the last model again, in the same mode (after the engine process ended)"),
+        ("kill_engine", "Kill engine process", "End the model's process at once (a hung engine); the reply so far is kept"),
         ("quantization", "Change quantization", "bf16 / fp16 / fp32 / int8 / int4, with predicted memory"),
         ("download_model", "Download model", "Download the model highlighted in Models"),
         ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
         ("toggle_download_source", "Switch download source", "Download from Hugging Face or ModelScope"),
+        ("toggle_engine_log", "Engine log", "Show or hide the last lines of the engine process's log under Models"),
     )
 
     current_pane: reactive[str] = reactive("chat", init=False)
@@ -242,6 +289,7 @@ class GlmApp(App):
         self._unload_check_at: Optional[float] = None
         self.extra_model_paths: list[str] = []
         self.last_spec = model or ""
+        self.last_load: Optional[tuple[str, str, str]] = None  # (folder, mode, label) of the last local load
         self._store_errors: set[str] = set()
 
     # ------------------------------------------------------------------ setup
@@ -288,6 +336,7 @@ class GlmApp(App):
                 yield MonitorPane(id="monitor")
                 yield ModelsPane(id="models")
         yield UnsavedBanner(id="unsaved")
+        yield EngineNotice(id="engine-notice")
         yield Static(id="status")
         yield QuickFooter(compact=True)
 
@@ -458,6 +507,9 @@ class GlmApp(App):
             from glmtui.monitor import Sampler
 
             self.sampler = Sampler(self.monitor_interval or 1.0)
+        track = getattr(self.sampler, "track_engine", None)
+        if track is not None:  # the engine's processes are glmtui's own rows and figures
+            track(self._engine_pids)
         interval = self.monitor_interval or getattr(self.sampler, "interval", 1.0) or 1.0
         sampler, stop = self.sampler, self._monitor_stop
 
@@ -502,6 +554,13 @@ class GlmApp(App):
                 self.models_pane.refresh_info()
                 self.notify(note, title="Memory after unload", timeout=8)
 
+    def _engine_pids(self) -> tuple[int, ...]:
+        """The engine's processes now (the monitor's thread asks; this process's own pid left out)."""
+        try:
+            return tuple(p for p in self.engine.memory_report().pids if p != os.getpid())
+        except Exception:  # noqa: BLE001
+            return ()
+
     def _engine_in_this_process(self) -> bool:
         try:
             return os.getpid() in self.engine.memory_report().pids
@@ -509,7 +568,8 @@ class GlmApp(App):
             return False
 
     def _own_memory(self) -> tuple[str, Optional[int]]:
-        """This process's memory as the monitor last saw it: on the GPUs, else resident RAM."""
+        """glmtui's memory (this process and its engine processes) as the monitor last saw it: on the GPUs,
+        else resident RAM."""
         snap = self.monitor_pane.snapshot
         if snap is None:
             return ("", None)
@@ -602,6 +662,10 @@ class GlmApp(App):
             self.notify(f"Unloaded {event.model_name or 'the model'}{after}.")
             self._unload_check_at = time.monotonic() + 1.5  # compare once memory has settled
             self._model_changed()
+        elif isinstance(event, EngineExited):
+            self._engine_exited(event)
+        elif isinstance(event, EngineUnresponsive):
+            self._engine_unresponsive(event)
         elif isinstance(event, Failed):
             if event.during == "load":
                 self.loaded = None if getattr(self.engine, "model_info", None) is None else self.loaded
@@ -616,10 +680,58 @@ class GlmApp(App):
                 # a generation of ours; others (the --api server's clients) report to their clients
                 await self.chat_pane.on_generation_event(event)
 
+    @property
+    def engine_notice(self) -> EngineNotice:
+        return self.query_one("#engine-notice", EngineNotice)
+
+    def _engine_exited(self, event: EngineExited) -> None:
+        """The engine process ended unasked (its requests have ended already): say why, offer a reload."""
+        self.loaded = None
+        self.loading_label = None
+        self.models_pane.set_load_progress(None, None)
+        again = (f"F6 loads {self.last_load[2]} ({self.last_load[1]}) again"
+                 if self.last_load is not None else "Ctrl+L loads a model")
+        text = Text("✗ ", style="bold")
+        text.append(event.message.rstrip("."), style="bold")
+        text.append(f". {again}", style="bold")
+        if event.log_path:
+            text.append(f" · log {event.log_path}", style="dim")
+        self.engine_notice.show_notice("exited", text)
+        self.notify(f"{event.message}\n{again}.", severity="error", title="The engine process ended", timeout=10)
+        self._model_changed()
+
+    def _engine_unresponsive(self, event: EngineUnresponsive) -> None:
+        notice = self.engine_notice
+        if event.seconds > 0:
+            text = Text(f"⚠ {event.message.rstrip('.')}. F7 kills it (the reply so far is kept).", style="bold")
+            notice.show_notice("unresponsive", text)
+        elif notice.kind == "unresponsive":  # it answers again
+            notice.show_notice(None)
+
+    def action_reload(self) -> None:
+        if self.last_load is None:
+            self.notify("No model was loaded yet: Ctrl+L loads one.", severity="warning")
+            return
+        folder, mode, label = self.last_load
+        self.request_load(folder, mode, label=label)
+
+    def action_toggle_engine_log(self) -> None:
+        pane = self.models_pane
+        if not pane.log_shown and self.current_pane != "models":  # from the palette: show where it is
+            self._focus_next = pane.option_list
+            self.current_pane = "models"
+        pane.toggle_engine_log()
+
+    def action_kill_engine(self) -> None:
+        kill = getattr(self.engine, "kill", None)
+        if kill is None or not kill("stopped from glmtui (F7)"):
+            self.notify("No engine process to kill.", severity="warning")
+
     def _on_loaded(self, event: Loaded) -> None:
         self.loaded = event
         self.loading_label = None
         self.unloaded_note = None
+        self.engine_notice.show_notice(None)
         self.models_pane.last_error = None
         self.models_pane.load_stage = None
         if event.mode in MODES:  # a local load (a remote engine reports mode "remote")
@@ -721,6 +833,9 @@ class GlmApp(App):
             self.notify(problem or "nothing to load", severity="error", title="Could not load the model", timeout=15)
             return
         self.last_spec = spec
+        self.last_load = (folder, mode, label or name)
+        if self.engine_notice.kind == "exited":  # a new process is on its way
+            self.engine_notice.show_notice(None)
         self.mode = mode
         if self.loaded is None:  # switching quantization keeps the figure from before the first load
             self._memory_before_load = self._own_memory()
@@ -825,6 +940,11 @@ class GlmApp(App):
             return None if chat.streaming or not chat.turns else True
         if action == "unload":
             return True if self.loaded is not None else None
+        if action == "reload":  # nothing loaded or loading, and something to load again
+            return (self.last_load is not None and self.loaded is None
+                    and self.models_pane.load_stage is None and not isinstance(self.screen, ModalScreen))
+        if action == "kill_engine":  # an engine process holds (or is loading) the model
+            return getattr(self.engine, "pid", None) is not None and not isinstance(self.screen, ModalScreen)
         if action in ("rename", "delete_conversation", "export"):
             return True if self._target_conversation() is not None else None
         return True
@@ -1075,6 +1195,7 @@ class GlmApp(App):
         keys.setdefault("download_model", "d in Models")
         keys.setdefault("cancel_download", "x in Models")
         keys.setdefault("toggle_download_source", "s in Models")
+        keys.setdefault("toggle_engine_log", "l in Models")
         for action, title, help_text in self.COMMAND_LIST:
             key = keys.get(action)
             yield SystemCommand(title, f"{help_text}  [{key}]" if key else help_text, self._command(action))

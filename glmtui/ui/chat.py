@@ -132,6 +132,7 @@ STATUS_LABELS = {
     "interrupted": "⚠ interrupted (glmtui closed while writing)",
     "error": "✗ error",
 }
+ENGINE_INTERRUPTED_LABEL = "⚠ interrupted (the engine process ended)"
 
 
 # ------------------------------------------------------------------ garbage collection while streaming
@@ -430,6 +431,8 @@ class AssistantMessage(Vertical):
     def _head(self) -> Text:
         head = Text(self.speaker)
         label = STATUS_LABELS.get(self.status)
+        if self.status == "interrupted" and self.stats.get("error"):  # the engine died under it (the cause below)
+            label = ENGINE_INTERRUPTED_LABEL
         if label:
             style = {"stopped": "yellow", "error": "red", "interrupted": "yellow"}.get(self.status, "dim")
             head.append("  " + label, style=style)
@@ -902,6 +905,11 @@ class ChatPane(Vertical):
             status = "stopped" if event.finish_reason == "cancelled" else "complete"
             text = event.text if event.text or not active.text else active.text
             await self._end_reply(text, status, self._finished_stats(event))
+        elif isinstance(event, Failed) and event.interrupted:
+            # the engine process ended under the reply: what was written is kept, marked interrupted
+            # (as a reply cut by glmtui's own end is); the app says why and how to reload
+            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
+            await self._end_reply(active.text, "interrupted", stats)
         elif isinstance(event, Failed):
             stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
             await self._end_reply(active.text, "error", stats)

@@ -101,7 +101,11 @@ class ModelList(SteadyOptionList):
         Binding("d", "app.download_model", "Download"),
         Binding("x", "app.cancel_download", "Cancel download"),
         Binding("s", "app.toggle_download_source", "Source"),
+        Binding("l", "app.toggle_engine_log", "Engine log", show=False),
     ]
+
+
+LOG_LINES = 15  # the engine log's lines the pane shows
 
 
 class ModelsPane(VerticalScroll):
@@ -115,6 +119,8 @@ class ModelsPane(VerticalScroll):
         self.load_fraction: Optional[float] = None
         self.last_error: Optional[str] = None
         self.border_title = "Models"
+        self.log_shown = False
+        self._log_timer = None
 
     def compose(self) -> Iterable:
         yield Static(id="loaded-info")
@@ -122,10 +128,12 @@ class ModelsPane(VerticalScroll):
         yield ModelList(id="model-list")
         yield ProgressBar(total=100, show_eta=False, id="download-bar")
         yield Static(id="model-detail")
+        yield Static(id="engine-log")
 
     def on_mount(self) -> None:
         self.query_one("#load-bar").display = False
         self.query_one("#download-bar").display = False
+        self.query_one("#engine-log").display = False
         self.reload()
 
     @property
@@ -243,6 +251,8 @@ class ModelsPane(VerticalScroll):
             info.append(f" · {loaded.load_seconds:.1f} s", style="dim")
             for note in loaded.notes:
                 info.append(f"\n{note}", style="yellow")
+            if getattr(app.engine, "log_path", None) is not None:
+                info.append("\nits engine process's log: l under Models", style="dim")
             self._append_comparison(info, loaded)
         else:
             info.append("No model loaded", style="bold")
@@ -365,6 +375,45 @@ class ModelsPane(VerticalScroll):
                 self.app.notify(f"{row.entry.name} is not downloaded yet: press d to download it.", severity="warning")
             return
         self.app.request_load(str(row.folder), label=row.entry.name)
+
+    # -------------------------------------------------------------- the engine's log
+
+    def toggle_engine_log(self, shown: Optional[bool] = None) -> None:
+        """Show (or hide) the last lines of the engine process's log, re-read every second while shown."""
+        self.log_shown = not self.log_shown if shown is None else shown
+        box = self.query_one("#engine-log", Static)
+        box.display = self.log_shown
+        if self._log_timer is not None:
+            self._log_timer.stop()
+            self._log_timer = None
+        if self.log_shown:
+            self.refresh_engine_log()
+            self._log_timer = self.set_interval(1.0, self.refresh_engine_log)
+            self.call_after_refresh(box.scroll_visible, animate=False)
+
+    def engine_log_text(self) -> Text:
+        from glmtui.engine.process import log_tail  # no torch: the front end's side of the engine
+
+        engine = self.app.engine
+        path = getattr(engine, "log_path", None)
+        exited = getattr(engine, "last_exit", None)
+        if exited is not None and exited.log_path and getattr(engine, "pid", None) is None:
+            path = exited.log_path  # nothing loaded since it ended: the log that says why
+        text = Text("Engine log", style="bold")
+        if path is None:
+            has_log = hasattr(engine, "log_path")
+            text.append(" (l hides)\n", style="dim")
+            text.append("no engine process has started yet" if has_log else
+                        "the model does not run in an engine process of glmtui's: no log", style="dim")
+            return text
+        text.append(f" {path} (l hides)", style="dim")
+        tail = log_tail(Path(path), LOG_LINES)
+        text.append("\n" + (tail or "(empty)"))
+        return text
+
+    def refresh_engine_log(self) -> None:
+        if self.log_shown:
+            self.query_one("#engine-log", Static).update(self.engine_log_text())
 
     # -------------------------------------------------------------- progress
 

@@ -147,7 +147,7 @@ def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[T
             line = Text(f"  {marker}{proc.pid:>7} {(proc.name or '?')[:12]:<12} {fmt_bytes(proc.used_bytes):>9}")
             if proc.is_self:
                 line.stylize("bold")
-                line.append(" ← glmtui", style="bold green")
+                line.append(" ← glmtui engine" if proc.is_engine else " ← glmtui", style="bold green")
             lines.append(line)
         if len(gpu.processes) > 6:
             lines.append(Text(f"    … {len(gpu.processes) - 6} more", style="dim"))
@@ -176,11 +176,17 @@ def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, promin
         rss.append(fmt_bytes(host.process_rss), style="bold green")
         rss.append(f" · CPU {fmt_num(host.process_cpu_percent, '%')} (all {fmt_num(host.cpu_percent, '%')})")
         lines.append(rss)
+        if host.engine_rss is not None:  # the model's process apart (glmtui's figure above counts both)
+            ui_rss = host.process_rss - host.engine_rss if host.process_rss is not None else None
+            lines.append(Text(f"  engine {fmt_bytes(host.engine_rss)} · CPU {fmt_num(host.engine_cpu_percent, '%')}"
+                              f" · UI {fmt_bytes(ui_rss)}", style="green"))
         lines.append(Text("  rss  ", style="dim") + Text(sparkline(hist.process_rss, spark_width), style="green"))
         return lines
     line = Text("Host ", style="bold")
     line.append(f"RAM {fmt_pair(host.ram_used, host.ram_total)}")
     line.append(f" · RSS {fmt_bytes(host.process_rss)}")
+    if host.engine_rss is not None:
+        line.append(f" (engine {fmt_bytes(host.engine_rss)})")
     if width >= 52:
         line.append(f" · CPU {fmt_num(host.cpu_percent, '%')}")
     return [line]

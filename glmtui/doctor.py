@@ -50,8 +50,9 @@ ARCH_PACKAGE = {
     "ChatGLMForConditionalGeneration": "glm",
     "Glm4ForCausalLM": "glm4",
     "Glm4MoeForCausalLM": "glm4_moe",
+    "Glm4MoeLiteForCausalLM": "glm4_moe_lite",
+    "GlmMoeDsaForCausalLM": "glm_moe_dsa",
 }
-_CATALOG_ARCH = {"glm-4-9b-0414": "Glm4ForCausalLM"}  # every other catalogue model: GlmForCausalLM
 _AUTO: Any = object()
 
 
@@ -390,7 +391,7 @@ def _model_architectures(request: Request) -> tuple[list[tuple[str, str]], Optio
     """[(model name, architecture)] for the catalogue, and the asked model's name when it is one of them."""
     from . import catalog
 
-    rows = [(e.name, _CATALOG_ARCH.get(e.key, "GlmForCausalLM")) for e in catalog.entries()]
+    rows = [(e.name, getattr(e, "architecture", None) or "GlmForCausalLM") for e in catalog.entries()]
     asked = None
     if request.model:
         try:
@@ -475,12 +476,18 @@ def check_disk(paths: Paths, request: Request, disk_usage=shutil.disk_usage) -> 
     if asked is not None and asked in pending and asked.download_bytes > free:
         return Check("disk", title, "fail", f"{where}: {asked.name} needs {_gb(asked.download_bytes)}",
                      "free space, or move the models: set GLMTUI_HOME to a larger disk")
-    too_big = [e for e in pending if e.download_bytes > free]
-    if too_big:
-        names = ", ".join(f"{e.name} ({_gb(e.download_bytes)})" for e in too_big)
-        return Check("disk", title, "warn", f"{where}: too little for {names}",
-                     "free space, or set GLMTUI_HOME to a larger disk")
-    return Check("disk", title, "ok", f"{where}: every catalogue model fits")
+    if not pending:
+        return Check("disk", title, "ok", f"{where}; every catalogue model is downloaded")
+    too_big = sorted((e for e in pending if e.download_bytes > free), key=lambda e: e.download_bytes)
+    if len(too_big) == len(pending):
+        return Check("disk", title, "warn",
+                     f"{where}: too little for any catalogue model (the smallest, {too_big[0].name}, needs "
+                     f"{_gb(too_big[0].download_bytes)})", "free space, or set GLMTUI_HOME to a larger disk")
+    if too_big:  # the big MoE models need hundreds of GB: fine not to have room for them
+        names = ", ".join(e.name for e in too_big[:4]) + (", …" if len(too_big) > 4 else "")
+        return Check("disk", title, "ok", f"{where}: room for {len(pending) - len(too_big)} of the "
+                                          f"{len(pending)} catalogue models not downloaded (not {names})")
+    return Check("disk", title, "ok", f"{where}: room for every catalogue model")
 
 
 def hub_endpoints(config_file: Path, env: Optional[dict] = None) -> list[tuple[str, str, str, str]]:

@@ -249,11 +249,14 @@ def test_disk_free_against_the_catalogue():
     assert str(paths.models_dir) in real.detail and "GB free" in real.detail
     Usage = namedtuple("Usage", "total used free")
     small = lambda path: Usage(100 * 10**9, 90 * 10**9, 10 * 10**9)  # noqa: E731 - a 10 GB free disk
-    warn = doctor.check_disk(paths, Request(), disk_usage=small)
-    assert warn.verdict == "warn" and "ChatGLM3-6B (12.5 GB)" in warn.detail and "GLM-Edge-1.5B" not in warn.detail
+    some = doctor.check_disk(paths, Request(), disk_usage=small)
+    assert some.verdict == "ok" and "not ChatGLM3-6B," in some.detail and "GLM-Edge-1.5B" not in some.detail
+    tiny = lambda path: Usage(100 * 10**9, 98 * 10**9, 2 * 10**9)  # noqa: E731
+    none = doctor.check_disk(paths, Request(), disk_usage=tiny)
+    assert none.verdict == "warn" and "the smallest, GLM-Edge-1.5B-Chat, needs 3.2 GB" in none.detail
     fail = doctor.check_disk(paths, Request(model="chatglm3-6b"), disk_usage=small)
     assert fail.verdict == "fail" and "ChatGLM3-6B needs 12.5 GB" in fail.detail and "GLMTUI_HOME" in fail.fix
-    assert doctor.check_disk(paths, Request(model="glm-edge-1.5b-chat"), disk_usage=small).verdict == "warn"
+    assert doctor.check_disk(paths, Request(model="glm-edge-1.5b-chat"), disk_usage=small).verdict == "ok"
 
 
 # ------------------------------------------------------------------ hubs

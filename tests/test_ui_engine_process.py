@@ -178,12 +178,30 @@ async def test_the_tui_survives_the_engine_being_killed_or_aborting_mid_reply(ch
                        == ["interrupted", "interrupted", "complete"], what="the turns' statuses")
 
 
-async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_chatglm3, quiet_sampler, tmp_path):
+async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_chatglm3, tmp_path):
+    from test_monitor import FakeNVML, gpu
+
+    from glmtui.monitor import Sampler
+
+    fake = FakeNVML([gpu()])  # NVML faked at the hardware edge; the host figures are real
     engine = EngineProcess(keep_spare=False, ping_interval=0.3, hang_after=2.0, log_dir=tmp_path / "logs")
-    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=quiet_sampler, engine=engine)
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=Sampler(0.25, nvml=fake),
+                 engine=engine)
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
         chat = app.chat_pane
+
+        # the monitor counts the engine's process as glmtui's own: its GPU row, its resident memory
+        fake.gpus[0]["compute"] = [(engine.pid, 700 * 2**20), (4242, 100 * 2**20)]
+
+        def engine_seen() -> bool:
+            snap = app.monitor_pane.snapshot
+            rows = {p.pid: p for p in snap.gpus[0].processes or ()} if snap is not None and snap.gpus else {}
+            return (engine.pid in rows and rows[engine.pid].is_engine and not rows[4242].is_self
+                    and snap.host.engine_pids == (engine.pid,) and snap.host.engine_rss > 50 * 2**20)
+
+        await wait_for(pilot, engine_seen, timeout=30, what="the engine in the monitor")
+        assert app._own_memory() == ("GPU", 700 * 2**20)  # what the unload note compares
         active = await start_reply(pilot, app, "tell me a story")
         pid = engine.pid
         os.kill(pid, signal.SIGSTOP)  # hung: no token, no answer to pings

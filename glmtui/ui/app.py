@@ -532,8 +532,11 @@ class GlmApp(App):
         threading.Thread(target=poll, name="glmtui-monitor", daemon=True).start()
 
     def on_monitor_update(self, message: MonitorUpdate) -> None:
-        if self._monitor_stop.is_set() or not self.screen.is_mounted:
-            return  # a sample still queued while the app shuts down: the panes are gone
+        try:
+            if self._monitor_stop.is_set() or not self.screen.is_mounted:
+                return  # a sample still queued while the app shuts down: the panes are gone
+        except ScreenStackError:  # the same, once the screens are gone
+            return
         try:
             first = self.monitor_pane.snapshot is None
         except NoMatches:

@@ -477,6 +477,9 @@ def test_pull_with_no_network_fails_fast_with_one_line(tmp_path):
         assert rc == 1, lines
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"error: cannot reach {host}: connection refused; check the network"), lines
+        other = "--source modelscope" if host.endswith("huggingface.co") else "--source hf"
+        assert lines[0].endswith(f"or download it from {'ModelScope' if 'modelscope' in other else 'Hugging Face'}: "
+                                 f"glmtui pull chatglm3-6b {other}"), lines
         assert seconds < 60, seconds  # a few seconds unloaded; generous for a busy machine
     assert not (tmp_path / "glmtui-home" / "data" / "models").exists()
 
@@ -505,7 +508,7 @@ def test_pull_endpoint_option_and_config_key(tmp_path, capsys, monkeypatch):
     assert main(["pull", "chatglm3-6b", "--endpoint", url]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"error: cannot reach {url}: connection refused; check the network and the endpoint argument "
-                   "(--endpoint)")
+                   "(--endpoint) — or download it from ModelScope: glmtui pull chatglm3-6b --source modelscope")
     config = default_paths().config_file
     config.parent.mkdir(parents=True)
     config.write_text(f'[hub]\nhf_endpoint = "{url}"\n')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
+from ..mirrors import other_source_hint
 from .downloader import Downloader
 from .endpoints import HUB_TABLE
 from .errors import DownloadCancelled, DownloadError
@@ -78,8 +79,8 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
                        130)
         except DownloadCancelled:
             failure = ("[yellow]cancelled:[/yellow]", "run the same command to resume", 130)
-        except DownloadError as e:
-            failure = ("[red]error:[/red]", str(e), 1)
+        except DownloadError as e:  # a mirror or the other hub may work where this one did not
+            failure = ("[red]error:[/red]", str(e) + other_source_hint(_entry, args.source, e), 1)
         except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback
             failure = ("[red]error:[/red]", f"unexpected {type(e).__name__}: {e} (a glmtui bug: please report it)", 1)
     if failure is not None:

@@ -208,3 +208,19 @@ def test_short_memory_drops_the_cache(native_glm):
     short = KVSession(min_free_bytes=2**62)
     fill(short)
     assert short.tokens == 0 and short.cache is None and "free" in short.last_eviction
+
+
+def test_a_cache_that_cannot_be_cropped_back_is_replaced():
+    """A sliding-window layer that has gone past its window cannot be rolled back: the session starts over."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+
+    window = Cache(layers=[DynamicSlidingWindowLayer(sliding_window=4)])
+    kv = torch.zeros(1, 1, 8, 2)
+    window.update(kv, kv, 0)
+    session = KVSession()
+    session.cache, session.ids = window, list(range(8))
+    cache, reused = session.prepare(list(range(5)) + [99], lambda: DynamicCache())
+    assert reused == 0 and cache is not window and isinstance(cache, DynamicCache)
+    assert "cannot crop" in session.last_eviction

@@ -121,7 +121,13 @@ class KVSession:
             self.cache = make_cache()
             reuse, held = 0, cache_length(self.cache)
         if held > reuse:
-            self.cache.crop(-(held - reuse))
+            try:
+                if not getattr(self.cache, "is_croppable", True):
+                    raise RuntimeError(f"{type(self.cache).__name__} cannot be cropped")
+                self.cache.crop(-(held - reuse))
+            except Exception as exc:  # a sliding-window or linear-attention layer past its window: start over
+                self.evict(f"cannot crop: {exc}")
+                self.cache, reuse = make_cache(), 0
         self.ids = list(prompt_ids[:reuse])
         return self.cache, reuse
 

@@ -1,17 +1,20 @@
-"""Benchmark 1: streaming overhead — a reply through the worker and the chat UI vs plain ``generate``.
+"""Benchmark 1: streaming overhead — a reply through the chat UI (over its engine process) vs plain ``generate``.
 
 A native GLM small enough to build here but big enough that the model's own
 time dominates, as a real one's would (hidden 512, 4 layers by default), is
 built offline with tests/tiny_models.py. The same greedy reply (same prompt,
-same number of tokens) is produced three ways, in alternating order:
+same number of tokens) is produced four ways, in alternating order:
 
-* ui     — the real GlmApp, headless (``App.run_test``), real worker, real history
+* ui     — the real GlmApp, headless (``App.run_test``), over its default engine (an
+           EngineProcess: the model in a process of its own), real history
            file: the clock runs from pressing Enter in the prompt (Pilot) to the
            first screen refresh after the reply's Finished was handled (its
            final full Markdown update included). TTFT: Enter to the first
-           refresh that lays out the reply's first Markdown block.
-* worker — glmtui's InferenceWorker alone: submit to the Finished event
-           (TTFT: to the first Token event).
+           refresh that lays out the reply's first Markdown block. The spare
+           process the engine starts while idle has finished its imports first.
+* engine — an EngineProcess alone: submit to the Finished event (TTFT: to the
+           first Token event): the cost of the process boundary without the UI.
+* worker — glmtui's InferenceWorker (a thread of this process) alone, the same way.
 * plain  — ``model.generate`` on the same loaded model type, same prompt ids,
            ``max_new_tokens =`` the UI reply's token count and nothing else the
            other ways do not get (TTFT: to the first new token, via a streamer
@@ -23,6 +26,8 @@ Prints tokens/s each way, the ratios against plain (target: ui/plain >= 0.97)
 and TTFT each way; medians over ``--reps`` alternating rounds with each round's
 spread, the machine's load before and after, and the headline ratio last. Headless Textual still
 lays out and composites every frame; only the write to a terminal is skipped.
+``--threads N`` gives every side N torch threads: this process's torch, and the engine
+processes' through OMP_NUM_THREADS (they read it when they import torch).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
     With ``profile``, the UI thread is sampled (pyinstrument) from Enter to the final paint and
     ``result["profile"]`` holds the report; the thread's CPU seconds are in ``result["ui_cpu"]``.
     With ``endpoint``, the app talks to that OpenAI-compatible server (``glmtui serve``) instead of
-    running the model in its own worker thread.
+    running the model in its own engine process.
     """
     from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Token
     from glmtui.ui.app import GlmApp
@@ -80,6 +85,7 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
         while not warm.is_set():
             await pilot.pause(0.02)
         await pilot.pause(0.2)
+        await wait_for_spare(pilot, app.engine, deadline)
 
         chat = app.chat_pane
         await type_prompt(pilot, chat, prompt)
@@ -139,16 +145,37 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
     return result
 
 
-# ---------------------------------------------------------------- the worker alone
+async def wait_for_spare(pilot, engine, deadline: float) -> None:
+    """An engine process starts a spare process once idle a second; its imports (on idle CPU time)
+    would still share the machine with the measured reply, so wait until they are done."""
+    if not getattr(engine, "_keep_spare", False):
+        return
+    while True:
+        spare = engine._spare
+        if spare is not None and spare.ready.is_set():
+            return
+        assert time.monotonic() < deadline, "no spare process became ready"
+        await pilot.pause(0.1)
+
+
+# ---------------------------------------------------------------- an engine alone
 
 
 class WorkerRunner:
-    def __init__(self, folder: Path):
+    """An engine without a UI: ``kind`` "worker" (InferenceWorker, this process) or "engine" (EngineProcess)."""
+
+    def __init__(self, folder: Path, kind: str = "worker"):
         from glmtui.engine.events import Failed, Finished, Loaded, Token
-        from glmtui.engine.worker import InferenceWorker
 
         self._token, self._finished, self._failed = Token, Finished, Failed
-        self.worker = InferenceWorker().start()
+        if kind == "engine":
+            from glmtui.engine.process import EngineProcess
+
+            self.worker = EngineProcess(keep_spare=False).start()  # never switches: no spare wanted
+        else:
+            from glmtui.engine.worker import InferenceWorker
+
+            self.worker = InferenceWorker().start()
         self._marks: dict = {}
         self._done = threading.Event()
         outcome: list = []
@@ -249,6 +276,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="then profile one more UI reply (needs pyinstrument)")
     args = parser.parse_args()
 
+    if args.threads:  # engine processes import torch with this many threads
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     if args.threads:
@@ -269,14 +298,18 @@ def main() -> int:
         plain.run(8)  # warm-up
         worker = WorkerRunner(folder)
         worker.run(args.prompt, 8)  # warm-up
+        engine = WorkerRunner(folder, "engine")
+        engine.run(args.prompt, 8)  # warm-up
 
-        results: dict[str, list[dict]] = {"ui": [], "worker": [], "plain": []}
-        for rep, order in enumerate(alternating(args.reps, ("ui", "worker", "plain"))):
+        results: dict[str, list[dict]] = {"ui": [], "engine": [], "worker": [], "plain": []}
+        for rep, order in enumerate(alternating(args.reps, ("ui", "engine", "worker", "plain"))):
             for way in order:
                 if way == "ui":
                     r = asyncio.run(ui_run(folder, args.prompt, args.max_new))
                 elif way == "worker":
                     r = worker.run(args.prompt, args.max_new)
+                elif way == "engine":
+                    r = engine.run(args.prompt, args.max_new)
                 else:
                     r = plain.run(tokens)
                 assert r["tokens"] == tokens, f"{way} produced {r['tokens']} tokens, expected {tokens}"
@@ -284,9 +317,10 @@ def main() -> int:
                 print(f"  rep {rep} {way:6} {r['tokens']} tok {r['seconds']:.3f} s "
                       f"{r['tokens'] / r['seconds']:7.1f} tok/s  ttft {r['ttft'] * 1000:6.1f} ms", flush=True)
         worker.close()
+        engine.close()
         profile = asyncio.run(ui_run(folder, args.prompt, args.max_new, profile=True))["profile"] if args.profile else ""
 
-    same_text = results["ui"][0]["text"] == results["worker"][0]["text"]
+    same_text = results["ui"][0]["text"] == results["worker"][0]["text"] == results["engine"][0]["text"]
     med = {}
     for way, runs in results.items():
         med[way] = {
@@ -294,9 +328,10 @@ def main() -> int:
             "seconds": statistics.median(r["seconds"] for r in runs),
             "ttft": statistics.median(r["ttft"] for r in runs),
         }
-    print(f"\nreply: {tokens} tokens each way; UI text == worker text: {same_text}; medians of {args.reps} rounds")
+    print(f"\nreply: {tokens} tokens each way; UI text == engine text == worker text: {same_text}; "
+          f"medians of {args.reps} rounds")
     print("way      tok/s   vs plain   total s   TTFT ms")
-    for way in ("plain", "worker", "ui"):
+    for way in ("plain", "worker", "engine", "ui"):
         m = med[way]
         print(f"{way:7} {m['tps']:7.1f} {m['tps'] / med['plain']['tps']:9.3f} {m['seconds']:9.3f} {m['ttft'] * 1000:9.1f}")
 
@@ -304,13 +339,14 @@ def main() -> int:
         return [w["tokens"] / w["seconds"] / (p["tokens"] / p["seconds"]) for w, p in zip(results[way], results["plain"])]
 
     print(f"per-round worker/plain: median (min-max) {spread(per_round('worker'))}")
+    print(f"per-round engine/plain: median (min-max) {spread(per_round('engine'))}")
     print(f"per-round ui/plain:     median (min-max) {spread(per_round('ui'))}")
     ui_cpu = statistics.median(r["ui_cpu"] for r in results["ui"])
     inside = statistics.median(r["worker_seconds"] for r in results["ui"])
-    alone = statistics.median(r["worker_seconds"] for r in results["worker"])
+    alone = statistics.median(r["worker_seconds"] for r in results["engine"])
     print(f"where the UI's time goes: UI thread CPU {ui_cpu:.2f} s per reply ({ui_cpu / tokens * 1000:.1f} ms/token); "
-          f"the model's own generation (Finished.total_seconds) {inside:.2f} s inside the app vs {alone:.2f} s "
-          f"with the worker alone")
+          f"the model's own generation (Finished.total_seconds) {inside:.2f} s under the app vs {alone:.2f} s "
+          f"with its engine process alone")
     if profile:
         print("\nUI thread from Enter to the final paint (pyinstrument):\n" + profile)
     print(watch.sample("after"))

@@ -79,6 +79,12 @@ class Loaded:
     load_seconds: float
     context_length: int
     notes: tuple[str, ...] = ()  # what the load changed on its own (e.g. layers kept in 16-bit)
+    #: where the layers went, one line (engine/placement.py): "all 40 layers on cuda:0", or runs
+    #: per device with "OFFLOADED: ..." when some sit on the CPU or disk while a GPU is used
+    placement: str = ""
+    #: the same as data: (device, first layer, last layer) runs, and the devices holding weights
+    layer_devices: tuple[tuple[str, int, int], ...] = ()
+    offloaded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

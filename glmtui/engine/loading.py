@@ -27,6 +27,7 @@ import torch
 
 from . import checks
 from .checks import CheckFailed
+from .placement import balanced_max_memory, placement_of
 from .prompts import ChatFormat, ChatGLM3Format, ChatTemplateFormat, PromptError
 from .weights import StoredTensor, WeightReadError, read_checkpoint
 
@@ -62,8 +63,10 @@ class LoadedModel:
     context_length: int
     footprint_bytes: int
     load_seconds: float
-    # What the user should know about how it was loaded (layers left in 16-bit...).
+    # What the user should know about how it was loaded (layers left in 16-bit, offload...).
     notes: tuple[str, ...] = ()
+    # Where every decoder layer went (placement.Placement): GPU n, CPU, disk.
+    placement: Optional[object] = None
 
 
 Progress = Callable[[str, Optional[float]], None]
@@ -404,6 +407,35 @@ def _int4_cpu_fallback(prepared: _Prepared, kwargs: dict, name: str) -> Optional
     return checks.describe_16bit_layers(odd, quantized, dtype_name)
 
 
+def _spread_over_gpus(kwargs: dict, config: dict, mode: str) -> None:
+    """``--device auto`` with several GPUs: accelerate's map over all of them, each GPU's share in
+    proportion to its free memory now (placement.balanced_max_memory); 16-bit modes may spill the
+    rest to host RAM, which the load then reports as offload."""
+    count = torch.cuda.device_count()
+    if count < 2:
+        return
+    try:
+        free = [int(torch.cuda.mem_get_info(i)[0]) for i in range(count)]
+    except Exception:  # noqa: BLE001 - cannot ask the driver: keep the single-GPU map
+        return
+    try:
+        from .predict import predict_config
+
+        weights = predict_config(config, (mode,), device="cuda")[mode].weight_bytes
+    except Exception:  # noqa: BLE001 - no exact count: split by free memory alone
+        weights = sum(free)
+    cpu = None
+    if mode in DTYPES:
+        import psutil
+
+        cpu = int(psutil.virtual_memory().available * 0.8)
+    hidden, vocab = int(config.get("hidden_size") or 0), int(config.get("vocab_size") or config.get("padded_vocab_size") or 0)
+    layers = int(config.get("num_hidden_layers") or config.get("num_layers") or 1)
+    largest = max(hidden * vocab * (4 if mode == "fp32" else 2), weights // max(1, layers))  # embeddings or a layer
+    kwargs["device_map"] = "auto"
+    kwargs["max_memory"] = balanced_max_memory(free, weights, cpu_bytes=cpu, largest_module_bytes=largest)
+
+
 def _first_forward(model, mode: str, device: str) -> None:
     """One token through the quantized model: a kernel that cannot run fails here, not at every reply."""
     try:
@@ -424,6 +456,7 @@ def load_model(
 
     started = time.perf_counter()
     folder = Path(path).expanduser()
+    requested_device = device
     device = resolve_device(device)
     reason = mode_support(mode, device)
     if reason:
@@ -435,6 +468,8 @@ def load_model(
         prepare = _prepare_chatglm3 if is_chatglm3(config) else _prepare_native
         prepared = prepare(folder, config, fmt, files, mode, device, progress)
         kwargs = _load_kwargs(mode, device)
+        if requested_device == "auto" and device == "cuda":
+            _spread_over_gpus(kwargs, config, mode)
         notes = []
         if mode == "int4" and device.startswith("cpu"):
             note = _int4_cpu_fallback(prepared, kwargs, folder.name)
@@ -456,6 +491,9 @@ def load_model(
         if not is_chatglm3(config):
             _adopt_generation_config(model, folder)
         model.eval()
+        placement = placement_of(model)
+        if placement.offloaded:
+            notes.append(placement.summary())
         chat_format, context_length = prepared.chat_format, prepared.context_length
         prepared = None  # the last references to the checkpoint's files
         progress("ready", 1.0)
@@ -470,6 +508,7 @@ def load_model(
             footprint_bytes=measured_footprint_bytes(model),
             load_seconds=time.perf_counter() - started,
             notes=tuple(notes),
+            placement=placement,
         )
     except ModelLoadError:
         del model, prepared

@@ -31,18 +31,20 @@ log = logging.getLogger("glmtui.engine")
 
 BUCKETS = (2048, 8192, 32768, 131072)
 COMPILING_STAGE = "compiling… (first load only)"
-AUTO_MODES = ("bf16", "fp16")  # quantizers that transformers compiles reliably are not all of them yet
+AUTO_MODES = ("bf16", "fp16")  # bitsandbytes modes stay eager (transformers does not compile them)
 
 
-def wanted(option: Optional[bool], device: str, mode: str) -> bool:
-    """Compile by default on CUDA in bf16/fp16 only; ``option`` True forces it (CPU tests), False turns it off.
+def wanted(option: Optional[bool], device: str, mode: str, quant_backend: Optional[str] = None) -> bool:
+    """Compile by default on CUDA in bf16/fp16, and int8/int4 quantized by torchao (quant_backends);
+    ``option`` True forces it (CPU tests), False turns it off.
 
     ``GLMTUI_COMPILE=0`` turns it off in the engine's process when no option is given."""
     if option is not None:
         return bool(option)
     if not env_flag("GLMTUI_COMPILE", True):
         return False
-    return str(device).startswith("cuda") and mode in AUTO_MODES
+    compilable = mode in AUTO_MODES or (mode in ("int8", "int4") and quant_backend == "torchao")
+    return str(device).startswith("cuda") and compilable
 
 
 def inductor_cache_dir() -> str:

@@ -10,14 +10,19 @@ layers by default) is loaded by both engines in this one run:
   waiting (spare turned off) is measured too: spawn + imports + load.
 - cancel: time from ``cancel()`` to ``Finished(cancelled)`` at the caller, mid-reply.
 - stream: tokens/s of a greedy reply seen by the caller (first Token to Finished), both engines.
-- memory: in a fresh front-end process per engine, the resident memory of that process and all its
-  children before the first load and after each unload (bf16 -> unload -> int4 -> unload, per cycle).
+- memory (the unload check): in a fresh front-end process per engine, the resident memory of that
+  process and all its children before the first load and after each unload; each cycle loads
+  bf16, switches to int4, back to bf16 (a short reply after each load), then unloads. Three front
+  ends: the in-process worker, an EngineProcess, and the TUI itself (GlmApp headless over its default
+  engine process). Target: the process and TUI figures within 16 MiB of the one before the first
+  load after every unload. ``--memory-only`` runs just this part.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from harness import LoadWatch, build_nonstop_glm, spread  # noqa: E402
 
 MIB = 2**20
+UNLOAD_TARGET = 16 * MIB  # glmtui's processes after an unload vs before the first load
 
 
 class Waiter:
@@ -89,24 +95,28 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def memory_run(kind: str, folder: str, cycles: int, modes: list[str]) -> None:
-    """In a fresh front-end process: RSS of it and its children before the first load and after each unload."""
+def glmtui_rss() -> int:
+    """Resident memory of this process and all its children (the engine processes) together."""
     import psutil
 
+    me = psutil.Process()
+    size = 0
+    for proc in [me] + me.children(recursive=True):
+        try:
+            size += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return size
+
+
+def memory_run(kind: str, folder: str, cycles: int, modes: list[str]) -> None:
+    """In a fresh front-end process: RSS of it and its children before the first load and after each unload
+    (each cycle: load every mode of ``modes`` in turn, a short reply after each, then unload)."""
+    if kind == "tui":
+        return tui_memory_run(folder, cycles, modes)
     from glmtui.engine.events import ChatMessage, GenerationParams
 
-    me = psutil.Process()
-
-    def total() -> int:
-        procs = [me] + me.children(recursive=True)
-        size = 0
-        for proc in procs:
-            try:
-                size += proc.memory_info().rss
-            except psutil.Error:
-                pass
-        return size
-
+    total = glmtui_rss
     waiter = Waiter()
     if kind == "process":
         from glmtui.engine.process import EngineProcess
@@ -124,12 +134,51 @@ def memory_run(kind: str, folder: str, cycles: int, modes: list[str]) -> None:
             timed_load(engine, waiter, Path(folder), mode)
             waiter.wait(engine.generate([ChatMessage("user", "hi")], GenerationParams(max_new_tokens=16,
                                                                                        temperature=0.0)))
-            waiter.wait(engine.unload())
-            time.sleep(0.5)
-            after.append(total())
+        waiter.wait(engine.unload())
+        time.sleep(0.5)
+        after.append(total())
     print(json.dumps({"kind": kind, "before": before, "after": after,
                       "torch_here": "torch" in sys.modules}), flush=True)
     engine.shutdown()
+
+
+def tui_memory_run(folder: str, cycles: int, modes: list[str]) -> None:
+    """memory_run through the TUI (headless GlmApp over its default engine); the replies are asked of its
+    engine directly, so the figures are the model's and not a growing chat's."""
+    import asyncio
+
+    from glmtui.engine.events import ChatMessage, Finished, GenerationParams
+    from glmtui.ui.app import GlmApp
+
+    async def run() -> dict:
+        app = GlmApp(mode=modes[0], device="cpu")
+        async with app.run_test(size=(160, 48)) as pilot:
+            async def until(condition, what: str, timeout: float = 600.0) -> None:
+                deadline = time.monotonic() + timeout
+                while not condition():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await pilot.pause(0.05)
+
+            await until(lambda: app.monitor_pane.snapshot is not None, "a first sample")
+            await pilot.pause(1.0)
+            before, after = glmtui_rss(), []
+            for _ in range(cycles):
+                for mode in modes:
+                    app.request_load(folder, mode)
+                    await until(lambda: app.loaded is not None and app.loaded.mode == mode, f"the {mode} load")
+                    done = threading.Event()
+                    app.engine.generate([ChatMessage("user", "hi")], GenerationParams(max_new_tokens=16,
+                                                                                       temperature=0.0),
+                                        sink=lambda e: done.set() if isinstance(e, Finished) else None)
+                    await until(done.is_set, "a reply")
+                app.action_unload()
+                await until(lambda: app.loaded is None, "the unload")
+                await pilot.pause(0.5)
+                after.append(glmtui_rss())
+            return {"kind": "tui", "before": before, "after": after, "torch_here": "torch" in sys.modules,
+                    "engine": type(app.engine).__name__, "note": app.unloaded_note}
+
+    print(json.dumps(asyncio.run(run())), flush=True)
 
 
 def main() -> int:
@@ -142,11 +191,13 @@ def main() -> int:
     parser.add_argument("--stream-tokens", type=int, default=200)
     parser.add_argument("--stream-rounds", type=int, default=5)
     parser.add_argument("--memory-cycles", type=int, default=5)
+    parser.add_argument("--memory-modes", default="bf16,int4,bf16", help="loaded in turn in each memory cycle")
+    parser.add_argument("--memory-only", action="store_true", help="run only the memory (unload) check")
     parser.add_argument("--memory-run", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     modes = args.modes.split(",")
     if args.memory_run:
-        memory_run(args.memory_run[0], args.memory_run[1], args.memory_cycles, modes)
+        memory_run(args.memory_run[0], args.memory_run[1], args.memory_cycles, args.memory_modes.split(","))
         return 0
 
     from glmtui.engine.events import ChatMessage, GenerationParams
@@ -159,6 +210,12 @@ def main() -> int:
         folder = build_nonstop_glm(Path(tmp) / "glm", args.hidden, args.layers, context=4096)
         print(f"model: native GLM hidden {args.hidden}, {args.layers} layers, CPU; switch {' <-> '.join(modes)}",
               flush=True)
+        if args.memory_only:
+            met = memory_check(args, folder, tmp)
+            print(watch.sample("after"))
+            print(watch.verdict())
+            print(f"\nHEADLINE unload check: {'met' if met else 'MISSED'}{' [under load]' if watch.under_load else ''}")
+            return 0 if met is not None else 1
         w_in, w_proc = Waiter(), Waiter()
         inproc = InferenceWorker(w_in).start()
         proc = EngineProcess(w_proc, log_dir=Path(tmp) / "logs").start()
@@ -227,24 +284,42 @@ def main() -> int:
             inproc.shutdown()
             proc.shutdown()
 
-        for kind in ("in-process", "process"):
-            out = subprocess.run([sys.executable, __file__, "--memory-run", kind.replace("in-process", "inproc"),
-                                  str(folder), "--memory-cycles", str(args.memory_cycles), "--modes", args.modes],
-                                 capture_output=True, text=True, cwd=ROOT)
-            if out.returncode != 0:
-                print(f"memory run ({kind}) failed:\n{out.stderr[-2000:]}")
-                return 1
-            found = json.loads(out.stdout.strip().splitlines()[-1])
-            deltas = [(a - found["before"]) / MIB for a in found["after"]]
-            print(f"memory of the front end and its children, {kind}: {found['before'] / MIB:.1f} MiB before the "
-                  f"first load; after each unload, over that: {', '.join(f'{d:+.1f}' for d in deltas)} MiB "
-                  f"(torch in the front end: {found['torch_here']})", flush=True)
+        met = memory_check(args, folder, tmp)
+        if met is None:
+            return 1
     print(watch.sample("after"))
     print(watch.verdict())
-    print(f"\nHEADLINE process / in-process streaming tok/s {tproc / tin:.3f}; memory after each unload (process) "
-          f"{', '.join(f'{d:+.1f}' for d in deltas)} MiB over the figure before the first load"
-          f"{' [under load]' if watch.under_load else ''}")
+    print(f"\nHEADLINE process / in-process streaming tok/s {tproc / tin:.3f}; unload check (glmtui's processes "
+          f"within {UNLOAD_TARGET // MIB} MiB of the figure before the first load after every unload): "
+          f"{'met' if met else 'MISSED'}{' [under load]' if watch.under_load else ''}")
     return 0
+
+
+def memory_check(args, folder: Path, tmp: str) -> "bool | None":
+    """The memory runs, each in a fresh front-end process; True when the process and TUI front ends came
+    back within UNLOAD_TARGET after every unload (None when a run failed)."""
+    met = True
+    sequence = args.memory_modes.replace(",", " -> ")
+    for kind in ("in-process", "process", "tui"):
+        out = subprocess.run([sys.executable, __file__, "--memory-run", kind.replace("in-process", "inproc"),
+                              str(folder), "--memory-cycles", str(args.memory_cycles),
+                              "--memory-modes", args.memory_modes],
+                             capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, GLMTUI_HOME=str(Path(tmp) / f"home-{kind}")))
+        if out.returncode != 0:
+            print(f"memory run ({kind}) failed:\n{out.stderr[-2000:]}")
+            return None
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        deltas = [a - found["before"] for a in found["after"]]
+        within = all(abs(d) <= UNLOAD_TARGET for d in deltas)
+        if kind != "in-process":
+            met = met and within
+        print(f"memory of the front end and its children, {kind} ({sequence}, then unload; "
+              f"{args.memory_cycles} cycles): {found['before'] / MIB:.1f} MiB before the first load; after each "
+              f"unload, over that: {', '.join(f'{d / MIB:+.1f}' for d in deltas)} MiB — "
+              f"{'within' if within else 'NOT within'} {UNLOAD_TARGET // MIB} MiB every time "
+              f"(torch in the front end: {found['torch_here']})", flush=True)
+    return met
 
 
 if __name__ == "__main__":

@@ -70,3 +70,13 @@ def test_torchao_int8_weight_only_loads_and_generates_on_the_cpu(native_glm):
     ids = torch.tensor([[5, 6, 7, 8]])
     out = quant.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids))
     assert out.shape[1] == 8
+
+
+def test_a_quantized_load_names_the_library_that_quantized_it(chatglm3_dir):
+    """The UI says which backend a mode uses: the load's notes and LoadedModel.quant_backend carry the choice."""
+    from glmtui.engine.loading import load_model
+
+    loaded = load_model(chatglm3_dir, "int8", "cpu")
+    assert loaded.quant_backend == "bitsandbytes"
+    assert any(note.startswith("bitsandbytes: torchao's fast kernels are CUDA kernels") for note in loaded.notes)
+    assert load_model(chatglm3_dir, "fp32", "cpu").quant_backend is None

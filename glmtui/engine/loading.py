@@ -67,6 +67,8 @@ class LoadedModel:
     notes: tuple[str, ...] = ()
     # Where every decoder layer went (placement.Placement): GPU n, CPU, disk.
     placement: Optional[object] = None
+    # The library that quantized int8/int4 ("torchao", "bitsandbytes"); None for 16/32-bit.
+    quant_backend: Optional[str] = None
 
 
 Progress = Callable[[str, Optional[float]], None]
@@ -282,9 +284,27 @@ def _quantization_config(mode: str, compute_dtype, skip: Optional[list[str]] = N
     )
 
 
-def _load_kwargs(mode: str, device: str, skip: Optional[list[str]] = None) -> dict:
+def quant_backend(mode: str, device: str):
+    """Which library quantizes ``mode`` here (quant_backends.choose with this machine's facts); None for 16/32-bit."""
+    from . import quant_backends
+
+    capability = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
+        capability = tuple(torch.cuda.get_device_capability(index))
+    return quant_backends.choose(mode, device, torchao=quant_backends.torchao_version(), capability=capability)
+
+
+def _load_kwargs(mode: str, device: str, skip: Optional[list[str]] = None, choice=None) -> dict:
+    """from_pretrained's dtype, device map and quantization config (``choice``: quant_backend's; None: bitsandbytes)."""
     if mode in DTYPES:
         return {"dtype": DTYPES[mode], "device_map": device}
+    if choice is not None and choice.backend == "torchao":
+        from . import quant_backends
+
+        compute = torch.bfloat16  # torchao's int4 tile layout takes bf16 only; int8 weight-only computes in it too
+        return {"dtype": compute, "device_map": device,
+                "quantization_config": quant_backends.quantization_config(choice, mode, compute, skip)}
     if mode == "int8":
         # LLM.int8 computes in fp16 (it would cast bf16 inputs on every matmul).
         compute = torch.float16
@@ -467,7 +487,8 @@ def load_model(
     try:
         prepare = _prepare_chatglm3 if is_chatglm3(config) else _prepare_native
         prepared = prepare(folder, config, fmt, files, mode, device, progress)
-        kwargs = _load_kwargs(mode, device)
+        backend = quant_backend(mode, device)
+        kwargs = _load_kwargs(mode, device, choice=backend)
         if requested_device == "auto" and device == "cuda":
             _spread_over_gpus(kwargs, config, mode)
         notes = []
@@ -494,6 +515,8 @@ def load_model(
         placement = placement_of(model)
         if placement.offloaded:
             notes.append(placement.summary())
+        if backend is not None:  # which library runs int8/int4 here, and why
+            notes.append(backend.reason)
         chat_format, context_length = prepared.chat_format, prepared.context_length
         prepared = None  # the last references to the checkpoint's files
         progress("ready", 1.0)
@@ -509,6 +532,7 @@ def load_model(
             load_seconds=time.perf_counter() - started,
             notes=tuple(notes),
             placement=placement,
+            quant_backend=backend.backend if backend is not None else None,
         )
     except ModelLoadError:
         del model, prepared

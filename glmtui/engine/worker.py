@@ -239,7 +239,7 @@ class InferenceWorker(Listeners):
         """Compile the decode step now (a short warm-up generation) when this model is to be compiled."""
         from . import compiled
 
-        if not compiled.wanted(self.compiled_decode, loaded.device, loaded.mode):
+        if not compiled.wanted(self.compiled_decode, loaded.device, loaded.mode, loaded.quant_backend):
             return ()
         try:
             plan = compiled.CompiledDecode(loaded.model, loaded.context_length, self.compile_backend)

@@ -77,3 +77,42 @@ def test_line_chat_against_vllm_exits_cleanly(peer_python, peer_model, tmp_path)
     finally:
         os.killpg(server.pid, 15)
         server.wait(60)
+
+
+def test_vllm_serves_a_converted_chatglm3_folder(peer_python, tmp_path):
+    """Issue 20: vLLM cannot run ChatGLM3's remote code; glmtui's native conversion is what it serves.
+    The prompt vLLM builds with the converted chat template is ChatGLM3Format's, id for id."""
+    import tiny_models
+
+    from glmtui.engine.convert import convert
+    from glmtui.engine.managed import free_port
+    from glmtui.engine.prompts import ChatGLM3Format
+
+    source = tiny_models.build_chatglm3(tmp_path / "chatglm3", never_stop=True, hidden=128, layers=2, heads=2,
+                                        kv_heads=2, head_dim=64, ffn=384)
+    native = convert(source, tmp_path / "chatglm3-native")
+    port = free_port()
+    log = open(tmp_path / "vllm.log", "wb")
+    server = subprocess.Popen([peer_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(native),
+                               "--served-model-name", "c3", "--dtype", "bfloat16", "--port", str(port),
+                               "--max-model-len", "1024"], stdout=log, stderr=log, start_new_session=True,
+                              env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1"))
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert server.poll() is None, (tmp_path / "vllm.log").read_text()[-2000:]
+        conversation = [ChatMessage("system", "You are ChatGLM3."), ChatMessage("user", "你好, hello")]
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120, trust_env=False, json={
+            "model": "c3", "max_tokens": 16, "temperature": 0, "return_token_ids": True,
+            "messages": [{"role": m.role, "content": m.content} for m in conversation]}).json()
+        expected = ChatGLM3Format(source / "tokenizer.model").encode_conversation(conversation)
+        assert reply["prompt_token_ids"] == expected
+        assert reply["usage"]["completion_tokens"] == 16 and reply["choices"][0]["message"]["content"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(60)

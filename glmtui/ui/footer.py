@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 from rich.cells import cell_len
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
+
+from .compat import FooterKey, footer_bindings_ready, footer_key_disabled, set_footer_key_disabled
 
 # Kept first when not every key fits (actions, "app." dropped); the focused widget's own keys
 # (Send, Load, Download) lead. Actions not listed come after these, in their usual order.
@@ -112,7 +113,7 @@ class QuickFooter(Footer):
         return fit_keys(self._candidates(), width - self._palette_width())
 
     def compose(self):
-        if not self._bindings_ready:
+        if not footer_bindings_ready(self):
             return
         for key in self._wanted():
             yield FooterKey(key.key, key.display, key.description, key.action, disabled=not key.enabled,
@@ -127,7 +128,7 @@ class QuickFooter(Footer):
 
     def on_resize(self) -> None:
         """Another width may fit other keys."""
-        if self._bindings_ready and self.is_attached and not self._shows(self._wanted()):
+        if footer_bindings_ready(self) and self.is_attached and not self._shows(self._wanted()):
             self.call_after_refresh(self.recompose)
 
     def _shows(self, wanted: list[Key]) -> bool:
@@ -135,7 +136,7 @@ class QuickFooter(Footer):
         return [(k.key, k.action, k.description) for k in plain] == [(w.key, w.action, w.description) for w in wanted]
 
     def bindings_changed(self, screen) -> None:
-        if self._bindings_ready and self.is_attached and screen is self.screen and screen.app.app_focus:
+        if footer_bindings_ready(self) and self.is_attached and screen is self.screen and screen.app.app_focus:
             if self._update_in_place():
                 return
         super().bindings_changed(screen)
@@ -151,11 +152,11 @@ class QuickFooter(Footer):
         for widget in keys:  # the palette key's enabled state is not expected to change: rebuild if it does
             if widget.has_class("-command-palette"):
                 entry = self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING)
-                if entry is None or widget._disabled == bool(entry[2]):
+                if entry is None or footer_key_disabled(widget) == bool(entry[2]):
                     return False
         with self.app.batch_update():
             for widget, key in zip(plain, wanted):
-                if widget._disabled != (not key.enabled):
-                    widget._disabled = not key.enabled  # read by FooterKey.on_mouse_down
+                if footer_key_disabled(widget) != (not key.enabled):
+                    set_footer_key_disabled(widget, not key.enabled)  # read by FooterKey.on_mouse_down
                     widget.set_class(not key.enabled, "-disabled")
         return True

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from textual.geometry import Size
 from textual.widgets import OptionList
 
+from .compat import LayoutSizeHook
 
-class SteadyOptionList(OptionList):
+
+class SteadyOptionList(LayoutSizeHook, OptionList):
     """An OptionList that is not re-rendered by layouts that leave it unchanged.
 
     In Textual 8.2 every screen layout hands an OptionList its region's height as
@@ -16,7 +19,7 @@ class SteadyOptionList(OptionList):
     container changed, the list's own virtual size is kept.
     """
 
-    def _size_updated(self, size, virtual_size, container_size, layout: bool = True) -> bool:
-        if size == self._size and container_size == self._container_size and self.virtual_size.width == virtual_size.width:
-            virtual_size = self.virtual_size
-        return super()._size_updated(size, virtual_size, container_size, layout)
+    def layout_virtual_size(self, size: Size, virtual_size: Size, container_size: Size) -> Size:
+        if size == self.outer_size and container_size == self.container_size and self.virtual_size.width == virtual_size.width:
+            return self.virtual_size
+        return virtual_size

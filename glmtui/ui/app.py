@@ -50,6 +50,7 @@ from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
 from .chat import ChatPane, params_to_dict
+from .compat import notification_count
 from .banner import UnsavedBanner
 from .footer import QuickFooter
 from .history import HistoryPane
@@ -482,7 +483,7 @@ class GlmApp(App):
         Textual 8.2.8; the headless tests never show it): a full repaint after
         any toast goes away clears them.
         """
-        count = len(getattr(self, "_notifications", ()))
+        count = notification_count(self)
         if count < self._toast_count:
             self.call_after_refresh(self.screen.refresh)
         self._toast_count = count

@@ -32,9 +32,11 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
-from textual.widgets._markdown import MarkdownBlock, MarkdownTable
+from textual.widgets.markdown import MarkdownBlock
 
 from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token, reached_context
+
+from .compat import MarkdownTable, WrapsDefaultKeys, block_builder, propagation_stopped, run_focused_bindings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -203,8 +205,7 @@ async def complete_stream(markdown: Markdown, text: str) -> str:
         while (keep < len(blocks) - 1 and keep < len(starts)
                and tuple(blocks[keep].source_range) == tuple(tokens[starts[keep]].map)):
             keep += 1
-        # the same builder Markdown.update uses (private in Textual 8; covered by tests/test_ui.py)
-        build = markdown._parse_markdown
+        build = block_builder(markdown)  # the same builder Markdown.update uses
         rebuilt = list(build(tokens[starts[keep]:])) if keep < len(starts) else []
         lines = text.splitlines()
         # Rows a table gained while it streamed are plain Statics, whose links do not respond:
@@ -225,7 +226,7 @@ async def complete_stream(markdown: Markdown, text: str) -> str:
 # ------------------------------------------------------------------ widgets
 
 
-class ChatInput(TextArea):
+class ChatInput(WrapsDefaultKeys, TextArea):
     """The prompt: Enter sends, Ctrl+J (or Shift+Enter where the terminal reports it) adds a line."""
 
     BINDINGS = [
@@ -252,7 +253,7 @@ class ChatInput(TextArea):
     last_key = 0.0
     """time.monotonic() of the last key (ChatPane collects garbage once the user stops typing)."""
 
-    async def _on_key(self, event: events.Key) -> None:
+    async def process_key(self, event: events.Key) -> None:
         self.last_key = time.monotonic()
         if event.key == "enter":
             event.stop()
@@ -264,14 +265,14 @@ class ChatInput(TextArea):
             event.prevent_default()
             self.action_newline()
             return
-        await super()._on_key(event)
-        if event._stop_propagation or event.is_printable:
+        await self.default_key(event)
+        if propagation_stopped(event) or event.is_printable:
             return
         # A key no handler took (backspace, ctrl+u, arrows, app keys like Esc): left alone, it would
         # reach its binding only after bubbling through the chat pane (busy with a streaming reply)
         # back to the App's queue, i.e. behind keys typed after it. Run the bindings of the focused
         # chain now, as the App would on the bubbled key, so every key applies in the order typed.
-        if await self.app._check_bindings(event.key):
+        if await run_focused_bindings(self.app, event.key):
             event.stop()
             event.prevent_default()
 
@@ -285,7 +286,8 @@ class ChatInput(TextArea):
 
     def action_newline(self) -> None:
         start, end = self.selection
-        self._replace_via_keyboard("\n", start, end)
+        if not self.read_only:
+            self.replace("\n", start, end, maintain_selection_offset=False)  # as TextArea's typing does
 
 
 class ReplyMarkdown(Markdown):

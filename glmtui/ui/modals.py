@@ -166,8 +166,7 @@ class PathInput(Input):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, select_on_focus=False, **kwargs)
 
-    def _on_focus(self, event) -> None:
-        super()._on_focus(event)
+    def on_focus(self) -> None:  # before Input's own focus handler, which leaves the cursor alone
         self.cursor_position = len(self.value)
 
     def action_complete(self) -> None:
@@ -182,8 +181,7 @@ class PathInput(Input):
         self._listed_for = self.value if names else None
         self.post_message(self.Candidates(names))
 
-    def _watch_value(self, value: str) -> None:
-        super()._watch_value(value)
+    def watch_value(self, value: str) -> None:  # after Input's own watcher
         if value != self._listed_for and self._listed_for is not None:
             self._listed_for = None
             self.post_message(self.Candidates([]))

@@ -755,7 +755,7 @@ async def test_a_streamed_reply_ends_as_a_full_render_would(text):
             assert _rendered(streamed) == _rendered(full)
             if "](" in text:  # rows a table gained while streaming are plain Statics: links would not respond
                 from textual.widgets import Static
-                from textual.widgets._markdown import MarkdownTable
+                from glmtui.ui.compat import MarkdownTable
 
                 table = streamed.query(MarkdownTable).first()
                 assert all(type(cell) is not Static for cell in table.query(Static))
@@ -845,7 +845,7 @@ async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sample
     footer's keys are the same widgets throughout (no recompose at the start and end of each reply),
     and they always match what a freshly composed Footer shows."""
     from textual.widgets import Footer
-    from textual.widgets._footer import FooterKey
+    from glmtui.ui.compat import FooterKey
 
     def footer_keys():
         footer = app.query_one(Footer)

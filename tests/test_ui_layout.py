@@ -12,12 +12,12 @@ import sys
 
 import pytest
 from textual import events
-from textual.widgets._footer import FooterKey
 
 from glmtui.config import default_paths
 from glmtui.devices import device_problem, normalize_device
 from glmtui.store import HistoryStore
 from glmtui.ui.app import PANES, GlmApp
+from glmtui.ui.compat import FooterKey
 from glmtui.ui.footer import QuickFooter
 from glmtui.ui.modals import LoadModal
 from test_ui import quiet_sampler, screen_text, type_text, wait_for  # noqa: F401 - fixtures

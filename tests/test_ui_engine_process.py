@@ -265,3 +265,42 @@ def test_the_sampler_counts_engine_processes_as_glmtuis_own():
         engine.kill()
         engine.wait()
     assert sampler.sample().host.engine_pids == ()  # it ended: no longer counted
+
+
+# ------------------------------------------------------------------ leaving after a signal
+
+STUCK_EXIT = textwrap.dedent(
+    """
+    import asyncio, signal, sys, time
+    sys.path.insert(0, "tests")
+    from test_ui import FrozenSampler, host_only_snapshot
+    from glmtui.ui.app import GlmApp
+
+    async def main():
+        app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app._driver.close = lambda: time.sleep(600)  # as seen with the terminal gone: close() never returns
+            print("signalled", flush=True)
+            app._exit_on_signal(signal.SIGHUP)
+            await pilot.pause(0.1)  # leaving the block shuts the app down: Unmount, then driver.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_after_a_signal_glmtui_leaves_even_when_the_terminal_driver_hangs(tmp_path):
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_EXIT], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "signalled", proc.stderr.read()
+        signalled = time.monotonic()
+        code = proc.wait(60)
+        assert code == 128 + signal.SIGHUP
+        print(f"left {time.monotonic() - signalled:.1f} s after the signal")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -34,6 +34,8 @@ from textual.widgets import Static
 
 from glmtui import catalog
 from glmtui.config import Paths, default_paths, ensure_private_dir
+from glmtui.engine.api import default_mode
+from glmtui.resolve import resolve_model
 from glmtui.engine.events import (
     EngineExited,
     EngineUnresponsive,
@@ -50,13 +52,13 @@ from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
 from .chat import ChatPane, params_to_dict
-from .compat import notification_count
+from .compat import app_driver, notification_count, set_mouse_reporting
 from .banner import UnsavedBanner
 from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
-from .models import MODES, ModelsPane, detailed_predictions, prediction_notes, predictions
-from .monitor import MonitorPane, fmt_bytes, process_rss
+from .models import MODES, ModelsPane
+from .monitor import MonitorPane, fmt_bytes, offload_warning, process_rss
 
 PANES = ("chat", "history", "models", "monitor")
 PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
@@ -73,6 +75,7 @@ class EngineEvent(Message):
 
 
 STREAM_FRAME = 0.1  # seconds between re-renders of a streaming reply
+SIGNAL_EXIT_GRACE = 5.0  # seconds the process may take to end after a signal, once all is saved
 
 
 class TokensReady(Message):
@@ -118,15 +121,6 @@ class PaneBar(Static):
             if start <= event.x < end:
                 self.app.current_pane = pane  # type: ignore[attr-defined]
                 return
-
-
-def default_mode(device: str) -> str:
-    """bf16 where a GPU will be used, fp32 on CPU (decided without importing torch)."""
-    if device.startswith("cuda"):
-        return "bf16"
-    if device == "cpu":
-        return "fp32"
-    return "bf16" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) else "fp32"
 
 
 class EngineNotice(Static):
@@ -187,6 +181,7 @@ class GlmApp(App):
         # F6/F7 (TextArea's select line / select all) get the key whenever these do not apply
         Binding("f6", "reload", "Reload", show=False, priority=True),
         Binding("f7", "kill_engine", "Kill engine", show=False, priority=True),
+        Binding("f12", "toggle_mouse", "Mouse", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -211,6 +206,8 @@ class GlmApp(App):
         ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
         ("toggle_download_source", "Switch download source", "Download from Hugging Face or ModelScope"),
         ("toggle_engine_log", "Engine log", "Show or hide the last lines of the engine process's log under Models"),
+        ("toggle_mouse", "Release the mouse", "Let the terminal select and copy text itself (over SSH too); "
+         "again gives the mouse back to glmtui"),
     )
 
     current_pane: reactive[str] = reactive("chat", init=False)
@@ -292,6 +289,7 @@ class GlmApp(App):
         self.last_spec = model or ""
         self.last_load: Optional[tuple[str, str, str]] = None  # (folder, mode, label) of the last local load
         self._store_errors: set[str] = set()
+        self.mouse_released = False  # F12: the terminal's own selection works (glmtui gets no mouse events)
 
     # ------------------------------------------------------------------ setup
 
@@ -358,6 +356,7 @@ class GlmApp(App):
         self._start_monitor()
         self._toast_count = 0
         self.set_interval(0.5, self._heal_after_toasts)
+        self.app_resume_signal.subscribe(self, lambda _app: self._apply_mouse())  # Ctrl+Z/fg turns it on again
         self.refresh_status()
         self.show_unsaved()
         if self.initial_model:
@@ -433,6 +432,20 @@ class GlmApp(App):
             self.store.close()
         except Exception:  # noqa: BLE001
             pass
+        if getattr(self, "_ended_by_signal", None):
+            self._exit_watchdog(128 + int(self._ended_by_signal))
+
+    def _exit_watchdog(self, code: int) -> None:
+        """After a signal, everything is saved by now: leave within SIGNAL_EXIT_GRACE s whatever happens next.
+
+        With the terminal gone (a dropped SSH session), Textual's driver.close() was seen blocked
+        for good on its writer thread's queue (stack: App._shutdown -> LinuxDriver.close ->
+        WriterThread.stop -> Queue.put), leaving a glmtui that never exits."""
+        def leave() -> None:
+            time.sleep(SIGNAL_EXIT_GRACE)
+            os._exit(code)
+
+        threading.Thread(target=leave, name="glmtui-exit-watchdog", daemon=True).start()
 
     # ------------------------------------------------------------------ accessors
 
@@ -473,7 +486,7 @@ class GlmApp(App):
             pass  # not mounted yet: on_mount shows it
 
     def free_memory(self) -> tuple[str, Optional[int]]:
-        return self.monitor_pane.free_for_model()
+        return self.monitor_pane.free_for_model(self.device)
 
     def _heal_after_toasts(self) -> None:
         """Repaint the whole screen once a toast has gone.
@@ -542,7 +555,10 @@ class GlmApp(App):
             first = self.monitor_pane.snapshot is None
         except NoMatches:
             return
-        self.monitor_pane.show(message.snapshot)
+        try:
+            self.monitor_pane.show(message.snapshot)
+        except NoMatches:  # its body is already gone (the app is closing)
+            return
         if first:
             self.models_pane.refresh_detail()
         if self._unload_check_at is not None and time.monotonic() >= self._unload_check_at and self.loaded is None:
@@ -712,6 +728,29 @@ class GlmApp(App):
         elif notice.kind == "unresponsive":  # it answers again
             notice.show_notice(None)
 
+    def action_toggle_mouse(self) -> None:
+        self.mouse_released = not self.mouse_released
+        if self._apply_mouse():
+            self.notify("Mouse released: select text with the terminal; F12 gives the mouse back to glmtui."
+                        if self.mouse_released else "Mouse captured again.", timeout=4)
+        else:
+            self.mouse_released = False
+            self.notify("In a browser glmtui cannot release the mouse: Shift+drag selects text.",
+                        severity="warning", timeout=6)
+        self.refresh_status()
+
+    def _apply_mouse(self) -> bool:
+        """Tell the terminal to stop (or start again) reporting the mouse; False where the driver cannot.
+
+        Textual 8 has no public switch at runtime: its Linux drivers' own methods (the ones it runs
+        at start and stop) write the mouse-reporting escapes. A headless app has no terminal to tell;
+        the web driver has no such switch (the browser's terminal keeps the mouse)."""
+        driver = app_driver(self)
+        if driver is None or driver.is_web:
+            return False
+        set_mouse_reporting(driver, not self.mouse_released)
+        return True
+
     def action_reload(self) -> None:
         if self.last_load is None:
             self.notify("No model was loaded yet: Ctrl+L loads one.", severity="warning")
@@ -760,6 +799,7 @@ class GlmApp(App):
             self.models_pane.refresh_info()
             self.models_pane.refresh_rows()
         self.chat_pane.refresh_header()
+        self.monitor_pane.show_placement(self.loaded)  # an offload stays on top while the model is loaded
         self.refresh_status()
         self.refresh_bindings()
 
@@ -772,11 +812,16 @@ class GlmApp(App):
 
     def refresh_status(self) -> None:
         text = Text()
+        if self.mouse_released:
+            text.append("mouse released: terminal selection, F12 ends", style="bold reverse")
+            text.append("  │  ", style="dim")
         if self.loaded is not None:
             text.append("● ", style="green")
             text.append(self.loaded.model_name, style="bold")
             if self.loaded.mode in MODES:
                 text.append(f" {self.loaded.mode} {self.loaded.device}")
+            if offload_warning(self.loaded):  # layers on the CPU/disk: said for as long as it is loaded
+                text.append(f"  {offload_warning(self.loaded, short=True)}", style="bold reverse red")
         elif self.models_pane.load_stage is not None:
             text.append("◌ loading ", style="yellow")
             text.append(self.loading_label or "")
@@ -800,23 +845,10 @@ class GlmApp(App):
     # ------------------------------------------------------------------ loading
 
     def resolve_model(self, spec: str) -> tuple[Optional[str], str, Optional[str]]:
-        """(folder, label, problem) for what the user typed."""
-        spec = spec.strip()
-        folder = Path(spec).expanduser()
-        if folder.is_dir() or catalog._looks_like_path(spec):  # noqa: SLF001 - same rule as the catalogue
-            # a missing folder is handed to the worker too: its message says what is wrong
-            return str(folder.resolve() if folder.exists() else folder), folder.name or spec, None
-        try:
-            entry = catalog.resolve(spec)
-        except catalog.UnknownModelError as exc:
-            return None, spec, str(exc)
-        target = entry.model_dir(self.paths.models_dir)
-        if not target.is_dir():
-            return None, entry.name, (
-                f"{entry.name} is not downloaded: highlight it under Models (F2) and press d, "
-                f"or run `glmtui pull {entry.key}`"
-            )
-        return str(target), entry.name, None
+        """(folder, label, problem) for what the user typed (glmtui.resolve's rule)."""
+        found = resolve_model(spec, self.paths.models_dir,
+                              "highlight it under Models (F2) and press d, or run `glmtui pull {key}`")
+        return found.folder, found.name, found.problem
 
     def request_load(self, spec: str, mode: Optional[str] = None, label: Optional[str] = None) -> None:
         if self.chat_pane.streaming:
@@ -1094,31 +1126,6 @@ class GlmApp(App):
         if self.endpoint:
             self.notify("The server at the endpoint decides how its model is quantized.", severity="warning")
             return
-        device, free = self.free_memory()
-        row = None
-        if self.loaded is not None:
-            folder = Path(self.loaded.model_path)
-            row = next((r for r in self.models_pane.rows.values() if r.folder is not None and r.folder.resolve() == folder.resolve()), None)
-        if row is None:
-            row = self.models_pane.highlighted_row()
-        preds, exact = predictions(row, device) if row is not None else ({}, False)
-        from glmtui.engine import memory
-
-        details = detailed_predictions(row, device) if row is not None else {}
-        rows = []
-        for mode in MODES:
-            prompt = Text(f"{'▶' if mode == self.mode else ' '} {mode:<5}")
-            if mode in preds:
-                verdict = memory.fit(preds[mode], free, device, mode=mode)
-                prompt.append(f" {fmt_bytes(preds[mode]):>10}  ")
-                prompt.append(verdict.verdict, style={"fits": "green", "tight": "yellow", "won't fit": "red"}.get(verdict.verdict, "cyan"))
-                if mode in details:
-                    prompt.append(f"  weights {fmt_bytes(details[mode].weight_bytes)}", style="dim")
-            rows.append((mode, prompt))
-        note = f"predicted for {row.entry.name}" + ("" if exact else " (rough estimate)") if row is not None and preds else ""
-        if note:  # what the figures assume: the context; fixed costs that outweigh a small model's weights
-            note = "\n".join([note, *prediction_notes(details)])
-
         def done(mode: Optional[str]) -> None:
             if mode is None:
                 return
@@ -1130,7 +1137,7 @@ class GlmApp(App):
                 self.models_pane.refresh_info()
                 self.notify(f"The next load uses {mode}.", timeout=3)
 
-        self.push_screen(ModeModal(self.mode, rows, note), done)
+        self.push_screen(ModeModal(self.mode, choices=lambda: self.models_pane.mode_choices(self.mode)), done)
 
     def _downloads_queue(self):
         if self._downloads is None:

@@ -37,6 +37,7 @@ from textual.widgets.markdown import MarkdownBlock
 from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Started, Token, reached_context
 
 from .compat import MarkdownTable, WrapsDefaultKeys, block_builder, propagation_stopped, run_focused_bindings
+from .copying import CodeBlock, CodePickerModal, code_blocks, copied_block_note, copied_text_note
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -234,6 +235,7 @@ class ChatInput(WrapsDefaultKeys, TextArea):
         Binding("ctrl+j", "newline", "Newline"),
         Binding("shift+enter", "newline", "Newline", show=False),
         Binding("ctrl+e", "app.edit_last", "Edit last"),  # instead of TextArea's end-of-line (End still works)
+        Binding("ctrl+up", "messages", "Messages", show=False),
     ]
 
     class Submitted(Message):
@@ -288,6 +290,13 @@ class ChatInput(WrapsDefaultKeys, TextArea):
         start, end = self.selection
         if not self.read_only:
             self.replace("\n", start, end, maintain_selection_offset=False)  # as TextArea's typing does
+
+    def action_messages(self) -> None:
+        """Ctrl+Up: into the conversation, on its last message (y / c copy it)."""
+        for ancestor in self.ancestors:
+            if isinstance(ancestor, ChatPane):
+                ancestor.messages_view.focus()
+                return
 
 
 class ReplyMarkdown(Markdown):
@@ -503,6 +512,121 @@ class AssistantMessage(Vertical):
         self._refresh_labels()
 
 
+class MessageList(VerticalScroll):
+    """The conversation. While it has focus (Ctrl+Up or Shift+Tab from the prompt, or a click)
+    one message is selected: ↑/↓ (k/j) move, Home/End go to the first/last, y copies it,
+    c copies one of its code blocks, Esc (Tab) goes back to the prompt."""
+
+    BINDINGS = [
+        Binding("up,k", "select(-1)", "Previous", show=False),
+        Binding("down,j", "select(1)", "Next", show=False),
+        Binding("home", "select_edge(0)", "First", show=False),
+        Binding("end", "select_edge(-1)", "Last", show=False),
+        Binding("y", "copy_message", "Copy"),
+        Binding("c", "copy_code", "Copy code"),
+        Binding("escape", "back", "Prompt", show=False),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.selected: Optional[Widget] = None
+        self._showing = False  # the selection is shown while the list has focus
+
+    def messages(self) -> list[Widget]:
+        return [child for child in self.children if child.has_class("message") and child.display]
+
+    def select(self, widget: Optional[Widget], scroll: bool = True) -> None:
+        if self.selected is not None and self.selected is not widget:
+            self.selected.remove_class("-selected")
+        self.selected = widget
+        if widget is not None and self._showing:
+            widget.add_class("-selected")
+            if scroll:
+                self.scroll_to_widget(widget, animate=False, top=True)
+
+    def on_focus(self) -> None:
+        self._showing = True
+        shown = self.messages()
+        if self.selected not in shown:
+            self.selected = shown[-1] if shown else None
+        self.select(self.selected, scroll=False)
+
+    def on_blur(self) -> None:
+        self._showing = False
+        if self.selected is not None:
+            self.selected.remove_class("-selected")
+
+    def on_click(self, event: events.Click) -> None:
+        widget = event.widget
+        while widget is not None and widget is not self:
+            if widget.has_class("message"):
+                self.select(widget, scroll=False)
+                return
+            widget = widget.parent if isinstance(widget.parent, Widget) else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> Optional[bool]:
+        if action == "back":  # Esc still stops a streaming reply, or cancels an edit (the app's binding)
+            pane = self.parent
+            return not (isinstance(pane, ChatPane) and (pane.streaming or pane.editing is not None))
+        return True
+
+    def action_select(self, step: int) -> None:
+        shown = self.messages()
+        if not shown:
+            return
+        index = shown.index(self.selected) + step if self.selected in shown else len(shown) - 1
+        self.select(shown[max(0, min(len(shown) - 1, index))])
+
+    def action_select_edge(self, index: int) -> None:
+        shown = self.messages()
+        if shown:
+            self.select(shown[index])
+            if index == -1:
+                self.scroll_end(animate=False)  # the end of a long last message, and the anchor again
+
+    def action_back(self) -> None:
+        pane = self.parent
+        if isinstance(pane, ChatPane):
+            pane.input.focus()
+
+    def _selected_text(self) -> Optional[tuple[str, str]]:
+        """(what, text) of the selected message: ("reply", ...) or ("prompt", ...)."""
+        widget = self.selected
+        if widget is None or widget not in self.messages():
+            self.app.notify("No message selected.", severity="warning", timeout=3)
+            return None
+        return ("reply" if isinstance(widget, AssistantMessage) else "prompt"), getattr(widget, "text", "")
+
+    def action_copy_message(self) -> None:
+        selected = self._selected_text()
+        if selected is None:
+            return
+        what, text = selected
+        self.app.copy_to_clipboard(text)
+        self.app.notify(copied_text_note(what, text), timeout=3)
+
+    def action_copy_code(self) -> None:
+        selected = self._selected_text()
+        if selected is None:
+            return
+        what, text = selected
+        blocks = code_blocks(text)
+        if not blocks:
+            self.app.notify(f"No code block in this {what}: y copies all of it.", severity="warning", timeout=3)
+        elif len(blocks) == 1:
+            self._copy_block(blocks[0])
+        else:
+            def picked(index: Optional[int]) -> None:
+                if index is not None:
+                    self._copy_block(blocks[index])
+
+            self.app.push_screen(CodePickerModal(blocks), picked)
+
+    def _copy_block(self, block: CodeBlock) -> None:
+        self.app.copy_to_clipboard(block.code)
+        self.app.notify(copied_block_note(block), timeout=3)
+
+
 # ------------------------------------------------------------------ the pane
 
 
@@ -561,6 +685,7 @@ class ChatPane(Vertical):
 
     DEFAULT_CSS = """
     ChatPane .message.-editing { text-opacity: 50%; }
+    ChatPane .message.-selected { background: $primary 12%; }
     """
 
     def __init__(self, **kwargs) -> None:
@@ -576,7 +701,7 @@ class ChatPane(Vertical):
 
     def compose(self) -> Iterable:
         yield Static(id="chat-title")
-        with VerticalScroll(id="messages"):
+        with MessageList(id="messages"):
             yield Static(id="chat-empty")
         yield ChatInput(id="prompt")
 
@@ -614,8 +739,8 @@ class ChatPane(Vertical):
         return self.query_one("#prompt", ChatInput)
 
     @property
-    def messages_view(self) -> VerticalScroll:
-        return self.query_one("#messages", VerticalScroll)
+    def messages_view(self) -> MessageList:
+        return self.query_one("#messages", MessageList)
 
     @property
     def streaming(self) -> bool:

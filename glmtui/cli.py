@@ -12,8 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-
-MODES = ("bf16", "fp16", "fp32", "int8", "int4")
+from .engine.api import MODES
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -80,9 +80,12 @@ def _load(engine, args, events: _Events, log: TextIO):
         rid = engine.load(getattr(args, "model", None) or "", sink=events)
         what = endpoint
     else:
-        from .server import resolve_model
+        from .resolve import resolve_model
 
-        path, _name = resolve_model(args.model)
+        resolved = resolve_model(args.model)
+        if resolved.folder is None:
+            return f"cannot use {args.model}: {resolved.problem}"
+        path = resolved.folder
         device = getattr(args, "device", None) or "auto"
         mode = getattr(args, "mode", None) or "auto"  # the engine picks: bf16 on a GPU, fp32 on the CPU
         shown = "default mode" if mode == "auto" else mode

@@ -179,7 +179,7 @@ def test_a_forged_host_is_refused_dns_rebinding(served):
 
 
 def test_host_policy_for_public_binds():
-    from glmtui.server_guard import HostPolicy
+    from glmtui.server.guard import HostPolicy
 
     every = HostPolicy("0.0.0.0")  # every interface: any IP literal (no rebinding with IPs), names listed only
     assert every.allows("192.168.1.5:8000") and every.allows("[fe80::1]:8000") and every.allows("localhost")

@@ -353,10 +353,26 @@ def test_503_before_a_model_is_loaded():
         with pytest.raises(openai.InternalServerError):
             openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
                 model=MODEL, messages=PROMPT, stream=True)
-        # a load that fails is reported
+        # a load that fails is reported, without the server's paths to a server open to anyone
         log = EventLog()
         log.wait(worker.load("/nonexistent/model", "fp32", sink=log))
-        assert "nonexistent" in post(server, ok()).json()["error"]["message"]
+        error = post(server, ok()).json()["error"]
+        assert error["code"] == "model_not_loaded" and "load failed" in error["message"]
+        assert "nonexistent" not in error["message"]
+    finally:
+        server.stop()
+        worker.shutdown()
+
+
+def test_the_503_tells_why_a_load_failed_only_behind_the_key(tmp_path):
+    worker = InferenceWorker().start()
+    missing = tmp_path / "private-models" / "nothing-here"
+    server = ServerThread(create_app(worker, MODEL, api_key="sekret")).start()
+    try:
+        log = EventLog()
+        log.wait(worker.load(str(missing), "fp32", sink=log))
+        r = post(server, ok(), headers={"Authorization": "Bearer sekret"})
+        assert r.status_code == 503 and "private-models" in r.json()["error"]["message"]
     finally:
         server.stop()
         worker.shutdown()
@@ -558,6 +574,19 @@ def test_an_unexpected_failure_is_a_generic_500_with_details_in_the_log(served, 
     assert any(SECRET in record.getMessage() for record in caplog.records)
     # the server keeps serving
     assert post(server, ok()).status_code == 200
+
+
+@pytest.mark.parametrize("words", ["no model is loaded at {secret}", "{secret} is longer than the model's context"])
+def test_a_library_error_worded_like_a_user_error_is_still_a_generic_500(served, caplog, words):
+    """Failures are told apart by Failed.kind, never by their words: a library's exception before the
+    reply starts that happens to say "no model is loaded" or "longer than the model's context" is
+    neither a 503 nor a 400 (and its text stays in the server's log)."""
+    worker, log, server = served
+    target, error = worker._loaded.chat_format, RuntimeError(words.format(secret=SECRET))
+    with caplog.at_level("ERROR", logger="glmtui.server"), Fault(target, "encode_conversation", error):
+        r = post(server, ok())
+    assert r.status_code == 500, r.text
+    assert r.json()["error"]["code"] == "internal_error" and SECRET not in r.text
 
 
 class Gate:

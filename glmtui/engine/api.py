@@ -16,11 +16,33 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Callable, Literal, Optional, Protocol, Sequence, runtime_checkable
 
 from .events import ChatMessage, Event, GenerationParams
 
 Listener = Callable[[Event], None]
+
+# How a local model's weights are held; a remote engine reports "remote".
+Mode = Literal["bf16", "fp16", "fp32", "int8", "int4"]
+MODES: tuple[str, ...] = ("bf16", "fp16", "fp32", "int8", "int4")
+_NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+
+
+def default_mode(device: str, cuda_available: Optional[bool] = None) -> str:
+    """The mode of a load given as "auto": bf16 where a GPU is used, fp32 on the CPU.
+
+    ``cuda_available``: torch's answer, inside the engine; a front end leaves it
+    None and the NVIDIA driver's GPU list decides (no torch import).
+    """
+    if device.startswith("cuda"):
+        return "bf16"
+    if device == "cpu":
+        return "fp32"
+    if cuda_available is None:
+        gpus = Path(_NVIDIA_GPUS)
+        cuda_available = gpus.is_dir() and any(gpus.iterdir())
+    return "bf16" if cuda_available else "fp32"
 
 
 class Listeners:
@@ -46,6 +68,14 @@ class ModelInfo:
     device: str
     footprint_bytes: int
     context_length: int
+    # The prompt format: "chatglm3" (ChatGLM3's roles; tool calls and their list in its own shape),
+    # "chat_template" (the tokenizer's template), "remote" (an OpenAI server builds the prompt).
+    chat_format: str = ""
+
+    @property
+    def chatglm3(self) -> bool:
+        """Whether prompts and tool calls follow ChatGLM3's PROMPT.md."""
+        return self.chat_format == "chatglm3"
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,12 @@ class Engine(Protocol):
         params: GenerationParams = ...,
         sink: Optional[Listener] = None,
         tools: Optional[list] = None,
-    ) -> int: ...
+        *,
+        prompt_text: Optional[str] = None,
+    ) -> int:
+        """A reply to ``messages``; with ``prompt_text``, a raw continuation of that text instead
+        (completion mode: no roles, the model's own prefix; ``messages`` and ``tools`` unused)."""
+        ...
 
     def cancel(self, request_id: Optional[int] = None) -> None: ...
 

@@ -179,15 +179,6 @@ def warm_up(quantizers: bool = False) -> None:
             pass
 
 
-def default_mode(device: str) -> str:
-    """The mode of a load given as "auto": bf16 on a GPU, fp32 on the CPU (the front end cannot ask torch)."""
-    import torch
-
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return "bf16"
-    return "fp32"
-
-
 def _warm_up_when_idle(quantizers: bool) -> None:
     """warm_up() on a thread that runs only on CPU time nobody else wants (Linux SCHED_IDLE).
 
@@ -224,13 +215,12 @@ def _serve(conn: Connection, interval: float, idle: bool, quantizers: bool) -> N
             os._exit(0)
         kind = message[0]
         if kind == "load":
-            _, rid, path, mode, device = message
-            if mode == "auto":
-                mode = default_mode(device)
+            _, rid, path, mode, device = message  # mode "auto" is decided by the worker (api.default_mode)
             worker._submit("load", {"path": path, "mode": mode, "device": device}, None, rid)
         elif kind == "generate":
-            _, rid, messages, params, tools = message
-            worker._submit("generate", {"messages": messages, "params": params, "tools": tools}, None, rid)
+            _, rid, messages, params, tools, prompt_text = message
+            worker._submit("generate", {"messages": messages, "params": params, "tools": tools,
+                                        "prompt_text": prompt_text}, None, rid)
         elif kind == "unload":  # after the work already queued, end the process (Outbox.put exits)
             _, rid = message
             outbox.exit_after.add(rid)

@@ -85,6 +85,7 @@ class Loaded:
     #: the same as data: (device, first layer, last layer) runs, and the devices holding weights
     layer_devices: tuple[tuple[str, int, int], ...] = ()
     offloaded: tuple[str, ...] = ()
+    chat_format: str = ""  # ModelInfo.chat_format: "chatglm3", "chat_template", "remote"
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ class Failed:
     detail: str = ""
     # The engine process ended under this request: a reply keeps its partial text, marked interrupted.
     interrupted: bool = False
+    # What failed, for code to match on (never the message's words): "params" (invalid parameters),
+    # "no_model", "prompt" (the format cannot express the conversation), "context" (the prompt does not
+    # fit), "out_of_memory"; "" for anything else (a bug, a library's exception, a lost process).
+    kind: str = ""
 
 
 @dataclass(frozen=True)

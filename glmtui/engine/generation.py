@@ -122,15 +122,23 @@ def run_generation(
     tools: Optional[list] = None,
     session: Optional[KVSession] = None,
     compiled: Optional[CompiledDecode] = None,
+    prompt_text: Optional[str] = None,
 ) -> None:
     """Generate one reply. ``session`` keeps the KV cache between calls (reused when
-    ``params.kv_reuse``); ``compiled`` runs the decode step compiled on a static cache."""
+    ``params.kv_reuse``); ``compiled`` runs the decode step compiled on a static cache.
+    ``prompt_text``: continue this text as it is (completion mode) instead of replying to ``messages``."""
     started = time.perf_counter()
     chat_format = loaded.chat_format
+    completion = prompt_text is not None
     try:
-        prompt_ids = chat_format.encode_conversation(messages, tools=tools) if tools else chat_format.encode_conversation(messages)
+        if completion:
+            prompt_ids = chat_format.encode_completion(prompt_text)
+        elif tools:
+            prompt_ids = chat_format.encode_conversation(messages, tools=tools)
+        else:
+            prompt_ids = chat_format.encode_conversation(messages)
     except PromptError as exc:
-        emit(Failed(request_id, f"cannot build the prompt: {exc}", "generate"))
+        emit(Failed(request_id, f"cannot build the prompt: {exc}", "generate", kind="prompt"))
         return
     context = loaded.context_length or 0
     max_new = max(1, int(params.max_new_tokens))
@@ -141,6 +149,7 @@ def run_generation(
                 f"the conversation is {len(prompt_ids)} tokens, longer than the model's context of {context}: "
                 "start a new chat or delete earlier turns",
                 "generate",
+                kind="context",
             )
         )
         return
@@ -152,13 +161,16 @@ def run_generation(
     plan = _CachePlan(model, prompt_ids, max_new, reuse, compiled)
     emit(Started(request_id, len(prompt_ids), plan.cached))
 
+    # A raw continuation ends at eos only, and has no metadata line to drop.
+    stop_ids = list(chat_format.completion_stop_token_ids if completion else chat_format.stop_token_ids)
+
     def make_stream() -> ReplyStream:
         return ReplyStream(
             chat_format.decode,
-            chat_format.stop_token_ids,
+            stop_ids,
             params.stop,
             lambda text: emit(Token(request_id, text)),
-            getattr(chat_format, "reply_prefix", ""),
+            "" if completion else getattr(chat_format, "reply_prefix", ""),
         )
 
     stream = make_stream()
@@ -167,7 +179,7 @@ def run_generation(
     kwargs = dict(
         max_new_tokens=max_new,
         do_sample=sampling,
-        eos_token_id=list(chat_format.stop_token_ids),
+        eos_token_id=stop_ids,
         pad_token_id=chat_format.stop_token_ids[0],
         repetition_penalty=float(params.repetition_penalty),
         attention_mask=torch.ones_like(input_ids),
@@ -210,6 +222,7 @@ def run_generation(
                 "out of memory during generation: shorten the conversation, lower max new tokens, "
                 "or load a smaller quantization",
                 "generate",
+                kind="out_of_memory",
             )
         )
         return

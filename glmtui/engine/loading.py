@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from . import checks
+from .api import MODES
 from .checks import CheckFailed
 from .placement import balanced_max_memory, placement_of
 from .prompts import ChatFormat, ChatGLM3Format, ChatTemplateFormat, PromptError
@@ -44,7 +45,6 @@ def _quiet_transformers() -> None:
 
 _quiet_transformers()
 
-MODES = ("bf16", "fp16", "fp32", "int8", "int4")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -127,13 +127,14 @@ class ManagedServer(Listeners):
         return request_id
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams = GenerationParams(),
-                 sink: Optional[Listener] = None, tools: Optional[list] = None) -> int:
+                 sink: Optional[Listener] = None, tools: Optional[list] = None, *,
+                 prompt_text: Optional[str] = None) -> int:
         remote = self._remote
         if remote is None:
             request_id = next(self._ids)
-            self._deliver(Failed(request_id, "no model is loaded — load one first", "generate"), sink)
+            self._deliver(Failed(request_id, "no model is loaded — load one first", "generate", kind="no_model"), sink)
             return request_id
-        return remote.generate(messages, params, sink=sink, tools=tools)
+        return remote.generate(messages, params, sink=sink, tools=tools, prompt_text=prompt_text)
 
     def cancel(self, request_id: Optional[int] = None) -> None:
         remote = self._remote

@@ -76,6 +76,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .api import MODES
+
 __all__ = [
     "MODES",
     "DTYPE_BYTES",
@@ -101,7 +103,6 @@ __all__ = [
     "predict_exact_subprocess",
 ]
 
-MODES: tuple[str, ...] = ("bf16", "fp16", "fp32", "int8", "int4")
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
 CUDA_CONTEXT_BYTES = 700 * 1024 * 1024
 DEFAULT_CONTEXT_CAP = 8192

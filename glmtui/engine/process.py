@@ -171,8 +171,10 @@ class EngineProcess(Listeners):
         params: GenerationParams = GenerationParams(),
         sink: Optional[Listener] = None,
         tools: Optional[list] = None,
+        *,
+        prompt_text: Optional[str] = None,
     ) -> int:
-        return self._submit("generate", sink, list(messages), params, tools)
+        return self._submit("generate", sink, list(messages), params, tools, prompt_text)
 
     def cancel(self, request_id: Optional[int] = None) -> None:
         """Stop a generation (the current one when no id is given); it ends after at most one more token."""
@@ -314,7 +316,8 @@ class EngineProcess(Listeners):
             return self._finish(request_id, Unloaded(request_id, "", None))
         self._retire(child, request_id)
 
-    def _do_generate(self, request_id: int, messages, params: GenerationParams, tools) -> None:
+    def _do_generate(self, request_id: int, messages, params: GenerationParams, tools,
+                     prompt_text: Optional[str] = None) -> None:
         with self._lock:
             request = self._requests.get(request_id)
             child = self._active
@@ -322,10 +325,12 @@ class EngineProcess(Listeners):
             return self._finish(request_id, Finished(request_id, "", 0, 0, None, None, 0.0, "cancelled"))
         problems = params.problems() if hasattr(params, "problems") else []
         if problems:
-            return self._finish(request_id, Failed(request_id, "invalid parameters: " + "; ".join(problems), "params"))
+            return self._finish(request_id, Failed(request_id, "invalid parameters: " + "; ".join(problems), "params",
+                                                   kind="params"))
         if child is None:
-            return self._finish(request_id, Failed(request_id, "no model is loaded — load one first", "generate"))
-        self._send_request(child, request_id, ("generate", request_id, messages, params, tools))
+            return self._finish(request_id, Failed(request_id, "no model is loaded — load one first", "generate",
+                                                   kind="no_model"))
+        self._send_request(child, request_id, ("generate", request_id, messages, params, tools, prompt_text))
 
     def _do_spare(self) -> None:
         with self._lock:
@@ -494,7 +499,8 @@ class EngineProcess(Listeners):
                 request.started = True
             elif isinstance(event, Loaded) and child is self._active:
                 self.model_info = ModelInfo(event.model_name, event.model_path, event.mode, event.device,
-                                            event.footprint_bytes, event.context_length)
+                                            event.footprint_bytes, event.context_length,
+                                            chat_format=event.chat_format)
             elif isinstance(event, Failed) and request.kind == "load" and child is self._active:
                 self._active = None  # nothing loaded there: end it, memory back to the baseline
                 self.model_info = None

@@ -12,7 +12,8 @@ reports the model it serves (``path`` empty, or one of the served ids); any
 other path fails with a message naming what the server serves. ``unload()``
 detaches. ``start()`` connects at once unless ``autoconnect=False``.
 ``cancel`` closes the HTTP stream, which makes glmtui serve (and vLLM) stop
-generating.
+generating. ``generate(prompt_text=...)`` (completion mode) uses the server's
+``/v1/completions``.
 """
 
 from __future__ import annotations
@@ -144,8 +145,11 @@ class RemoteEngine(Listeners):
         params: GenerationParams = GenerationParams(),
         sink: Optional[Listener] = None,
         tools: Optional[list] = None,
+        *,
+        prompt_text: Optional[str] = None,
     ) -> int:
-        return self._submit("generate", {"messages": list(messages), "params": params, "tools": tools}, sink)
+        args = {"messages": list(messages), "params": params, "tools": tools, "prompt_text": prompt_text}
+        return self._submit("generate", args, sink)
 
     def cancel(self, request_id: Optional[int] = None) -> None:
         with self._lock:
@@ -309,11 +313,12 @@ class RemoteEngine(Listeners):
         context = int(context) if isinstance(context, (int, float)) else 0
         self._model_id = model_id
         self._detached = False
-        self.model_info = ModelInfo(model_id, self.endpoint, "remote", self.endpoint, 0, context)
+        # the server builds the prompts (and turns tool calls into OpenAI's shape)
+        self.model_info = ModelInfo(model_id, self.endpoint, "remote", self.endpoint, 0, context, chat_format="remote")
         self.state = "ready"
         self._emit(command, LoadProgress(command.request_id, "connected", 1.0))
         self._emit(command, Loaded(command.request_id, model_id, self.endpoint, "remote", self.endpoint, 0,
-                                   time.perf_counter() - started, context))
+                                   time.perf_counter() - started, context, chat_format="remote"))
 
     async def _wait_until_served(self, command: _Command, limit: float = 900.0) -> str:
         """A server can list its model before it can answer (glmtui serve while it loads): wait while its
@@ -349,10 +354,9 @@ class RemoteEngine(Listeners):
         self._emit(command, Unloaded(command.request_id, name, None))
 
     def _request_body(self, model: str, messages: Sequence[ChatMessage], params: GenerationParams,
-                      tools: Optional[list]) -> dict:
+                      tools: Optional[list], prompt_text: Optional[str] = None) -> dict:
         body: dict = {
             "model": model,
-            "messages": to_openai_messages(messages),
             "stream": True,
             # usage in every chunk (vLLM, SGLang, glmtui serve): a stopped reply still has exact counts
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
@@ -368,6 +372,10 @@ class RemoteEngine(Listeners):
             body["top_k"] = int(params.top_k)
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = float(params.repetition_penalty)
+        if prompt_text is not None:  # /v1/completions: the text is continued as it is
+            body["prompt"] = prompt_text
+            return body
+        body["messages"] = to_openai_messages(messages)
         if tools:
             body["tools"] = [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t}
                              for t in tools if isinstance(t, dict)]
@@ -382,10 +390,11 @@ class RemoteEngine(Listeners):
             return
         problems = command.args["params"].problems() if hasattr(command.args["params"], "problems") else []
         if problems:
-            self._emit(command, Failed(rid, "invalid parameters: " + "; ".join(problems), "params"))
+            self._emit(command, Failed(rid, "invalid parameters: " + "; ".join(problems), "params", kind="params"))
             return
         if self._detached:
-            self._emit(command, Failed(rid, "no model is loaded — connect to the server first", "generate"))
+            self._emit(command, Failed(rid, "no model is loaded — connect to the server first", "generate",
+                                       kind="no_model"))
             return
         started = time.perf_counter()
         text_parts: list[str] = []
@@ -401,9 +410,11 @@ class RemoteEngine(Listeners):
                 if not cards:
                     raise RemoteError(f"{self.endpoint} serves no model")
                 self._model_id = cards[0]["id"]
+            prompt_text = command.args.get("prompt_text")
             body = self._request_body(self._model_id, command.args["messages"], command.args["params"],
-                                      command.args.get("tools"))
-            async with self._client.stream("POST", "/chat/completions", json=body) as response:
+                                      command.args.get("tools"), prompt_text)
+            route = "/chat/completions" if prompt_text is None else "/completions"
+            async with self._client.stream("POST", route, json=body) as response:
                 if response.status_code != 200:
                     raise RemoteError(_error_message(response.status_code, await response.aread()))
                 self._emit(command, Started(rid, 0))
@@ -427,7 +438,7 @@ class RemoteEngine(Listeners):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or ():
                         delta = choice.get("delta") or {}
-                        content = delta.get("content")
+                        content = delta.get("content") if prompt_text is None else choice.get("text")
                         if content:
                             if first_at is None:
                                 first_at = time.perf_counter()
@@ -509,6 +520,6 @@ def to_openai_messages(messages: Sequence[ChatMessage]) -> list[dict]:
 
 
 def _call_arguments(content: str) -> Optional[dict]:
-    from ..server import _strip_fences, parse_tool_arguments  # pure functions: no eval, no web imports
+    from .tools import call_arguments  # the ChatGLM3 codec: no eval
 
-    return parse_tool_arguments(_strip_fences(content))
+    return call_arguments(content)

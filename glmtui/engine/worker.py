@@ -101,8 +101,11 @@ class InferenceWorker(Listeners):
         params: GenerationParams = GenerationParams(),
         sink: Optional[Listener] = None,
         tools: Optional[list] = None,
+        *,
+        prompt_text: Optional[str] = None,
     ) -> int:
-        return self._submit("generate", {"messages": list(messages), "params": params, "tools": tools}, sink)
+        args = {"messages": list(messages), "params": params, "tools": tools, "prompt_text": prompt_text}
+        return self._submit("generate", args, sink)
 
     def cancel(self, request_id: Optional[int] = None) -> None:
         """Stop a generation (the current one when no id is given).
@@ -197,9 +200,16 @@ class InferenceWorker(Listeners):
         def progress(stage: str, fraction: Optional[float]) -> None:
             self._emit(command, LoadProgress(command.request_id, stage, fraction))
 
+        mode = args["mode"]
+        if mode == "auto":  # decided here, where torch can tell whether CUDA is there
+            import torch
+
+            from .api import default_mode
+
+            mode = default_mode(args["device"], torch.cuda.is_available())
         error = None
         try:
-            loaded = loading.load_model(args["path"], args["mode"], args["device"], progress)
+            loaded = loading.load_model(args["path"], mode, args["device"], progress)
         except loading.ModelLoadError as exc:
             error = str(exc)
         if error is not None:
@@ -216,8 +226,10 @@ class InferenceWorker(Listeners):
 
             self._kv = KVSession(self.kv_max_tokens, self.kv_max_bytes)
         notes += self._prepare_compiled(command, loaded)
+        chat_format = getattr(loaded.chat_format, "name", "")
         self.model_info = ModelInfo(
-            loaded.name, str(loaded.path), loaded.mode, loaded.device, loaded.footprint_bytes, loaded.context_length
+            loaded.name, str(loaded.path), loaded.mode, loaded.device, loaded.footprint_bytes, loaded.context_length,
+            chat_format=chat_format,
         )
         self.state = "ready"
         self._emit(
@@ -232,6 +244,7 @@ class InferenceWorker(Listeners):
                 loaded.load_seconds,
                 loaded.context_length,
                 notes,
+                chat_format=chat_format,
             ),
         )
 
@@ -297,10 +310,12 @@ class InferenceWorker(Listeners):
             return
         problems = command.args["params"].problems()
         if problems:
-            self._emit(command, Failed(command.request_id, "invalid parameters: " + "; ".join(problems), "params"))
+            self._emit(command, Failed(command.request_id, "invalid parameters: " + "; ".join(problems), "params",
+                                       kind="params"))
             return
         if self._loaded is None:
-            self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate"))
+            self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate",
+                                       kind="no_model"))
             return
         self.state = "generating"
         run_generation(
@@ -313,4 +328,5 @@ class InferenceWorker(Listeners):
             command.args.get("tools"),
             session=self._kv,
             compiled=self._compiled,
+            prompt_text=command.args.get("prompt_text"),
         )

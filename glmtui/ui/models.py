@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option
 
 from glmtui import catalog
 from glmtui.engine import memory
+from glmtui.engine.api import MODES
 
 from .lists import SteadyOptionList
 from .monitor import fmt_bytes, fmt_pair
@@ -29,7 +30,6 @@ from .monitor import fmt_bytes, fmt_pair
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
 
-MODES = memory.MODES
 VERDICT_STYLES = {"fits": "green", "tight": "yellow", "won't fit": "red", "CPU only": "cyan", "unknown": "dim"}
 
 

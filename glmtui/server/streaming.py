@@ -1,0 +1,159 @@
+"""Engine events onto the event loop, and the SSE generators of streamed replies.
+
+The engine reports on a thread of its own; :class:`Pipe` is the sink that
+moves one request's events onto asyncio. ``chat_stream`` turns them into
+``chat.completion.chunk`` data lines ending in ``[DONE]``. A stream that ends
+before the reply did (the client went away, the server stops) cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Optional
+
+from ..engine.events import Failed, Finished, Token
+from ..engine.tools import parse_tool_call
+from .guard import error_body
+from .translate import CANCELLED, during_generation, finish_reason, reply_text, tool_call_object, usage
+
+
+class ClientGone(Exception):
+    """The request's client disconnected."""
+
+
+_NOTHING = object()
+
+
+class Pipe:
+    """Events of one request, moved from the engine's thread onto the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._checked = time.monotonic()
+        self._getter: Optional[asyncio.Future] = None
+
+    def __call__(self, event) -> None:  # engine thread: never blocks
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    async def next(self, request=None, poll: float = 0.1):
+        """The next event; raises ClientGone when ``request``'s client disconnected meanwhile.
+
+        The client is checked at least every ``poll`` seconds, whether or not
+        events keep arriving. One ``queue.get()`` stays pending across polls:
+        ``asyncio.wait_for`` on it would cancel it at each timeout, and on
+        Python < 3.12 a get that completed as the timeout fired was lost —
+        a lost Started/Finished left a client waiting forever under load.
+        """
+        while True:
+            if request is None:
+                if self._getter is not None:  # a get left pending by an earlier poll holds the next event
+                    return await self._take(None)
+                return await self.queue.get()  # cancelled with its caller: nothing left pending
+            now = time.monotonic()
+            if now - self._checked >= poll:
+                self._checked = now
+                if await request.is_disconnected():
+                    if self._getter is not None:
+                        self._getter.cancel()
+                        self._getter = None
+                    raise ClientGone()
+            event = await self._take(max(0.0, poll - (now - self._checked)) or poll)
+            if event is not _NOTHING:
+                return event
+
+    async def _take(self, timeout: Optional[float]):
+        if self._getter is None:
+            self._getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({self._getter}, timeout=timeout)
+        if not done:
+            return _NOTHING
+        getter, self._getter = self._getter, None
+        return getter.result()
+
+
+def chat_chunk(completion_id: str, created: int, model: str, delta: dict, finish: Optional[str] = None,
+               include_usage: bool = False) -> str:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if include_usage:
+        body["usage"] = None
+    return json.dumps(body, ensure_ascii=False)
+
+
+async def chat_stream(engine, pipe: Pipe, rid: int, completion_id: str, created: int, model: str,
+                      include_usage: bool, tool_names: Optional[set[str]], chatglm3: bool):
+    """SSE data of one streamed chat reply whose Started has been seen."""
+    finished = False
+    text = ""
+    first = [True]
+
+    def chunk(delta: dict, finish: Optional[str] = None) -> str:
+        return chat_chunk(completion_id, created, model, delta, finish, include_usage)
+
+    def content(piece: str) -> str:
+        if first[0] and piece:
+            first[0] = False
+            return reply_text(piece, chatglm3)
+        return piece
+
+    held = tool_names is not None  # with tools, the first line decides: tool name or plain text
+    tool_mode = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            event = await pipe.next()
+            if isinstance(event, Token):
+                text += event.text
+                if held:
+                    if "\n" not in text:
+                        continue
+                    held = False
+                    tool_mode = text.partition("\n")[0].strip() in tool_names
+                    piece = "" if tool_mode else content(text)
+                elif not tool_mode:
+                    piece = content(event.text)
+                else:
+                    piece = ""
+                if piece:
+                    yield chunk({"content": piece})
+            elif isinstance(event, Finished):
+                finished = True
+                if event.finish_reason == "cancelled":
+                    yield json.dumps(error_body(CANCELLED, "server_error", None, "cancelled"))
+                    return
+                reason = finish_reason(event)
+                if held or tool_mode:
+                    call = parse_tool_call(event.text, tool_names) if tool_mode else None
+                    if call is not None:
+                        tool = tool_call_object(*call)
+                        yield chunk({"tool_calls": [{"index": 0, **tool}]})
+                        reason = "tool_calls"
+                    elif content(event.text):
+                        yield chunk({"content": reply_text(event.text, chatglm3)})
+                yield chunk({}, reason)
+                if include_usage:
+                    yield json.dumps({
+                        "id": completion_id, "object": "chat.completion.chunk", "created": created,
+                        "model": model, "system_fingerprint": None, "choices": [], "usage": usage(event),
+                    })
+                yield "[DONE]"
+                return
+            elif isinstance(event, Failed):
+                finished = True
+                yield json.dumps(during_generation(event).body())
+                return
+    finally:
+        if not finished:  # the client went away (or the server is stopping)
+            engine.cancel(rid)

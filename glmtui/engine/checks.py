@@ -82,24 +82,91 @@ def device_memory_bytes(device: str) -> Optional[int]:
         return None
 
 
-def check_fits_machine(config: Mapping, mode: str, device: str, total_bytes: Optional[int] = None) -> None:
-    """Refuse when the weights alone would need more memory than the device has at all."""
-    from .memory import arch_from_config, predict
+def gpu_free_bytes() -> list[int]:
+    """Free memory of each visible GPU now (the driver's figure: what other processes use is not free)."""
+    try:
+        return [int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
 
-    total = device_memory_bytes(device) if total_bytes is None else total_bytes
-    if not total:
+
+def predicted_weight_bytes(config: Mapping, mode: str, device: str, capacity: Optional[int] = None) -> tuple[int, bool]:
+    """(bytes the weights take in ``mode``, exact): the meta-device count (engine/predict.py; through the
+    prediction cache the UI and ``glmtui fit`` fill), else the hand formula.
+
+    Counting on the meta device takes seconds for a large model, so it is skipped (the formula's
+    figure is then used as exact) where the formula is exact for the architecture (GLM, GLM-4,
+    ChatGLM, no experts) and more than 10 % away from ``capacity``: the verdict cannot change."""
+    from . import memory
+
+    dev = "cuda" if device.startswith("cuda") or device == "auto" else "cpu"
+    hit = memory.cached_exact(config, dev, None)
+    if hit is not None and mode in hit.predictions:
+        return hit.predictions[mode].weight_bytes, True
+    formula = None
+    try:
+        arch = memory.arch_from_config(config)
+        formula = memory.predict(arch, mode, device=dev).weight_bytes
+        if arch.exact and not arch.moe and capacity and abs(formula - capacity) > 0.10 * capacity:
+            return formula, True
+    except Exception:  # the formula cannot read this config: the meta count decides
+        pass
+    try:
+        from .predict import predict_config
+
+        return predict_config(config, (mode,), device=dev)[mode].weight_bytes, True
+    except Exception:  # an architecture transformers lacks, an odd config: the formula's figure
+        if formula is None:
+            raise
+        return formula, False
+
+
+def check_fits_machine(config: Mapping, mode: str, device: str, total_bytes: Optional[int] = None, *,
+                       gpu_free: Optional[list[int]] = None, host_bytes: Optional[int] = None) -> None:
+    """Refuse when the weights alone would need more memory than the load can have.
+
+    On the CPU: RAM and swap (``total_bytes`` overrides).  On GPUs, the free memory of those the load
+    may use (``gpu_free`` overrides the driver's figures): ``cuda:N`` that one; ``cuda``/``auto``
+    all of them (loading resolves ``auto`` to ``cuda`` and spreads the layers over every GPU), plus
+    with several GPUs, for 16-bit modes, the host RAM accelerate may spill layers to
+    (``host_bytes``, default 80 % of available RAM, as loading._spread_over_gpus allows)."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and (gpu_free if gpu_free is not None else gpu_free_bytes()))
+    spill = 0
+    if total_bytes is not None or not on_gpu:
+        capacity = device_memory_bytes("cpu") if total_bytes is None else total_bytes
+        where = "GPU memory" if on_gpu else "RAM and swap"
+        held = f"the {_gib(capacity or 0)} of {where} this machine has"
+    else:
+        free = list(gpu_free if gpu_free is not None else gpu_free_bytes())
+        index = device.partition(":")[2]
+        if index.isdigit():
+            free = free[int(index):int(index) + 1]
+        if not free:
+            return
+        capacity = sum(free)
+        if len(free) >= 2 and mode in ("bf16", "fp16", "fp32"):
+            if host_bytes is None:
+                try:
+                    import psutil
+
+                    host_bytes = int(psutil.virtual_memory().available * 0.8)
+                except Exception:
+                    host_bytes = 0
+            spill = max(0, int(host_bytes))
+        gpus = f"GPU {index}" if index.isdigit() else ("the GPU" if len(free) == 1 else f"the {len(free)} GPUs")
+        held = f"the {_gib(capacity)} free on {gpus}" + (f" and {_gib(spill)} of host RAM they may spill to"
+                                                           if spill else "")
+        capacity += spill
+    if not capacity:
         return
     try:
-        needed = predict(arch_from_config(config), mode, device=device).weight_bytes
+        needed, exact = predicted_weight_bytes(config, mode, device, capacity)
     except Exception:
         return
-    if needed > total:
-        where = "GPU memory" if device.startswith("cuda") else "RAM and swap"
+    if needed > capacity:
         smaller = " Try int8 or int4." if mode not in ("int8", "int4") else ""
-        raise CheckFailed(
-            f"in {mode} the weights alone need {_gib(needed)}, more than the {_gib(total)} of {where} "
-            f"this machine has.{smaller}"
-        )
+        estimate = "" if exact else " (a hand-formula estimate: transformers could not count this model)"
+        raise CheckFailed(f"in {mode} the weights alone need {_gib(needed)}, more than {held}.{smaller}{estimate}")
 
 
 # ---------------------------------------------------------------- names and shapes

@@ -1,24 +1,30 @@
 """The models pane: the catalogue, what is on disk, predicted memory per mode,
 load / unload / quantization, and download progress.
 
-Predictions come from ``config.json`` only (glmtui.engine.memory, no torch);
-for a model that is not on disk yet they are a rough estimate from the
-catalogue's parameter count, and say so. The fit verdict compares them with
-the free memory of the latest monitor snapshot (GPU 0, or host RAM without a
-GPU).
+Predictions: the exact figures (the model counted on the meta device,
+engine/predict.py) come from a short-lived subprocess that a thread worker waits
+for (``memory.predict_exact_subprocess``; torch never enters this process); until
+they arrive, or when that count fails, the hand formula's figures are shown marked
+"(estimate)". An architecture transformers does not know gets its message and no
+figures. A model that is not on disk yet gets a rough estimate from the
+catalogue's parameter count, and says so. The fit verdict compares the figures
+with the free memory of the latest monitor snapshot (see MonitorPane.free_for_model).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from rich.text import Text
+from textual import work
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from glmtui import catalog
 from glmtui.engine import memory
@@ -82,17 +88,39 @@ def prediction_notes(preds: dict[str, memory.MemoryPrediction]) -> list[str]:
     return notes
 
 
+def rough_totals(row: ModelRow, device: str) -> dict[str, int]:
+    """{mode: bytes} from the catalogue's parameter count, for a model not on disk (rough)."""
+    if not row.entry.params_b:
+        return {}
+    params = row.entry.params_b * 1e9
+    per = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "int8": 1.1, "int4": 0.6}
+    extra = memory.CUDA_CONTEXT_BYTES if device == "cuda" else 0
+    return {m: int(params * per[m] * 1.08) + extra for m in MODES}
+
+
 def predictions(row: ModelRow, device: str) -> tuple[dict[str, int], bool]:
-    """({mode: predicted bytes}, exact) for a row on ``device`` ("cuda"/"cpu")."""
+    """({mode: predicted bytes}, exact) from the hand formula (no subprocess; see ModelsPane.figures)."""
     preds = detailed_predictions(row, device)
     if preds:
         return {m: p.total_bytes for m, p in preds.items()}, all(p.exact for p in preds.values())
-    if row.entry.params_b:
-        params = row.entry.params_b * 1e9
-        per = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "int8": 1.1, "int4": 0.6}
-        extra = memory.CUDA_CONTEXT_BYTES if device == "cuda" else 0
-        return {m: int(params * per[m] * 1.08) + extra for m in MODES}, False
-    return {}, False
+    return rough_totals(row, device), False
+
+
+@dataclass
+class Figures:
+    """What the pane and the F8 dialog show for one model on one device."""
+
+    totals: dict[str, int] = field(default_factory=dict)  # {mode: predicted total bytes}
+    details: dict[str, memory.MemoryPrediction] = field(default_factory=dict)
+    exact: bool = False  # counted on the meta device (else an estimate, labelled)
+    label: str = ""  # "" for exact figures, else "(estimate)" / "(rough estimate)"
+    status: str = ""  # why they are estimates (counting…, the exact count failed), or the unknown architecture
+    unknown: bool = False  # transformers does not know the architecture: no figures at all
+
+
+EXACT_GROUP = "exact-prediction"
+# one predictor subprocess at a time: each imports torch and transformers (seconds of CPU)
+_ONE_COUNT_AT_A_TIME = threading.Lock()
 
 
 class ModelList(SteadyOptionList):
@@ -121,6 +149,9 @@ class ModelsPane(VerticalScroll):
         self.border_title = "Models"
         self.log_shown = False
         self._log_timer = None
+        self.exact: dict[tuple[str, str], memory.ExactResult] = {}  # (folder, "cuda"/"cpu") -> exact count
+        self._asked: set[tuple[str, str]] = set()  # exact counts asked for (running, queued or done)
+        self.confirm_load: Optional[tuple[str, str]] = None  # (row id, mode) refused once: Enter again loads
 
     def compose(self) -> Iterable:
         yield Static(id="loaded-info")
@@ -139,6 +170,129 @@ class ModelsPane(VerticalScroll):
     @property
     def option_list(self) -> ModelList:
         return self.query_one("#model-list", ModelList)
+
+    # -------------------------------------------------------------- predictions
+
+    @staticmethod
+    def config_folder(row: ModelRow) -> Optional[Path]:
+        """The row's folder when it has a config.json to predict from."""
+        folder = row.folder or row.entry.local_path
+        if folder is not None and (Path(folder) / "config.json").is_file():
+            return Path(folder)
+        return None
+
+    def exact_result(self, folder: str | Path, device: str) -> Optional[memory.ExactResult]:
+        """The exact count for ``folder`` on ``device`` when it has arrived; else None, and it is asked for."""
+        key = (str(Path(folder).resolve()), "cuda" if str(device).startswith("cuda") else "cpu")
+        found = self.exact.get(key)
+        if found is None and key not in self._asked:
+            self._asked.add(key)
+            self._count_exactly(key)
+        return found
+
+    @work(thread=True, exclusive=True, group=EXACT_GROUP, exit_on_error=False)
+    def _count_exactly(self, key: tuple[str, str]) -> None:
+        """The exact count in a subprocess (seconds on a first sight; the cache answers after)."""
+        worker = get_current_worker()
+        with _ONE_COUNT_AT_A_TIME:
+            try:
+                result = None if worker.is_cancelled else memory.predict_exact_subprocess(key[0], key[1])
+            except Exception as exc:  # noqa: BLE001 - it should not raise; if it does, the estimate stays
+                result = memory.ExactResult({}, f"exact count failed: {type(exc).__name__}: {exc}")
+        try:
+            self.app.call_from_thread(self._exact_arrived, key, result)
+        except RuntimeError:  # the app has ended meanwhile
+            pass
+
+    def _exact_arrived(self, key: tuple[str, str], result: Optional[memory.ExactResult]) -> None:
+        if result is None:  # a newer request cancelled it before it ran: asked again when next shown
+            self._asked.discard(key)
+            return
+        self.exact[key] = result
+        if not self.is_mounted:
+            return
+        self.refresh_info()
+        from .modals import ModeModal
+
+        for screen in self.app.screen_stack:
+            if isinstance(screen, ModeModal):
+                screen.refresh_figures()
+
+    def figures_for(self, folder: str | Path, device: str) -> Figures:
+        """Exact figures when counted; the formula's, labelled "(estimate)", until then or when the count failed."""
+        result = self.exact_result(folder, device)
+        if result is not None and result.predictions:
+            preds = dict(result.predictions)
+            return Figures({m: p.total_bytes for m, p in preds.items()}, preds, exact=True)
+        if result is not None and result.unknown_architecture:
+            return Figures(status=result.error or "unknown architecture: no prediction", unknown=True)
+        status = "counting exactly…" if result is None else (result.error or "the exact count failed")
+        try:
+            preds = memory.predict_for_dir(folder, device=device)
+        except Exception as exc:  # noqa: BLE001 - an odd config.json: nothing to show but why
+            return Figures(status=f"{status}; no estimate either ({type(exc).__name__}: {exc})")
+        return Figures({m: p.total_bytes for m, p in preds.items()}, preds, label="(estimate)", status=status)
+
+    def figures(self, row: Optional[ModelRow], device: str) -> Figures:
+        if row is None:
+            return Figures()
+        folder = self.config_folder(row)
+        if folder is not None:
+            return self.figures_for(folder, device)
+        totals = rough_totals(row, device)
+        return Figures(totals, label="(rough estimate)" if totals else "")  # not on disk: from the parameter count
+
+    @staticmethod
+    def verdicts(figs: Figures, device: str, free: Optional[int]) -> dict[str, memory.FitVerdict]:
+        """{mode: verdict} against ``free`` bytes (the monitor's last look: app.free_memory)."""
+        return {m: memory.fit(t, free, device, mode=m) for m, t in figs.totals.items()}
+
+    @staticmethod
+    def refusal(mode: str, figs: Figures, device: str, free: Optional[int]) -> str:
+        """Why ``mode`` would not fit, in the pane's units."""
+        where = "free GPU memory" if device == "cuda" else "available RAM"
+        total = figs.totals[mode]
+        short = total - (free or 0)
+        label = f" {figs.label}" if figs.label else ""
+        return f"needs {fmt_bytes(total)}{label}, only {fmt_bytes(free)} {where} (short {fmt_bytes(short)})"
+
+    def quantization_row(self) -> Optional[ModelRow]:
+        """The row F8 predicts for: the loaded model's, else the highlighted one."""
+        loaded = self.app.loaded
+        if loaded is not None and loaded.mode in MODES:
+            folder = Path(loaded.model_path).resolve()
+            for row in self.rows.values():
+                if row.folder is not None and row.folder.resolve() == folder:
+                    return row
+        return self.highlighted_row()
+
+    def mode_choices(self, current: str) -> tuple[list[tuple[str, Text]], str, dict[str, str]]:
+        """The F8 dialog's (rows, note, refusals) for :meth:`quantization_row`, asked again as figures arrive."""
+        row = self.quantization_row()
+        device, free = self.app.free_memory()
+        figs = self.figures(row, device)
+        verdicts = self.verdicts(figs, device, free)
+        rows, refusals = [], {}
+        for mode in MODES:
+            prompt = Text(f"{'▶' if mode == current else ' '} {mode:<5}")
+            if mode in figs.totals:
+                verdict = verdicts[mode]
+                prompt.append(f" {fmt_bytes(figs.totals[mode]):>10}  ")
+                prompt.append(verdict.verdict, style=VERDICT_STYLES.get(verdict.verdict, ""))
+                if mode in figs.details:
+                    prompt.append(f"  weights {fmt_bytes(figs.details[mode].weight_bytes)}", style="dim")
+                if verdict.verdict == "won't fit":
+                    refusals[mode] = self.refusal(mode, figs, device, free)
+            rows.append((mode, prompt))
+        lines = []
+        if row is not None and figs.unknown:
+            lines.append(f"{row.entry.name}: {figs.status}")
+        elif row is not None and figs.totals:
+            lines.append(f"predicted for {row.entry.name}" + (f" {figs.label}" if figs.label else ""))
+        if figs.status and not figs.unknown:
+            lines.append(figs.status)
+        lines += prediction_notes(figs.details)
+        return rows, "\n".join(lines), refusals
 
     # -------------------------------------------------------------- rows
 
@@ -249,8 +403,12 @@ class ModelsPane(VerticalScroll):
             info.append(loaded.model_name, style="bold green")
             info.append(f"\n{loaded.mode} · {loaded.device} · {fmt_bytes(loaded.footprint_bytes)} · ctx {loaded.context_length}")
             info.append(f" · {loaded.load_seconds:.1f} s", style="dim")
+            placement = getattr(loaded, "placement", "")
+            if placement:  # where the layers went; an offload loudly (it is in the status bar too)
+                info.append(f"\n{placement}", style="bold red" if getattr(loaded, "offloaded", ()) else "dim")
             for note in loaded.notes:
-                info.append(f"\n{note}", style="yellow")
+                if note != placement:
+                    info.append(f"\n{note}", style="yellow")
             if getattr(app.engine, "log_path", None) is not None:
                 info.append("\nits engine process's log: l under Models", style="dim")
             self._append_comparison(info, loaded)
@@ -273,24 +431,23 @@ class ModelsPane(VerticalScroll):
                 bar.update(total=100, progress=self.load_fraction * 100)
         self.refresh_detail()
 
-    def loaded_prediction(self, loaded) -> Optional[memory.MemoryPrediction]:
-        """The prediction for what is loaded (its folder's config.json, its mode and device); cached."""
-        key = (loaded.model_path, loaded.mode, loaded.device)
-        if getattr(self, "_prediction_key", None) != key:
-            self._prediction_key = key
-            try:
-                self._prediction = memory.predict_for_dir(loaded.model_path, (loaded.mode,), device=loaded.device)[loaded.mode]
-            except Exception:  # noqa: BLE001 - no or odd config.json: nothing to compare with
-                self._prediction = None
-        return self._prediction
+    def loaded_prediction(self, loaded) -> tuple[Optional[memory.MemoryPrediction], str]:
+        """(the prediction for what is loaded: its folder, mode and device; its label: "" when exact)."""
+        try:
+            figs = self.figures_for(loaded.model_path, "cuda" if str(loaded.device).startswith("cuda") else "cpu")
+        except OSError:  # the folder has gone: nothing to compare with
+            return None, ""
+        return figs.details.get(loaded.mode), figs.label
 
     def _append_comparison(self, info: Text, loaded) -> None:
         """Predicted (weights / KV cache / overhead) next to what the load measured."""
-        pred = self.loaded_prediction(loaded)
+        pred, label = self.loaded_prediction(loaded)
         if pred is None:
             return
         info.append(f"\npredicted {fmt_bytes(pred.total_bytes)} = {fmt_bytes(pred.weight_bytes)} weights"
                     f" + {fmt_bytes(pred.kv_cache_bytes)} KV cache + {fmt_bytes(pred.overhead_bytes)} overhead")
+        if label:
+            info.append(f" {label}", style="yellow")
         ratio = loaded.footprint_bytes / pred.weight_bytes if pred.weight_bytes else None
         info.append(f"\nmeasured {fmt_bytes(loaded.footprint_bytes)} of weights")
         if ratio is not None:
@@ -326,23 +483,34 @@ class ModelsPane(VerticalScroll):
         if e.notes:
             detail.append(f"\n{e.notes}", style="dim italic")
         device, free = self.app.free_memory()
-        preds, exact = predictions(row, device)
-        details = detailed_predictions(row, device)
-        if preds:
-            where = "GPU" if device == "cuda" else "CPU"
+        figs = self.figures(row, device)
+        verdicts = self.verdicts(figs, device, free)
+        where = "GPU" if device == "cuda" else "CPU"
+        if figs.unknown:
+            detail.append(f"\n✗ {figs.status}", style="yellow")
+        elif figs.totals:
             free_text = fmt_bytes(free) + (" free VRAM" if device == "cuda" else " available RAM") if free is not None else "free memory unknown"
-            detail.append(f"\nPredicted on {where} ({free_text})" + ("" if exact else ", rough estimate") + ":", style="bold")
+            detail.append(f"\nPredicted on {where} ({free_text})" + (f" {figs.label}" if figs.label else "") + ":", style="bold")
+            if figs.status:
+                detail.append(f"\n{figs.status}", style="dim")
             for mode in MODES:
-                if mode not in preds:
+                if mode not in figs.totals:
                     continue
-                verdict = memory.fit(preds[mode], free, device, mode=mode)
+                verdict = verdicts[mode]
                 marker = "▶" if mode == self.app.mode else " "
-                detail.append(f"\n {marker}{mode:<5}{fmt_bytes(preds[mode]):>10}  ")
+                detail.append(f"\n {marker}{mode:<5}{fmt_bytes(figs.totals[mode]):>10}  ")
                 detail.append(verdict.verdict, style=VERDICT_STYLES.get(verdict.verdict, ""))
-                if mode in details:
-                    detail.append(f"  weights {fmt_bytes(details[mode].weight_bytes)}", style="dim")
-            for note in prediction_notes(details):
+                if mode in figs.details:
+                    detail.append(f"  weights {fmt_bytes(figs.details[mode].weight_bytes)}", style="dim")
+            for note in prediction_notes(figs.details):
                 detail.append(f"\n{note}", style="dim")
+        elif figs.status:
+            detail.append(f"\n{figs.status}", style="yellow")
+        if self.confirm_load is not None and self.confirm_load[0] == row.row_id:
+            mode = self.confirm_load[1]
+            detail.append(f"\n✗ {mode} would not fit: " + (self.refusal(mode, figs, device, free) if mode in figs.totals else
+                                                            "see above"), style="bold red")
+            detail.append("\nEnter again loads it anyway", style="bold")
         job = self._job_for(row)
         if job is not None:
             detail.append("\n")
@@ -361,6 +529,7 @@ class ModelsPane(VerticalScroll):
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()
+        self.confirm_load = None
         self.refresh_detail()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -374,6 +543,18 @@ class ModelsPane(VerticalScroll):
             else:
                 self.app.notify(f"{row.entry.name} is not downloaded yet: press d to download it.", severity="warning")
             return
+        mode = self.app.mode
+        device, free = self.app.free_memory()
+        figs = self.figures(row, device)
+        verdicts = self.verdicts(figs, device, free)
+        verdict = verdicts.get(mode)
+        if verdict is not None and verdict.verdict == "won't fit" and self.confirm_load != (row.row_id, mode):
+            self.confirm_load = (row.row_id, mode)  # refused: the reason, and Enter again to go ahead
+            self.refresh_detail()
+            self.app.notify(f"{row.entry.name} in {mode} would not fit: {self.refusal(mode, figs, device, free)}. "
+                            "Enter again loads it anyway; F8 picks another mode.", severity="warning", timeout=8)
+            return
+        self.confirm_load = None
         self.app.request_load(str(row.folder), label=row.entry.name)
 
     # -------------------------------------------------------------- the engine's log

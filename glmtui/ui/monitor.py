@@ -192,10 +192,27 @@ def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, promin
     return [line]
 
 
-def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int) -> Group:
+def offload_warning(loaded, short: bool = False) -> Optional[str]:
+    """One loud line while the loaded model has layers off the GPU (``Loaded.offloaded``), else None;
+    ``short`` for the status bar."""
+    off = tuple(getattr(loaded, "offloaded", None) or ())
+    if not off:
+        return None
+    runs = tuple(getattr(loaded, "layer_devices", None) or ())
+    total = sum(last - first + 1 for _, first, last in runs)
+    moved = sum(last - first + 1 for dev, first, last in runs if dev in off)
+    where = " and ".join(off)
+    if short:
+        return f"⚠ OFFLOADED {moved}/{total} layers to {where} (slow)" if total else f"⚠ OFFLOADED to {where} (slow)"
+    count = f"{moved} of {total} layers " if total else "layers "
+    return f"⚠ OFFLOADED: {count}on {where}, not the GPU — every token waits for them (slow)"
+
+
+def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int, warning: Optional[str] = None) -> Group:
+    top = [Text(warning, style="bold reverse red")] if warning else []
     if snapshot is None:
-        return Group(Text("sampling…", style="dim"))
-    lines: list[Text] = []
+        return Group(*top, Text("sampling…", style="dim"))
+    lines: list[Text] = top
     state = _state_line(snapshot)
     if state is not None:
         lines.append(state)
@@ -219,6 +236,7 @@ class MonitorPane(VerticalScroll, can_focus=True):
         super().__init__(**kwargs)
         self.snapshot: Optional[MonitorSnapshot] = None
         self.border_title = "Monitor"
+        self.warning: Optional[str] = None  # the loaded model's offload (offload_warning), shown on top
 
     def compose(self) -> Iterable:
         yield Static(render_snapshot(None, 40), id="monitor-body")
@@ -230,21 +248,35 @@ class MonitorPane(VerticalScroll, can_focus=True):
         self.snapshot = snapshot
         self._render_now()
 
+    def show_placement(self, loaded) -> None:
+        """Keep the loaded model's offload warning on top while it is loaded (``loaded`` None: gone)."""
+        warning = offload_warning(loaded)
+        if warning != self.warning:
+            self.warning = warning
+            self._render_now()
+
     def _render_now(self) -> None:
         width = max(20, self.scrollable_content_region.width or self.size.width or 40)
-        self.query_one("#monitor-body", Static).update(render_snapshot(self.snapshot, width))
+        self.query_one("#monitor-body", Static).update(render_snapshot(self.snapshot, width, self.warning))
 
     def on_resize(self) -> None:
         self._render_now()
 
     # convenient for the models pane: free memory where a model would go
-    def free_for_model(self) -> tuple[str, Optional[int]]:
-        """("cuda", free VRAM of GPU 0) when there is a GPU, else ("cpu", available RAM)."""
+    def free_for_model(self, device: str = "auto") -> tuple[str, Optional[int]]:
+        """Where a load on ``device`` goes and what is free there: ("cuda", free VRAM) of GPU N for
+        "cuda:N" ("cuda" is GPU 0), summed over the GPUs for "auto" (it spreads the layers over all
+        of them); ("cpu", available RAM) for "cpu" or without a usable GPU."""
         snap = self.snapshot
         if snap is None:
             return "cpu", None
-        if snap.has_gpu:
-            ok = [g for g in snap.gpus if g.state == "ok"]
-            if ok:
-                return "cuda", ok[0].memory_free
+        ok = [g for g in snap.gpus if g.state == "ok"] if snap.has_gpu else []
+        if ok and device != "cpu":
+            if device.startswith("cuda"):
+                suffix = device.partition(":")[2]
+                index = int(suffix) if suffix.isdigit() else 0
+                chosen = [g for g in ok if g.index == index]
+                return "cuda", chosen[0].memory_free if chosen else None
+            free = [g.memory_free for g in ok]
+            return "cuda", None if any(f is None for f in free) else sum(free)
         return "cpu", snap.host.ram_available

@@ -34,7 +34,7 @@ FLUSH_TOKENS = 64
 class Outbox:
     """Sends events over ``conn``, in order, one sender at a time; consecutive Tokens coalesced.
 
-    A token run of one request is sent as one Token once it is ``interval``
+    A token run of one request (reasoning or answer: never mixed) is sent as one Token once it is ``interval``
     old or ``max_tokens`` long, and before any other event, so the texts
     arrive in order and add up to exactly the reply. A flusher thread sends a
     run that no later token would flush (a slow model, the last tokens).
@@ -46,6 +46,7 @@ class Outbox:
         self._max_tokens = max_tokens
         self._cond = threading.Condition()
         self._rid: Optional[int] = None
+        self._reasoning = False  # the run's Token.reasoning
         self._parts: list[str] = []
         self._since = 0.0
         self._closed = False
@@ -56,12 +57,13 @@ class Outbox:
         """A worker event (called on the worker thread)."""
         with self._cond:
             if isinstance(event, Token):
-                if self._parts and self._rid != event.request_id:
+                if self._parts and (self._rid != event.request_id or self._reasoning != event.reasoning):
                     self._flush()
                 if not self._parts:
                     self._since = time.monotonic()
                     self._cond.notify()
                 self._rid = event.request_id
+                self._reasoning = event.reasoning
                 self._parts.append(event.text)
                 if len(self._parts) >= self._max_tokens or time.monotonic() - self._since >= self._interval:
                     self._flush()
@@ -87,7 +89,7 @@ class Outbox:
         if self._parts:
             text = "".join(self._parts)
             self._parts = []
-            self._send(Token(self._rid, text))
+            self._send(Token(self._rid, text, reasoning=self._reasoning))
 
     def _send(self, message) -> None:
         try:

@@ -32,6 +32,9 @@ class GenerationParams:
     seed: Optional[int] = None
     # Keep the conversation's KV cache between replies and prefill only what is new (off: prefill it all).
     kv_reuse: bool = True
+    # Reasoning models (a chat template with <think>): False asks the template to skip the reasoning
+    # (its ``enable_thinking`` variable; templates without it always reason); None: the template's default.
+    thinking: Optional[bool] = None
 
     @property
     def greedy(self) -> bool:
@@ -112,6 +115,9 @@ class Token:
 
     request_id: int
     text: str
+    # Text of the reply's <think> block (reasoning models), not of its answer: such tokens come first,
+    # and only the answer's tokens add up to Finished.text.
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class Finished:
     # Prompt tokens taken from the KV cache kept since the previous reply (not prefilled again):
     # prompt_tokens - cached_tokens were prefilled for this reply.
     cached_tokens: int = 0
+    # The reasoning (the <think> block's text) of a reasoning model's reply; ``text`` is the answer alone.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,9 @@ class ChatTemplateFormat:
                 ids.pop()
         return ids
 
-    def encode_conversation(self, messages: Sequence[ChatMessage], tools: list | None = None) -> list[int]:
+    def encode_conversation(self, messages: Sequence[ChatMessage], tools: list | None = None,
+                            template_kwargs: dict | None = None) -> list[int]:
+        """``template_kwargs``: variables for the template (``enable_thinking``, reasoning.template_kwargs)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise PromptError("this model has no chat template: use it in completion mode")
         validate_conversation(messages)
@@ -206,7 +208,7 @@ class ChatTemplateFormat:
             for m in messages
         ]
         encoded = self.tokenizer.apply_chat_template(
-            rendered, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
+            rendered, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True, **(template_kwargs or {})
         )
         return list(encoded["input_ids"])
 

@@ -71,6 +71,10 @@ class ModelInfo:
     # The prompt format: "chatglm3" (ChatGLM3's roles; tool calls and their list in its own shape),
     # "chat_template" (the tokenizer's template), "remote" (an OpenAI server builds the prompt).
     chat_format: str = ""
+    # How requests arriving together are served: "continuous batching" (they join one running batch,
+    # engine/batching.py) or "one at a time"; ``concurrency_reason`` says why, in a few words.
+    concurrency: str = "one at a time"
+    concurrency_reason: str = ""
 
     @property
     def chatglm3(self) -> bool:

@@ -89,6 +89,8 @@ class Loaded:
     layer_devices: tuple[tuple[str, int, int], ...] = ()
     offloaded: tuple[str, ...] = ()
     chat_format: str = ""  # ModelInfo.chat_format: "chatglm3", "chat_template", "remote"
+    concurrency: str = ""  # ModelInfo.concurrency: "continuous batching" or "one at a time"
+    concurrency_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -47,10 +48,13 @@ class ReplyStream(BaseStreamer):
         if not self._prompt_seen:  # generate() first pushes the prompt
             self._prompt_seen = True
             return
-        ids = [int(t) for t in value.reshape(-1).tolist()]
+        self.push([int(t) for t in value.reshape(-1).tolist()])
+
+    def push(self, ids: Sequence[int]) -> None:
+        """New generated ids (the batch feeds them here directly: there is no prompt to skip)."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        if self.hit_stop_string:
+        if self.hit_stop_string or self.hit_stop_token:
             return
         kept = []
         for token_id in ids:
@@ -101,45 +105,56 @@ class ReplyStream(BaseStreamer):
 
 
 class _StopWhen(StoppingCriteria):
-    """Stops after the current token when cancelled or a stop string appeared."""
+    """Stops after the current token when cancelled, a stop string appeared, or the reply is to
+    move into the running batch (``handoff()`` true: another request arrived)."""
 
-    def __init__(self, cancel: threading.Event, stream: ReplyStream):
+    def __init__(self, cancel: threading.Event, stream: ReplyStream, handoff: Optional[Callable[[], bool]] = None):
         self.cancel = cancel
         self.stream = stream
+        self.handoff = handoff
+        self.handed_off = False
 
     def __call__(self, input_ids, scores, **kwargs):
         done = self.cancel.is_set() or self.stream.hit_stop_string
+        if not done and self.handoff is not None and self.handoff():
+            self.handed_off = done = True
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-def run_generation(
-    loaded,
-    messages: Sequence[ChatMessage],
-    params: GenerationParams,
-    cancel: threading.Event,
-    emit: Callable,
-    request_id: int,
-    tools: Optional[list] = None,
-    session: Optional[KVSession] = None,
-    compiled: Optional[CompiledDecode] = None,
-    prompt_text: Optional[str] = None,
-) -> None:
-    """Generate one reply. ``session`` keeps the KV cache between calls (reused when
-    ``params.kv_reuse``); ``compiled`` runs the decode step compiled on a static cache.
-    ``prompt_text``: continue this text as it is (completion mode) instead of replying to ``messages``."""
-    started = time.perf_counter()
+@dataclass
+class Handoff:
+    """A one-at-a-time reply stopped after some tokens so that it continues in the batch
+    (batching.py): the batch prefills ``prompt_ids + generated`` and decodes the rest into the
+    same ReplyStream, so the text, stop strings and counts run on as if nothing had happened."""
+
+    request_id: int
+    prompt_ids: list
+    generated: list  # the reply's ids so far (no stop token: it would have ended the reply)
+    stream: ReplyStream
+    params: GenerationParams
+    max_new: int  # the reply's whole budget; len(generated) of it is spent
+    started: float
+    cached_tokens: int
+    emit: Callable
+
+
+def prepare_prompt(loaded, messages, params: GenerationParams, emit: Callable, request_id: int,
+                   tools: Optional[list] = None, prompt_text: Optional[str] = None) -> Optional[tuple[list, int]]:
+    """(prompt ids, max new tokens cut to the context), or None after emitting why not.
+    ``prompt_text``: the text continued as it is (completion mode) instead of ``messages``."""
     chat_format = loaded.chat_format
-    completion = prompt_text is not None
     try:
-        if completion:
+        if prompt_text is not None:
             prompt_ids = chat_format.encode_completion(prompt_text)
+            if not prompt_ids:  # a tokenizer with no prefix of its own, and no text
+                raise PromptError("the prompt is empty")
         elif tools:
             prompt_ids = chat_format.encode_conversation(messages, tools=tools)
         else:
             prompt_ids = chat_format.encode_conversation(messages)
     except PromptError as exc:
         emit(Failed(request_id, f"cannot build the prompt: {exc}", "generate", kind="prompt"))
-        return
+        return None
     context = loaded.context_length or 0
     max_new = max(1, int(params.max_new_tokens))
     if context and len(prompt_ids) >= context:
@@ -152,26 +167,81 @@ def run_generation(
                 kind="context",
             )
         )
-        return
+        return None
     if context:
         max_new = min(max_new, context - len(prompt_ids))
+    return list(prompt_ids), max_new
+
+
+def stop_token_ids(chat_format, completion: bool = False) -> list[int]:
+    """A reply ends at the chat format's stops; a raw continuation (completion) at eos only."""
+    return list(chat_format.completion_stop_token_ids if completion else chat_format.stop_token_ids)
+
+
+def make_reply_stream(chat_format, params: GenerationParams, emit: Callable, request_id: int,
+                      completion: bool = False) -> ReplyStream:
+    return ReplyStream(
+        chat_format.decode,
+        stop_token_ids(chat_format, completion),
+        params.stop,
+        lambda text: emit(Token(request_id, text)),
+        "" if completion else getattr(chat_format, "reply_prefix", ""),  # no metadata line to drop
+    )
+
+
+def finished_event(request_id: int, stream: ReplyStream, prompt_tokens: int, max_new: int, started: float,
+                   cancelled: bool, cached_tokens: int = 0) -> Finished:
+    """The Finished of a reply whose ids went through ``stream`` (either path)."""
+    finished = time.perf_counter()
+    if stream.hit_stop_token or stream.hit_stop_string:
+        reason = "stop"
+    elif cancelled:
+        reason = "cancelled"
+    elif stream.generated >= max_new:
+        reason = "length"
+    else:
+        reason = "stop"
+    ttft = (stream.first_token_at - started) if stream.first_token_at else None
+    decode_time = finished - stream.first_token_at if stream.first_token_at else 0.0
+    tps = (stream.generated - 1) / decode_time if stream.generated > 1 and decode_time > 0 else None
+    return Finished(request_id, stream.text, prompt_tokens, stream.generated, ttft, tps, finished - started,
+                    reason, cached_tokens=cached_tokens)
+
+
+def run_generation(
+    loaded,
+    messages: Sequence[ChatMessage],
+    params: GenerationParams,
+    cancel: threading.Event,
+    emit: Callable,
+    request_id: int,
+    tools: Optional[list] = None,
+    session: Optional[KVSession] = None,
+    compiled: Optional[CompiledDecode] = None,
+    handoff: Optional[Callable[[], bool]] = None,
+    prepared: Optional[tuple[list, int]] = None,
+    prompt_text: Optional[str] = None,
+) -> Optional[Handoff]:
+    """Generate one reply. ``session`` keeps the KV cache between calls (reused when
+    ``params.kv_reuse``); ``compiled`` runs the decode step compiled on a static cache.
+    ``handoff``: asked after every token; when it says yes the reply stops there and is returned
+    as a :class:`Handoff` (no Finished: the batch finishes it). ``prepared``: prepare_prompt's result.
+    ``prompt_text``: continue this text (completion mode) instead of replying to ``messages``."""
+    started = time.perf_counter()
+    chat_format = loaded.chat_format
+    if prepared is None:
+        prepared = prepare_prompt(loaded, messages, params, emit, request_id, tools, prompt_text)
+        if prepared is None:
+            return None
+    prompt_ids, max_new = prepared
 
     model = loaded.model
     reuse = session if (session is not None and params.kv_reuse) else None
     plan = _CachePlan(model, prompt_ids, max_new, reuse, compiled)
     emit(Started(request_id, len(prompt_ids), plan.cached))
 
-    # A raw continuation ends at eos only, and has no metadata line to drop.
-    stop_ids = list(chat_format.completion_stop_token_ids if completion else chat_format.stop_token_ids)
-
     def make_stream() -> ReplyStream:
-        return ReplyStream(
-            chat_format.decode,
-            stop_ids,
-            params.stop,
-            lambda text: emit(Token(request_id, text)),
-            "" if completion else getattr(chat_format, "reply_prefix", ""),
-        )
+        return make_reply_stream(chat_format, params, emit, request_id, prompt_text is not None)
 
     stream = make_stream()
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
@@ -179,7 +249,7 @@ def run_generation(
     kwargs = dict(
         max_new_tokens=max_new,
         do_sample=sampling,
-        eos_token_id=stop_ids,
+        eos_token_id=stop_token_ids(chat_format, prompt_text is not None),
         pad_token_id=chat_format.stop_token_ids[0],
         repetition_penalty=float(params.repetition_penalty),
         attention_mask=torch.ones_like(input_ids),
@@ -188,18 +258,19 @@ def run_generation(
         kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k))
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    stopper = [None]
 
     def generate(stream: ReplyStream):
         if params.seed is not None:
             torch.manual_seed(int(params.seed))
         extra = plan.generate_kwargs()
+        stopper[0] = _StopWhen(cancel, stream, handoff)
         with torch.inference_mode():
             return model.generate(
-                input_ids, streamer=stream, stopping_criteria=StoppingCriteriaList([_StopWhen(cancel, stream)]),
+                input_ids, streamer=stream, stopping_criteria=StoppingCriteriaList([stopper[0]]),
                 **kwargs, **extra,
             )
 
-    reason = "stop"
     try:
         try:
             output = generate(stream)
@@ -225,35 +296,19 @@ def run_generation(
                 kind="out_of_memory",
             )
         )
-        return
+        return None
     except Exception as exc:
         plan.drop(f"generation failed: {type(exc).__name__}")
         emit(Failed(request_id, f"generation failed: {type(exc).__name__}: {exc}", "generate"))
-        return
-    plan.keep(output[0].tolist())
-    finished = time.perf_counter()
-    if cancel.is_set() and not (stream.hit_stop_token or stream.hit_stop_string):
-        reason = "cancelled"
-    elif stream.hit_stop_token or stream.hit_stop_string:
-        reason = "stop"
-    elif stream.generated >= max_new:
-        reason = "length"
-    ttft = (stream.first_token_at - started) if stream.first_token_at else None
-    decode_time = finished - stream.first_token_at if stream.first_token_at else 0.0
-    tps = (stream.generated - 1) / decode_time if stream.generated > 1 and decode_time > 0 else None
-    emit(
-        Finished(
-            request_id,
-            stream.text,
-            len(prompt_ids),
-            stream.generated,
-            ttft,
-            tps,
-            finished - started,
-            reason,
-            cached_tokens=plan.cached,
-        )
-    )
+        return None
+    sequence = output[0].tolist()
+    plan.keep(sequence)
+    ended = stream.hit_stop_token or stream.hit_stop_string or cancel.is_set() or stream.generated >= max_new
+    if stopper[0].handed_off and not ended:
+        return Handoff(request_id, list(prompt_ids), sequence[len(prompt_ids):], stream, params, max_new,
+                       started, plan.cached, emit)
+    emit(finished_event(request_id, stream, len(prompt_ids), max_new, started, cancel.is_set(), plan.cached))
+    return None
 
 
 class _CachePlan:

@@ -500,7 +500,9 @@ class EngineProcess(Listeners):
             elif isinstance(event, Loaded) and child is self._active:
                 self.model_info = ModelInfo(event.model_name, event.model_path, event.mode, event.device,
                                             event.footprint_bytes, event.context_length,
-                                            chat_format=event.chat_format)
+                                            chat_format=event.chat_format,
+                                            concurrency=event.concurrency or "one at a time",
+                                            concurrency_reason=event.concurrency_reason)
             elif isinstance(event, Failed) and request.kind == "load" and child is self._active:
                 self._active = None  # nothing loaded there: end it, memory back to the baseline
                 self.model_info = None

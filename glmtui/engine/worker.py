@@ -56,12 +56,17 @@ class InferenceWorker(Listeners):
         kv_max_bytes: Optional[int] = None,
         compiled_decode: Optional[bool] = None,
         compile_backend=None,
+        batching: Optional[bool] = None,
+        max_sequences: Optional[int] = None,
     ):
         """``kv_reuse``: keep the conversation's KV cache between replies (default on;
         ``GLMTUI_KV_REUSE=0`` turns it off), capped at ``kv_max_tokens`` / ``kv_max_bytes``
         (``GLMTUI_KV_MAX_TOKENS`` / ``GLMTUI_KV_MAX_BYTES``). ``compiled_decode``: None compiles
         on CUDA in bf16/fp16 (``GLMTUI_COMPILE=0`` turns it off), True forces it (CPU tests),
-        False turns it off; ``compile_backend`` is torch.compile's backend (default inductor)."""
+        False turns it off; ``compile_backend`` is torch.compile's backend (default inductor).
+        ``batching``: requests arriving while others run join a continuous batch (batching.py;
+        default on where the model and mode support it, ``GLMTUI_BATCHING=0`` turns it off), at most
+        ``max_sequences`` at once (``GLMTUI_MAX_SEQUENCES``; memory may allow fewer)."""
         from .kvreuse import env_flag, env_int
 
         self.kv_reuse = env_flag("GLMTUI_KV_REUSE", True) if kv_reuse is None else kv_reuse
@@ -69,6 +74,10 @@ class InferenceWorker(Listeners):
         self.kv_max_bytes = kv_max_bytes if kv_max_bytes is not None else env_int("GLMTUI_KV_MAX_BYTES")
         self.compiled_decode = compiled_decode
         self.compile_backend = compile_backend
+        self.batching = env_flag("GLMTUI_BATCHING", True) if batching is None else batching
+        self.max_sequences = max_sequences if max_sequences is not None else env_int("GLMTUI_MAX_SEQUENCES")
+        self._batch = None  # batching.BatchRunner of the loaded model (None: one at a time)
+        self._batched: dict[int, _Command] = {}  # requests handed to the batch, until they finish
         self._kv = None  # kvreuse.KVSession of the loaded model, worker thread only
         self._compiled = None  # compiled.CompiledDecode of the loaded model, worker thread only
         self._queue: "queue.Queue[_Command]" = queue.Queue()
@@ -79,10 +88,21 @@ class InferenceWorker(Listeners):
         self._current: Optional[_Command] = None
         self._loaded = None  # glmtui.engine.loading.LoadedModel, worker thread only
         self.model_info: Optional[ModelInfo] = None
-        self.state = "empty"  # empty, loading, ready, generating, stopped
+        self._state = "empty"  # empty, loading, ready, generating, stopped
         self._thread = threading.Thread(target=self._run, name="glmtui-inference", daemon=True)
 
     # ------------------------------------------------------------ public API (any thread)
+
+    @property
+    def state(self) -> str:
+        """empty, loading, ready, generating or stopped (generating while the batch has requests)."""
+        if self._state == "ready" and self._batch is not None and self._batch.in_flight:
+            return "generating"
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
 
     def start(self) -> "InferenceWorker":
         if not self._thread.is_alive():
@@ -117,13 +137,20 @@ class InferenceWorker(Listeners):
             if request_id is None:
                 command = self._current
             else:
-                command = self._pending.get(request_id)
+                command = self._pending.get(request_id) or self._batched.get(request_id)
+            batch = self._batch
         if command is not None and command.kind == "generate":
             command.cancel.set()
+            if batch is not None and command.request_id in self._batched:
+                batch.cancel(command.request_id)  # out of the batch at its next step
 
     def queue_length(self) -> int:
+        """Generations waiting (and, one at a time, the one running). With batching, the requests
+        running in the batch do not count: only those not yet in it (over its sequence limit)."""
         with self._lock:
-            return sum(1 for c in self._pending.values() if c.kind == "generate")
+            waiting = sum(1 for c in self._pending.values() if c.kind == "generate")
+            batch = self._batch
+        return waiting + (batch.waiting if batch is not None else 0)
 
     def memory_report(self) -> MemoryReport:
         """This process's figures: the model lives here, next to whatever else the process holds."""
@@ -134,6 +161,9 @@ class InferenceWorker(Listeners):
         with self._lock:
             for command in self._pending.values():
                 command.cancel.set()
+            batch = self._batch
+        if batch is not None:
+            batch.cancel_all()
         self._queue.put(_Command("stop", 0))
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -175,6 +205,8 @@ class InferenceWorker(Listeners):
             with self._lock:
                 self._current = command
             try:
+                if command.kind != "generate" and self._batch is not None:
+                    self._batch.wait_idle()  # loads and unloads come after the replies being written
                 handler = getattr(self, f"_do_{command.kind}")
                 handler(command)
             except Exception as exc:  # the worker must survive anything
@@ -226,10 +258,12 @@ class InferenceWorker(Listeners):
 
             self._kv = KVSession(self.kv_max_tokens, self.kv_max_bytes)
         notes += self._prepare_compiled(command, loaded)
+        concurrency, why = self._prepare_batching(command, loaded)
+        notes += (f"concurrency: {concurrency} ({why})",)
         chat_format = getattr(loaded.chat_format, "name", "")
         self.model_info = ModelInfo(
             loaded.name, str(loaded.path), loaded.mode, loaded.device, loaded.footprint_bytes, loaded.context_length,
-            chat_format=chat_format,
+            chat_format=chat_format, concurrency=concurrency, concurrency_reason=why,
         )
         self.state = "ready"
         self._emit(
@@ -244,12 +278,28 @@ class InferenceWorker(Listeners):
                 loaded.load_seconds,
                 loaded.context_length,
                 notes,
-                placement=loaded.placement.summary() if loaded.placement else "",  # where the layers went
-                layer_devices=loaded.placement.runs if loaded.placement else (),
-                offloaded=loaded.placement.offloaded if loaded.placement else (),
                 chat_format=chat_format,
+                concurrency=concurrency,
+                concurrency_reason=why,
             ),
         )
+
+    def _prepare_batching(self, command: _Command, loaded) -> tuple[str, str]:
+        """(concurrency, why): start continuous batching when this model and mode run it (tried at load)."""
+        from . import batching
+
+        if not self.batching:
+            return batching.ONE_AT_A_TIME, "continuous batching is turned off"
+        self._emit(command, LoadProgress(command.request_id, "trying continuous batching", None))
+        try:
+            probe = list(loaded.chat_format.encode_conversation([ChatMessage("user", "Hello")]))
+        except Exception as exc:  # a chat format that cannot say hello cannot be probed either
+            return batching.ONE_AT_A_TIME, f"no probe prompt: {exc}"
+        runner, why = batching.start_batching(loaded, probe, self.max_sequences or batching.MAX_SEQUENCES)
+        if runner is None:
+            return batching.ONE_AT_A_TIME, f"continuous batching unavailable: {why}"
+        self._batch = runner
+        return batching.CONTINUOUS, why
 
     def _prepare_compiled(self, command: _Command, loaded) -> tuple[str, ...]:
         """Compile the decode step now (a short warm-up generation) when this model is to be compiled."""
@@ -288,6 +338,9 @@ class InferenceWorker(Listeners):
         from . import loading
 
         self._loaded = None
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._kv is not None:
             self._kv.evict("the model was unloaded")
         self._kv = None
@@ -320,6 +373,11 @@ class InferenceWorker(Listeners):
             self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate",
                                        kind="no_model"))
             return
+        if self._batch is not None and self._batch.closed:  # its manager failed: one at a time from now on
+            self._batch_lost()
+        if self._batch is not None:
+            self._generate_with_batch(command)
+            return
         self.state = "generating"
         run_generation(
             self._loaded,
@@ -333,3 +391,87 @@ class InferenceWorker(Listeners):
             compiled=self._compiled,
             prompt_text=command.args.get("prompt_text"),
         )
+
+    # ------------------------------------------------------------ continuous batching
+
+    def _generate_with_batch(self, command: _Command) -> None:
+        """A reply with the batch available: alone, it runs on the one-at-a-time path (KV reuse,
+        compiled decode, no batching overhead) and moves into the batch as soon as another request
+        arrives; with the batch busy, it joins it. Parameters the batch cannot honour (a seed, a
+        repetition penalty) or a reply longer than its cache wait for the batch to empty."""
+        from . import batching
+        from .generation import make_reply_stream, prepare_prompt, run_generation, stop_token_ids
+
+        params = command.args["params"]
+        rid = command.request_id
+        prompt_text = command.args.get("prompt_text")
+        completion = prompt_text is not None
+
+        def emit(event) -> None:
+            self._emit(command, event)
+
+        prepared = prepare_prompt(self._loaded, command.args["messages"], params, emit, rid,
+                                  command.args.get("tools"), prompt_text)
+        if prepared is None:
+            return
+        prompt_ids, max_new = prepared
+        stops = stop_token_ids(self._loaded.chat_format, completion)
+        alone = batching.batchable(params)
+        if alone is None and len(prompt_ids) + max_new > self._batch.limits.cache_tokens:
+            alone = "more tokens than the batch's cache"
+        if alone is None and (self._batch.in_flight or self._batchable_waiting(command)):
+            emit(Started(rid, len(prompt_ids), 0))
+            stream = make_reply_stream(self._loaded.chat_format, params, emit, rid, completion)
+            self._to_batch(command, prompt_ids, len(prompt_ids), max_new, stream, time.perf_counter(), stops, 0, 0)
+            return
+        if alone is not None:
+            self._batch.wait_idle()
+            if command.cancel.is_set():
+                emit(Finished(rid, "", 0, 0, None, None, 0.0, "cancelled"))
+                return
+        self.state = "generating"
+        handoff = run_generation(
+            self._loaded, command.args["messages"], params, command.cancel, emit, rid,
+            session=self._kv, compiled=self._compiled, prepared=prepared, prompt_text=prompt_text,
+            handoff=None if alone is not None else (lambda: self._batchable_waiting(command)),
+        )
+        if handoff is not None:
+            self._to_batch(command, handoff.prompt_ids + handoff.generated, len(handoff.prompt_ids), handoff.max_new,
+                           handoff.stream, handoff.started, stops, len(handoff.generated), handoff.cached_tokens)
+
+    def _batch_lost(self) -> None:
+        import dataclasses
+
+        from .batching import ONE_AT_A_TIME
+
+        why = f"continuous batching failed: {self._batch.failure or 'closed'}"
+        self._batch.close()
+        self._batch = None
+        if self.model_info is not None:
+            self.model_info = dataclasses.replace(self.model_info, concurrency=ONE_AT_A_TIME, concurrency_reason=why)
+
+    def _batchable_waiting(self, command: _Command) -> bool:
+        """Another generation waits that the batch could serve (asked after every token of a reply)."""
+        from .batching import batchable
+
+        with self._lock:
+            return any(
+                c.kind == "generate" and c is not command and not c.cancel.is_set() and batchable(c.args["params"]) is None
+                for c in self._pending.values()
+            )
+
+    def _to_batch(self, command: _Command, input_ids, prompt_tokens: int, max_new: int, stream, started: float,
+                  stops, already: int, cached: int) -> None:
+        rid = command.request_id
+
+        def done() -> None:
+            with self._lock:
+                self._batched.pop(rid, None)
+
+        with self._lock:
+            self._batched[rid] = command
+        self._batch.submit(rid, input_ids, prompt_tokens, max_new, stream, command.args["params"], started,
+                           lambda event: self._emit(command, event), stops, already=already, cached_tokens=cached,
+                           on_done=done)
+        if command.cancel.is_set():  # cancelled while it was being handed over
+            self._batch.cancel(rid)

@@ -107,14 +107,33 @@ def _load(engine, args, events: _Events, log: TextIO):
             return f"cannot use {what}: {event.message}"
 
 
-def _reply(engine, events: _Events, messages: list[ChatMessage], params: GenerationParams, out: TextIO):
-    """Stream one reply to ``out``; returns the Finished or Failed event. Ctrl-C stops the reply."""
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+def _reply(engine, events: _Events, messages: list[ChatMessage], params: GenerationParams, out: TextIO,
+           show_reasoning: bool = False):
+    """Stream one reply to ``out``; returns the Finished or Failed event. Ctrl-C stops the reply.
+    A reasoning model's <think> text is written before the answer, dimmed on a terminal, when
+    ``show_reasoning`` (interactive); otherwise only the answer is written (a pipe)."""
     rid = engine.generate(messages, params, sink=events)
     started = False
     interrupted = False
+    dim = DIM if out.isatty() else ""
+    reasoning = False  # between the reasoning's first token and the answer's
     while True:
         try:
             event = events.next(rid)
+            if isinstance(event, Token) and event.reasoning:
+                if show_reasoning and event.text:
+                    if not reasoning:
+                        out.write(dim)
+                        reasoning = True
+                    out.write(event.text)
+                    out.flush()
+                continue
+            if reasoning and (isinstance(event, (Finished, Failed)) or (isinstance(event, Token) and event.text)):
+                out.write((PLAIN if dim else "") + ("\n\n" if isinstance(event, Token) else ""))
+                reasoning = False
             if isinstance(event, Token):
                 text = event.text
                 if not started:
@@ -238,7 +257,7 @@ def _run_interactive(args, stdin: TextIO, out: TextIO, log: TextIO, params: Gene
             out.write(f"\n{name}: ")
             out.flush()
             user = ChatMessage("user", query)
-            done = _reply(engine, events, _system(args) + history + [user], params, out)
+            done = _reply(engine, events, _system(args) + history + [user], params, out, show_reasoning=True)
             if isinstance(done, Failed):
                 out.write(f"\n[error: {done.message}]\n")
                 if done.interrupted:  # the engine process ended under the reply: start a fresh one

@@ -47,6 +47,7 @@ def conversation_dict(conv: Conversation, msgs: Sequence[StoredMessage]) -> dict
                 "metadata": m.metadata,
                 "stats": m.stats,
                 "created_at": iso(m.created_at),
+                **({"reasoning": m.reasoning} if m.reasoning else {}),
             }
             for m in msgs
         ],
@@ -94,11 +95,12 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
                     str(m.get("metadata") or ""),
                     ts,
                     ts,
+                    str(m.get("reasoning") or ""),
                 )
             )
         conn.executemany(
             "INSERT INTO messages(conversation_id, position, role, content, status, stats,"
-            " metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, created_at, updated_at, reasoning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         ids.append(cid)
@@ -131,6 +133,7 @@ def history_record(conv: Conversation, msgs: Sequence[StoredMessage]) -> dict:
                 "status": m.status,
                 "created_at": iso(m.created_at, "milliseconds"),
                 "stats": m.stats,
+                **({"reasoning": m.reasoning} if m.reasoning else {}),  # a reasoning model's <think> text
             }
             for m in msgs
         ],

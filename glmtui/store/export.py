@@ -53,7 +53,11 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         heading = m["role"].capitalize()
         if m["metadata"]:
             heading += f" ({_line(m['metadata'])})"
-        out += [f"### {heading}", "", printable(m["content"]), ""]
+        out.append(f"### {heading}")
+        out.append("")
+        if m.get("reasoning"):  # a reasoning model's <think> text, quoted before the answer
+            out += ["> *Reasoning*", ">"] + ["> " + line for line in printable(m["reasoning"]).splitlines()] + [""]
+        out += [printable(m["content"]), ""]
         notes = []
         if m["status"] != "complete":
             notes.append(_STATUS_NOTES.get(m["status"], m["status"]))

@@ -115,6 +115,7 @@ def _from_glmtui(value: dict, *, own_id: bool) -> dict:
             "metadata": _text(m.get("metadata"), f"message {n}: metadata"),
             "stats": stats,
             "created_at": m.get("created_at"),
+            "reasoning": _text(m.get("reasoning"), f"message {n}: reasoning"),
         })
     conv = {
         "title": title,
@@ -189,6 +190,8 @@ def _foreign_message(m: dict, n: int) -> list[dict]:
     calls = m.get("tool_calls") if role == "assistant" else None
     if content or not calls:
         out.append(_msg(role, content, _text(metadata, f"message {n}: metadata")))
+        if role == "assistant" and isinstance(m.get("reasoning_content"), str):  # vLLM / SGLang / DeepSeek
+            out[-1]["reasoning"] = m["reasoning_content"]
     for call in calls or ():
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):

@@ -334,12 +334,13 @@ class HistoryStore:
         status: str = "complete",
         stats: Optional[Mapping[str, Any]] = None,
         metadata: str = "",
+        reasoning: str = "",
     ) -> int:
         """Append a message; returns its id.
 
         *stats* is a JSON-able dict, by convention with ``prompt_tokens``,
         ``completion_tokens``, ``ttft`` (seconds), ``tokens_per_s`` and
-        ``finish_reason``.
+        ``finish_reason``. *reasoning*: a reasoning model's <think> text (the answer is *content*).
         """
         check_role(role)
         check_status(status)
@@ -350,9 +351,9 @@ class HistoryStore:
                 raise KeyError(conversation_id)
             cur = conn.execute(
                 "INSERT INTO messages(conversation_id, position, role, content, status, stats,"
-                " metadata, owner, created_at, updated_at)"
+                " metadata, owner, created_at, updated_at, reasoning)"
                 " VALUES (?, (SELECT coalesce(max(position), -1) + 1 FROM messages"
-                "             WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+                "             WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     conversation_id,
@@ -364,6 +365,7 @@ class HistoryStore:
                     owner,
                     t,
                     t,
+                    reasoning or "",
                 ),
             )
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (t, conversation_id))
@@ -375,6 +377,7 @@ class HistoryStore:
         content: Optional[str] = None,
         status: Optional[str] = None,
         stats: Optional[Mapping[str, Any]] = None,
+        reasoning: Optional[str] = None,
     ) -> None:
         """Flush a streaming reply (``status="streaming"``) or finish it.
 
@@ -395,6 +398,9 @@ class HistoryStore:
         if stats is not None:
             sets.append("stats = ?")
             args.append(dumps(dict(stats)))
+        if reasoning is not None:
+            sets.append("reasoning = ?")
+            args.append(reasoning)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT conversation_id FROM messages WHERE id = ?", (message_id,)

@@ -37,6 +37,7 @@ class StoredMessage:
     metadata: str  # ChatGLM3 metadata line (tool name); usually ""
     created_at: float
     updated_at: float
+    reasoning: str = ""  # a reasoning model's <think> text (schema 3 on); ``content`` is the answer alone
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class SearchHit:
 
 
 CONV_COLS = "id, title, model, system_prompt, params, created_at, updated_at, uid"
-MSG_COLS = "id, conversation_id, position, role, content, status, stats, metadata, created_at, updated_at"
+MSG_COLS = "id, conversation_id, position, role, content, status, stats, metadata, created_at, updated_at, reasoning"
 
 
 def now() -> float:
@@ -119,6 +120,7 @@ def message_from_row(row: tuple) -> StoredMessage:
         metadata=row[7],
         created_at=row[8],
         updated_at=row[9],
+        reasoning=row[10] or "",
     )
 
 

@@ -47,7 +47,7 @@ _CONV_COLS = ("id", "title", "model", "system_prompt", "params", "created_at", "
 _MSG_COLS = (
     "id", "conversation_id", "position", "role", "content", "status",
     "stats", "metadata", "owner", "created_at", "updated_at",
-)
+)  # + "reasoning" from schema 3 on
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,8 @@ def _valid_conversation(row: tuple) -> Optional[tuple]:
 
 
 def _valid_message(row: tuple) -> Optional[tuple]:
-    mid, cid, pos, role, content, status, stats, metadata, _owner, created, updated = row
+    mid, cid, pos, role, content, status, stats, metadata, _owner, created, updated = row[:11]
+    reasoning = row[11] if len(row) > 11 and isinstance(row[11], str) else ""
     if not all(isinstance(v, int) for v in (mid, cid, pos)):
         return None
     if role not in _ROLES or status not in _STATUSES or not isinstance(content, str):
@@ -181,7 +182,7 @@ def _valid_message(row: tuple) -> Optional[tuple]:
         "interrupted" if status == "streaming" else status,
         stats if isinstance(stats, str) else None,
         metadata if isinstance(metadata, str) else "",
-        float(created), float(updated),
+        float(created), float(updated), reasoning,
     )
 
 
@@ -194,12 +195,21 @@ def _conversation_columns(conn: sqlite3.Connection, table: str) -> tuple[str, ..
     return (*_CONV_COLS, "uid") if "uid" in names else _CONV_COLS
 
 
+def _message_columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    """The columns to read: with reasoning when the file has it (schema 3 on)."""
+    try:
+        names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    except sqlite3.DatabaseError:
+        names = set()
+    return (*_MSG_COLS, "reasoning") if "reasoning" in names else _MSG_COLS
+
+
 def _read_into(conn: sqlite3.Connection, convs: dict, msgs: dict, tables: tuple[str, str]) -> None:
     for row in _scan_table(conn, tables[0], _conversation_columns(conn, tables[0])):
         good = _valid_conversation(row)
         if good is not None:
             convs.setdefault(good[0], good)
-    for row in _scan_table(conn, tables[1], _MSG_COLS):
+    for row in _scan_table(conn, tables[1], _message_columns(conn, tables[1])):
         good = _valid_message(row)
         if good is not None:
             msgs.setdefault(good[0], good)
@@ -221,7 +231,7 @@ def _read_lost_and_found(conn: sqlite3.Connection, convs: dict, msgs: dict) -> N
                 good = _valid_conversation(tuple(values))
                 if good is not None:
                     convs.setdefault(good[0], good)
-            elif len(values) == len(_MSG_COLS):
+            elif len(values) in (len(_MSG_COLS), len(_MSG_COLS) + 1):  # without or with reasoning
                 good = _valid_message(tuple(values))
                 if good is not None:
                     msgs.setdefault(good[0], good)
@@ -334,7 +344,7 @@ def _insert(target: sqlite3.Connection, convs: dict, msgs: dict, method: str) ->
         for m in sorted(msgs.values()):
             cur = target.execute(
                 "INSERT OR IGNORE INTO messages(id, conversation_id, position, role, content, status,"
-                " stats, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " stats, metadata, created_at, updated_at, reasoning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 m,
             )
             inserted += cur.rowcount

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from glmtui.store.files import SetAside
 from glmtui.store.records import now
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A "streaming" message whose writer is still alive and flushed it this
 # recently is left alone when another process opens the file.
@@ -89,11 +89,18 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    # reasoning: a reasoning model's <think> text, kept apart from the answer (content), which is
+    # what the search indexes and what goes back to the model. A column, not a key in stats: stats
+    # is replaced whole by every flush, and the reasoning streams beside the answer.
+    exec_script(conn, "ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT '';")
+
+
 # MIGRATIONS[v] upgrades a database from schema version v to v + 1. Each runs
 # inside the same BEGIN IMMEDIATE transaction that then sets user_version, so
 # an upgrade is all-or-nothing. To change the schema: append a function, bump
 # SCHEMA_VERSION, never edit an old entry.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The index reads the content through a view that appends a newline, so a

@@ -278,6 +278,9 @@ class InferenceWorker(Listeners):
                 loaded.load_seconds,
                 loaded.context_length,
                 notes,
+                placement=loaded.placement.summary() if loaded.placement else "",  # where the layers went
+                layer_devices=loaded.placement.runs if loaded.placement else (),
+                offloaded=loaded.placement.offloaded if loaded.placement else (),
                 chat_format=chat_format,
                 concurrency=concurrency,
                 concurrency_reason=why,

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from glmtui.store.formats import HISTORY_VERSION, FormatError, conversations_from_value
 from glmtui.store.records import (
     CONV_COLS,
+    KINDS,
     MSG_COLS,
     Conversation,
     StoredMessage,
@@ -39,6 +40,7 @@ def conversation_dict(conv: Conversation, msgs: Sequence[StoredMessage]) -> dict
         "params": conv.params,
         "created_at": iso(conv.created_at),
         "updated_at": iso(conv.updated_at),
+        **({"kind": conv.kind} if conv.kind != "chat" else {}),
         "messages": [
             {
                 "role": m.role,
@@ -61,8 +63,8 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
     for data in batch:
         created = parse_ts(data.get("created_at"), t)
         cur = conn.execute(
-            "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at, uid)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at, uid, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 str(data.get("title") or ""),
                 data.get("model"),
@@ -71,6 +73,7 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
                 created,
                 parse_ts(data.get("updated_at"), created),
                 data.get("uid"),  # None: the schema's trigger gives it a random one
+                data.get("kind") if data.get("kind") in KINDS else "chat",
             ),
         )
         cid = int(cur.lastrowid)
@@ -125,6 +128,7 @@ def history_record(conv: Conversation, msgs: Sequence[StoredMessage]) -> dict:
         "params": conv.params,
         "created_at": iso(conv.created_at, "milliseconds"),
         "updated_at": iso(conv.updated_at, "milliseconds"),
+        **({"kind": conv.kind} if conv.kind != "chat" else {}),  # "completion": completion mode's text
         "messages": [
             {
                 "role": m.role,

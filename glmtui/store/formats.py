@@ -125,6 +125,7 @@ def _from_glmtui(value: dict, *, own_id: bool) -> dict:
         "created_at": value.get("created_at"),
         "updated_at": value.get("updated_at"),
         "messages": msgs,
+        "kind": value.get("kind") if value.get("kind") in ("chat", "completion") else "chat",
     }
     if not isinstance(conv["params"], dict):
         raise FormatError("\"params\" must be an object")

@@ -67,6 +67,7 @@ from glmtui.store.records import (
     Conversation,
     SearchHit,
     StoredMessage,
+    check_kind,
     check_role,
     check_status,
     conversation_from_row,
@@ -235,13 +236,16 @@ class HistoryStore:
         model: Optional[str] = None,
         system_prompt: str = "",
         params: Optional[Mapping[str, Any]] = None,
+        kind: str = "chat",
     ) -> int:
+        """A new conversation; ``kind``: "chat", or "completion" (completion mode's text)."""
+        check_kind(kind)
         t = now()
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (title, model, system_prompt or "", dumps(dict(params or {})), t, t),
+                "INSERT INTO conversations(title, model, system_prompt, params, created_at, updated_at, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (title, model, system_prompt or "", dumps(dict(params or {})), t, t, kind),
             )
             return int(cur.lastrowid)
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 ROLES = ("system", "user", "assistant", "observation")
 STATUSES = ("complete", "streaming", "stopped", "interrupted", "error")
+KINDS = ("chat", "completion")  # a conversation's kind (schema 4 on)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Conversation:
     created_at: float  # unix seconds
     updated_at: float
     uid: Optional[str] = None  # stable identity across machines (export/import); None only before schema 2
+    kind: str = "chat"  # "chat", or "completion" (raw continuation: the messages add up to the text)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class SearchHit:
     created_at: float
 
 
-CONV_COLS = "id, title, model, system_prompt, params, created_at, updated_at, uid"
+CONV_COLS = "id, title, model, system_prompt, params, created_at, updated_at, uid, kind"
 MSG_COLS = "id, conversation_id, position, role, content, status, stats, metadata, created_at, updated_at, reasoning"
 
 
@@ -104,6 +106,7 @@ def conversation_from_row(row: tuple) -> Conversation:
         created_at=row[5],
         updated_at=row[6],
         uid=row[7],
+        kind=row[8] if len(row) > 8 and row[8] in KINDS else "chat",
     )
 
 
@@ -127,6 +130,11 @@ def message_from_row(row: tuple) -> StoredMessage:
 def check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
 
 def check_status(status: str) -> None:

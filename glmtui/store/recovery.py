@@ -151,9 +151,11 @@ def _scan_table(conn: sqlite3.Connection, table: str, cols: tuple[str, ...]) -> 
 
 
 def _valid_conversation(row: tuple) -> Optional[tuple]:
-    """The row as the 8 values _insert writes (uid None: the file predates uids, or it is unreadable)."""
+    """The row as the 9 values _insert writes (uid None: the file predates uids, or it is unreadable;
+    kind "chat" before schema 4)."""
     cid, title, model, system_prompt, params, created, updated = row[:7]
     uid = row[7] if len(row) > 7 and isinstance(row[7], str) and row[7] else None
+    kind = row[8] if len(row) > 8 and row[8] in ("chat", "completion") else "chat"
     if not isinstance(cid, int) or not isinstance(title, str):
         return None
     if model is not None and not isinstance(model, str):
@@ -164,7 +166,7 @@ def _valid_conversation(row: tuple) -> Optional[tuple]:
         cid, title, model,
         system_prompt if isinstance(system_prompt, str) else "",
         params if isinstance(params, str) else "{}",
-        float(created), float(updated), uid,
+        float(created), float(updated), uid, kind,
     )
 
 
@@ -192,7 +194,8 @@ def _conversation_columns(conn: sqlite3.Connection, table: str) -> tuple[str, ..
         names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
     except sqlite3.DatabaseError:
         names = set()
-    return (*_CONV_COLS, "uid") if "uid" in names else _CONV_COLS
+    cols = (*_CONV_COLS, "uid") if "uid" in names else _CONV_COLS
+    return (*cols, "kind") if "uid" in names and "kind" in names else cols  # kind: schema 4 on
 
 
 def _message_columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
@@ -227,7 +230,7 @@ def _read_lost_and_found(conn: sqlite3.Connection, convs: dict, msgs: dict) -> N
             if rec["id"] is None or not values:
                 continue
             values[0] = rec["id"]  # INTEGER PRIMARY KEY is stored as the rowid
-            if len(values) in (len(_CONV_COLS), len(_CONV_COLS) + 1):  # without or with uid
+            if len(values) in (len(_CONV_COLS), len(_CONV_COLS) + 1, len(_CONV_COLS) + 2):  # uid, kind
                 good = _valid_conversation(tuple(values))
                 if good is not None:
                     convs.setdefault(good[0], good)
@@ -323,7 +326,7 @@ def _placeholder(cid: int, rows: list[tuple]) -> tuple:
     first_user = next((m[4] for m in sorted(rows, key=lambda m: m[2]) if m[3] == "user" and m[4].strip()), "")
     line = first_user.strip().splitlines()[0][:60] if first_user.strip() else ""
     title = f"Recovered conversation: {line}" if line else f"Recovered conversation {cid}"
-    return (cid, title, None, "", "{}", min(m[8] for m in rows), max(m[9] for m in rows), None)
+    return (cid, title, None, "", "{}", min(m[8] for m in rows), max(m[9] for m in rows), None, "chat")
 
 
 def _insert(target: sqlite3.Connection, convs: dict, msgs: dict, method: str) -> Salvaged:
@@ -336,7 +339,7 @@ def _insert(target: sqlite3.Connection, convs: dict, msgs: dict, method: str) ->
     try:
         target.executemany(
             "INSERT OR IGNORE INTO conversations(id, title, model, system_prompt, params, created_at, updated_at,"
-            " uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " uid, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [*convs.values(), *untitled],
         )
         # the new file's triggers index every message inserted here

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from glmtui.store.files import SetAside
 from glmtui.store.records import now
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # A "streaming" message whose writer is still alive and flushed it this
 # recently is left alone when another process opens the file.
@@ -96,11 +96,18 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     exec_script(conn, "ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT '';")
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    # kind: what the conversation is: "chat" (roles, replies), or "completion" (a base model's raw
+    # continuation: its messages, in order, add up to the text). Listed and searched with the rest.
+    exec_script(conn, "ALTER TABLE conversations ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat';")
+
+
 # MIGRATIONS[v] upgrades a database from schema version v to v + 1. Each runs
 # inside the same BEGIN IMMEDIATE transaction that then sets user_version, so
 # an upgrade is all-or-nothing. To change the schema: append a function, bump
 # SCHEMA_VERSION, never edit an old entry.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3,
+                                                       _migrate_3_to_4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The index reads the content through a view that appends a newline, so a

@@ -22,14 +22,22 @@ from .compiled import CompiledDecode
 from .events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
 from .kvreuse import KVSession
 from .prompts import IncrementalDetokenizer, PromptError
+from .reasoning import ReasoningSplitter, hidden_tags, make_splitter, template_kwargs
 
 
 class ReplyStream(BaseStreamer):
     """Receives token ids from ``generate`` and emits text as it becomes final."""
 
     def __init__(self, decode, stop_token_ids: Sequence[int], stop_strings: Sequence[str], emit_text,
-                 drop_prefix: str = ""):
+                 drop_prefix: str = "", reasoning: Optional[ReasoningSplitter] = None, emit_reasoning=None,
+                 tag_ids: Optional[dict] = None):
         self._detok = IncrementalDetokenizer(decode)
+        # <think> blocks (reasoning.py): emitted through emit_reasoning, kept apart from ``text``;
+        # tag_ids: tag tokens that decode drops, put back as text so the splitter sees them
+        self._split = reasoning
+        self._emit_reasoning = emit_reasoning
+        self._tag_ids = tag_ids or {}
+        self.reasoning = ""
         self._stop_ids = set(stop_token_ids)
         self._stop_strings = [s for s in stop_strings if s]
         self._hold = max((len(s) for s in self._stop_strings), default=1) - 1
@@ -61,8 +69,13 @@ class ReplyStream(BaseStreamer):
             if token_id in self._stop_ids:
                 self.hit_stop_token = True
                 break
-            kept.append(token_id)
             self.generated += 1
+            if token_id in self._tag_ids and self._split is not None:
+                self._take(self._detok.push(kept + [token_id]))  # decodes to nothing itself
+                self._take(self._tag_ids[token_id])
+                kept = []
+                continue
+            kept.append(token_id)
         if kept:
             self._take(self._detok.push(kept))
 
@@ -92,9 +105,20 @@ class ReplyStream(BaseStreamer):
             self._send(pending)
 
     def _send(self, text: str) -> None:
-        if text:
+        if text and self._split is not None:
+            self._route(self._split.feed(text))
+        elif text:
             self.text += text
             self._emit_text(text)
+
+    def _route(self, pieces) -> None:
+        for reasoning, piece in pieces:
+            if reasoning:
+                self.reasoning += piece
+                self._emit_reasoning(piece)
+            else:
+                self.text += piece
+                self._emit_text(piece)
 
     def end(self) -> None:
         if not self.hit_stop_string:
@@ -102,6 +126,8 @@ class ReplyStream(BaseStreamer):
             if not self.hit_stop_string:
                 self._send(self._pending)
             self._pending = ""
+        if self._split is not None:
+            self._route(self._split.flush())
 
 
 class _StopWhen(StoppingCriteria):
@@ -148,6 +174,9 @@ def prepare_prompt(loaded, messages, params: GenerationParams, emit: Callable, r
             prompt_ids = chat_format.encode_completion(prompt_text)
             if not prompt_ids:  # a tokenizer with no prefix of its own, and no text
                 raise PromptError("the prompt is empty")
+        elif template_kwargs(chat_format, params.thinking):  # the thinking switch (reasoning.py)
+            prompt_ids = chat_format.encode_conversation(
+                messages, tools=tools, template_kwargs=template_kwargs(chat_format, params.thinking))
         elif tools:
             prompt_ids = chat_format.encode_conversation(messages, tools=tools)
         else:
@@ -180,12 +209,16 @@ def stop_token_ids(chat_format, completion: bool = False) -> list[int]:
 
 def make_reply_stream(chat_format, params: GenerationParams, emit: Callable, request_id: int,
                       completion: bool = False) -> ReplyStream:
+    splitter = None if completion else make_splitter(chat_format, params.thinking)  # <think> blocks
     return ReplyStream(
         chat_format.decode,
         stop_token_ids(chat_format, completion),
         params.stop,
         lambda text: emit(Token(request_id, text)),
         "" if completion else getattr(chat_format, "reply_prefix", ""),  # no metadata line to drop
+        reasoning=splitter,
+        emit_reasoning=lambda text: emit(Token(request_id, text, reasoning=True)),
+        tag_ids=hidden_tags(chat_format) if splitter is not None else None,
     )
 
 
@@ -205,7 +238,7 @@ def finished_event(request_id: int, stream: ReplyStream, prompt_tokens: int, max
     decode_time = finished - stream.first_token_at if stream.first_token_at else 0.0
     tps = (stream.generated - 1) / decode_time if stream.generated > 1 and decode_time > 0 else None
     return Finished(request_id, stream.text, prompt_tokens, stream.generated, ttft, tps, finished - started,
-                    reason, cached_tokens=cached_tokens)
+                    reason, cached_tokens=cached_tokens, reasoning=stream.reasoning)
 
 
 def run_generation(

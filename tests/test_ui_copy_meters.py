@@ -191,3 +191,125 @@ def test_in_a_real_terminal_y_and_c_reach_the_clipboard_and_f12_turns_mouse_repo
         assert mouse_flags() == "11"
     finally:
         tmux.run("kill-server", check=False)
+
+
+# ---------------------------------------------------------------- the live meter and per-message stats
+
+
+def test_meter_state_prefill_rate_floor_and_context_bar():
+    from glmtui.ui.meters import MIN_RATE_SPAN, ReplyMeterState
+
+    state = ReplyMeterState(sent_at=100.0, context_length=8192, chars_per_token=2.0)
+    assert "waiting for the model 0.5 s" in state.describe(now=100.5).plain
+    state.started(1234, 1000, now=101.0)
+    line = state.describe(now=103.5).plain
+    assert "prefill 2.5 s · 1,234 prompt tokens (1,000 reused)" in line
+    assert "1,234 / 8,192" in line  # the prompt already fills part of the context
+
+    state.text("abcd", now=104.0)  # the first text: 2 tokens, no rate from one arrival
+    state.text("efgh", now=104.0 + MIN_RATE_SPAN / 2)
+    assert state.tokens == 4 and state.rate is None
+    line = state.describe(now=104.1).plain
+    assert "≈4 tokens · … tok/s" in line and "1,238 / 8,192" in line
+    state.text("ijklmnop" * 10, now=105.0)  # 84 characters after the first batch in 1 s: 42 tok/s
+    assert state.rate == pytest.approx(42.0)
+    assert "≈42.0 tok/s" in state.describe(now=105.0).plain
+
+
+def test_context_bar_fills_by_eighths():
+    from glmtui.ui.meters import context_bar
+
+    assert context_bar(0, 100, cells=4).plain == "▕    ▏"
+    assert context_bar(50, 100, cells=4).plain == "▕██  ▏"
+    assert context_bar(100, 100, cells=4).plain == "▕████▏"
+    assert context_bar(1, 32, cells=4).plain == "▕▏   ▏"  # 1/8 of a cell
+    assert context_bar(500, 100, cells=4).plain == "▕████▏"  # never past the end
+
+
+async def test_the_meter_follows_a_reply_and_agrees_with_its_stored_stats(chatty_chatglm3, quiet_sampler):
+    """Mid-reply the meter line shows tokens, tok/s and the context bar; it repaints a few times a second
+    (never per token, never with a layout); the reply's stored stats (model, mode, device, TTFT, tok/s,
+    tokens, reused tokens) match the engine's Finished and agree with what the meter showed; the JSON
+    Lines history export carries them."""
+    import io
+    import json
+
+    from textual.widget import Widget
+
+    from glmtui.engine.events import Finished
+    from glmtui.ui.meters import ReplyMeter
+
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
+                 default_params={"temperature": 0.0, "max_new_tokens": 40}, sampler=quiet_sampler)
+    finished: list[Finished] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        app.engine.add_listener(lambda e: finished.append(e) if isinstance(e, Finished) else None)
+        chat = app.chat_pane
+        meter = chat.meter
+        assert not meter.display  # nothing streams: no meter line
+        assert await chat.send("first, to learn this model's characters per token")
+        await wait_for(pilot, lambda: chat.active is None and chat.turns[-1].stats, what="the first reply")
+        assert not meter.display
+
+        chat.params["max_new_tokens"] = 600
+        counts = {"renders": 0, "layouts": 0}
+        render, refresh = ReplyMeter.render, Widget.refresh
+
+        def counting_render(self):
+            counts["renders"] += 1
+            return render(self)
+
+        def counting_refresh(self, *args, **kwargs):
+            if isinstance(self, ReplyMeter) and kwargs.get("layout"):
+                counts["layouts"] += 1
+            return refresh(self, *args, **kwargs)
+
+        ReplyMeter.render, Widget.refresh = counting_render, counting_refresh
+        try:
+            assert await chat.send("now a long one")
+            start = time.monotonic()
+            await wait_for(pilot, lambda: chat.active is not None and chat.active.meter.rate is not None
+                           and chat.active.meter.tokens > 30, what="the meter's rate")
+            await pilot.pause(0.3)
+            state = chat.active.meter
+            assert meter.display
+            line = screen_text(app)
+            assert "tokens ·" in line and "tok/s" in line and "context ▕" in line
+            assert f"/ {app.loaded.context_length:,}" in line
+            # the turn's stats are set once the final render is done (after chat.active is cleared)
+            await wait_for(pilot, lambda: chat.active is None and chat.turns[-1].stats, what="the long reply",
+                           timeout=120)
+            seconds = time.monotonic() - start
+        finally:
+            ReplyMeter.render, Widget.refresh = render, refresh
+        assert not meter.display
+        assert counts["renders"] <= seconds * 4 + 4, (counts, seconds)  # a few times a second, not per token
+        assert counts["layouts"] <= 2, counts  # shown and hidden once; its figures repaint without a layout
+
+        final = finished[-1]
+        stats = chat.turns[-1].stats
+        assert stats["completion_tokens"] == final.completion_tokens == 600
+        assert stats["prompt_tokens"] == final.prompt_tokens == state.prompt_tokens
+        assert stats["cached_tokens"] == final.cached_tokens == state.cached_tokens
+        assert stats["ttft"] == final.time_to_first_token and stats["tokens_per_s"] == final.tokens_per_second
+        assert (stats["model"], stats["mode"], stats["device"]) == (app.loaded.model_name, "fp32", app.loaded.device)
+        # the meter's estimate, counted with the first reply's characters per token, and its rate
+        assert abs(state.tokens - final.completion_tokens) <= 0.35 * final.completion_tokens, state.tokens
+        assert 0.4 < state.rate / final.tokens_per_second < 2.5, (state.rate, final.tokens_per_second)
+        assert state.context_length == app.loaded.context_length
+        footer = str(chat.turns[-1].widget.query_one(".msg-meta").render())
+        assert f"{app.loaded.model_name} fp32 {app.loaded.device}" in footer
+        if final.cached_tokens:
+            assert f"({final.cached_tokens} reused)" in footer
+
+        messages = app.store.messages(chat.conversation_id)
+        assert messages[-1].stats == {k: v for k, v in stats.items() if v is not None}
+        out = io.StringIO()
+        app.store.export_history(out)
+        exported = [json.loads(line) for line in out.getvalue().splitlines()]
+        replies = [m for conv in exported for m in conv["messages"] if m["role"] == "assistant"]
+        assert replies[-1]["stats"]["model"] == app.loaded.model_name
+        assert replies[-1]["stats"]["mode"] == "fp32" and replies[-1]["stats"]["device"] == app.loaded.device
+        assert replies[-1]["stats"]["completion_tokens"] == 600 and "cached_tokens" in replies[-1]["stats"]
+        assert json.loads(app.store.export_json(chat.conversation_id))["messages"][-1]["stats"]["model"]

@@ -38,6 +38,7 @@ from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams
 
 from .compat import MarkdownTable, WrapsDefaultKeys, block_builder, propagation_stopped, run_focused_bindings
 from .copying import CodeBlock, CodePickerModal, code_blocks, copied_block_note, copied_text_note
+from .meters import DEFAULT_CHARS_PER_TOKEN, ReplyMeter, ReplyMeterState
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -105,12 +106,16 @@ def format_stats(stats: Optional[dict]) -> str:
     if isinstance(stats.get("tokens_per_s"), (int, float)):
         parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
     if stats.get("prompt_tokens") is not None:
-        parts.append(f"prompt {stats['prompt_tokens']}")
+        cached = stats.get("cached_tokens")
+        parts.append(f"prompt {stats['prompt_tokens']}" + (f" ({cached} reused)" if cached else ""))
     if stats.get("finish_reason") == "length":
         if stats.get("context_limit"):
             parts.append(f"reached the model's context ({stats['context_limit']:,} tokens)")
         else:
             parts.append("hit max new tokens")
+    where = " ".join(str(stats[k]) for k in ("model", "mode", "device") if stats.get(k))
+    if where:
+        parts.append(where)
     return " · ".join(parts)
 
 
@@ -672,6 +677,10 @@ class ActiveReply:
     last_flush: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
     replacing: Optional[Replacement] = None
+    meter: Optional[ReplyMeterState] = None
+    #: model, mode and device the reply is written with (the loaded model when it was sent),
+    #: kept in its stats whatever becomes of the model meanwhile
+    written_by: dict = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -698,11 +707,13 @@ class ChatPane(Vertical):
         self.active: Optional[ActiveReply] = None
         self.editing: Optional[EditState] = None
         self._collections_deferred = False
+        self._chars_per_token: dict[str, float] = {}  # per model, from its last finished reply (the meter)
 
     def compose(self) -> Iterable:
         yield Static(id="chat-title")
         with MessageList(id="messages"):
             yield Static(id="chat-empty")
+        yield ReplyMeter(id="reply-meter")
         yield ChatInput(id="prompt")
 
     def on_mount(self) -> None:
@@ -909,8 +920,31 @@ class ChatPane(Vertical):
             self.app.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Cannot send")
             return False
         self.active = ActiveReply(request_id, mid, widget, replacing=replacing)
+        self._start_meter(self.active)
         self.app.generation_state_changed()
         return True
+
+    @property
+    def meter(self) -> ReplyMeter:
+        return self.query_one("#reply-meter", ReplyMeter)
+
+    def _start_meter(self, active: ActiveReply) -> None:
+        loaded = self.app.loaded
+        model = loaded.model_name if loaded is not None else ""
+        if loaded is not None:
+            active.written_by = {"model": loaded.model_name, "mode": loaded.mode, "device": loaded.device}
+        active.meter = ReplyMeterState(
+            sent_at=time.monotonic(),
+            context_length=loaded.context_length if loaded is not None else None,
+            chars_per_token=self._chars_per_token.get(model, DEFAULT_CHARS_PER_TOKEN),
+        )
+        self.meter.start(active.meter)
+
+    def _calibrate_meter(self, active: ActiveReply, event: Finished) -> None:
+        """Characters per token of this model's reply: the next reply's meter counts with it."""
+        model = active.written_by.get("model", "")
+        if event.completion_tokens >= 8 and len(event.text) >= 8:
+            self._chars_per_token[model] = len(event.text) / event.completion_tokens
 
     async def _commit(self, active: ActiveReply) -> None:
         """The new reply started: what it replaces goes, from the screen and the history file."""
@@ -1022,7 +1056,11 @@ class ChatPane(Vertical):
                 await self._commit(active)
         if isinstance(event, Started):
             active.prompt_tokens = event.prompt_tokens
+            if active.meter is not None:
+                active.meter.started(event.prompt_tokens, event.cached_tokens)
         elif isinstance(event, Token):
+            if active.meter is not None:
+                active.meter.text(event.text)
             await active.widget.write(event.text)
             now = time.monotonic()
             if active.message_id is not None and now - active.last_flush >= FLUSH_INTERVAL:
@@ -1031,14 +1069,15 @@ class ChatPane(Vertical):
         elif isinstance(event, Finished):
             status = "stopped" if event.finish_reason == "cancelled" else "complete"
             text = event.text if event.text or not active.text else active.text
+            self._calibrate_meter(active, event)
             await self._end_reply(text, status, self._finished_stats(event))
         elif isinstance(event, Failed) and event.interrupted:
             # the engine process ended under the reply: what was written is kept, marked interrupted
             # (as a reply cut by glmtui's own end is); the app says why and how to reload
-            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
+            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens, **active.written_by}
             await self._end_reply(active.text, "interrupted", stats)
         elif isinstance(event, Failed):
-            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens}
+            stats = {"error": event.message, "prompt_tokens": active.prompt_tokens, **active.written_by}
             await self._end_reply(active.text, "error", stats)
             self.app.notify(event.message, severity="error", title="Generation failed")
 
@@ -1050,6 +1089,8 @@ class ChatPane(Vertical):
             "tokens_per_s": event.tokens_per_second,
             "total_s": event.total_seconds,
             "finish_reason": event.finish_reason,
+            "cached_tokens": event.cached_tokens,
+            **(self.active.written_by if self.active is not None else {}),
         }
         context = self.app.loaded.context_length if self.app.loaded is not None else None
         if event.finish_reason == "length" and reached_context(event.prompt_tokens, event.completion_tokens, context):
@@ -1061,6 +1102,7 @@ class ChatPane(Vertical):
         active = self.active
         assert active is not None and active.replacing is not None
         self.active = None
+        self.meter.stop()
         replacing = active.replacing
         await self._roll_back(replacing)
         self._resume_collections_when_idle()
@@ -1074,6 +1116,7 @@ class ChatPane(Vertical):
         active = self.active
         assert active is not None
         self.active = None
+        self.meter.stop()
         await active.widget.finish(text, status, stats)
         self._resume_collections_when_idle()
         for turn in reversed(self.turns):
@@ -1110,11 +1153,12 @@ class ChatPane(Vertical):
         if active.message_id is None:
             return
         text = active.text
-        stats: dict = {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens}
+        stats: dict = {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens, **active.written_by}
         if isinstance(final, Finished):
             if len(final.text) > len(text):  # tokens still waiting to be shown
                 text = final.text
             stats.update(prompt_tokens=final.prompt_tokens or active.prompt_tokens,
                          completion_tokens=final.completion_tokens, ttft=final.time_to_first_token,
-                         tokens_per_s=final.tokens_per_second, total_s=final.total_seconds)
+                         tokens_per_s=final.tokens_per_second, total_s=final.total_seconds,
+                         cached_tokens=final.cached_tokens)
         store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None})

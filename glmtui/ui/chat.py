@@ -39,6 +39,7 @@ from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams
 from .compat import MarkdownTable, WrapsDefaultKeys, block_builder, propagation_stopped, run_focused_bindings
 from .copying import CodeBlock, CodePickerModal, code_blocks, copied_block_note, copied_text_note
 from .meters import DEFAULT_CHARS_PER_TOKEN, ReplyMeter, ReplyMeterState
+from .reasoning import ReasoningBlock
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -431,9 +432,10 @@ class AssistantMessage(Vertical):
     """One reply; streams into its Markdown and shows status and stats under it."""
 
     def __init__(self, text: str = "", status: str = "complete", stats: Optional[dict] = None,
-                 name: str = "GLM", **kwargs) -> None:
+                 name: str = "GLM", reasoning: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
         self.text = text
+        self.reasoning = reasoning  # a reasoning model's <think> text, in a folding block above the answer
         self.status = status
         self.stats = stats or {}
         self.speaker = name
@@ -441,6 +443,7 @@ class AssistantMessage(Vertical):
 
     def compose(self) -> Iterable:
         yield Static(self._head(), classes="msg-head")
+        yield ReasoningBlock(self.reasoning)
         yield ReplyMarkdown(shown_text(self.text, self.status), classes="msg-body")
         yield Static(self._meta(), classes="msg-meta")
 
@@ -486,7 +489,17 @@ class AssistantMessage(Vertical):
         self._stream = Markdown.get_stream(markdown)
         self._refresh_labels()
 
+    @property
+    def reasoning_block(self) -> ReasoningBlock:
+        return self.query_one(ReasoningBlock)
+
+    def write_reasoning(self, fragment: str) -> None:
+        self.reasoning += fragment
+        self.reasoning_block.append(fragment)
+
     async def write(self, fragment: str) -> None:
+        if self.reasoning and fragment.strip():
+            self.reasoning_block.answer_started()  # folds it
         self.text += fragment
         if self._stream is not None:
             await self._stream.write(visible(fragment))
@@ -510,6 +523,7 @@ class AssistantMessage(Vertical):
         self.status = status
         self.stats = stats or {}
         shown = shown_text(text, status)
+        self.reasoning_block.finish()
         if await self._stop_stream():
             await complete_stream(self.markdown, shown)
         else:
@@ -529,6 +543,7 @@ class MessageList(VerticalScroll):
         Binding("end", "select_edge(-1)", "Last", show=False),
         Binding("y", "copy_message", "Copy"),
         Binding("c", "copy_code", "Copy code"),
+        Binding("t", "toggle_reasoning", "Reasoning", show=False),
         Binding("escape", "back", "Prompt", show=False),
     ]
 
@@ -610,6 +625,12 @@ class MessageList(VerticalScroll):
         self.app.copy_to_clipboard(text)
         self.app.notify(copied_text_note(what, text), timeout=3)
 
+    def action_toggle_reasoning(self) -> None:
+        """Open or fold the selected reply's reasoning."""
+        widget = self.selected
+        if not isinstance(widget, AssistantMessage) or not widget.reasoning_block.toggle():
+            self.app.notify("That message has no reasoning.", severity="warning", timeout=3)
+
     def action_copy_code(self) -> None:
         selected = self._selected_text()
         if selected is None:
@@ -643,6 +664,7 @@ class Turn:
     message_id: Optional[int]
     widget: Any = None
     stats: Optional[dict] = None
+    reasoning: str = ""
 
 
 @dataclass
@@ -786,7 +808,8 @@ class ChatPane(Vertical):
         if turn.role == "user":
             widget: Any = UserMessage(turn.content, classes="message user")
         else:
-            widget = AssistantMessage(turn.content, turn.status, turn.stats, self._model_label(), classes="message assistant")
+            widget = AssistantMessage(turn.content, turn.status, turn.stats, self._model_label(),
+                                      reasoning=turn.reasoning, classes="message assistant")
         turn.widget = widget
         self.turns.append(turn)
         self.query_one("#chat-empty", Static).display = False
@@ -820,7 +843,8 @@ class ChatPane(Vertical):
                 self.params = {**self.app.default_params, **(conv.params or {})}
                 for m in self.app.db(self.app.store.messages, conv.id) or []:
                     if m.role in ("user", "assistant"):
-                        await self._mount_turn(Turn(m.role, m.content, m.status, m.id, stats=m.stats))
+                        await self._mount_turn(Turn(m.role, m.content, m.status, m.id, stats=m.stats,
+                                                    reasoning=m.reasoning))
         self.refresh_header()
         self.messages_view.scroll_end(animate=False)
         return True
@@ -1061,11 +1085,15 @@ class ChatPane(Vertical):
         elif isinstance(event, Token):
             if active.meter is not None:
                 active.meter.text(event.text)
-            await active.widget.write(event.text)
+            if event.reasoning:
+                active.widget.write_reasoning(event.text)
+            else:
+                await active.widget.write(event.text)
             now = time.monotonic()
             if active.message_id is not None and now - active.last_flush >= FLUSH_INTERVAL:
                 active.last_flush = now
-                self.app.db(self.app.store.update_message, active.message_id, active.text, "streaming")
+                self.app.db(self.app.store.update_message, active.message_id, active.text, "streaming",
+                            reasoning=active.widget.reasoning or None)
         elif isinstance(event, Finished):
             status = "stopped" if event.finish_reason == "cancelled" else "complete"
             text = event.text if event.text or not active.text else active.text
@@ -1122,10 +1150,11 @@ class ChatPane(Vertical):
         for turn in reversed(self.turns):
             if turn.widget is active.widget:
                 turn.content, turn.status, turn.stats = text, status, stats
+                turn.reasoning = active.widget.reasoning
                 break
         if active.message_id is not None:
             self.app.db(self.app.store.update_message, active.message_id, text, status,
-                        {k: v for k, v in stats.items() if v is not None})
+                        {k: v for k, v in stats.items() if v is not None}, reasoning=active.widget.reasoning or None)
         self.app.generation_state_changed()
         self.app.history_changed()
 
@@ -1161,4 +1190,8 @@ class ChatPane(Vertical):
                          completion_tokens=final.completion_tokens, ttft=final.time_to_first_token,
                          tokens_per_s=final.tokens_per_second, total_s=final.total_seconds,
                          cached_tokens=final.cached_tokens)
-        store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None})
+        reasoning = active.widget.reasoning
+        if isinstance(final, Finished) and len(final.reasoning) > len(reasoning):
+            reasoning = final.reasoning
+        store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None},
+                             reasoning=reasoning or None)

@@ -278,6 +278,7 @@ STUCK_EXIT = textwrap.dedent(
 
     async def main():
         app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
+        app.exit_watchdog = True  # as run_app sets it
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             app._driver.close = lambda: time.sleep(600)  # as seen with the terminal gone: close() never returns

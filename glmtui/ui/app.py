@@ -52,6 +52,7 @@ from glmtui.store import HistoryError, HistoryStore
 
 from . import prefs
 from .chat import ChatPane, params_to_dict
+from .completion import CompletionScreen
 from .compat import app_driver, notification_count, set_mouse_reporting
 from .banner import UnsavedBanner
 from .footer import QuickFooter
@@ -191,6 +192,8 @@ class GlmApp(App):
         ("regenerate", "Regenerate", "Write the last reply again"),
         ("edit_last", "Edit last prompt", "Put the last prompt back in the input to edit and resend"),
         ("new_chat", "New chat", "Start an empty conversation"),
+        ("completion_mode", "Completion mode", "Continue raw text with the model (base models open in it; "
+         "Ctrl+G continues, Ctrl+R regenerates, Ctrl+E edits the prompt, Esc back)"),
         ("next_pane", "Switch pane", "Chat → History → Models → Monitor"),
         ("search", "Search history", "Full-text search over every conversation"),
         ("rename", "Rename conversation", "Rename the current (or highlighted) conversation"),
@@ -216,6 +219,9 @@ class GlmApp(App):
     # an unload gives everything back, a crash of the model leaves the TUI running) or "thread"
     # (the in-process InferenceWorker: tests that need speed set it, by class or constructor).
     LOCAL_ENGINE = "process"
+    # Leave the process (os._exit) if it is still there SIGNAL_EXIT_GRACE s after a signal's exit saved
+    # everything: set by run_app, the process's own entry point, never by an app hosted in another one.
+    exit_watchdog = False
 
     def __init__(
         self,
@@ -273,7 +279,7 @@ class GlmApp(App):
         self._downloads = None
         # Tokens from the worker wait here until the UI takes them all at once.
         self._token_lock = threading.Lock()
-        self._token_buffer: list[tuple[int, list[str]]] = []
+        self._token_buffer: list[tuple[tuple[int, bool], list[str]]] = []  # (request id, reasoning): texts
         self._tokens_posted = False
 
         self._focus_next = None  # a widget to focus instead of the pane's usual one
@@ -432,7 +438,7 @@ class GlmApp(App):
             self.store.close()
         except Exception:  # noqa: BLE001
             pass
-        if getattr(self, "_ended_by_signal", None):
+        if getattr(self, "_ended_by_signal", None) and self.exit_watchdog:
             self._exit_watchdog(128 + int(self._ended_by_signal))
 
     def _exit_watchdog(self, code: int) -> None:
@@ -634,10 +640,11 @@ class GlmApp(App):
             self._rss_after_imports = process_rss()
         if isinstance(event, Token):
             with self._token_lock:
-                if self._token_buffer and self._token_buffer[-1][0] == event.request_id:
+                run = (event.request_id, event.reasoning)  # a reasoning model's <think> text never joins its answer
+                if self._token_buffer and self._token_buffer[-1][0] == run:
                     self._token_buffer[-1][1].append(event.text)
                 else:
-                    self._token_buffer.append((event.request_id, [event.text]))
+                    self._token_buffer.append((run, [event.text]))
                 if self._tokens_posted:
                     return
                 self._tokens_posted = True
@@ -654,8 +661,15 @@ class GlmApp(App):
     async def _write_buffered_tokens(self) -> None:
         with self._token_lock:
             batch, self._token_buffer = self._token_buffer, []
-        for request_id, parts in batch:
-            await self.chat_pane.on_generation_event(Token(request_id, "".join(parts)))
+        for (request_id, reasoning), parts in batch:
+            await self._generation_event(Token(request_id, "".join(parts), reasoning=reasoning))
+
+    async def _generation_event(self, event) -> None:
+        """A generation's event to the chat and to an open completion view (each takes its own requests)."""
+        await self.chat_pane.on_generation_event(event)
+        for screen in self.screen_stack:
+            if isinstance(screen, CompletionScreen):
+                await screen.on_generation_event(event)
 
     def _release_tokens(self) -> None:
         with self._token_lock:
@@ -669,7 +683,7 @@ class GlmApp(App):
         if isinstance(event, (Finished, Failed)):
             await self._write_buffered_tokens()  # the reply's last tokens come before its end
         if isinstance(event, (Started, Token, Finished)):
-            await self.chat_pane.on_generation_event(event)
+            await self._generation_event(event)
         elif isinstance(event, LoadProgress):
             self.models_pane.set_load_progress(event.stage, event.fraction)
             self.refresh_status()
@@ -698,7 +712,7 @@ class GlmApp(App):
                 self.notify(event.message, severity="error", title="Could not unload")
             else:
                 # a generation of ours; others (the --api server's clients) report to their clients
-                await self.chat_pane.on_generation_event(event)
+                await self._generation_event(event)
 
     @property
     def engine_notice(self) -> EngineNotice:
@@ -791,6 +805,8 @@ class GlmApp(App):
         else:
             self.notify(f"{event.model_name} served by {event.model_path}", title="Connected", timeout=4)
         self._model_changed(reload_rows=True)
+        if event.mode in MODES and catalog.entry_for_folder(event.model_path).kind == "base":
+            self.action_completion_mode()  # a base model was never taught the chat roles
 
     def _model_changed(self, reload_rows: bool = False) -> None:
         if reload_rows:
@@ -964,7 +980,7 @@ class GlmApp(App):
     # ------------------------------------------------------------------ chat actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("next_pane", "search") and isinstance(self.screen, ModalScreen):
+        if action in ("next_pane", "search") and isinstance(self.screen, (ModalScreen, CompletionScreen)):
             return False  # priority keys: a dialog keeps them (and the panes behind it stay)
         try:
             chat = self.chat_pane
@@ -1007,8 +1023,20 @@ class GlmApp(App):
             self.refresh_status()
             self.refresh_bindings()
 
+    def action_completion_mode(self, conversation_id: Optional[int] = None) -> None:
+        """Open the completion view (a stored completion, or a new one)."""
+        if isinstance(self.screen, CompletionScreen):
+            if conversation_id is not None:
+                self.screen.open(conversation_id)
+            return
+        self.push_screen(CompletionScreen(conversation_id))
+
     @on(HistoryPane.Open)
     async def _open_conversation(self, message: HistoryPane.Open) -> None:
+        conv = self.db(self.store.get_conversation, message.conversation_id)
+        if conv is not None and conv.kind == "completion":
+            self.action_completion_mode(conv.id)
+            return
         if await self.chat_pane.show_conversation(message.conversation_id):
             self.history_pane.set_current(self.chat_pane.conversation_id)
             self.current_pane = "chat"
@@ -1271,5 +1299,6 @@ def run_app(args) -> int:
         api_key=getattr(args, "api_key", None),
         api_allow_hosts=tuple(getattr(args, "allow_host", None) or ()),
     )
+    app.exit_watchdog = True
     app.run()
     return 0 if app.return_code in (None, 0) else int(app.return_code)

@@ -62,10 +62,10 @@ def _open_engine(args, events: _Events, log: TextIO):
     else:
         if not getattr(args, "model", None):
             return None, "give --model PATH (a model folder or downloaded catalogue model) or --endpoint URL"
-        from .engine.process import EngineProcess
+        from .engine.choose import local_engine
 
         # A one-shot chat never switches models: no spare process waiting in the background.
-        engine = EngineProcess(keep_spare=False).start()
+        engine = local_engine(getattr(args, "engine", None) or "transformers", keep_spare=False).start()
     loaded = _load(engine, args, events, log)
     if isinstance(loaded, str):
         engine.shutdown()

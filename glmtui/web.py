@@ -49,6 +49,8 @@ def serve_argv(args, port: int, python: Optional[str] = None) -> list[str]:
         argv += ["--mode", args.mode]
     if getattr(args, "device", None) and args.device != "auto":
         argv += ["--device", args.device]
+    if getattr(args, "engine", "transformers") == "vllm":
+        argv += ["--engine", "vllm"]
     return argv
 
 

@@ -155,7 +155,7 @@ def run_server(args) -> int:
     """``glmtui serve``: load ``--model`` on one worker and serve the API until Ctrl-C."""
     import uvicorn
 
-    from ..engine.worker import InferenceWorker
+    from ..engine.choose import local_engine
     from ..resolve import resolve_model
     from .routes import create_app
 
@@ -178,7 +178,8 @@ def run_server(args) -> int:
     device = getattr(args, "device", None) or "auto"
     mode = getattr(args, "mode", None) or "auto"  # the worker picks: bf16 on a GPU, fp32 on the CPU
     api_key = getattr(args, "api_key", None) or os.environ.get("GLMTUI_API_KEY") or None
-    worker = InferenceWorker().start()
+    # glmtui serve is its clients' engine process: its own engine runs in this process (or manages vLLM's)
+    worker = local_engine(getattr(args, "engine", None) or "transformers", in_process=True).start()
     app = create_app(worker, name, api_key, host=args.host, allow_hosts=tuple(getattr(args, "allow_host", None) or ()))
     config = uvicorn.Config(app, host=args.host, port=port, log_level="info", timeout_graceful_shutdown=5)
     _log_to_stderr()

@@ -241,9 +241,11 @@ class GlmApp(App):
         api_key: Optional[str] = None,
         api_allow_hosts: tuple = (),
         local_engine: Optional[str] = None,
+        engine_kind: str = "transformers",
     ) -> None:
         self.paths = paths or default_paths()
         self.local_engine = local_engine or self.LOCAL_ENGINE
+        self.engine_kind = engine_kind  # "transformers" (glmtui's own) or "vllm" (a managed vLLM server)
         self.device = device or "auto"
         self.endpoint = endpoint
         self.initial_model = model
@@ -323,13 +325,11 @@ class GlmApp(App):
             except Exception as exc:  # noqa: BLE001 - say why, run locally instead
                 self.notes.append(("error", f"Cannot use the endpoint {self.endpoint} ({exc}); running models locally."))
                 self.endpoint = None
-        if self.local_engine == "thread":
-            from glmtui.engine.worker import InferenceWorker
+        from glmtui.engine.choose import local_engine
 
-            return InferenceWorker()
-        from glmtui.engine.process import EngineProcess
-
-        return EngineProcess()
+        if self.engine_kind == "vllm":
+            return local_engine("vllm")
+        return local_engine(in_process=self.local_engine == "thread")
 
     def compose(self) -> ComposeResult:
         yield PaneBar(id="pane-bar")
@@ -1298,6 +1298,7 @@ def run_app(args) -> int:
         api=bool(getattr(args, "api", False)),
         api_key=getattr(args, "api_key", None),
         api_allow_hosts=tuple(getattr(args, "allow_host", None) or ()),
+        engine_kind=getattr(args, "engine", None) or "transformers",
     )
     app.exit_watchdog = True
     app.run()

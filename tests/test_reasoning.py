@@ -80,6 +80,7 @@ def test_a_reply_that_starts_inside_or_never_closes_or_has_no_block():
     assert _split_all(list("Plain answer with <think> later.")) == ("", "Plain answer with <think> later.")
     assert _split_all(["  <thi"]) == ("", "  <thi")  # a reply that ends on what might have been a tag
     assert _split_all(["<think></think>\n", "Answer"]) == ("", "Answer")  # an empty block
+    assert _split_all(list("</think>\nAnswer")) == ("", "Answer")  # a close without an open: an empty block
 
 
 # ---------------------------------------------------------------- the real tokenizer and template
@@ -108,6 +109,11 @@ def test_reply_stream_splits_a_scripted_reply_decoded_by_the_real_detokenizer(th
     assert "".join(e.text for e in events if not e.reasoning) == done.text
     flags = [e.reasoning for e in events]
     assert flags == sorted(flags, reverse=True)  # all reasoning first, then the answer
+
+
+def test_tag_tokens_after_the_block_stay_dropped_as_decoding_drops_them(thinking_dir):
+    _events, done = _stream_script(_format(thinking_dir), "<think>plan</think>An</think>swer<think>.")
+    assert (done.reasoning, done.text) == ("plan", "Answer.")
 
 
 def test_tags_written_as_several_ordinary_tokens_are_split_too(native_glm):

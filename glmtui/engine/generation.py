@@ -70,7 +70,7 @@ class ReplyStream(BaseStreamer):
                 self.hit_stop_token = True
                 break
             self.generated += 1
-            if token_id in self._tag_ids and self._split is not None:
+            if token_id in self._tag_ids and self._split is not None and self._split.state != "answer":
                 self._take(self._detok.push(kept + [token_id]))  # decodes to nothing itself
                 self._take(self._tag_ids[token_id])
                 kept = []

@@ -33,7 +33,8 @@ class ReasoningSplitter:
     """Text in, ``(is_reasoning, text)`` pieces out, in order.
 
     ``inside``: the prompt already opened the block. Otherwise a block is looked for only at the
-    reply's start (after whitespace): a ``<think>`` later in an answer is the answer's text. The
+    reply's start (after whitespace): a ``<think>`` later in an answer is the answer's text (tag tokens
+    that decoding drops stay dropped there, generation.py). A ``</think>`` first closes an empty block. The
     reasoning is given without the whitespace around it, the answer without what follows ``</think>``
     before its first visible character (templates strip both when they render a turn).
     """
@@ -62,6 +63,13 @@ class ReasoningSplitter:
                     self._state = "reasoning"
                     buffer = visible[len(OPEN):]
                     continue
+                if visible.startswith(CLOSE):  # a block closed before it opened: nothing to show of it
+                    self._state = "after"
+                    buffer = visible[len(CLOSE):]
+                    continue
+                if len(visible) < len(CLOSE) and CLOSE.startswith(visible):
+                    self._held = buffer
+                    return out
                 self._state = "answer"
             if self._state == "answer":
                 out.append((False, buffer))

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LIST_LIMIT = 500
 SEARCH_LIMIT = 100
+COMPLETION_MARK = "✎ "  # before a completion's title
 MARKS = ("\x01", "\x02")  # snippet highlight marks (never in stored text shown here)
 
 
@@ -126,6 +127,8 @@ class HistoryPane(Vertical):
             for conv in conversations:
                 marker = "● " if conv.id == self.current_id else "  "
                 prompt = Text(marker, style="bold")
+                if conv.kind == "completion":  # completion mode's text, opened in the completion view
+                    prompt.append(COMPLETION_MARK, style="dim")
                 prompt.append(conv.title or "Untitled")
                 options.append(Option(prompt, id=f"conv:{conv.id}"))
             total = len(conversations)

@@ -90,7 +90,7 @@ def plan_limits(per_token: int, context_length: int, free_bytes: Optional[int],
     return Limits(sequences, sequences * pages * PAGE_SIZE)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (the waiting deque's remove)
 class _Live:
     """One request in (or waiting for) the batch."""
 

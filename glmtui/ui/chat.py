@@ -777,7 +777,8 @@ class ChatPane(Vertical):
 
     @property
     def streaming(self) -> bool:
-        return self.active is not None
+        agent = getattr(self.app, "agent", None)  # Tool/Code mode's turns (ui/agent_view.py)
+        return self.active is not None or (agent is not None and agent.busy)
 
     def generation_params(self) -> GenerationParams:
         return params_from_dict(self.params)
@@ -789,6 +790,9 @@ class ChatPane(Vertical):
                     style="dim")
         if self.system_prompt:
             head.append(" · system prompt", style="dim italic")
+        agent = getattr(self.app, "agent", None)
+        if agent is not None and agent.header_label() is not None:
+            head.append_text(agent.header_label())
         if self.editing is not None:
             head.append("  editing the last prompt: Enter resends, Esc cancels", style="bold yellow")
         self.query_one("#chat-title", Static).update(head)
@@ -875,6 +879,9 @@ class ChatPane(Vertical):
         text = text.strip("\n").rstrip()
         if not text.strip():
             return False
+        agent = getattr(self.app, "agent", None)
+        if agent is not None and (agent.mode != "chat" or agent.busy):  # Tool/Code mode: agent_view.py
+            return await agent.send(self, text)
         if self.active is not None:
             self.app.notify("A reply is still streaming: Esc stops it.", severity="warning")
             return False
@@ -1006,6 +1013,9 @@ class ChatPane(Vertical):
         self.app.history_changed()
 
     def stop(self) -> bool:
+        agent = getattr(self.app, "agent", None)
+        if agent is not None and agent.stop():
+            return True
         if self.active is None:
             return False
         self.active.stop_requested = True

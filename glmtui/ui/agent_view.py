@@ -1,0 +1,343 @@
+"""The chat's Tool / Code modes on screen: the confirmation dialog, the call and result messages,
+and the glue between the chat pane and :class:`agent_controller.AgentController`.
+
+Each model turn streams into its own message; a tool call or code block is shown as a message
+of its own (the tool's name and arguments, or the code) with what came of it (ran, declined,
+malformed, not allowed here); its result follows as a "Result" message (images as file links).
+Every turn is saved as it is added: user, assistant (with the tool name or "interpreter" as
+metadata) and observation rows, so the conversation can be read, searched and continued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+from glmtui.agent.session import Action, Step, is_loopback, tool_call_summary
+from glmtui.engine.events import ChatMessage
+
+from .agent_controller import MODE_LABELS, AgentController
+from .chat import AssistantMessage, Turn, make_title
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import GlmApp
+    from .chat import ChatPane
+
+WEB_HOST_ENV = "GLMTUI_WEB_HOST"  # set by `glmtui web` for its sessions: the host the page is served on
+
+OUTCOMES = {
+    "ran": ("✓ ran", "green"),
+    "declined": ("✗ declined, not run", "yellow"),
+    "malformed": ("⚠ malformed, not run", "red"),
+    "blocked": ("⛔ not run: tools and code are off while served over the network", "red"),
+    "error": ("✗ error", "red"),
+}
+
+
+def execution_allowed(environ=os.environ) -> bool:
+    """Tools and code may run unless `glmtui web` serves this TUI on a host other machines reach."""
+    host = environ.get(WEB_HOST_ENV)
+    return not host or is_loopback(host)
+
+
+class ToolConfirmModal(ModalScreen[str]):
+    """A tool call or code block, before it runs: y runs it, n (Esc) declines, a runs it and every
+    later one of its kind in this session (built-in tools, or code blocks)."""
+
+    AUTO_FOCUS = "#run"
+    BINDINGS = [
+        Binding("y", "answer('run')", "Run"),
+        Binding("n,escape", "answer('decline')", "Decline"),
+        Binding("a", "answer('always')", "Always"),
+    ]
+
+    def __init__(self, action: Action, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.action_shown = action
+
+    def compose(self) -> Iterable:
+        action = self.action_shown
+        code = action.kind == "interpreter"
+        if code:
+            title, body, always = "Run this code in the kernel?", action.code, "a: run every code block this session"
+        else:
+            title = f"Run the tool {action.name}?" + (" (built-in)" if action.builtin else "")
+            body = json.dumps(action.arguments or {}, indent=2, ensure_ascii=False)
+            always = "a: run built-in tools without asking this session" if action.builtin else ""
+        with Vertical(classes="dialog"):
+            yield Static(Text(title, style="bold"), classes="dialog-title")
+            yield Static(Text(tool_call_summary(action)), id="call-summary")
+            with VerticalScroll(id="call-body"):
+                yield Static(Text(body), id="call-text")
+            yield Static(Text("y runs it · n or Esc declines" + (f" · {always}" if always else ""), style="dim"))
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Run (y)", variant="warning", id="run")
+                yield Button("Decline (n)", id="decline")
+                if always:
+                    yield Button("Always (a)", id="always")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id or "decline")
+
+    def action_answer(self, value: str) -> None:
+        if value == "always" and not self.query("#always"):
+            return  # a user tool is confirmed every time
+        self.dismiss(value)
+
+
+class CallMessage(AssistantMessage):
+    """A model turn of Tool/Code mode: plain text, or a call with its outcome in the head line."""
+
+    outcome = ""
+    note = ""
+
+    def _head(self) -> Text:
+        head = super()._head()
+        if self.outcome in OUTCOMES:
+            label, style = OUTCOMES[self.outcome]
+            head.append(f"  {label}", style=style)
+        return head
+
+    def set_outcome(self, outcome: str, note: str = "") -> None:
+        self.outcome, self.note = outcome, note
+        if note:
+            self.stats = {**self.stats, "error": note}
+        self._refresh_labels()
+
+
+def call_text(message: ChatMessage) -> str:
+    """How a call turn is shown: the tool (or "interpreter") and its arguments or code."""
+    if message.metadata == "interpreter":
+        return f"**Code** (interpreter)\n\n{message.content}"
+    return f"**Tool call** `{message.metadata}`\n\n{message.content}"
+
+
+def result_text(content: str, images: Iterable = ()) -> str:
+    shown = content if content.lstrip().startswith("```") else f"```\n{content}\n```"
+    links = [f"- image saved: [{os.path.basename(str(p))}]({_file_url(p)}) `{p}`" for p in images]
+    return shown + ("\n\n" + "\n".join(links) if links else "")
+
+
+def _file_url(path) -> str:
+    from pathlib import Path
+
+    return Path(path).absolute().as_uri()
+
+
+class AgentView:
+    """Tool/Code mode for the app's chat pane (one at a time)."""
+
+    def __init__(self, app: "GlmApp") -> None:
+        self.app = app
+        self.controller = AgentController(
+            app.engine, post=app.call_from_thread, ask=self._ask, config_dir=app.paths.config_dir,
+            execution_allowed=execution_allowed(), auto_run_builtins=bool(app.prefs.get("auto_run_builtin_tools")))
+        self._chat: Optional["ChatPane"] = None
+        self._streaming: Optional[Turn] = None
+        self._images: list = []
+        self._modal: Optional[ToolConfirmModal] = None
+
+    @property
+    def mode(self) -> str:
+        return self.controller.mode
+
+    @property
+    def busy(self) -> bool:
+        return self.controller.busy
+
+    def header_label(self) -> Optional[Text]:
+        if self.mode == "chat":
+            return None
+        label = Text(f"  {MODE_LABELS[self.mode]} mode", style="bold reverse")
+        allowed = "" if self.controller.execution_allowed else " · nothing runs (served)"
+        label.append(f" F10 switches{allowed}", style="dim")
+        return label
+
+    def cycle_mode(self) -> str:
+        if self.busy:
+            self.app.notify("A reply is still being written: Esc stops it.", severity="warning")
+            return self.mode
+        mode = self.controller.cycle_mode()
+        if mode == "tool":
+            box = self.controller.load_toolbox()
+            for problem in self.controller.toolbox_problems:
+                self.app.notify(problem, severity="warning", title="Tools", timeout=10)
+            self.app.notify(f"Tool mode: {len(box.tools)} tools ({', '.join(box.tools)}); each call is shown "
+                            "and runs once you confirm.", timeout=5)
+        elif mode == "code":
+            self.app.notify("Code mode: the model's code blocks run in a Jupyter kernel once you confirm "
+                            f"each (timeout {self.controller.interpreter_timeout:g} s).", timeout=5)
+        else:
+            self.app.notify("Chat mode.", timeout=2)
+        return mode
+
+    def stop(self) -> bool:
+        return self.controller.stop()
+
+    def shutdown(self) -> None:
+        modal = self._modal
+        self.controller.shutdown()
+        if modal is not None and modal.is_attached:
+            modal.dismiss("decline")
+
+    # -------------------------------------------------------------- a send
+
+    async def send(self, chat: "ChatPane", text: str) -> bool:
+        app = self.app
+        if self.busy or chat.active is not None:
+            app.notify("A reply is still being written: Esc stops it.", severity="warning")
+            return False
+        if app.loaded is None and self.controller.source is None:
+            app.notify("No model loaded: press Ctrl+L to load one.", severity="error", title="Cannot send")
+            return False
+        store = app.store
+        history = []
+        if chat.conversation_id is not None:
+            for m in app.db(store.messages, chat.conversation_id) or []:
+                if m.role in ("user", "assistant", "observation") and m.status != "error" and (m.content or m.metadata):
+                    history.append(ChatMessage(m.role, m.content, m.metadata))
+        else:
+            chat.title = make_title(text)
+            model = app.loaded.model_name if app.loaded is not None else None
+            chat.conversation_id = app.db(store.create_conversation, chat.title, model,
+                                          self.controller.system_prompt(), chat.params)
+        self._chat, self._streaming, self._images = chat, None, []
+        self.controller.start(text, history, chat.generation_params(), on_message=self._on_message,
+                              on_text=self._on_text, on_step=self._on_step, on_done=self._on_done)
+        chat.refresh_header()
+        app.generation_state_changed()
+        app.history_changed()
+        return True
+
+    # -------------------------------------------------------------- the session's callbacks (UI thread)
+
+    def _save(self, message: ChatMessage, status: str = "complete") -> Optional[int]:
+        chat = self._chat
+        if chat is None or chat.conversation_id is None:
+            return None
+        return self.app.db(self.app.store.add_message, chat.conversation_id, message.role, message.content,
+                           status, None, message.metadata)
+
+    def _model(self) -> str:
+        return self.app.loaded.model_name if self.app.loaded is not None else "GLM"
+
+    async def _mount(self, role: str, text: str, status: str, name: str, mid: Optional[int]) -> Turn:
+        chat = self._chat
+        assert chat is not None
+        if role == "user":
+            from .chat import UserMessage
+
+            turn = Turn("user", text, status, mid)
+            await chat._mount_turn(turn)  # noqa: SLF001 - the chat's own way of adding a turn
+            return turn
+        widget = CallMessage(text, status, None, name, classes="message assistant")
+        turn = Turn(role, text, status, mid, widget)
+        chat.turns.append(turn)
+        chat.query_one("#chat-empty").display = False
+        await chat.messages_view.mount(widget)
+        return turn
+
+    async def _on_text(self, piece: str) -> None:
+        if self._streaming is None:
+            self._streaming = await self._mount("assistant", "", "streaming", self._model(), None)
+            self._streaming.widget.start_stream()
+        await self._streaming.widget.write(piece)
+
+    async def _on_message(self, message: ChatMessage) -> None:
+        stopped = self.controller._stopping.is_set()  # noqa: SLF001
+        status = "stopped" if stopped and message.role == "assistant" else "complete"
+        mid = self._save(message, status)
+        if message.role == "user":
+            await self._mount("user", message.content, "complete", "You", mid)
+            return
+        if message.role == "observation":
+            turn = await self._mount("observation", result_text(message.content, self._images), "complete",
+                                     "Result", mid)
+            turn.content = message.content
+            self._images = []
+            return
+        shown = call_text(message) if message.metadata else message.content
+        turn, self._streaming = self._streaming, None
+        if turn is None:
+            turn = await self._mount("assistant", shown, status, self._model(), mid)
+        else:
+            await turn.widget.finish(shown, status, {})
+        turn.content, turn.status, turn.message_id = message.content, status, mid
+        if message.metadata:
+            turn.widget.speaker = f"{self._model()} → {message.metadata}"
+            turn.widget.add_class("-call")
+            turn.widget._refresh_labels()  # noqa: SLF001
+
+    async def _on_step(self, step: Step) -> None:
+        result = step.result
+        self._images = list(getattr(result, "images", []) or [])
+        if step.outcome == "error":
+            note = str(result) if result else "the model could not reply"
+            if self._streaming is not None:
+                turn, self._streaming = self._streaming, None
+                await turn.widget.finish(turn.widget.text, "error", {"error": note})
+            self.app.notify(note, severity="error", title="Generation failed")
+            return
+        if step.outcome == "answer":
+            return
+        chat = self._chat
+        call = next((t for t in reversed(chat.turns) if isinstance(t.widget, CallMessage)
+                     and t.widget.has_class("-call")), None) if chat is not None else None
+        if call is not None:
+            note = step.reply.problem if step.outcome == "malformed" else ""
+            if step.outcome == "malformed" and not note and step.observation:
+                note = step.observation
+            call.widget.set_outcome(step.outcome, note)
+
+    async def _on_done(self) -> None:
+        if self._streaming is not None:  # stopped before the reply was parsed
+            turn, self._streaming = self._streaming, None
+            await turn.widget.finish(turn.widget.text, "stopped", {})
+        chat = self._chat
+        if chat is not None:
+            chat.refresh_header()
+        self.app.generation_state_changed()
+        self.app.history_changed()
+
+    # -------------------------------------------------------------- confirmation (agent thread)
+
+    def _ask(self, action: Action):
+        done = threading.Event()
+        answer: list = []
+
+        def show() -> None:
+            self._modal = ToolConfirmModal(action)
+
+            def decided(value: Optional[str]) -> None:
+                self._modal = None
+                answer.append(value or "decline")
+                done.set()
+
+            self.app.push_screen(self._modal, decided)
+
+        try:
+            self.app.call_from_thread(show)
+        except Exception:  # noqa: BLE001 - the app is closing
+            return "decline"
+        while not done.wait(0.2):
+            if self.controller._stopping.is_set():  # noqa: SLF001 - Esc or the app closing
+                return "decline"
+        return answer[0]
+
+    def restart_kernel(self) -> None:
+        def work() -> None:
+            message = self.controller.restart_kernel()
+            try:
+                self.app.call_from_thread(self.app.notify, message, title="Code kernel", timeout=5)
+            except Exception:  # noqa: BLE001
+                pass
+
+        threading.Thread(target=work, name="glmtui-kernel-restart", daemon=True).start()

@@ -322,3 +322,36 @@ def test_a_failed_batch_fails_its_requests_and_the_engine_goes_on_one_at_a_time(
         assert worker._batch is None
     finally:
         worker.shutdown()
+
+
+def test_in_the_batch_a_next_turn_prefills_only_past_the_shared_full_pages(native_glm):
+    """KV reuse across turns with batching on: the manager's prefix sharing keeps a finished
+    request's complete pages, so the next turn's prefill starts at the last shared page."""
+    from glmtui.engine import batching, loading
+    from glmtui.engine.generation import ReplyStream
+
+    loaded = loading.load_model(str(native_glm), "fp32", "cpu", lambda *a: None)
+    fmt = loaded.chat_format
+    runner, why = batching.start_batching(loaded, fmt.encode_conversation(ask("Hello")))
+    assert runner is not None, why
+    fed = []
+    loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(int(kwargs["input_ids"].shape[-1])), with_kwargs=True)
+
+    def turn(ids) -> int:
+        done = threading.Event()
+        stream = ReplyStream(fmt.decode, [], (), lambda text: None)
+        fed.clear()
+        runner.submit(len(ids), ids, len(ids), 2, stream, GenerationParams(max_new_tokens=2, temperature=0.0),
+                      time.perf_counter(), lambda event: done.set(), fmt.stop_token_ids)
+        assert done.wait(60)
+        return sum(fed) - 1  # every forward's tokens, less the one decode step after the prefill
+
+    try:
+        first = fmt.encode_conversation(ask("tell me a story about cats " * 30))
+        assert turn(first) == len(first)
+        second = first + fmt.encode_conversation(ask("and dogs"))[2:]
+        page = runner.limits.page_size
+        assert turn(second) == len(second) - (len(first) // page) * page
+    finally:
+        runner.close()

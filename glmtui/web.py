@@ -129,6 +129,8 @@ def run_web(args) -> int:
                 return 2
             endpoint = DEFAULT_SERVE_URL
         command = app_command(endpoint)
+        # the sessions inherit it: their Tool/Code modes run nothing unless the page is loopback-only
+        os.environ["GLMTUI_WEB_HOST"] = args.host
         print(f"glmtui web: each browser session runs: {command}", file=sys.stderr, flush=True)
         if token:
             make_gated_server(command, args.host, args.port, token, token_source).serve()

@@ -183,10 +183,7 @@ class AgentView:
         return self.controller.stop()
 
     def shutdown(self) -> None:
-        modal = self._modal
         self.controller.shutdown()
-        if modal is not None and modal.is_attached:
-            modal.dismiss("decline")
 
     # -------------------------------------------------------------- a send
 
@@ -328,9 +325,18 @@ class AgentView:
         except Exception:  # noqa: BLE001 - the app is closing
             return "decline"
         while not done.wait(0.2):
-            if self.controller._stopping.is_set():  # noqa: SLF001 - Esc or the app closing
+            if self.controller._stopping.is_set():  # noqa: SLF001 - stopped, or the app closing
+                try:
+                    self.app.call_from_thread(self._close_dialog)
+                except Exception:  # noqa: BLE001 - the app is gone
+                    pass
                 return "decline"
         return answer[0]
+
+    def _close_dialog(self) -> None:
+        modal, self._modal = self._modal, None
+        if modal is not None and modal.is_attached:
+            modal.dismiss("decline")
 
     def restart_kernel(self) -> None:
         def work() -> None:

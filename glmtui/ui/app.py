@@ -183,6 +183,7 @@ class GlmApp(App):
         Binding("f6", "reload", "Reload", show=False, priority=True),
         Binding("f7", "kill_engine", "Kill engine", show=False, priority=True),
         Binding("f12", "toggle_mouse", "Mouse", show=False),
+        Binding("f10", "cycle_mode", "Mode", show=False),  # Chat / Tool / Code (named in the chat header)
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -209,6 +210,11 @@ class GlmApp(App):
         ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
         ("toggle_download_source", "Switch download source", "Download from Hugging Face or ModelScope"),
         ("toggle_engine_log", "Engine log", "Show or hide the last lines of the engine process's log under Models"),
+        ("cycle_mode", "Switch mode: Chat / Tool / Code", "Tool: the model may call tools (built-ins and "
+         "~/.config/glmtui/tools/*.json); Code: it may run Python in a kernel; each call after you confirm"),
+        ("restart_kernel", "Restart code kernel", "A fresh Jupyter kernel for Code mode (variables are lost)"),
+        ("toggle_auto_tools", "Auto-run built-in tools", "Run the built-in tools (time, arithmetic, units) "
+         "without asking; on/off, saved"),
         ("toggle_mouse", "Release the mouse", "Let the terminal select and copy text itself (over SSH too); "
          "again gives the mouse back to glmtui"),
     )
@@ -298,6 +304,9 @@ class GlmApp(App):
         self.last_load: Optional[tuple[str, str, str]] = None  # (folder, mode, label) of the last local load
         self._store_errors: set[str] = set()
         self.mouse_released = False  # F12: the terminal's own selection works (glmtui gets no mouse events)
+        from .agent_view import AgentView
+
+        self.agent = AgentView(self)  # the chat's Tool / Code modes
 
     # ------------------------------------------------------------------ setup
 
@@ -416,6 +425,10 @@ class GlmApp(App):
                 chat.save_on_exit(status, final)
             except Exception:  # noqa: BLE001 - the next start marks it interrupted instead
                 pass
+        try:
+            self.agent.shutdown()  # a running send stops, the code kernel ends
+        except Exception:  # noqa: BLE001
+            pass
         if self._api_server is not None:
             try:
                 self._api_server.stop(timeout=3.0)
@@ -1022,6 +1035,20 @@ class GlmApp(App):
             self.chat_pane.input.focus()
             self.refresh_status()
             self.refresh_bindings()
+
+    def action_cycle_mode(self) -> None:
+        self.agent.cycle_mode()
+        self.chat_pane.refresh_header()
+
+    def action_restart_kernel(self) -> None:
+        self.agent.restart_kernel()
+
+    def action_toggle_auto_tools(self) -> None:
+        on = not bool(self.prefs.get("auto_run_builtin_tools"))
+        self._save_prefs(auto_run_builtin_tools=on)
+        self.agent.controller.auto_run_builtins = on
+        self.notify("Built-in tools now run without asking." if on else "Every tool call is confirmed again.",
+                    timeout=4)
 
     def action_completion_mode(self, conversation_id: Optional[int] = None) -> None:
         """Open the completion view (a stored completion, or a new one)."""

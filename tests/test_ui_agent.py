@@ -1,0 +1,191 @@
+"""The chat's Tool and Code modes driven by Textual's Pilot. The model's text is scripted (what a real
+ChatGLM3 would say is what the behaviour depends on): encoded and streamed with the tiny ChatGLM3's
+tokenizer, its prompts built by the real ChatGLM3Format. Parser, toolbox, Jupyter kernel, dialog,
+chat pane and history file are the real ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glmtui.engine.prompts import ChatGLM3Format
+from glmtui.engine.tools import TOOL_SYSTEM_PROMPT
+from glmtui.ui.agent_view import CallMessage, ToolConfirmModal, execution_allowed
+from glmtui.ui.app import GlmApp
+from test_agent_session import ScriptedModel, block, call, chatglm3_prompt
+from test_interpreter import tiny_png
+from test_ui import screen_text, type_text, wait_for
+
+
+@pytest.fixture(autouse=True)
+def in_process_engine(monkeypatch):
+    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+
+
+@pytest.fixture(scope="module")
+def glm3(chatglm3_dir):
+    return ChatGLM3Format(chatglm3_dir / "tokenizer.model")
+
+
+def make_app():
+    return GlmApp(sampler=None, monitor_interval=5.0)
+
+
+async def ask(pilot, app, text):
+    chat = app.chat_pane
+    chat.input.focus()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.agent.busy or chat.turns, what="send")
+
+
+async def answer_dialog(pilot, app, key):
+    await wait_for(pilot, lambda: isinstance(app.screen, ToolConfirmModal), what="confirmation dialog")
+    dialog = app.screen
+    await pilot.press(key)
+    return dialog
+
+
+async def done(pilot, app):
+    await wait_for(pilot, lambda: not app.agent.busy, what="the turns to end")
+    await pilot.pause()
+
+
+def saved(app):
+    cid = app.chat_pane.conversation_id
+    return app.store.get_conversation(cid), [(m.role, m.metadata, m.content) for m in app.store.messages(cid)]
+
+
+def calls(app):
+    return [t.widget for t in app.chat_pane.turns if isinstance(t.widget, CallMessage) and t.widget.has_class("-call")]
+
+
+async def test_tool_mode_confirm_deny_and_malformed_calls(glm3):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10")
+        assert app.agent.mode == "tool" and "Tool mode" in screen_text(app)
+        model = app.agent.controller.source = ScriptedModel(glm3, [
+            call("calculate", expression="(2 + 3) * 4"), "The answer is 20.",  # confirmed
+            call("current_time", timezone="UTC"), "I was not allowed to look.",  # declined
+            'calculate\n{"expression": }', "nosuch\n```python\ntool_call(x=1)\n```", "Sorry.",  # malformed
+        ])
+        await ask(pilot, app, "What is (2+3)*4?")
+        dialog = await answer_dialog(pilot, app, "y")
+        assert dialog.action_shown.name == "calculate" and dialog.action_shown.arguments == {"expression": "(2 + 3) * 4"}
+        await done(pilot, app)
+        conv, messages = saved(app)
+        assert conv.system_prompt == TOOL_SYSTEM_PROMPT
+        observation = messages[2][2]
+        assert json.loads(observation)["result"] == 20
+        assert messages == [("user", "", "What is (2+3)*4?"),
+                            ("assistant", "calculate", '```python\ntool_call(expression="(2 + 3) * 4")\n```'),
+                            ("observation", "", observation), ("assistant", "", "The answer is 20.")]
+        # the result went back as <|observation|> after the call, as ChatGLM3 lays it out
+        assert model.prompts[1] == chatglm3_prompt(glm3, [
+            ("system", "", TOOL_SYSTEM_PROMPT), ("user", "", "What is (2+3)*4?"),
+            ("assistant", "calculate", '```python\ntool_call(expression="(2 + 3) * 4")\n```'),
+            ("observation", "", observation)], app.agent.controller.toolbox.schemas())
+        [first] = calls(app)
+        assert first.outcome == "ran" and "calculate" in first.speaker
+        assert [t.role for t in app.chat_pane.turns] == ["user", "assistant", "observation", "assistant"]
+
+        # declined: nothing runs, the model is told, the conversation goes on
+        await ask(pilot, app, "What time is it?")
+        await answer_dialog(pilot, app, "n")
+        await done(pilot, app)
+        assert calls(app)[-1].outcome == "declined"
+        _, messages = saved(app)
+        assert messages[-2][0] == "observation" and "declined" in messages[-2][2]
+        assert messages[-1] == ("assistant", "", "I was not allowed to look.")
+        # the next prompt carried the whole conversation (the first exchange too)
+        assert model.prompts[2][:len(model.prompts[1]) - 1] == model.prompts[1][:-1]
+
+        # malformed: arguments that are not JSON, an unknown tool: shown as such, never asked, never run
+        await ask(pilot, app, "Break it")
+        await done(pilot, app)
+        assert not isinstance(app.screen, ToolConfirmModal)
+        assert [c.outcome for c in calls(app)[-2:]] == ["malformed", "malformed"]
+        _, messages = saved(app)
+        observations = [m[2] for m in messages if m[0] == "observation"][-2:]
+        assert "malformed call to calculate" in observations[0] and "it was not run" in observations[0]
+        assert "nosuch" in observations[1] and "calculate" in observations[1]  # names the tools there are
+        assert messages[-1] == ("assistant", "", "Sorry.")
+        assert "malformed" in screen_text(app)
+
+
+async def test_code_mode_runs_blocks_in_a_real_kernel_with_a_timeout(glm3):
+    pytest.importorskip("ipykernel", reason="the code interpreter needs ipykernel")
+    png = tiny_png()
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10", "f10")
+        assert app.agent.mode == "code" and "Code mode" in screen_text(app)
+        controller = app.agent.controller
+        controller.interpreter_timeout = 3
+        controller.get_interpreter().interrupt_grace = 2
+        controller.source = ScriptedModel(glm3, [
+            block("x = 6 * 7\nprint('x is', x)"),
+            block(f"from IPython.display import Image, display\ndisplay(Image(data=bytes.fromhex('{png.hex()}')))"),
+            "x is 42, and a picture.",
+            block("while True: pass"), "It took too long.",
+        ])
+        await ask(pilot, app, "Compute and draw")
+        dialog = await answer_dialog(pilot, app, "a")  # this block, and every later one of this session
+        assert dialog.action_shown.code == "x = 6 * 7\nprint('x is', x)"
+        await done(pilot, app)
+        conv, messages = saved(app)
+        assert conv.system_prompt.startswith("You are an intelligent AI assistant, named ChatGLM3")
+        assert [(m[0], m[1]) for m in messages] == [("user", ""), ("assistant", "interpreter"), ("observation", ""),
+                                                    ("assistant", "interpreter"), ("observation", ""),
+                                                    ("assistant", "")]
+        assert messages[2][2] == "```result\nx is 42\n```"
+        assert messages[4][2] == "```result\n【image】\n```"
+        [image] = list(controller.interpreter.workdir.glob("*.png"))
+        assert image.read_bytes() == png
+        results = [t for t in app.chat_pane.turns if t.role == "observation"]
+        assert str(image) in results[1].widget.text  # shown as a link with its path
+        assert [c.outcome for c in calls(app)] == ["ran", "ran"]
+
+        # a block that never ends is interrupted at the timeout; no dialog (allowed for the session)
+        pid = controller.interpreter.pid
+        await ask(pilot, app, "Loop")
+        await done(pilot, app)
+        _, messages = saved(app)
+        assert "no result within 3 s" in messages[-2][2] and messages[-1][2] == "It took too long."
+
+        # the palette's restart gives a fresh kernel
+        await app.run_action("restart_kernel")
+        await wait_for(pilot, lambda: controller.interpreter.pid not in (None, pid), timeout=60, what="restart")
+
+
+async def test_nothing_runs_when_served_to_other_machines(glm3, monkeypatch):
+    assert execution_allowed({}) and execution_allowed({"GLMTUI_WEB_HOST": "127.0.0.1"})
+    assert not execution_allowed({"GLMTUI_WEB_HOST": "0.0.0.0"})
+    monkeypatch.setenv("GLMTUI_WEB_HOST", "0.0.0.0")
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10")
+        app.agent.controller.source = ScriptedModel(glm3, [call("calculate", expression="1+1"), "Cannot."])
+        await ask(pilot, app, "1+1?")
+        await done(pilot, app)
+        assert not isinstance(app.screen, ToolConfirmModal)
+        assert calls(app)[-1].outcome == "blocked"
+        _, messages = saved(app)
+        assert "not run" in messages[2][2] and messages[-1][2] == "Cannot."
+
+
+async def test_stop_ends_the_turns_and_keeps_what_was_said(glm3):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10")
+        app.agent.controller.source = ScriptedModel(glm3, [call("calculate", expression="2*2"), "never said"])
+        await ask(pilot, app, "2*2?")
+        await wait_for(pilot, lambda: isinstance(app.screen, ToolConfirmModal), what="dialog")
+        app.agent.stop()  # Esc in the dialog declines; stopping from elsewhere (the app closing) too
+        await done(pilot, app)
+        assert not isinstance(app.screen, ToolConfirmModal)  # the dialog went with the send
+        _, messages = saved(app)
+        assert [m[0] for m in messages] == ["user", "assistant", "observation"]
+        assert "declined" in messages[2][2]

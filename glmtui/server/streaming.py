@@ -115,6 +115,10 @@ async def chat_stream(engine, pipe: Pipe, rid: int, completion_id: str, created:
         yield chunk({"role": "assistant", "content": ""})
         while True:
             event = await pipe.next()
+            if isinstance(event, Token) and event.reasoning:  # <think> text: its own delta field (vLLM, SGLang)
+                if event.text:
+                    yield chunk({"reasoning_content": event.text})
+                continue
             if isinstance(event, Token):
                 text += event.text
                 if held:

@@ -230,6 +230,8 @@ def generation_params(request, context_length: int) -> GenerationParams:
         raise ApiError(400, f"{param} is {max_tokens}, more than the model's context of {context_length} tokens",
                        param=param, code="context_length_exceeded")
     defaults = GenerationParams()
+    template_kwargs = getattr(request, "chat_template_kwargs", None) or {}
+    thinking = template_kwargs.get("enable_thinking")  # vLLM's switch for reasoning models
     temperature = defaults.temperature if request.temperature is None else request.temperature
     if temperature < MIN_TEMPERATURE:
         temperature = 0.0
@@ -241,6 +243,7 @@ def generation_params(request, context_length: int) -> GenerationParams:
         repetition_penalty=request.repetition_penalty or 1.0,
         stop=tuple(s for s in stops if s),
         seed=None if request.seed is None else request.seed % (1 << 64),
+        thinking=thinking if isinstance(thinking, bool) else None,
     )
 
 
@@ -294,6 +297,8 @@ def completion_body(completion_id: str, created: int, model: str, finished: Fini
     if call is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(*call)]}
         reason = "tool_calls"
+    if finished.reasoning:  # a reasoning model's <think> text, apart from the answer (vLLM, SGLang)
+        message["reasoning_content"] = finished.reasoning
     return {
         "id": completion_id,
         "object": "chat.completion",

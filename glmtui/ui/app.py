@@ -1262,6 +1262,8 @@ class GlmApp(App):
         keys.setdefault("cancel_download", "x in Models")
         keys.setdefault("toggle_download_source", "s in Models")
         keys.setdefault("toggle_engine_log", "l in Models")
+        for action in ("completion_mode", "restart_kernel", "toggle_auto_tools"):
+            keys.setdefault(action, "palette only")
         for action, title, help_text in self.COMMAND_LIST:
             key = keys.get(action)
             yield SystemCommand(title, f"{help_text}  [{key}]" if key else help_text, self._command(action))

@@ -209,8 +209,25 @@ def test_a_client_that_disconnects_mid_request_cancels_its_generation(served, cl
     assert client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=3).choices[0].finish_reason
 
 
-def test_a_queued_client_that_disconnects_never_runs(served, client):
-    worker, log, server = served
+@pytest.fixture(scope="module")
+def served_one_at_a_time(chatglm3_dir):
+    """The API over a worker without continuous batching (the path for models and modes it cannot run),
+    where a second request waits in the queue."""
+    from glmtui.engine.events import Loaded
+    from glmtui.server import ServerThread, create_app
+
+    log = EventLog()
+    worker = InferenceWorker(log, batching=False).start()
+    assert isinstance(log.wait(worker.load(str(chatglm3_dir), "fp32")), Loaded)
+    server = ServerThread(create_app(worker, MODEL)).start()
+    yield worker, log, server
+    server.stop()
+    worker.shutdown()
+
+
+def test_a_queued_client_that_disconnects_never_runs(served_one_at_a_time):
+    worker, log, server = served_one_at_a_time
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     messages, _ = _long_prompt(worker, log)
     mark = len(log.events)
     with Throttle(worker, 0.02):
@@ -226,6 +243,29 @@ def test_a_queued_client_that_disconnects_never_runs(served, client):
     finished = [e for e in log.events[mark:] if isinstance(e, Finished)]
     assert [f.finish_reason for f in finished][-1] == "cancelled"
     assert finished[-1].completion_tokens == 0
+
+
+def test_a_batched_client_that_disconnects_is_cancelled(served, client):
+    """With continuous batching the second request joins the running batch; its client leaving ends it
+    within a step, and the first reply is untouched."""
+    worker, log, server = served
+    messages, _ = _long_prompt(worker, log)
+    mark = len(log.events)
+    with Throttle(worker, 0.02):
+        first = threading.Thread(target=lambda: client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=100))
+        first.start()
+        time.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.3),
+                       json={"model": MODEL, "messages": PROMPT, "max_tokens": 50})
+        first.join(60)
+    time.sleep(0.3)
+    finished = [e for e in log.events[mark:] if isinstance(e, Finished)]
+    reasons = sorted(f.finish_reason for f in finished)
+    assert "cancelled" in reasons and len(finished) == 2, reasons
+    cancelled = next(f for f in finished if f.finish_reason == "cancelled")
+    assert cancelled.completion_tokens < 50
 
 
 # ------------------------------------------------------------------ bad input

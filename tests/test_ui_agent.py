@@ -231,3 +231,36 @@ async def test_builtins_auto_run_once_the_user_says_so(glm3):
         assert again.agent.controller.auto_run_builtins
     finally:
         again.store.close()
+
+
+async def test_a_saved_tool_conversation_opens_with_its_calls_and_results(glm3):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10")
+        app.agent.controller.auto_run_builtins = True
+        app.agent.controller.source = ScriptedModel(glm3, [call("calculate", expression="3*3"), "Nine."])
+        await ask(pilot, app, "3*3?")
+        await done(pilot, app)
+        cid = app.chat_pane.conversation_id
+        await app.run_action("new_chat")
+        assert app.chat_pane.turns == []
+        app.history_pane.post_message(app.history_pane.Open(cid))
+        await wait_for(pilot, lambda: app.chat_pane.conversation_id == cid, what="reopened")
+        await pilot.pause()
+        chat = app.chat_pane
+        assert [t.role for t in chat.turns] == ["user", "assistant", "observation", "assistant"]
+        assert chat.turns[1].widget.has_class("-call") and "calculate" in chat.turns[1].widget.speaker
+        assert '"result": 9' in chat.turns[2].widget.text and chat.turns[2].content.startswith("{")
+        # continued in Tool mode, the model sees the earlier call and result with their roles
+        app.agent.controller.source = model = ScriptedModel(glm3, ["Still nine."])
+        await ask(pilot, app, "Sure?")
+        await done(pilot, app)
+        messages = [(m.role, m.metadata) for m in app.store.messages(cid)]
+        assert messages == [("user", ""), ("assistant", "calculate"), ("observation", ""), ("assistant", ""),
+                            ("user", ""), ("assistant", "")]
+        obs = app.store.messages(cid)[2].content
+        assert model.prompts[0] == chatglm3_prompt(glm3, [
+            ("system", "", TOOL_SYSTEM_PROMPT), ("user", "", "3*3?"),
+            ("assistant", "calculate", '```python\ntool_call(expression="3*3")\n```'),
+            ("observation", "", obs), ("assistant", "", "Nine."), ("user", "", "Sure?")],
+            app.agent.controller.toolbox.schemas())

@@ -147,6 +147,7 @@ class AgentView:
         self._streaming: Optional[Turn] = None
         self._images: list = []
         self._modal: Optional[ToolConfirmModal] = None
+        self._cid: Optional[int] = None
 
     @property
     def mode(self) -> str:
@@ -210,6 +211,7 @@ class AgentView:
             chat.conversation_id = app.db(store.create_conversation, chat.title, model,
                                           self.controller.system_prompt(), chat.params)
         self._chat, self._streaming, self._images = chat, None, []
+        self._cid = chat.conversation_id  # where this send's turns are saved, whatever is shown later
         self.controller.start(text, history, chat.generation_params(), on_message=self._on_message,
                               on_text=self._on_text, on_step=self._on_step, on_done=self._on_done)
         chat.refresh_header()
@@ -220,10 +222,9 @@ class AgentView:
     # -------------------------------------------------------------- the session's callbacks (UI thread)
 
     def _save(self, message: ChatMessage, status: str = "complete") -> Optional[int]:
-        chat = self._chat
-        if chat is None or chat.conversation_id is None:
+        if self._cid is None:
             return None
-        return self.app.db(self.app.store.add_message, chat.conversation_id, message.role, message.content,
+        return self.app.db(self.app.store.add_message, self._cid, message.role, message.content,
                            status, None, message.metadata)
 
     def _model(self) -> str:
@@ -244,6 +245,17 @@ class AgentView:
         chat.query_one("#chat-empty").display = False
         await chat.messages_view.mount(widget)
         return turn
+
+    async def mount_stored(self, chat: "ChatPane", m) -> None:
+        """A saved call or result turn of a conversation being opened, shown as when it was written."""
+        self._chat = chat
+        if m.role == "observation":
+            turn = await self._mount("observation", result_text(m.content), m.status, "Result", m.id)
+        else:
+            turn = await self._mount(m.role, call_text(ChatMessage(m.role, m.content, m.metadata)), m.status,
+                                     f"{self._model()} → {m.metadata}", m.id)
+            turn.widget.add_class("-call")
+        turn.content = m.content
 
     async def _on_text(self, piece: str) -> None:
         if self._streaming is None:

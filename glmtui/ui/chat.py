@@ -826,7 +826,7 @@ class ChatPane(Vertical):
 
     async def show_conversation(self, conversation_id: Optional[int]) -> bool:
         """Open a stored conversation (None: a new, empty chat)."""
-        if self.active is not None:
+        if self.streaming:  # a reply, or Tool/Code mode's turns
             self.app.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
             return False
         self.editing = None  # an edit left for another conversation: the exchange stays as it was
@@ -845,8 +845,11 @@ class ChatPane(Vertical):
                 self.title = conv.title
                 self.system_prompt = conv.system_prompt
                 self.params = {**self.app.default_params, **(conv.params or {})}
+                agent = getattr(self.app, "agent", None)
                 for m in self.app.db(self.app.store.messages, conv.id) or []:
-                    if m.role in ("user", "assistant"):
+                    if agent is not None and (m.metadata or m.role == "observation"):  # Tool/Code turns
+                        await agent.mount_stored(self, m)
+                    elif m.role in ("user", "assistant"):
                         await self._mount_turn(Turn(m.role, m.content, m.status, m.id, stats=m.stats,
                                                     reasoning=m.reasoning))
         self.refresh_header()

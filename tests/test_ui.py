@@ -693,7 +693,8 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
         escape.set_sender(app)
         driver.send_message(escape)
         await wait_for(pilot, lambda: chat.active is None, what="the reply to stop")
-        assert chat.turns[-1].status == "stopped"
+        # the turn's status is set once its final render is done, just after ``active`` is cleared
+        await wait_for(pilot, lambda: chat.turns[-1].status == "stopped", what="the turn marked stopped")
         assert chat.input.text == expected
         await wait_for(pilot, lambda: gc.get_threshold() == thresholds, what="full collections to resume when idle")
 

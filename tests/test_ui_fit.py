@@ -99,6 +99,30 @@ async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(nati
         assert counted["fp32"].source == "meta"
 
 
+async def test_exact_figures_that_arrive_while_the_f8_dialog_opens_are_shown(native_glm):
+    counted = memory.predict_exact_subprocess(native_glm, "cpu")  # what the pane's worker gets
+    assert counted.predictions and counted.predictions["fp32"].source == "meta"
+    app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
+    async with app.run_test(size=(160, 60)) as pilot:
+        await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, what="the monitor")
+        show_folder(app, native_glm)
+        pane = app.models_pane
+        key = (str(native_glm.resolve()), "cpu")
+        assert key not in pane.exact  # the estimate is shown, the count asked for
+        pane.workers.cancel_group(pane, "exact-prediction")  # its result is delivered below instead
+        app.action_quantization()
+        modal = app.screen_stack[-1]
+        assert isinstance(modal, ModeModal) and "(estimate)" in modal.note
+        pane._exact_arrived(key, counted)  # before the dialog's widgets exist
+        await pilot.pause()
+        assert app.screen is modal
+        assert "(estimate)" not in modal.note and not app._exception
+        prompts = {m: str(p) for m, p in modal.rows}
+        assert f"weights {fmt_bytes(counted.predictions['fp32'].weight_bytes)}" in prompts["fp32"]
+        shown = str(modal.query_one("#modes").get_option("fp32").prompt)
+        assert f"weights {fmt_bytes(counted.predictions['fp32'].weight_bytes)}" in shown
+
+
 async def test_an_unknown_architecture_is_predicted_as_nothing(tmp_path):
     folder = tmp_path / "odd-model"
     folder.mkdir()

@@ -312,6 +312,7 @@ class ModeModal(ModalScreen[Optional[str]]):
         self.note = note
         self.refusals = dict(refusals or {})
         self.armed: Optional[str] = None  # a refused mode chosen once: Enter again confirms it
+        self._composed = False
 
     def compose(self) -> Iterable:
         with Vertical(classes="dialog"):
@@ -329,11 +330,13 @@ class ModeModal(ModalScreen[Optional[str]]):
         if self.current in ids:
             ol.highlighted = ids.index(self.current)
         ol.focus()
+        self._composed = True
+        self.refresh_figures()  # figures that arrived between the dialog's creation and now
 
     def refresh_figures(self) -> None:
         """Ask ``choices`` again (the exact figures came in) and show them in place."""
-        if self.choices is None:
-            return
+        if self.choices is None or not self._composed:
+            return  # on_mount asks once its widgets are there
         rows, note, refusals = self.choices()
         ol = self.query_one("#modes", OptionList)
         for mode, prompt in rows:

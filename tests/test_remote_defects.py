@@ -13,7 +13,7 @@ import time
 import pytest
 
 from engine_helpers import EventLog
-from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, LoadProgress
+from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, LoadProgress
 from glmtui.engine.remote import RemoteEngine
 
 HELLO = [ChatMessage("user", "hello")]
@@ -79,6 +79,38 @@ def test_a_burst_after_a_stall_is_not_reported_as_thousands_of_tokens_per_second
         assert finished.tokens_per_second is not None and finished.tokens_per_second < 200
     finally:
         engine.shutdown()
+
+
+def test_a_server_still_loading_its_model_is_waited_for(chatglm3_dir, tmp_path):
+    """glmtui serve binds its port before the model loads and lists the model meanwhile: connecting then
+    said Loaded, and the first message failed with 503 "still loading"."""
+    port = _free_port()
+    env = dict(os.environ, GLMTUI_HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    serve = subprocess.Popen([sys.executable, "-c", "import sys; from glmtui.cli import main; sys.exit(main())",
+                              "serve", "--model", str(chatglm3_dir), "--mode", "fp32", "--device", "cpu",
+                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        log = EventLog()
+        engine = RemoteEngine(f"127.0.0.1:{port}", api_key="", listener=log, autoconnect=False).start()
+        try:
+            loaded = log.wait(engine.load(""), 120)
+            assert isinstance(loaded, Loaded), loaded
+            finished = log.wait(engine.generate(HELLO, GenerationParams(max_new_tokens=4, temperature=0)), 60)
+            assert isinstance(finished, Finished), finished
+            waited = [e for e in log.events if isinstance(e, LoadProgress) and "loading its model" in e.stage]
+            assert waited, "connected before the server had loaded its model"
+        finally:
+            engine.shutdown()
+    finally:
+        serve.kill()
+        serve.wait(10)
 
 
 def test_piped_line_chat_leaves_no_pending_task_at_exit(served, tmp_path):

@@ -110,6 +110,10 @@ class InferenceWorker(Listeners):
         return self
 
     def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
+        if self.state == "empty" and self._thread.is_alive():
+            # loading from now on, not from when the worker takes the command (its first import of torch
+            # can take seconds): glmtui serve answers /health "loading", not "no_model", meanwhile
+            self.state = "loading"
         return self._submit("load", {"path": str(path), "mode": mode, "device": device}, sink)
 
     def unload(self, sink: Optional[Listener] = None) -> int:

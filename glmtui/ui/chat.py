@@ -1157,8 +1157,8 @@ class ChatPane(Vertical):
         active = self.active
         assert active is not None
         self.active = None
-        self.meter.stop()
         await active.widget.finish(text, status, stats)
+        self.meter.stop()  # after the final render: hiding it is a layout of its own
         self._resume_collections_when_idle()
         for turn in reversed(self.turns):
             if turn.widget is active.widget:

@@ -160,6 +160,7 @@ class MetricsPoller:
 
     def __init__(self, endpoint: str, api_key: Optional[str] = None, timeout: float = 1.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
         self.url = metrics_url(endpoint)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -219,3 +220,49 @@ async def test_no_endpoint_no_metrics_row(metrics_server):
         view = app.query_one("#remote-metrics", RemoteMetricsView)
         assert not view.display and view.figures is None
         assert not [w for w in app.workers if w.name == "remote-metrics"]
+
+
+# A stand-in for vLLM's OpenAI server at the process and network edge: /health, /v1/models and the
+# recorded /metrics text, so the managed engine's whole start -> poll path runs without vLLM installed.
+_STAND_IN = r"""
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, metrics = int(sys.argv[1]), open(sys.argv[2], "rb").read()
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body, status = {"/health": (b"", 200), "/metrics": (metrics, 200),
+                        "/v1/models": (json.dumps({"object": "list", "data": [{"id": "m", "object": "model",
+                                        "max_model_len": 2048}]}).encode(), 200)}.get(self.path, (b"", 404))
+        self.send_response(status); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+async def test_a_managed_servers_metrics_appear_once_it_has_started(tmp_path):
+    """--engine vllm: the server's address is known only after a load; the monitor polls it from then on."""
+    from glmtui.engine.managed import ManagedServer, ServerPlan, free_port
+    from glmtui.ui.app import GlmApp
+    from glmtui.ui.engine_metrics import RemoteMetricsView
+
+    from test_ui import FrozenSampler, host_only_snapshot
+
+    metrics = tmp_path / "metrics.txt"
+    metrics.write_text(VLLM)
+
+    def planner(path, mode, device):
+        port = free_port()
+        return ServerPlan((sys.executable, "-c", _STAND_IN, str(port), str(metrics)), port, "m", "bf16", "cpu")
+
+    engine = ManagedServer(planner, log_dir=tmp_path / "logs")
+    app = GlmApp(engine=engine, sampler=FrozenSampler(host_only_snapshot()))
+    async with app.run_test(size=(220, 50)) as pilot:
+        view = app.query_one("#remote-metrics", RemoteMetricsView)
+        await pilot.pause(0.5)
+        assert not view.display  # nothing started yet
+        engine.load(str(tmp_path), "bf16", "cpu")
+        assert await _until(pilot, lambda: view.figures is not None and view.display, timeout=40)
+        assert str(view.render()).startswith("vLLM KV 42%")
+        engine.unload()
+        assert await _until(pilot, lambda: not view.display, timeout=30)

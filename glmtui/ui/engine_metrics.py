@@ -43,23 +43,34 @@ class RemoteMetricsView(Static):
 
     def on_mount(self) -> None:
         self.display = False
-        endpoint = getattr(self.app, "endpoint", None)
-        if not endpoint:
+        engine = getattr(self.app, "engine", None)
+        # --endpoint, or an engine that runs a server of its own (--engine vllm: known once it has started)
+        if not getattr(self.app, "endpoint", None) and not hasattr(engine, "endpoint"):
             return
-        poller = MetricsPoller(endpoint, api_key=getattr(getattr(self.app, "engine", None), "api_key", None))
-        self.run_worker(lambda: self._poll(poller), thread=True, exclusive=True, name="remote-metrics")
+        self.run_worker(self._poll, thread=True, exclusive=True, name="remote-metrics")
 
-    def _poll(self, poller: MetricsPoller) -> None:
+    def _endpoint(self) -> Optional[str]:
+        return getattr(self.app, "endpoint", None) or getattr(getattr(self.app, "engine", None), "endpoint", None)
+
+    def _poll(self) -> None:
+        poller: Optional[MetricsPoller] = None
         try:
             while not self._stop.is_set():
-                figures = poller.poll()
+                endpoint = self._endpoint()
+                if poller is not None and poller.endpoint != endpoint:
+                    poller.close()
+                    poller = None
+                if poller is None and endpoint:
+                    poller = MetricsPoller(endpoint, api_key=getattr(getattr(self.app, "engine", None), "api_key", None))
+                figures = poller.poll() if poller is not None else None
                 try:
                     self.app.call_from_thread(self._show, figures)
                 except RuntimeError:  # the app is closing
                     return
                 self._stop.wait(self.interval)
         finally:
-            poller.close()
+            if poller is not None:
+                poller.close()
 
     def _show(self, figures: Optional[EngineFigures]) -> None:
         self.figures = figures

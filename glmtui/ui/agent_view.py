@@ -212,8 +212,8 @@ class AgentView:
                                           self.controller.system_prompt(), chat.params)
         self._chat, self._streaming, self._images = chat, None, []
         self._cid = chat.conversation_id  # where this send's turns are saved, whatever is shown later
-        self.controller.start(text, history, chat.generation_params(), on_message=self._on_message,
-                              on_text=self._on_text, on_step=self._on_step, on_done=self._on_done)
+        self.controller.start(text, history, chat.generation_params(), on_message=self._message_added,
+                              on_text=self._text_arrived, on_step=self._step_done, on_done=self._send_done)
         chat.refresh_header()
         app.generation_state_changed()
         app.history_changed()
@@ -257,13 +257,13 @@ class AgentView:
             turn.widget.add_class("-call")
         turn.content = m.content
 
-    async def _on_text(self, piece: str) -> None:
+    async def _text_arrived(self, piece: str) -> None:
         if self._streaming is None:
             self._streaming = await self._mount("assistant", "", "streaming", self._model(), None)
             self._streaming.widget.start_stream()
         await self._streaming.widget.write(piece)
 
-    async def _on_message(self, message: ChatMessage) -> None:
+    async def _message_added(self, message: ChatMessage) -> None:
         stopped = self.controller._stopping.is_set()  # noqa: SLF001
         status = "stopped" if stopped and message.role == "assistant" else "complete"
         mid = self._save(message, status)
@@ -288,7 +288,7 @@ class AgentView:
             turn.widget.add_class("-call")
             turn.widget._refresh_labels()  # noqa: SLF001
 
-    async def _on_step(self, step: Step) -> None:
+    async def _step_done(self, step: Step) -> None:
         result = step.result
         self._images = list(getattr(result, "images", []) or [])
         if step.outcome == "error":
@@ -309,7 +309,7 @@ class AgentView:
                 note = step.observation
             call.widget.set_outcome(step.outcome, note)
 
-    async def _on_done(self) -> None:
+    async def _send_done(self) -> None:
         if self._streaming is not None:  # stopped before the reply was parsed
             turn, self._streaming = self._streaming, None
             await turn.widget.finish(turn.widget.text, "stopped", {})

@@ -127,7 +127,10 @@ async def test_a_base_model_opens_in_completion_mode(chatglm3_dir, tmp_path):
     app = GlmApp(model=str(base), mode="fp32", default_params=GREEDY, sampler=None, monitor_interval=5.0)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen), what="completion view")
+        await wait_for(pilot, lambda: app.focused is app.screen.document, what="the text has focus")
+        await pilot.pause(0.3)
         await type_text(pilot, "Hello")
+        assert app.screen.document.text == "Hello"
         await generate(pilot, app.screen)
         assert app.store.get_conversation(app.screen.conversation_id).kind == "completion"
         assert app.screen.last_stats["prompt_tokens"] == 2 + len(

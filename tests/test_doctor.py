@@ -401,6 +401,10 @@ async def test_doctor_screen_from_the_palette(offline_hubs, monkeypatch):
         while screen.checks is None and time.monotonic() < deadline:
             await pilot.pause(0.2)
         assert screen.checks is not None
+        # the checks are set and the body updated in one call; the compositor draws them on a later frame
+        deadline = time.monotonic() + 10
+        while "torch build" not in screen_text(app) and time.monotonic() < deadline:
+            await pilot.pause(0.1)
         body = screen_text(app)
         assert "torch build" in body and "history folder" in body and "fix:" in body
         await pilot.press("escape")

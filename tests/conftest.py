@@ -11,6 +11,10 @@ import pytest
 from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Tests live in room folders (engine/, store/, server/, hub/, ui/, agent/, cli/); some import helpers from another
+# room's test module, so every room is importable whatever order pytest collects them in.
+for _room in ("engine", "store", "server", "hub", "ui", "agent", "cli"):
+    sys.path.insert(1, str(Path(__file__).parent / _room))
 
 import tiny_models  # noqa: E402
 

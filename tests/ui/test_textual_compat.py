@@ -25,7 +25,7 @@ from glmtui.ui import compat
 from glmtui.ui.compat import FooterKey, LayoutSizeHook, MarkdownTable, WrapsDefaultKeys
 from glmtui.ui.lists import SteadyOptionList
 
-PACKAGE = Path(__file__).resolve().parent.parent / "glmtui"
+PACKAGE = Path(__file__).resolve().parents[2] / "glmtui"
 TEXTUAL = Path(textual.__file__).parent
 async def wait_for(pilot, condition, timeout: float, what: str) -> None:
     for _ in range(int(timeout / 0.05)):

@@ -331,7 +331,7 @@ def test_a_million_layers_fail_at_once_without_allocating(tmp_path, chatglm3_dir
     native = _copy(native_glm, tmp_path / "million-native")
     _edit_config(native, num_hidden_layers=1000000)
     child = subprocess.run([sys.executable, "-c", _FAST_FAILURE, str(chatglm3), str(native)], capture_output=True,
-                           text=True, timeout=240, cwd=Path(__file__).parent.parent)
+                           text=True, timeout=240, cwd=Path(__file__).resolve().parents[2])
     assert child.returncode == 0, child.stderr[-2000:]
     results = [json.loads(line) for line in child.stdout.splitlines() if line.startswith('{"folder"')]
     assert [r["folder"] for r in results] == [str(chatglm3), str(native)], child.stdout
@@ -461,7 +461,7 @@ def test_loaded_fp32_model_survives_its_files_changing(tmp_path, chatglm3_dir, n
     else:
         folder = _copy(native_glm if which == "native-safetensors" else chatglm3_dir, tmp_path / "changing")
     child = subprocess.run([sys.executable, "-c", _FILES_CHANGE_UNDER_A_LOADED_MODEL, str(folder)],
-                           capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+                           capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[2])
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])  # -7: SIGBUS
     assert child.stdout.split() == ["overwritten", "True", "truncated", "True"], child.stdout
 

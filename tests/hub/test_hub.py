@@ -284,7 +284,7 @@ def test_resume_after_a_crash(hub, dl, models):
     dest = _dest(models)
     code = ("import sys; from glmtui.hub import download; "
             f"download({REPO!r}, models_dir={str(models)!r}, token=False)")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     part = dest / PARTIAL_DIR / (SHARDS[0] + ".part")
     try:

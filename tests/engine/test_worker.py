@@ -239,7 +239,7 @@ def test_out_of_memory_while_loading_is_reported_and_the_next_load_works(tmp_pat
                                        head_dim=128, ffn=4096)  # ~0.8 GB in fp32
     script = tmp_path / "oom.py"
     script.write_text(OOM_CHILD)
-    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    tests_dir = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     result = subprocess.run([sys.executable, str(script), str(big), str(chatglm3_dir), tests_dir],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

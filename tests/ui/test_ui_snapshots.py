@@ -3,8 +3,8 @@
 Deterministic by construction: the monitor gets a frozen sampler (fixed GPU
 and host numbers, fixed history), the mode is given, the history is seeded
 with fixed text and stats, and no model or clock appears on screen.
-Update with ``pytest tests/test_ui_snapshots.py --snapshot-update`` and look
-at the SVGs in tests/__snapshots__/ before committing them.
+Update with ``pytest tests/ui/test_ui_snapshots.py --snapshot-update`` and look
+at the SVGs in tests/ui/__snapshots__/ before committing them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "glmtui"
+PACKAGE = Path(__file__).resolve().parents[2] / "glmtui"
 DEPENDENCIES = ("huggingface_hub", "textual", "transformers")
 
 
@@ -201,7 +201,7 @@ def test_the_scan_finds_what_glmtui_uses():
     assert ("textual.app", "App") in froms
     assert any(_root(m) == "transformers" for m, _ in froms)
     assert any(m == "huggingface_hub" and n == "errors" for m, n, _, _ in names["attr"])
-    # Textual's private modules: the scan sees them, and only in glmtui/ui/compat.py (tests/test_textual_compat.py
+    # Textual's private modules: the scan sees them, and only in glmtui/ui/compat.py (tests/ui/test_textual_compat.py
     # checks the private names read off objects there, which no import names)
     private = [(m, n, w) for m, n, w in names["from"] if _root(m) == "textual" and "._" in m]
     assert {("textual.widgets._footer", "FooterKey"), ("textual.widgets._markdown", "MarkdownTable")} <= {

@@ -24,7 +24,7 @@ from glmtui.engine.process import EngineProcess
 from glmtui.ui.app import GlmApp
 from test_ui import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOAD_TIMEOUT = 240.0  # a fresh process imports torch on a loaded 2-core machine
 
 
@@ -272,7 +272,7 @@ def test_the_sampler_counts_engine_processes_as_glmtuis_own():
 STUCK_EXIT = textwrap.dedent(
     """
     import asyncio, signal, sys, time
-    sys.path.insert(0, "tests")
+    sys.path[:0] = ["tests", "tests/ui"]
     from test_ui import FrozenSampler, host_only_snapshot
     from glmtui.ui.app import GlmApp
 

@@ -16,7 +16,7 @@ import pytest
 
 from glmtui.remote_metrics import MetricsPoller, engine_figures, metrics_url, parse_exposition
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 VLLM = (DATA / "metrics_vllm.txt").read_text()
 SGLANG = (DATA / "metrics_sglang.txt").read_text()
 

@@ -22,7 +22,7 @@ from glmtui.store import schema as store_schema
 from glmtui.store import search as store_search
 from glmtui.store import HistoryError, HistoryStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, *args: str, **kw) -> subprocess.Popen:

@@ -144,7 +144,7 @@ def test_the_server_dies_with_glmtui(tmp_path, chatglm3_dir):
         "while not isinstance(q.get(), Loaded): pass\n"
         "print(e.server_pids()[0], flush=True)\n"
         "time.sleep(600)\n"
-    ) % (str(Path(__file__).parent), str(tmp_path), str(chatglm3_dir))
+    ) % (str(Path(__file__).resolve().parents[1]), str(tmp_path), str(chatglm3_dir))
     front = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(front.stdout.readline())

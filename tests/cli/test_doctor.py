@@ -23,7 +23,7 @@ from glmtui import doctor
 from glmtui.config import default_paths
 from glmtui.doctor import QUANT_PROBE, TORCH_PROBE, DriverFacts, GpuFacts, Request, run_probe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ the hardware edges

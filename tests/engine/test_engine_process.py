@@ -38,7 +38,7 @@ from glmtui.engine.process import EngineProcess, last_error_line
 from glmtui.engine.remote import RemoteEngine
 from glmtui.engine.worker import InferenceWorker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GREEDY = GenerationParams(max_new_tokens=40, temperature=0.0)
 LONG_ENOUGH = GenerationParams(max_new_tokens=300, temperature=0.0)  # some CPU ticks of work
 LONG = GenerationParams(max_new_tokens=1500, temperature=0.0)  # the chatty model runs to the limit

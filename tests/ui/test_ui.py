@@ -377,7 +377,7 @@ async def test_narrow_layout_switches_panes(quiet_sampler):
         text = screen_text(app)
         assert "Send" in text and "Stop" in text  # the footer
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
-    async with app.run_test(size=(200, 50)) as pilot:  # three columns from 200 (tests/test_ui_layout.py)
+    async with app.run_test(size=(200, 50)) as pilot:  # three columns from 200 (tests/ui/test_ui_layout.py)
         await pilot.pause()
         assert app.screen.has_class("-wide")
         assert all(app.query_one(f"#{p}").display for p in ("history", "chat", "side"))
@@ -437,7 +437,7 @@ def test_shipped_theme_files_are_valid():
     themes, problems = prefs.load_themes([prefs.PACKAGE_THEMES])
     assert not problems
     assert {t.name for t in themes} >= {"glm-ink", "glm-paper"}
-    top_level = Path(__file__).resolve().parent.parent / "themes"
+    top_level = Path(__file__).resolve().parents[2] / "themes"
     assert {p.name for p in top_level.glob("*.toml")} == {p.name for p in prefs.PACKAGE_THEMES.glob("*.toml")}
 
 

@@ -698,6 +698,7 @@ class ActiveReply:
     prompt_tokens: Optional[int] = None
     last_flush: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
+    ending: bool = False  # its end is being rendered and stored; later events are ignored
     replacing: Optional[Replacement] = None
     meter: Optional[ReplyMeterState] = None
     #: model, mode and device the reply is written with (the loaded model when it was sent),
@@ -1083,7 +1084,7 @@ class ChatPane(Vertical):
 
     async def on_generation_event(self, event) -> None:
         active = self.active
-        if active is None or event.request_id != active.request_id:
+        if active is None or event.request_id != active.request_id or active.ending:
             return
         if active.replacing is not None:
             if isinstance(event, Failed) and active.replacing.old:
@@ -1156,10 +1157,9 @@ class ChatPane(Vertical):
     async def _end_reply(self, text: str, status: str, stats: dict) -> None:
         active = self.active
         assert active is not None
-        self.active = None
+        active.ending = True  # ``active`` clears only once the reply is rendered and stored (tests wait on it)
         await active.widget.finish(text, status, stats)
         self.meter.stop()  # after the final render: hiding it is a layout of its own
-        self._resume_collections_when_idle()
         for turn in reversed(self.turns):
             if turn.widget is active.widget:
                 turn.content, turn.status, turn.stats = text, status, stats
@@ -1168,6 +1168,8 @@ class ChatPane(Vertical):
         if active.message_id is not None:
             self.app.db(self.app.store.update_message, active.message_id, text, status,
                         {k: v for k, v in stats.items() if v is not None}, reasoning=active.widget.reasoning or None)
+        self.active = None
+        self._resume_collections_when_idle()
         self.app.generation_state_changed()
         self.app.history_changed()
 

@@ -1,0 +1,33 @@
+"""The chat pane over its session controller, driven by Textual's Pilot on the real app, history file
+and tiny models: what "no active reply" promises, and the history written off the UI thread."""
+
+from __future__ import annotations
+
+from test_ui import GREEDY, quiet_sampler, stored, wait_for  # noqa: F401 - quiet_sampler is a fixture
+
+from glmtui.ui.app import GlmApp
+
+
+async def test_no_active_reply_means_the_reply_is_rendered_and_stored(chatty_chatglm3, quiet_sampler):
+    """The moment ``chat.active`` clears, the reply's status, stats, footer and history row are final
+    (tests and the status bar rely on it; it used to clear before the final render and the save)."""
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        seen: list[tuple] = []
+        for round_ in range(2):
+            assert await chat.send(f"hello {round_}")
+            await wait_for(pilot, lambda: chat.active is not None and chat.active.text, what="first tokens")
+            # checked on every turn of the event loop, not every 50 ms: the window was a few awaits wide
+            while chat.active is not None:
+                await pilot.pause(0)
+            turn = chat.turns[-1]
+            widget = turn.widget
+            seen.append((turn.status, bool(turn.stats), widget.status, "tokens" in str(widget.query_one(".msg-meta")
+                                                                                        .render())))
+            _, rows = stored(chat.conversation_id, app)
+            assert rows[-1].status == "complete" and rows[-1].stats["completion_tokens"] == GREEDY["max_new_tokens"]
+            assert rows[-1].content == turn.content == widget.text
+            assert not chat.meter.has_class("-shown")
+        assert seen == [("complete", True, "complete", True)] * 2

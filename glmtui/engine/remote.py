@@ -74,16 +74,42 @@ class _Command:
 
 
 class RemoteError(Exception):
-    pass
+    """A server's refusal or a broken exchange; ``kind`` is Failed.kind when the server said what it was."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _error_parts(body: bytes) -> tuple[str, str]:
+    """(the server's own message, its error code or "") from an OpenAI-style error body (or vLLM's
+    older flat one: {"object": "error", "message": ...})."""
+    try:
+        data = json.loads(body)
+        error = data["error"] if "error" in data else data
+        if isinstance(error, dict):
+            return str(error["message"]), str(error.get("code") or "")
+        return str(error), ""
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace").strip()[:500] or "no details", ""
 
 
 def _error_message(status: int, body: bytes) -> str:
-    try:
-        error = json.loads(body)["error"]
-        message = error["message"] if isinstance(error, dict) else str(error)
-    except (ValueError, KeyError, TypeError):
-        message = body.decode("utf-8", "replace").strip()[:500] or "no details"
-    return f"the server answered {status}: {message}"
+    return f"the server answered {status}: {_error_parts(body)[0]}"
+
+
+# a refusing server's error code -> Failed.kind (what server/translate.py answers 400 for)
+REFUSAL_KINDS = {"context_length_exceeded": "context", "invalid_parameters": "params"}
+
+
+def _refusal(status: int, body: bytes) -> RemoteError:
+    """A generation the server refused. A 400/422 is the request's fault: it keeps the server's own words
+    and a Failed.kind from its error code (the context, the parameters, else the prompt), so `glmtui serve`
+    over this engine answers its client 400 with them rather than an internal error."""
+    if status not in (400, 422):
+        return RemoteError(_error_message(status, body))
+    message, code = _error_parts(body)
+    return RemoteError(message, REFUSAL_KINDS.get(code, "prompt"))
 
 
 class RemoteEngine(Listeners):
@@ -419,7 +445,7 @@ class RemoteEngine(Listeners):
             route = "/chat/completions" if prompt_text is None else "/completions"
             async with self._client.stream("POST", route, json=body) as response:
                 if response.status_code != 200:
-                    raise RemoteError(_error_message(response.status_code, await response.aread()))
+                    raise _refusal(response.status_code, await response.aread())
                 self._emit(command, Started(rid, 0))
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -468,7 +494,7 @@ class RemoteEngine(Listeners):
             return
         except RemoteError as exc:
             self._settle()
-            self._emit(command, Failed(rid, str(exc), "generate"))
+            self._emit(command, Failed(rid, str(exc), "generate", kind=exc.kind))
             return
         except httpx.HTTPError as exc:
             self._settle()

@@ -43,7 +43,6 @@ from .events import (
     Unloaded,
 )
 
-
 MIN_DECODE_SPAN = 0.05  # s: below this, arrival times of streamed tokens are not a decode rate
 
 
@@ -215,9 +214,12 @@ class RemoteEngine(Listeners):
     # ------------------------------------------------------------ internals
 
     def _post(self, command: _Command) -> None:
+        queue = self._queue
+        if queue is None:
+            return  # not started (or stopped): nothing would take it
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, command)
-        except (RuntimeError, AttributeError):
+            self._loop.call_soon_threadsafe(queue.put_nowait, command)
+        except RuntimeError:  # the loop has closed
             pass
 
     def _submit(self, kind: str, args: dict, sink: Optional[Listener]) -> int:
@@ -405,8 +407,8 @@ class RemoteEngine(Listeners):
             body["chat_template_kwargs"] = {"enable_thinking": bool(params.thinking)}
         body["messages"] = to_openai_messages(messages)
         if tools:
-            body["tools"] = [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t}
-                             for t in tools if isinstance(t, dict)]
+            body["tools"] = [t if t.get("type") == "function" and "function" in t
+                             else {"type": "function", "function": t} for t in tools if isinstance(t, dict)]
         return body
 
     async def _do_generate(self, command: _Command) -> None:

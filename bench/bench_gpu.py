@@ -128,7 +128,8 @@ def copy_bandwidth_bytes_per_s() -> float:
 
 def nvidia_smi() -> dict:
     out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.used,memory.total,utilization.gpu,temperature.gpu,power.draw,power.limit",
+        ["nvidia-smi",
+         "--query-gpu=name,memory.used,memory.total,utilization.gpu,temperature.gpu,power.draw,power.limit",
          "--format=csv,noheader,nounits"],
         capture_output=True, text=True,
     ).stdout.strip().splitlines()[0]
@@ -144,7 +145,8 @@ def monitor_vs_smi(sampler) -> str:
     smi = nvidia_smi()
     g = snap.gpus[0]
     mib = 2**20
-    procs = ", ".join(f"{p.pid}{'*' if p.is_self else ''}:{(p.used_bytes or 0) / mib:.0f}MiB" for p in (g.processes or ()))
+    procs = ", ".join(f"{p.pid}{'*' if p.is_self else ''}:{(p.used_bytes or 0) / mib:.0f}MiB"
+                      for p in (g.processes or ()))
     return (
         f"  monitor: {g.name} used {g.memory_used / mib:.0f}/{g.memory_total / mib:.0f} MiB ({g.memory_api}) "
         f"util {g.utilization_gpu}% temp {g.temperature_c}C power {g.power_w}/{g.power_limit_w} W procs [{procs}]\n"
@@ -192,7 +194,6 @@ class Bench:
 
     def worker(self, **options):
         from engine_helpers import EventLog
-
         from glmtui.engine.worker import InferenceWorker
 
         if self.smoke and options.get("compiled_decode"):
@@ -291,8 +292,9 @@ def greedy_equality(b: Bench, w) -> None:
     with torch.inference_mode():
         eager = lm.model.generate(ids, **common)[0, ids.shape[1]:].tolist()
         cache = StaticCache(config=lm.model.config, max_cache_len=plan.bucket(ids.shape[1] + n))
-        fast = lm.model.generate(ids, cache=cache, compile_config=plan.compile_config, **common)[0, ids.shape[1]:].tolist()
-    differ = next((i for i, (x, y) in enumerate(zip(eager, fast)) if x != y), None)
+        fast = lm.model.generate(ids, cache=cache, compile_config=plan.compile_config, **common)
+        fast = fast[0, ids.shape[1]:].tolist()
+    differ = next((i for i, (x, y) in enumerate(zip(eager, fast, strict=True)) if x != y), None)
     b.note(f"greedy compiled vs eager ({b.args.mode_label}): " + (
         f"equal for all {n} tokens" if differ is None else f"first difference at token {differ} (equal before it)"))
 
@@ -391,7 +393,6 @@ def part_torchao(b: Bench, which: str) -> None:
     """torchao weight-only on the loaded bf16 model, then compiled the same way as bf16 (glmtui has no
     torchao mode yet: the model is quantized in place inside the worker)."""
     import torch
-
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     from glmtui.engine import compiled

@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         small = base / "small.sqlite3"
         big = base / "big.sqlite3"
-        small_long, t_small = build(small, args.small_conversations, args.small_messages, min(args.long, args.small_messages // 2))
-        print(f"built small: {args.small_conversations:,} conversations, {args.small_messages:,} messages in {t_small:.1f} s")
+        small_long, t_small = build(small, args.small_conversations, args.small_messages,
+                                    min(args.long, args.small_messages // 2))
+        print(f"built small: {args.small_conversations:,} conversations, {args.small_messages:,} messages "
+              f"in {t_small:.1f} s")
         big_long, t_big = build(big, args.conversations, args.messages, args.long)
         size_mb = sum(p.stat().st_size for p in base.glob("big.sqlite3*")) / 1e6
         print(
@@ -189,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
     rt = res_big["SELECT 1 round trip"][1]
-    print(f"\nsqlite {sqlite3.sqlite_version}; median of {args.repeat} runs after a first one; target < {TARGET_MS:.0f} ms")
-    head = f"{'operation':36} {'hits':>5} {'first ms':>9} {'median ms':>10} {'small ms':>9} {'x small':>8} {'x SELECT1':>10}  ok"
+    print(f"\nsqlite {sqlite3.sqlite_version}; median of {args.repeat} runs after a first one; "
+          f"target < {TARGET_MS:.0f} ms")
+    head = (f"{'operation':36} {'hits':>5} {'first ms':>9} {'median ms':>10} {'small ms':>9} {'x small':>8} "
+            f"{'x SELECT1':>10}  ok")
     print(head)
     print("-" * len(head))
     worst = 0.0
@@ -201,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = "" if label.startswith("SELECT") else ("yes" if max(first, med) < TARGET_MS else "NO")
         if not label.startswith("SELECT"):
             worst = max(worst, med)
-        print(f"{label:36} {hits:>5} {first:>9.2f} {med:>10.2f} {s_med:>9.2f} {ratio_small:>8.1f} {ratio_rt:>10.0f}  {ok}")
+        print(f"{label:36} {hits:>5} {first:>9.2f} {med:>10.2f} {s_med:>9.2f} {ratio_small:>8.1f} "
+              f"{ratio_rt:>10.0f}  {ok}")
     print(watch.sample("after"))
     print(watch.verdict())
     print(f"\nHEADLINE slowest operation on the big file {worst:.1f} ms (median; target < {TARGET_MS:.0f} ms: "

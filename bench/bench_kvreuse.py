@@ -104,7 +104,8 @@ def main() -> int:
     n = args.turns
     print(f"native GLM hidden {args.hidden}, {args.layers} layers, fp32; {args.turns} turns of {args.words} words + "
           f"{args.max_new}-token greedy replies; {args.rounds} alternating rounds, median (min-max)")
-    print(f"| way | turn 1 TTFT ms | turn {n} TTFT ms | turn {n} / turn 1 | turn {n} prompt tokens | cached | decode tok/s |")
+    print(f"| way | turn 1 TTFT ms | turn {n} TTFT ms | turn {n} / turn 1 | turn {n} prompt tokens | cached "
+          "| decode tok/s |")
     print("|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         print(f"| {name} | {spread(f['ttft1'])} | {spread(f['ttftN'])} | {spread(f['ratio'])} | "

@@ -64,7 +64,8 @@ ZH = [
 ]
 CODE = [
     "import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-    "def load(path: str, mode: str = \"bf16\"):", "    dtype = {\"bf16\": torch.bfloat16, \"fp16\": torch.float16}[mode]",
+    "def load(path: str, mode: str = \"bf16\"):",
+    "    dtype = {\"bf16\": torch.bfloat16, \"fp16\": torch.float16}[mode]",
     "    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)", "    return model.eval()", "",
     "for step in range(10):", "    logits = model(input_ids).logits[:, -1]", "    next_id = int(logits.argmax())",
     "    print(f\"step {step}: {next_id}\")", "    if next_id == eos: break",
@@ -289,7 +290,7 @@ async def run_reply(folder: Path, n_tokens: int, keys: bool = False, rate: Optio
         def typist() -> None:
             """A letter every ``key_period``; after 20 letters, ctrl+u empties the line (keeps the input short)."""
             driver = app._driver
-            for i, char in enumerate(itertools.cycle("abcdefghijklmnopqrstu")):
+            for char in itertools.cycle("abcdefghijklmnopqrstu"):
                 if stop_keys.wait(key_period):
                     return
                 if char == "u":
@@ -390,7 +391,8 @@ def main() -> int:
                 bad = [k for k, ok in r["checks"].items() if not ok]
                 print(f"  rep {rep} {n:6} tokens: {r['seconds']:7.2f} s ({n / r['seconds']:7.0f} tok/s)  "
                       f"tokens drained {r['drain']:6.2f} s, final update {r['finish'] * 1000:5.0f} ms, "
-                      f"producer done at {r['producer']:5.2f} s  checks {'ok' if not bad else 'FAILED ' + ', '.join(bad)}",
+                      f"producer done at {r['producer']:5.2f} s  "
+                      f"checks {'ok' if not bad else 'FAILED ' + ', '.join(bad)}",
                       flush=True)
         keyed = asyncio.run(run_reply(folder, long_, keys=True))
         paced = asyncio.run(run_reply(folder, long_, keys=True, rate=args.paced_rate))

@@ -147,7 +147,7 @@ def speed(folder: Path, modes: list[str], tokens: int, rounds: int) -> dict[str,
             runs[mode].append({"prefill_s": done.time_to_first_token, "decode_tps": done.tokens_per_second})
             print(f"  round {r} {mode:5} {tokens} tok  prefill {done.time_to_first_token * 1000:6.1f} ms  "
                   f"decode {done.tokens_per_second:6.1f} tok/s", flush=True)
-    del loaded
+    loaded.clear()  # the models go before the memory runs (one() keeps the dict, not the models)
     return runs
 
 
@@ -196,7 +196,7 @@ def main() -> int:
     for mode in modes:
         pre = [r["prefill_s"] * 1000 for r in runs[mode]]
         dec = [r["decode_tps"] for r in runs[mode]]
-        ratio = [r["decode_tps"] / b["decode_tps"] for r, b in zip(runs[mode], runs[base])]
+        ratio = [r["decode_tps"] / b["decode_tps"] for r, b in zip(runs[mode], runs[base], strict=True)]
         print(f"{mode:5} {statistics.median(pre):7.1f} ({min(pre):.0f}-{max(pre):.0f})"
               f"   {statistics.median(dec):7.1f} ({min(dec):.1f}-{max(dec):.1f})   {spread(ratio)}")
 

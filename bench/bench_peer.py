@@ -168,7 +168,8 @@ def main() -> int:
                                        "--served-model-name", "m", "--dtype", "bfloat16", "--port", str(port),
                                        "--max-model-len", "2048"],
                                       {"VLLM_CPU_KVCACHE_SPACE": "1",
-                                       "VLLM_CPU_OMP_THREADS_BIND": f"0-{args.threads - 1}", "OMP_NUM_THREADS": threads}),
+                                       "VLLM_CPU_OMP_THREADS_BIND": f"0-{args.threads - 1}",
+                                       "OMP_NUM_THREADS": threads}),
         "glmtui-serve": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                        "--mode", "bf16", "--device", "cpu", "--port", str(port)],
                                       {"OMP_NUM_THREADS": threads}),
@@ -199,10 +200,11 @@ def main() -> int:
         rows = results[name]
         ttft50 = spread(r["ttft_p50"] for r in rows) if "ttft_p50" in rows[0] else "–"
         ttft90 = spread(r["ttft_p90"] for r in rows) if "ttft_p90" in rows[0] else "–"
-        print(f"| {name} | {spread(r['tps1'] for r in rows)} | {spread(r['tpsN'] for r in rows)} | {ttft50} | {ttft90} |")
+        tps1, tpsn = spread(r["tps1"] for r in rows), spread(r["tpsN"] for r in rows)
+        print(f"| {name} | {tps1} | {tpsn} | {ttft50} | {ttft90} |")
     headline = []
     if "glmtui-serve" in results and "vllm-default" in results:
-        ratio = [g["tpsN"] / v["tpsN"] for g, v in zip(results["glmtui-serve"], results["vllm-default"])]
+        ratio = [g["tpsN"] / v["tpsN"] for g, v in zip(results["glmtui-serve"], results["vllm-default"], strict=True)]
         headline.append(f"serve/vLLM N-stream tok/s {spread(ratio)} (target >= 0.8)")
         headline.append(f"serve TTFT p50 {spread(r['ttft_p50'] for r in results['glmtui-serve'])} s (target <= 0.5)")
     print("HEADLINE peer: " + ("; ".join(headline) or "no glmtui/vLLM pair measured"))

@@ -145,7 +145,8 @@ def main() -> int:
     bare = median(lambda: _time_process([sys.executable, "-c", "pass"]))
     import_ui = median(lambda: _time_process([sys.executable, "-c", "import glmtui.ui.app"]))
     heavy = subprocess.run(
-        [sys.executable, "-c", "import sys, glmtui.cli, glmtui.ui.app; print(','.join(m for m in ('torch','transformers') if m in sys.modules))"],
+        [sys.executable, "-c", "import sys, glmtui.cli, glmtui.ui.app; "
+         "print(','.join(m for m in ('torch','transformers') if m in sys.modules))"],
         capture_output=True, text=True,
     ).stdout.strip()
     os.unlink(empty_app)
@@ -159,12 +160,14 @@ def main() -> int:
     textual_first = statistics.median(times["textual"])
     print(f"runs: {runs} alternating rounds (medians, min-max)")
     print(f"python -c pass                          {bare * 1000:7.0f} ms")
-    print(f"import glmtui.ui.app (process)          {import_ui * 1000:7.0f} ms   x{import_ui / bare:.2f} of bare python")
+    print(f"import glmtui.ui.app (process)          {import_ui * 1000:7.0f} ms   "
+          f"x{import_ui / bare:.2f} of bare python")
     print(f"empty Textual app, first frame          {fmt('textual')}")
     for way, label in (("empty", "glmtui, empty home (first run)"), ("populated", "glmtui, 500 conversations, warm"),
                        ("cold", "glmtui, 500 conversations, cold cache")):
         if way in times:
-            print(f"{label:39} {fmt(way)}   x{statistics.median(times[way]) / textual_first:.2f} of the empty Textual app")
+            ratio = statistics.median(times[way]) / textual_first
+            print(f"{label:39} {fmt(way)}   x{ratio:.2f} of the empty Textual app")
     if cold_refused is not None:
         print(f"cold OS cache: not measured — dropping the page cache was refused here ({cold_refused})")
     print(f"torch/transformers imported by the UI: {heavy or 'none'}")

@@ -106,8 +106,9 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
         def compositor_refresh() -> None:
             composite()
             now = time.perf_counter()
-            if "first_paint" not in marks and "token" in marks and chat.turns and chat.turns[-1].widget.markdown.children:
-                marks["first_paint"] = now
+            if "first_paint" not in marks and "token" in marks and chat.turns:
+                if chat.turns[-1].widget.markdown.children:
+                    marks["first_paint"] = now
             if "finished" in marks and "final_paint" not in marks:
                 marks["final_paint"] = now
                 done.set()
@@ -318,7 +319,9 @@ def main() -> int:
                       f"{r['tokens'] / r['seconds']:7.1f} tok/s  ttft {r['ttft'] * 1000:6.1f} ms", flush=True)
         worker.close()
         engine.close()
-        profile = asyncio.run(ui_run(folder, args.prompt, args.max_new, profile=True))["profile"] if args.profile else ""
+        profile = ""
+        if args.profile:
+            profile = asyncio.run(ui_run(folder, args.prompt, args.max_new, profile=True))["profile"]
 
     same_text = results["ui"][0]["text"] == results["worker"][0]["text"] == results["engine"][0]["text"]
     med = {}
@@ -333,10 +336,12 @@ def main() -> int:
     print("way      tok/s   vs plain   total s   TTFT ms")
     for way in ("plain", "worker", "engine", "ui"):
         m = med[way]
-        print(f"{way:7} {m['tps']:7.1f} {m['tps'] / med['plain']['tps']:9.3f} {m['seconds']:9.3f} {m['ttft'] * 1000:9.1f}")
+        ratio = m["tps"] / med["plain"]["tps"]
+        print(f"{way:7} {m['tps']:7.1f} {ratio:9.3f} {m['seconds']:9.3f} {m['ttft'] * 1000:9.1f}")
 
     def per_round(way: str) -> list[float]:  # each round's ratio against plain in the same round
-        return [w["tokens"] / w["seconds"] / (p["tokens"] / p["seconds"]) for w, p in zip(results[way], results["plain"])]
+        return [w["tokens"] / w["seconds"] / (p["tokens"] / p["seconds"])
+                for w, p in zip(results[way], results["plain"], strict=True)]
 
     print(f"per-round worker/plain: median (min-max) {spread(per_round('worker'))}")
     print(f"per-round engine/plain: median (min-max) {spread(per_round('engine'))}")

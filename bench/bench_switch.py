@@ -165,11 +165,11 @@ def tui_memory_run(folder: str, cycles: int, modes: list[str]) -> None:
             for _ in range(cycles):
                 for mode in modes:
                     app.request_load(folder, mode)
-                    await until(lambda: app.loaded is not None and app.loaded.mode == mode, f"the {mode} load")
+                    await until(lambda m=mode: app.loaded is not None and app.loaded.mode == m, f"the {mode} load")
                     done = threading.Event()
                     app.engine.generate([ChatMessage("user", "hi")], GenerationParams(max_new_tokens=16,
                                                                                        temperature=0.0),
-                                        sink=lambda e: done.set() if isinstance(e, Finished) else None)
+                                        sink=lambda e, done=done: done.set() if isinstance(e, Finished) else None)
                     await until(done.is_set, "a reply")
                 app.action_unload()
                 await until(lambda: app.loaded is None, "the unload")

@@ -94,8 +94,9 @@ def build_nonstop_glm(dest: Path, hidden: int, layers: int, context: int = 4096)
     on every side of a comparison without forcing it with ``min_new_tokens``."""
     import json
 
-    import tiny_models
     from safetensors.torch import load_file, save_file
+
+    import tiny_models
 
     folder = tiny_models.build_native_glm(
         dest, hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=2, head_dim=64, ffn=hidden * 3,

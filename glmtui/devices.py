@@ -33,4 +33,4 @@ def device_problem(text: Optional[str]) -> Optional[str]:
         hint = " — cuda takes a GPU index after a colon, e.g. cuda:1"
     elif value == "mps":
         hint = " — Apple's mps is not supported"
-    return f"unknown device {text.strip()!r}: use {DEVICES}{hint}"
+    return f"unknown device {(text or '').strip()!r}: use {DEVICES}{hint}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 
 class ToolError(ValueError):
@@ -29,7 +30,8 @@ def current_time(timezone: str = "") -> dict:
         try:
             zone = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ToolError(f"unknown time zone {timezone!r} (use an IANA name such as 'Europe/Paris' or 'UTC')")
+            hint = "use an IANA name such as 'Europe/Paris' or 'UTC'"
+            raise ToolError(f"unknown time zone {timezone!r} ({hint})") from None
         now = datetime.now(zone)
     else:
         now = datetime.now(dt_timezone.utc).astimezone()
@@ -87,9 +89,9 @@ def _evaluate(node):
         try:
             value = _BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
-            raise ToolError("division by zero")
+            raise ToolError("division by zero") from None
         except OverflowError:
-            raise ToolError("the result is too large for a floating-point number")
+            raise ToolError("the result is too large for a floating-point number") from None
         if isinstance(value, complex):
             raise ToolError("the result is not a real number")
         if _bits(value) > MAX_INT_BITS:
@@ -107,9 +109,9 @@ def calculate(expression: str) -> dict:
         tree = ast.parse(expression.strip(), mode="eval")
         value = _evaluate(tree)
     except SyntaxError:
-        raise ToolError("not an arithmetic expression")
+        raise ToolError("not an arithmetic expression") from None
     except (RecursionError, MemoryError):
-        raise ToolError("the expression is nested too deeply")
+        raise ToolError("the expression is nested too deeply") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ToolError("the result is not a finite number")
     return {"expression": expression, "result": value}

@@ -333,7 +333,7 @@ class EngineSource:
                 event = events.get(timeout=self.timeout)
             except queue.Empty:
                 self.engine.cancel(request)
-                raise GenerationFailed("no reply from the model in time")
+                raise GenerationFailed("no reply from the model in time") from None
             if getattr(event, "request_id", request) != request:
                 continue
             if isinstance(event, Token):

@@ -277,7 +277,8 @@ def run_command(tool: Tool, arguments: dict, limit: int = DEFAULT_LIMIT) -> Tool
     reader.join(2)
     text = output.render()
     if timed_out:
-        return ToolResult("error", f"{tool.name}: no result within {tool.timeout:g} s (stopped)\n{text}".rstrip(), tool.name)
+        message = f"{tool.name}: no result within {tool.timeout:g} s (stopped)\n{text}".rstrip()
+        return ToolResult("error", message, tool.name)
     if code != 0:
         why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return ToolResult("error", f"{tool.name}: {why}\n{text}".rstrip(), tool.name)

@@ -130,7 +130,8 @@ def check_fits_machine(config: Mapping, mode: str, device: str, total_bytes: Opt
     all of them (loading resolves ``auto`` to ``cuda`` and spreads the layers over every GPU), plus
     with several GPUs, for 16-bit modes, the host RAM accelerate may spill layers to
     (``host_bytes``, default 80 % of available RAM, as loading._spread_over_gpus allows)."""
-    on_gpu = device.startswith("cuda") or (device == "auto" and (gpu_free if gpu_free is not None else gpu_free_bytes()))
+    auto_on_gpu = device == "auto" and bool(gpu_free if gpu_free is not None else gpu_free_bytes())
+    on_gpu = device.startswith("cuda") or auto_on_gpu
     spill = 0
     if total_bytes is not None or not on_gpu:
         capacity = device_memory_bytes("cpu") if total_bytes is None else total_bytes

@@ -244,14 +244,15 @@ def write_weights(tensors: dict, order: list[str], folder: Path, progress: Calla
     total = len(shards)
     names = ["model.safetensors"] if total == 1 else [
         f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
-    for index, (filename, members) in enumerate(zip(names, shards)):
+    for index, (filename, members) in enumerate(zip(names, shards, strict=True)):
         progress(f"writing {filename} ({index + 1}/{total})")
         part = {name: tensors[name][...].contiguous() for name in members}
         save_file(part, str(folder / filename), metadata={"format": "pt"})
         del part
     if total > 1:
         index_data = {"metadata": {"total_size": sum(size(n) for n in order)},
-                      "weight_map": {name: filename for filename, members in zip(names, shards) for name in members}}
+                      "weight_map": {name: filename for filename, members in zip(names, shards, strict=True)
+                                     for name in members}}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index_data, indent=2))
 
 
@@ -276,8 +277,16 @@ def _write_native(src: Path, tmp: Path, progress: Callable[[str], None]) -> None
 
     from . import checks
     from .checks import CheckFailed
-    from .loading import (ModelLoadError, chatglm3_name, chatglm3_state_dict_to_glm, chatglm3_to_glm_config,
-                          is_chatglm3, read_config, read_weights, weight_files)
+    from .loading import (
+        ModelLoadError,
+        chatglm3_name,
+        chatglm3_state_dict_to_glm,
+        chatglm3_to_glm_config,
+        is_chatglm3,
+        read_config,
+        read_weights,
+        weight_files,
+    )
     from .prompts import ChatGLM3Format
 
     try:

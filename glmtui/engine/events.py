@@ -6,7 +6,7 @@ can all consume them without importing the engine's heavy dependencies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 Role = Literal["system", "user", "assistant", "observation"]

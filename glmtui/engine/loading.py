@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import re
 import time
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,6 +31,7 @@ from .checks import CheckFailed
 from .placement import balanced_max_memory, placement_of
 from .prompts import ChatFormat, ChatGLM3Format, ChatTemplateFormat, PromptError
 from .weights import StoredTensor, WeightReadError, read_checkpoint
+
 
 def _quiet_transformers() -> None:
     """Progress bars and warnings on stderr would scribble over the TUI."""
@@ -449,7 +450,8 @@ def _spread_over_gpus(kwargs: dict, config: dict, mode: str) -> None:
         import psutil
 
         cpu = int(psutil.virtual_memory().available * 0.8)
-    hidden, vocab = int(config.get("hidden_size") or 0), int(config.get("vocab_size") or config.get("padded_vocab_size") or 0)
+    hidden = int(config.get("hidden_size") or 0)
+    vocab = int(config.get("vocab_size") or config.get("padded_vocab_size") or 0)
     layers = int(config.get("num_hidden_layers") or config.get("num_layers") or 1)
     largest = max(hidden * vocab * (4 if mode == "fp32" else 2), weights // max(1, layers))  # embeddings or a layer
     kwargs["device_map"] = "auto"

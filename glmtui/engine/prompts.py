@@ -203,12 +203,12 @@ class ChatTemplateFormat:
         if not getattr(self.tokenizer, "chat_template", None):
             raise PromptError("this model has no chat template: use it in completion mode")
         validate_conversation(messages)
-        rendered = [
-            {"role": "tool" if m.role == "observation" and not self._knows_observation() else m.role, "content": m.content}
-            for m in messages
-        ]
+        observation = "observation" if self._knows_observation() else "tool"
+        rendered = [{"role": observation if m.role == "observation" else m.role, "content": m.content}
+                    for m in messages]
         encoded = self.tokenizer.apply_chat_template(
-            rendered, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True, **(template_kwargs or {})
+            rendered, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True,
+            **(template_kwargs or {}),
         )
         return list(encoded["input_ids"])
 

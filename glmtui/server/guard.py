@@ -36,7 +36,9 @@ def _ip(text: str):
 
 
 def host_name(header: str) -> str:
-    """The host part of a Host header, lower-cased: ``[::1]:8000`` -> ``::1``, ``Example.COM.:80`` -> ``example.com``."""
+    """The host part of a Host header, lower-cased.
+
+    ``[::1]:8000`` -> ``::1``, ``Example.COM.:80`` -> ``example.com``."""
     header = header.strip().lower()
     if header.startswith("["):
         return header[1:].partition("]")[0]

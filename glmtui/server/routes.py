@@ -218,7 +218,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     try:
         validate_conversation(messages)
     except PromptError as exc:
-        raise ApiError(400, f"cannot build the prompt: {exc}", param="messages")
+        raise ApiError(400, f"cannot build the prompt: {exc}", param="messages") from exc
     state.check_queue()
     tool_names = {t.function.name for t in body.tools} if tools else None
 
@@ -266,7 +266,8 @@ async def completions(body: CompletionRequest, request: Request):
 
     loop = asyncio.get_running_loop()
     pipes = [Pipe(loop) for _ in prompts]  # one per prompt: each is read in turn
-    rids = [engine.generate([], params, sink=pipe, prompt_text=prompt) for pipe, prompt in zip(pipes, prompts)]
+    rids = [engine.generate([], params, sink=pipe, prompt_text=prompt)
+            for pipe, prompt in zip(pipes, prompts, strict=True)]
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     open_ids = set(rids)
@@ -281,7 +282,7 @@ async def completions(body: CompletionRequest, request: Request):
                 open_ids = set()  # the stream owns the requests from here on
                 return EventSourceResponse(stream, sep="\n", ping=15)
             finished = []
-            for index, (pipe, current) in enumerate(zip(pipes, rids)):
+            for index, (pipe, current) in enumerate(zip(pipes, rids, strict=True)):
                 if index:
                     await wait_started(engine, pipe, request, f"prompt.{index}")
                 finished.append(await wait_finished(pipe, request))

@@ -192,7 +192,7 @@ async def completion_stream(engine, pipes: list[Pipe], rids: list[int], completi
         return text_chunk(completion_id, created, model, index, text, finish, include_usage)
 
     try:
-        for index, (pipe, rid, prompt) in enumerate(zip(pipes, rids, prompts)):
+        for index, (pipe, rid, prompt) in enumerate(zip(pipes, rids, prompts, strict=True)):
             if echo and prompt:
                 yield chunk(index, prompt)
             started = index == 0

@@ -273,7 +273,7 @@ def text_completion_body(completion_id: str, created: int, model: str, prompts: 
     """The non-streaming /v1/completions response: one choice per prompt, usage summed."""
     choices = [{"index": index, "text": (prompt if echo else "") + done.text, "logprobs": None,
                 "finish_reason": finish_reason(done)}
-               for index, (prompt, done) in enumerate(zip(prompts, finished))]
+               for index, (prompt, done) in enumerate(zip(prompts, finished, strict=True))]
     prompt_tokens = sum(done.prompt_tokens for done in finished)
     completion_tokens = sum(done.completion_tokens for done in finished)
     return {

@@ -19,6 +19,7 @@ from glmtui.store.records import (
     check_status,
     conversation_from_row,
     dumps,
+    inserted_id,
     iso,
     message_from_row,
     now,
@@ -76,7 +77,7 @@ def insert_conversations(conn: sqlite3.Connection, batch: Sequence[Mapping[str, 
                 data.get("kind") if data.get("kind") in KINDS else "chat",
             ),
         )
-        cid = int(cur.lastrowid)
+        cid = inserted_id(cur)
         rows = []
         for pos, m in enumerate(data.get("messages") or ()):
             role = m.get("role", "user")

@@ -158,11 +158,13 @@ def _from_foreign(messages: Any, value: dict) -> dict:
     system_prompt = ""
     if msgs and msgs[0]["role"] == "system":
         system_prompt = msgs.pop(0)["content"]
-    title = value.get("title") if isinstance(value.get("title"), str) else ""
+    title = value.get("title")
+    if not isinstance(title, str):
+        title = ""
     if not title.strip():
         first = next((m["content"] for m in msgs if m["role"] == "user" and m["content"].strip()), "")
         title = _make_title(first) if first else "Imported conversation"
-    conv = {
+    conv: dict[str, Any] = {
         "title": title,
         "model": value.get("model") if isinstance(value.get("model"), str) else None,
         "system_prompt": system_prompt,

@@ -72,6 +72,7 @@ from glmtui.store.records import (
     check_status,
     conversation_from_row,
     dumps,
+    inserted_id,
     message_from_row,
     now,
 )
@@ -247,7 +248,7 @@ class HistoryStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (title, model, system_prompt or "", dumps(dict(params or {})), t, t, kind),
             )
-            return int(cur.lastrowid)
+            return inserted_id(cur)
 
     def get_conversation(self, conversation_id: int) -> Optional[Conversation]:
         with self._read() as conn:
@@ -290,7 +291,8 @@ class HistoryStore:
         model: Any = _UNSET,
     ) -> None:
         """Change what is given; ``params`` replaces the whole dict; ``model=None`` clears it."""
-        sets, args = [], []
+        sets: list[str] = []
+        args: list[Any] = []
         if system_prompt is not None:
             sets.append("system_prompt = ?")
             args.append(system_prompt)
@@ -373,7 +375,7 @@ class HistoryStore:
                 ),
             )
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (t, conversation_id))
-            return int(cur.lastrowid)
+            return inserted_id(cur)
 
     def update_message(
         self,
@@ -390,7 +392,8 @@ class HistoryStore:
         if status is not None:
             check_status(status)
         t = now()
-        sets, args = ["updated_at = ?"], [t]
+        sets: list[str] = ["updated_at = ?"]
+        args: list[Any] = [t]
         if content is not None:
             sets.append("content = ?")
             args.append(content)

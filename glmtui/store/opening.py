@@ -103,7 +103,7 @@ def open_read_only(path: Path, mode: str) -> tuple[sqlite3.Connection, str]:
         prepare(mem)
     except SetAside as aside:
         mem.close()
-        raise HistoryError(f"The chat history {path} is read-only and cannot be used: {aside.reason}.")
+        raise HistoryError(f"The chat history {path} is read-only and cannot be used: {aside.reason}.") from aside
     except sqlite3.Error as err:
         mem.close()
         raise HistoryError(

@@ -4,6 +4,7 @@ small conversions (JSON columns, timestamps) that every part of the store shares
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +85,14 @@ def parse_ts(value: Any, default: float) -> float:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid an INSERT on ``cur`` just gave (sqlite3 types it Optional: None only before any INSERT)."""
+    rowid = cur.lastrowid
+    if rowid is None:
+        raise sqlite3.InterfaceError("no row was inserted")
+    return rowid
 
 
 def loads(text: Optional[str]) -> Any:

@@ -225,7 +225,7 @@ def _read_lost_and_found(conn: sqlite3.Connection, convs: dict, msgs: dict) -> N
         if "nfield" not in cols or "id" not in cols:
             return
         for row in conn.execute("SELECT * FROM lost_and_found"):
-            rec = dict(zip(cols, row))
+            rec = dict(zip(cols, row, strict=True))  # SELECT * gives one value per column
             values = [rec.get(f"c{i}") for i in range(int(rec["nfield"] or 0))]
             if rec["id"] is None or not values:
                 continue

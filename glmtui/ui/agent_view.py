@@ -234,8 +234,6 @@ class AgentView:
         chat = self._chat
         assert chat is not None
         if role == "user":
-            from .chat import UserMessage
-
             turn = Turn("user", text, status, mid)
             await chat._mount_turn(turn)  # noqa: SLF001 - the chat's own way of adding a turn
             return turn

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 # Footer's key widget: no public name (QuickFooter composes and queries them; app.tcss styles them)
 from textual.widgets._footer import FooterKey
+
 # The table block: textual.widgets.markdown re-exports MarkdownBlock but not it
 from textual.widgets._markdown import MarkdownTable
 

@@ -61,7 +61,8 @@ class RemoteMetricsView(Static):
                     poller.close()
                     poller = None
                 if poller is None and endpoint:
-                    poller = MetricsPoller(endpoint, api_key=getattr(getattr(self.app, "engine", None), "api_key", None))
+                    api_key = getattr(getattr(self.app, "engine", None), "api_key", None)
+                    poller = MetricsPoller(endpoint, api_key=api_key)
                 figures = poller.poll() if poller is not None else None
                 try:
                     self.app.call_from_thread(self._show, figures)

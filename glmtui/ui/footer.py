@@ -78,7 +78,8 @@ def fit_keys(keys: list[Key], width: int) -> list[Key]:
             kept.add(index)
             used += cells
     for index in (i for i in order if i in kept and short[i].description != keys[i].description):
-        extra = key_width(keys[index].display, keys[index].description) - key_width(short[index].display, short[index].description)
+        long_key, short_key = keys[index], short[index]
+        extra = key_width(long_key.display, long_key.description) - key_width(short_key.display, short_key.description)
         if used + extra <= width:
             short[index] = keys[index]
             used += extra
@@ -155,7 +156,7 @@ class QuickFooter(Footer):
                 if entry is None or footer_key_disabled(widget) == bool(entry[2]):
                     return False
         with self.app.batch_update():
-            for widget, key in zip(plain, wanted):
+            for widget, key in zip(plain, wanted, strict=True):  # _shows: the same keys
                 if footer_key_disabled(widget) != (not key.enabled):
                     set_footer_key_disabled(widget, not key.enabled)  # read by FooterKey.on_mouse_down
                     widget.set_class(not key.enabled, "-disabled")

@@ -20,6 +20,7 @@ class SteadyOptionList(LayoutSizeHook, OptionList):
     """
 
     def layout_virtual_size(self, size: Size, virtual_size: Size, container_size: Size) -> Size:
-        if size == self.outer_size and container_size == self.container_size and self.virtual_size.width == virtual_size.width:
+        same_width = self.virtual_size.width == virtual_size.width
+        if size == self.outer_size and container_size == self.container_size and same_width:
             return self.virtual_size
         return virtual_size

@@ -22,30 +22,25 @@ Life of the processes:
   (EngineUnresponsive) and can be killed with :meth:`EngineProcess.kill`;
 - the children die with this process (see glmtui.engine.child).
 
-Each child writes its stdout/stderr to its own file under the data folder's
-``logs/`` (the newest :data:`LOG_KEEP` are kept).
+Starting a child (a fresh interpreter, its log file under the data folder's
+``logs/``), this side of its pipe and the words for its end are in children.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import queue
-import re
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .api import Listener, Listeners, MemoryReport, ModelInfo, rss_bytes
+from .children import LOG_KEEP, Child, describe_exit, last_error_line, log_tail, prune_logs, start_child
 from .events import (
     ChatMessage,
     EngineExited,
@@ -58,54 +53,17 @@ from .events import (
     Unloaded,
 )
 
-LOG_KEEP = 10  # engine log files kept (one per process)
+__all__ = ["EngineProcess", "FLUSH_INTERVAL", "LOG_KEEP", "describe_exit", "last_error_line", "log_tail", "prune_logs"]
+
 QUANTIZED_MODES = ("int8", "int4")  # bitsandbytes's
 FLUSH_INTERVAL = 0.02  # the child's token coalescing (seconds); see child.Outbox
-_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the glmtui package
-_BOOT = f"import sys; sys.path[0] = {_ROOT!r}; from glmtui.engine.child import main; main()"
-_ERRORISH = re.compile(r"^\S.*(Error|Exception|error:|Fatal|fault|Abort|Killed|CUDA)")
-
-
-class _Child:
-    """One engine process and this side of its pipe."""
-
-    def __init__(self, popen: subprocess.Popen, conn: Connection, log_path: Path, ahead: bool = False):
-        self.popen = popen
-        self.ahead = ahead  # started ahead of need: imports on idle CPU time only
-        self.pid = popen.pid
-        self.conn = conn
-        self.log_path = log_path
-        self.spawned_at = time.perf_counter()
-        self.ready_at: Optional[float] = None  # perf_counter when its imports were done
-        self.ready = threading.Event()
-        self.exited = threading.Event()  # reaped, its requests settled
-        self.lost = False  # its end has been handled (set under the engine's lock)
-        self.retiring = False  # asked to end: its exit is no failure
-        self.killed_reason: Optional[str] = None
-        self.exit_message = ""
-        self.ping_sent: Optional[float] = None
-        self.hung_reported = False
-        self.device: tuple[Optional[int], Optional[int]] = (None, None)
-        self._send_lock = threading.Lock()
-
-    def send(self, message) -> bool:
-        with self._send_lock:
-            try:
-                self.conn.send(message)
-                return True
-            except (OSError, ValueError):  # it died; its reader reports that
-                return False
-
-    def close(self) -> None:
-        with self._send_lock:
-            self.conn.close()
 
 
 @dataclass
 class _Request:
     kind: str  # "load", "unload", "generate"
     sink: Optional[Listener] = None
-    child: Optional[_Child] = None  # the process it was sent to
+    child: Optional[Child] = None  # the process it was sent to
     cancelled: bool = False
     started: bool = False
     internal: bool = False  # our own (retiring a process): its events are not delivered
@@ -137,10 +95,10 @@ class EngineProcess(Listeners):
         self._lock = threading.Lock()
         self._requests: dict[int, _Request] = {}
         self._commands: "queue.Queue[tuple]" = queue.Queue()
-        self._active: Optional[_Child] = None
-        self._spare: Optional[_Child] = None
-        self._retiring: list[_Child] = []
-        self._last_child: Optional[_Child] = None
+        self._active: Optional[Child] = None
+        self._spare: Optional[Child] = None
+        self._retiring: list[Child] = []
+        self._last_child: Optional[Child] = None
         self._idle_since = time.monotonic()
         self._last_ping_round = 0.0
         self._stopping = False
@@ -340,7 +298,7 @@ class EngineProcess(Listeners):
         with self._lock:
             self._spare = spare
 
-    def _retire(self, child: _Child, request_id: Optional[int] = None) -> None:
+    def _retire(self, child: Child, request_id: Optional[int] = None) -> None:
         """Unload and end ``child`` after whatever it was already asked to do."""
         child.retiring = True
         if request_id is None:
@@ -360,7 +318,7 @@ class EngineProcess(Listeners):
             waiting[0].exited.wait(0.25)
             self._housekeeping()  # pings: a retiring process that stops answering is killed
 
-    def _send_request(self, child: _Child, request_id: int, message: tuple) -> None:
+    def _send_request(self, child: Child, request_id: int, message: tuple) -> None:
         with self._lock:
             request = self._requests.get(request_id)
             if request is None:
@@ -416,44 +374,28 @@ class EngineProcess(Listeners):
 
     _spawn_error = ""
 
-    def _spawn(self, ahead: bool = False) -> Optional[_Child]:
+    def _spawn(self, ahead: bool = False) -> Optional[Child]:
         """Start a fresh engine process (on the engine's thread: the parent-death signal follows it).
 
         ``ahead``: a spare nobody waits for yet, whose imports use idle CPU time only.
         """
         try:
-            from ..config import default_paths, ensure_private_dir
+            from ..config import default_paths
 
             log_dir = self._log_dir or default_paths().data_dir / "logs"
-            ensure_private_dir(log_dir)
-            prune_logs(log_dir, LOG_KEEP - 1)
             self.spawned += 1
-            log_path = log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.spawned}.log"
             # bitsandbytes is imported in advance once a quantized mode has been used (as in-process:
             # the first int8/int4 load pays its import, later switches do not)
             flags = ["idle"] * ahead + ["quantizers"] * self._quantized
-            ours, theirs = socket.socketpair()
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                popen = subprocess.Popen(
-                    [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), str(self._flush_interval),
-                     ",".join(flags) or "-"],
-                    stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(theirs.fileno(),),
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                    start_new_session=True,  # the terminal's Ctrl-C and hangup are the front end's
-                )
-            finally:
-                os.close(log_fd)
-                theirs.close()
+            child = start_child(log_dir, self.spawned, self._flush_interval, flags, ahead)
         except OSError as exc:
             self._spawn_error = f"cannot start the engine process: {exc}"
             return None
-        child = _Child(popen, Connection(ours.detach()), log_path, ahead)
         self._last_child = child
         threading.Thread(target=self._read, args=(child,), name=f"glmtui-engine-{child.pid}", daemon=True).start()
         return child
 
-    def _read(self, child: _Child) -> None:
+    def _read(self, child: Child) -> None:
         """The reader thread of one process: its messages become events; its end is reported."""
         while True:
             try:
@@ -472,7 +414,7 @@ class EngineProcess(Listeners):
                 traceback.print_exc()
         self._on_exit(child)
 
-    def _on_control(self, child: _Child, message: tuple) -> None:
+    def _on_control(self, child: Child, message: tuple) -> None:
         kind = message[0]
         if kind == "ready":
             child.ready_at = time.perf_counter()
@@ -484,8 +426,10 @@ class EngineProcess(Listeners):
                 child.hung_reported = False
                 self._deliver(EngineUnresponsive(0, 0.0, f"the engine process (pid {child.pid}) answers again"), None)
 
-    def _on_event(self, child: _Child, event) -> None:
+    def _on_event(self, child: Child, event) -> None:
         request_id = getattr(event, "request_id", None)
+        if not isinstance(request_id, int):
+            return
         with self._lock:
             request = self._requests.get(request_id)
         if request is None:
@@ -517,14 +461,14 @@ class EngineProcess(Listeners):
         if not request.internal:
             self._deliver(event, request.sink)
 
-    def _reap(self, child: _Child, timeout: float = 10.0) -> int:
+    def _reap(self, child: Child, timeout: float = 10.0) -> int:
         try:
             return child.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             child.popen.kill()
             return child.popen.wait()
 
-    def _on_exit(self, child: _Child) -> None:
+    def _on_exit(self, child: Child) -> None:
         code = self._reap(child)
         child.close()
         with self._lock:
@@ -562,7 +506,7 @@ class EngineProcess(Listeners):
             self._deliver(self.last_exit, None)
         child.exited.set()
 
-    def _end(self, child: _Child) -> None:
+    def _end(self, child: Child) -> None:
         """End a process that holds nothing of the user's (a spare, or at shutdown)."""
         child.retiring = True
         if child.ready.is_set():
@@ -621,55 +565,3 @@ class EngineProcess(Listeners):
                 listener(event)
             except Exception:  # a broken listener must not stop the engine
                 traceback.print_exc()
-
-
-def describe_exit(code: Optional[int], killed_reason: Optional[str] = None) -> str:
-    """"killed by SIGKILL", "exit code 3", ... for a process's return code."""
-    if killed_reason:
-        return killed_reason
-    if code is None:
-        return "it ended"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " — the system may have run out of memory" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}" if code else "it exited"
-
-
-def log_tail(path: Optional[Path], lines: int = 20, max_bytes: int = 16384) -> str:
-    """The last ``lines`` lines of a log file ("" when it cannot be read)."""
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-def last_error_line(text: str) -> str:
-    """The last line of a log that reads like an error ("" when none does)."""
-    for line in reversed(text.splitlines()):
-        if _ERRORISH.search(line):
-            return line.strip()[:300]
-    return ""
-
-
-def prune_logs(log_dir: Path, keep: int, pattern: str = "engine-*.log") -> None:
-    """Delete all but the newest ``keep`` logs matching ``pattern``."""
-    try:
-        logs = sorted(log_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
-        return
-    for old in logs[keep:]:
-        try:
-            old.unlink()
-        except OSError:
-            pass

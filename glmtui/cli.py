@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=512)
     chat.add_argument("--temperature", type=float, default=0.8)
     chat.add_argument("--top-p", type=float, default=0.8)
+    chat.add_argument("--think", action=argparse.BooleanOptionalAction, default=None,
+                      help="reasoning models whose template has the switch (enable_thinking): think first, or "
+                           "answer at once (default: the template's own)")
 
     serve = sub.add_parser("serve", help="OpenAI-compatible API server")
     _add_model_options(serve)

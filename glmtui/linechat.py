@@ -102,9 +102,21 @@ def _load(engine, args, events: _Events, log: TextIO):
         elif isinstance(event, Loaded):
             where = f"{event.mode} on {event.device}" if not endpoint else f"served by {endpoint}"
             print(f"Loaded {event.model_name} ({where}) in {event.load_seconds:.1f} s.", file=log, flush=True)
+            _note_thinking_switch(args, None if endpoint else what, log)
             return event
         elif isinstance(event, Failed):
             return f"cannot use {what}: {event.message}"
+
+
+def _note_thinking_switch(args, folder, log: TextIO) -> None:
+    """--think/--no-think on a local model whose template has no switch: say it changes nothing.
+    (A server's template is not visible from here: the switch is sent, and a template without it ignores it.)"""
+    from .engine.template_files import has_thinking_switch
+
+    think = getattr(args, "think", None)
+    if think is not None and folder is not None and not has_thinking_switch(folder):
+        flag = "--think" if think else "--no-think"
+        print(f"({flag} has no effect: this model's chat template has no thinking switch)", file=log, flush=True)
 
 
 DIM, PLAIN = "\x1b[2m", "\x1b[0m"
@@ -155,6 +167,7 @@ def _params(args) -> GenerationParams:
         max_new_tokens=int(getattr(args, "max_new_tokens", 512) or 512),
         temperature=float(getattr(args, "temperature", 0.8)),
         top_p=float(getattr(args, "top_p", 0.8)),
+        thinking=getattr(args, "think", None),  # --think / --no-think; None: the template's default
     )
 
 

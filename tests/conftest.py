@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -10,13 +11,12 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+# Tests live in room folders (engine/, store/, server/, hub/, ui/, agent/, cli/); what they share is here
+# (fixtures) and in the modules next to this file (helpers, fake_nvml, terminals, agent_helpers, tiny_models ...).
 sys.path.insert(0, str(Path(__file__).parent))
-# Tests live in room folders (engine/, store/, server/, hub/, ui/, agent/, cli/); some import helpers from another
-# room's test module, so every room is importable whatever order pytest collects them in.
-for _room in ("engine", "store", "server", "hub", "ui", "agent", "cli"):
-    sys.path.insert(1, str(Path(__file__).parent / _room))
 
 import tiny_models  # noqa: E402
+from helpers import FrozenSampler, host_only_snapshot  # noqa: E402
 
 
 def shared_dir(tmp_path_factory, name: str) -> Path:
@@ -83,6 +83,47 @@ def short_context_chatty(models_root) -> Path:
     reply runs into the context, and a long prompt does not fit at all."""
     dest = models_root / "tiny-chatglm3-ctx64"
     return built_once(dest, lambda: tiny_models.build_chatglm3(dest, never_stop=True, context=64))
+
+
+@pytest.fixture(scope="session")
+def thinking_dir(models_root) -> Path:
+    """A tiny GLM-Z1: Glm4ForCausalLM with <think> tokens and a reasoning chat template."""
+    dest = models_root / "tiny-z1"
+    return built_once(dest, lambda: tiny_models.build_glm4_thinking(dest))
+
+
+@pytest.fixture(scope="session")
+def inside_dir(thinking_dir, models_root) -> Path:
+    """The same model with a template that opens <think> in the prompt (GLM-Z1-0414, GLM-4.7)."""
+    dest = models_root / "tiny-z1-inside"
+
+    def build():
+        shutil.copytree(thinking_dir, dest)
+        config = json.loads((dest / "tokenizer_config.json").read_text())
+        config["chat_template"] = tiny_models.INSIDE_THINKING_CHAT_TEMPLATE
+        (dest / "tokenizer_config.json").write_text(json.dumps(config))
+        (dest / "chat_template.jinja").unlink(missing_ok=True)
+
+    return built_once(dest, build)
+
+
+@pytest.fixture
+def quiet_sampler() -> FrozenSampler:
+    """The monitor's sampler for app tests: a machine without a GPU, figures that never change."""
+    return FrozenSampler(host_only_snapshot())
+
+
+@pytest.fixture
+def fake_hub(tmp_path_factory, monkeypatch, tmp_path):
+    """The fake hub (tests/hubserver.py) on 127.0.0.1 serving a tiny model as THUDM/glm-edge-1.5b-chat,
+    with every hub endpoint of glmtui pointed at it."""
+    from hubserver import FakeHub, build_tiny_model, point_hubs_at
+
+    src = build_tiny_model(tmp_path_factory.mktemp("hub-src"))
+    with FakeHub() as fake:
+        fake.add_folder("THUDM/glm-edge-1.5b-chat", src)  # a catalogue id, served by the fake hub
+        point_hubs_at(fake, monkeypatch, tmp_path)
+        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -260,6 +260,11 @@ THINKING_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n"
     "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}{% endif %}"
 )
+#: GLM-4.7's generation prompt: the reply starts inside an open block; the switch closes it instead.
+INSIDE_THINKING_CHAT_TEMPLATE = THINKING_CHAT_TEMPLATE.split("{% if add_generation_prompt %}")[0] + (
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{{ '</think>' if (enable_thinking is defined and not enable_thinking) else '<think>' }}{% endif %}"
+)
 
 
 def _glm_tokenizer(dest: Path, specials: list[str], template: str):

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from agent_helpers import ScriptedModel, block, call, chatglm3_prompt, tiny_png
 from glmtui.agent.session import (
     IMAGE_MARK,
     Action,
@@ -27,7 +28,7 @@ from glmtui.agent.session import (
 from glmtui.agent.toolbox import Toolbox
 from glmtui.config import default_paths
 from glmtui.engine.events import ChatMessage, GenerationParams
-from glmtui.engine.prompts import ChatGLM3Format, IncrementalDetokenizer
+from glmtui.engine.prompts import ChatGLM3Format
 
 try:
     from glmtui.engine.tools import TOOL_SYSTEM_PROMPT
@@ -40,52 +41,8 @@ def glm3(chatglm3_dir):
     return ChatGLM3Format(chatglm3_dir / "tokenizer.model")
 
 
-class ScriptedModel:
-    """A generation source whose replies are given; records the prompt ids it was sent."""
-
-    def __init__(self, fmt: ChatGLM3Format, replies):
-        self.fmt = fmt
-        self.replies = list(replies)
-        self.prompts: list[list[int]] = []
-
-    def __call__(self, messages, tools):
-        self.prompts.append(self.fmt.encode_conversation(messages, tools=tools))
-        text = self.replies.pop(0)
-        if isinstance(text, Exception):
-            raise text
-        ids: list[int] = []
-        for index, part in enumerate(text.split("<|assistant|>")):
-            if index:
-                ids.append(self.fmt.special_ids["<|assistant|>"])
-            ids += self.fmt.encode_text(part)
-        detok = IncrementalDetokenizer(lambda x: self.fmt.decode(x, keep_roles=True))
-        for token in ids:  # one token at a time, as the engine streams
-            piece = detok.push([token])
-            if piece:
-                yield piece
-        tail = detok.flush()
-        if tail:
-            yield tail
-
-
-def call(name, **arguments):
-    kwargs = ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items())
-    return f"{name}\n```python\ntool_call({kwargs})\n```"
-
-
 def never(action):
     raise AssertionError(f"confirm must not be asked: {action}")
-
-
-def chatglm3_prompt(fmt, turns, tools=None):
-    """ChatGLM3's layout by hand: [gMASK] sop, then <|role|> + enc(metadata + "\\n") + enc(content)."""
-    s, enc = fmt.special_ids, fmt.encode_text
-    ids = [s["[gMASK]"], s["sop"]]
-    for role, metadata, content in turns:
-        if role == "system" and tools:
-            content += "\n" + json.dumps(tools, indent=4, ensure_ascii=False)
-        ids += [s[f"<|{role}|>"]] + enc(metadata + "\n") + enc(content)
-    return ids + [s["<|assistant|>"]]
 
 
 # ------------------------------------------------------------------ parsing
@@ -247,13 +204,7 @@ def kernel(tmp_path_factory):
     ci.shutdown()
 
 
-def block(code):
-    return f"interpreter\n```python\n{code}\n```"
-
-
 def test_interpreter_blocks_run_after_confirmation_and_return_results(glm3, kernel):
-    from test_interpreter import tiny_png
-
     png = tiny_png()
     model = ScriptedModel(glm3, [
         "I will compute it.<|assistant|>" + block("x = sum(range(10))\nprint('sum is', x)"),

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import zlib
 
 import psutil
 import pytest
+
+from agent_helpers import tiny_png
+from helpers import wait_until
 
 pytest.importorskip("ipykernel", reason="the interpreter tests need ipykernel (pip install ipykernel)")
 pytest.importorskip("jupyter_client", reason="the interpreter tests need jupyter_client")
@@ -23,26 +24,14 @@ from glmtui.agent.interpreter import CodeInterpreter, default_workdir  # noqa: E
 
 
 def gone(pid: int, within: float = 20.0) -> bool:
-    """The process has ended (a zombie waiting for a parent that is not us counts as ended)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    """The process ends within ``within`` seconds (a zombie waiting for a parent that is not us counts as ended)."""
+    def ended() -> bool:
         try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
-        time.sleep(0.1)
-    return False
 
-
-def tiny_png(width: int = 3, height: int = 2) -> bytes:
-    """A valid RGB PNG built by hand (no imaging library in the kernel or here)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes([200, 30, 30]) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return wait_until(ended, within, f"process {pid} to end", interval=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +101,7 @@ def test_endless_loop_is_interrupted_and_the_kernel_kept(interp):
     assert interp.run("kept").text == "'still here'"
 
 
+@pytest.mark.slow
 def test_a_loop_that_ignores_interrupts_gets_its_kernel_killed(interp):
     interp.run("kept = 1")
     old_pid = interp.pid

@@ -104,6 +104,7 @@ def offline_hubs(monkeypatch):
 # ------------------------------------------------------------------ torch in a child interpreter
 
 
+@pytest.mark.slow
 def test_the_real_torch_is_described(real_torch_probe):
     import importlib.metadata
 
@@ -383,28 +384,22 @@ def test_doctor_json_and_exit_code(real_torch_probe, offline_hubs):
 async def test_doctor_screen_from_the_palette(offline_hubs, monkeypatch):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.doctor import DoctorScreen
-
-    from test_ui import FrozenSampler, host_only_snapshot, screen_text, type_text
+    from helpers import FrozenSampler, host_only_snapshot, palette_first, screen_text, type_text, wait_for
 
     app = GlmApp(mode="fp32", device="cpu", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await type_text(pilot, "doctor")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "doctor" in palette_first(app).lower(), 10, "the palette to list the doctor")
         await pilot.press("enter")
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, DoctorScreen) and screen.request == Request(device="cpu", mode="fp32")
         assert screen.checks is None  # the checks run off the UI thread: the screen is up before them
-        deadline = time.monotonic() + 120
-        while screen.checks is None and time.monotonic() < deadline:
-            await pilot.pause(0.2)
-        assert screen.checks is not None
+        await wait_for(pilot, lambda: screen.checks is not None, 120, "the checks", interval=0.2)
         # the checks are set and the body updated in one call; the compositor draws them on a later frame
-        deadline = time.monotonic() + 10
-        while "torch build" not in screen_text(app) and time.monotonic() < deadline:
-            await pilot.pause(0.1)
+        await wait_for(pilot, lambda: "torch build" in screen_text(app), 10, "the checks on the screen", interval=0.1)
         body = screen_text(app)
         assert "torch build" in body and "history folder" in body and "fix:" in body
         await pilot.press("escape")

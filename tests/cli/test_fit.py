@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,11 @@ import time
 import pytest
 
 import tiny_models
-from hubserver import FakeHub
-from test_monitor import FakeNVML, GiB, gpu
-
+from fake_nvml import FakeNVML, GiB, gpu
 from glmtui import cli, fit
 from glmtui.engine import memory
+from helpers import free_port
+from hubserver import FakeHub
 
 MiB = 2**20
 
@@ -83,6 +82,7 @@ def test_fit_unknown_architecture_says_so(tmp_path, capsys):
     assert err.count("\n") == 1 and "unknown architecture 'llama3000'" in err and "no prediction" in err
 
 
+@pytest.mark.slow
 def test_fit_cached_answer_imports_no_torch(flash_dir, tmp_path):
     """The second ask for a config is answered from the stored result: no torch import (< 2 s)."""
     pytest.importorskip("transformers")
@@ -101,12 +101,6 @@ def test_fit_cached_answer_imports_no_torch(flash_dir, tmp_path):
     assert second.returncode == 0, second.stderr
     a, b = json.loads(first.stdout)["modes"], json.loads(second.stdout)["modes"]
     assert {m: a[m]["cpu"] for m in a} == {m: b[m]["cpu"] for m in b}  # the same figures (free RAM moves)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fit_hub_id_fetches_only_config(flash_dir, monkeypatch, capsys):
@@ -138,7 +132,7 @@ def test_fit_hub_id_fetches_only_config(flash_dir, monkeypatch, capsys):
 
 
 def test_fit_no_network_one_line_fast(monkeypatch, capsys):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     started = time.monotonic()
     code, out, err = _run(["nobody/some-model"], FakeNVML([gpu()]), capsys)
     assert code == 1 and out == "" and err.count("\n") == 1

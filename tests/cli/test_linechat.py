@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Started, Token
+from helpers import wait_until
+from terminals import CHAT, Terminal, answer_line
 
 MODEL = "tiny-chatglm3"
-CHAT = [sys.executable, "-m", "glmtui.cli", "chat"]
 
 
 def greedy(served, messages, max_new_tokens=40):
@@ -25,11 +22,7 @@ def greedy(served, messages, max_new_tokens=40):
     return done
 
 
-def answer_line(text: str) -> str:
-    text = text.lstrip("\n")
-    return text if text.endswith("\n") else text + "\n"
-
-
+@pytest.mark.slow
 def test_piped_question_prints_only_the_answer(served, chatglm3_dir):
     expected = greedy(served, [ChatMessage("user", "你好")])
     run = subprocess.run(CHAT + ["--model", str(chatglm3_dir), "--temperature", "0", "--max-new-tokens", "40"],
@@ -73,47 +66,13 @@ def test_a_reply_cut_by_the_context_says_so_not_max_new_tokens(short_context_cha
     assert run.returncode == 0 and b"5-token limit" in run.stderr, run.stderr
 
 
-class Terminal:
-    """`glmtui chat` on a pseudo-terminal."""
-
-    def __init__(self, argv):
-        master, slave = pty.openpty()
-        self.master = master
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.PIPE, close_fds=True)
-        os.close(slave)
-        self.buffer = b""
-
-    def read_until(self, marker: bytes, timeout: float = 60.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {marker!r} in {self.buffer[-500:]!r}")
-            ready, _, _ = select.select([self.master], [], [], 0.1)
-            if ready:
-                try:
-                    self.buffer += os.read(self.master, 65536)
-                except OSError:
-                    break
-        at = self.buffer.index(marker) + len(marker)
-        seen, self.buffer = self.buffer[:at], self.buffer[at:]
-        return seen
-
-    def type(self, line: str) -> None:
-        os.write(self.master, (line + "\n").encode())
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        os.close(self.master)
-
-
 def _reply_text(seen: bytes, name: str) -> str:
     """The reply as shown: after '<name>: ', before the next prompt."""
     text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
     return text.split(f"{name}: ", 1)[1].rsplit("\nUser: ", 1)[0].rstrip("\n")
 
 
+@pytest.mark.slow
 def test_interactive_chat_clear_stop_and_ctrl_c(served):
     worker, log, server = served
     term = Terminal(CHAT + ["--endpoint", server.url, "--temperature", "0", "--max-new-tokens", "40"])
@@ -152,16 +111,14 @@ def test_interactive_chat_clear_stop_and_ctrl_c(served):
             mark = len(log.events)
             term.type("story time")
             term.read_until(f"{MODEL}: ".encode())
-            time.sleep(0.3)  # a few tokens in
+            wait_until(lambda: len([e for e in log.events[mark:] if isinstance(e, Token)]) >= 3, 30, "a few tokens")
             term.proc.send_signal(signal.SIGINT)
             seen = term.read_until(b"User: ", timeout=30)
         finally:
             worker.remove_listener(throttle)
         assert b"[stopped]" in seen
-        deadline = time.time() + 10
-        while time.time() < deadline and not [e for e in log.events[mark:] if isinstance(e, Finished)]:
-            time.sleep(0.05)
-        assert [e for e in log.events[mark:] if isinstance(e, Finished)][-1].finish_reason == "cancelled"
+        finished = wait_until(lambda: [e for e in log.events[mark:] if isinstance(e, Finished)], 10, "the reply's end")
+        assert finished[-1].finish_reason == "cancelled"
         assert term.proc.poll() is None
 
         term.type("stop")

@@ -8,13 +8,13 @@ import math
 import socket
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from glmtui.remote_metrics import MetricsPoller, engine_figures, metrics_url, parse_exposition
+from helpers import FrozenSampler, host_only_snapshot, wait_for
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VLLM = (DATA / "metrics_vllm.txt").read_text()
@@ -176,43 +176,31 @@ def test_poller_against_a_live_server(metrics_server):
     unreachable.close()
 
 
-async def _until(pilot, predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await pilot.pause(0.1)
-    return True
-
-
+@pytest.mark.slow
 async def test_monitor_pane_shows_the_servers_figures(metrics_server):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.engine_metrics import RemoteMetricsView
 
-    from test_ui import FrozenSampler, host_only_snapshot
-
     app = GlmApp(endpoint=metrics_server.url, sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(220, 50)) as pilot:
         view = app.query_one("#remote-metrics", RemoteMetricsView)
-        assert await _until(pilot, lambda: view.figures is not None and view.display)
+        await wait_for(pilot, lambda: view.figures is not None and view.display, 20, interval=0.1)
         text = str(view.render())
         assert text.startswith("vLLM KV 42%") and "run 3 · wait 2" in text
         # the next poll (2 s later) has a rate
         metrics_server.text = with_generated(VLLM, 51200 + 4000)
-        assert await _until(pilot, lambda: view.figures.throughput is not None, timeout=15)
+        await wait_for(pilot, lambda: view.figures.throughput is not None, 15, interval=0.1)
         assert "tok/s" in str(view.render()) and view.figures.throughput > 0
         metrics_server.text = SGLANG
-        assert await _until(pilot, lambda: view.figures.server == "SGLang")
+        await wait_for(pilot, lambda: view.figures.server == "SGLang", 20, interval=0.1)
         assert "SGLang KV 73%" in str(view.render()) and "run 48 · wait 17 · 1843 tok/s" in str(view.render())
         metrics_server.text = None  # 404: nothing shown
-        assert await _until(pilot, lambda: not view.display)
+        await wait_for(pilot, lambda: not view.display, 20, interval=0.1)
 
 
 async def test_no_endpoint_no_metrics_row(metrics_server):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.engine_metrics import RemoteMetricsView
-
-    from test_ui import FrozenSampler, host_only_snapshot
 
     app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(220, 50)) as pilot:
@@ -246,8 +234,6 @@ async def test_a_managed_servers_metrics_appear_once_it_has_started(tmp_path):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.engine_metrics import RemoteMetricsView
 
-    from test_ui import FrozenSampler, host_only_snapshot
-
     metrics = tmp_path / "metrics.txt"
     metrics.write_text(VLLM)
 
@@ -262,7 +248,7 @@ async def test_a_managed_servers_metrics_appear_once_it_has_started(tmp_path):
         await pilot.pause(0.5)
         assert not view.display  # nothing started yet
         engine.load(str(tmp_path), "bf16", "cpu")
-        assert await _until(pilot, lambda: view.figures is not None and view.display, timeout=40)
+        await wait_for(pilot, lambda: view.figures is not None and view.display, 40, interval=0.1)
         assert str(view.render()).startswith("vLLM KV 42%")
         engine.unload()
-        assert await _until(pilot, lambda: not view.display, timeout=30)
+        await wait_for(pilot, lambda: not view.display, 30, interval=0.1)

@@ -37,6 +37,8 @@ from glmtui.engine.events import (
 from glmtui.engine.process import EngineProcess, last_error_line
 from glmtui.engine.remote import RemoteEngine
 from glmtui.engine.worker import InferenceWorker
+from helpers import wait_until
+from terminals import Terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = GenerationParams(max_new_tokens=40, temperature=0.0)
@@ -50,15 +52,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_for(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 class FirstToken:
@@ -79,7 +72,7 @@ def engine(tmp_path_factory):
     yield eng, log
     pids = eng.memory_report().pids
     eng.shutdown()
-    assert all(wait_for(lambda: gone(pid), 5.0) for pid in pids)
+    assert all(wait_until(lambda: gone(pid), 5.0) for pid in pids)
 
 
 def load(eng, log, path, mode="fp32") -> Loaded:
@@ -137,6 +130,7 @@ def test_last_error_line_picks_the_fault_not_the_traceback_frames():
 # ------------------------------------------------------------------ through one engine process (in order)
 
 
+@pytest.mark.slow
 def test_generation_through_the_process_equals_the_in_process_worker(engine, chatty_chatglm3):
     eng, log = engine
     loaded = load(eng, log, chatty_chatglm3)
@@ -173,17 +167,20 @@ def thread_policies(pid: int) -> dict[int, tuple[int, int]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
 def test_a_spare_imports_on_idle_cpu_time_and_then_generates_at_normal_priority(engine):
     eng, log = engine
-    assert wait_for(lambda: eng._spare is not None, 30)  # started once the engine has been idle a second
+    assert wait_until(lambda: eng._spare is not None, 30)  # started once the engine has been idle a second
     spare = eng._spare
-    idle_seen = wait_for(lambda: spare.ready.is_set()
-                         or any(p == os.SCHED_IDLE for p, _ in thread_policies(spare.pid).values()), 60, 0.005)
+    idle_seen = wait_until(lambda: spare.ready.is_set()
+                           or any(p == os.SCHED_IDLE for p, _ in thread_policies(spare.pid).values()), 60,
+                           "the spare's import thread at SCHED_IDLE, or its imports done", interval=0.005)
     assert idle_seen and not spare.ready.is_set(), "the spare imported at normal priority"
     assert spare.ready.wait(120)
 
 
+@pytest.mark.slow
 def test_a_quantization_switch_ends_the_old_process_before_the_new_load(engine, chatty_chatglm3):
     eng, log = engine
     old = eng.pid
@@ -196,7 +193,7 @@ def test_a_quantization_switch_ends_the_old_process_before_the_new_load(engine, 
 
     rid = eng.load(str(chatty_chatglm3), "bf16", sink=note)
     assert isinstance(log.wait(rid, timeout=180), Loaded)
-    assert wait_for(lambda: alive_when_loaded, 5) and alive_when_loaded == [False]  # the sink runs after the log
+    assert wait_until(lambda: alive_when_loaded, 5) and alive_when_loaded == [False]  # the sink runs after the log
     assert eng.pid not in (None, old) and eng.model_info.mode == "bf16"
     assert eng.pid == spare.pid  # the spare, ready, took the load
     linux = sys.platform.startswith("linux")
@@ -232,12 +229,13 @@ def _die_mid_reply(eng, log, sig) -> tuple[Failed, EngineExited]:
     os.kill(pid, sig)
     failed = log.wait(rid, timeout=30)
     assert isinstance(failed, Failed), failed
-    assert wait_for(lambda: any(isinstance(e, EngineExited) for e in log.events[-5:]), 10)
+    assert wait_until(lambda: any(isinstance(e, EngineExited) for e in log.events[-5:]), 10)
     exited = [e for e in log.events if isinstance(e, EngineExited)][-1]
     assert gone(pid) and eng.pid is None and eng.model_info is None and eng.state == "empty"
     return failed, exited
 
 
+@pytest.mark.slow
 def test_kill_9_mid_reply_is_reported_and_a_reload_works(engine, chatty_chatglm3):
     eng, log = engine
     failed, exited = _die_mid_reply(eng, log, signal.SIGKILL)
@@ -249,6 +247,7 @@ def test_kill_9_mid_reply_is_reported_and_a_reload_works(engine, chatty_chatglm3
     assert isinstance(log.wait(eng.generate(HELLO, GREEDY)), Finished)
 
 
+@pytest.mark.slow
 def test_an_abort_in_the_engine_names_the_signal_and_the_log_line(engine, chatty_chatglm3):
     eng, log = engine
     failed, exited = _die_mid_reply(eng, log, signal.SIGABRT)
@@ -259,44 +258,46 @@ def test_an_abort_in_the_engine_names_the_signal_and_the_log_line(engine, chatty
     load(eng, log, chatty_chatglm3)
 
 
+@pytest.mark.slow
 def test_a_stopped_engine_is_reported_unresponsive_and_can_be_killed(engine, chatty_chatglm3):
     eng, log = engine
     pid = eng.pid
     before = len(log.events)
     os.kill(pid, signal.SIGSTOP)
     try:
-        assert wait_for(lambda: any(isinstance(e, EngineUnresponsive) and e.seconds > 0 for e in log.events[before:]),
+        assert wait_until(lambda: any(isinstance(e, EngineUnresponsive) and e.seconds > 0 for e in log.events[before:]),
                         30)
         os.kill(pid, signal.SIGCONT)
-        assert wait_for(lambda: isinstance(log.events[-1], EngineUnresponsive) and log.events[-1].seconds == 0.0, 30)
+        assert wait_until(lambda: isinstance(log.events[-1], EngineUnresponsive) and log.events[-1].seconds == 0.0, 30)
         os.kill(pid, signal.SIGSTOP)
         assert eng.kill("stopped by the user: it was hung")
     finally:
         os.kill(pid, signal.SIGCONT) if not gone(pid) else None
-    assert wait_for(lambda: isinstance(log.events[-1], EngineExited), 10)
+    assert wait_until(lambda: isinstance(log.events[-1], EngineExited), 10)
     assert log.events[-1].cause == "stopped by the user: it was hung" and gone(pid)
     load(eng, log, chatty_chatglm3)
 
 
+@pytest.mark.slow
 def test_unload_ends_the_processes_and_a_failed_load_leaves_none(engine, tmp_path):
     eng, log = engine
     pid = eng.pid
-    assert wait_for(lambda: len(eng.memory_report().pids) == 2, 60)  # the spare, started while idle
+    assert wait_until(lambda: len(eng.memory_report().pids) == 2, 60)  # the spare, started while idle
     pids = eng.memory_report().pids
     event = log.wait(eng.unload())
     assert isinstance(event, Unloaded) and event.model_name
     assert gone(pid)  # before Unloaded was delivered: its memory is back
-    assert wait_for(lambda: all(gone(p) for p in pids), 10) and eng.memory_report().pids == ()
+    assert wait_until(lambda: all(gone(p) for p in pids), 10) and eng.memory_report().pids == ()
     assert eng.state == "empty" and eng.model_info is None
 
     missing = log.wait(eng.load(str(tmp_path / "no-such-model"), "int4"), timeout=120)
     assert isinstance(missing, Failed) and missing.during == "load"
-    assert wait_for(lambda: eng.memory_report().pids == (), 30)  # nothing loaded: nothing kept
+    assert wait_until(lambda: eng.memory_report().pids == (), 30)  # nothing loaded: nothing kept
     assert eng.state == "empty"
 
     # int4 was asked for: from now on a spare imports bitsandbytes in advance, on idle CPU time
     eng.prestart()
-    assert wait_for(lambda: eng._spare is not None, 10)
+    assert wait_until(lambda: eng._spare is not None, 10)
     assert psutil.Process(eng._spare.pid).cmdline()[-1] == "idle,quantizers"
 
 
@@ -321,6 +322,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_the_engine_dies_with_its_front_end_which_never_imports_torch(chatty_chatglm3, tmp_path):
     front = subprocess.Popen([sys.executable, "-c", FRONT_END, str(chatty_chatglm3)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -334,7 +336,7 @@ def test_the_engine_dies_with_its_front_end_which_never_imports_torch(chatty_cha
         front.kill()  # SIGKILL: no cleanup of its own runs
         front.wait(10)
         killed = time.monotonic()
-        assert wait_for(lambda: gone(child), 2.0), "the engine outlived its front end"
+        wait_until(lambda: gone(child), 2.0, "the engine to end with its front end", interval=0.02)
         print(f"engine gone {time.monotonic() - killed:.3f} s after its front end was killed")
     finally:
         if front.poll() is None:
@@ -358,6 +360,7 @@ print(json.dumps({"code": code, "answer": out.getvalue(), "log": err.getvalue(),
 """
 
 
+@pytest.mark.slow
 def test_line_chat_runs_the_model_in_an_engine_process(chatty_chatglm3):
     run = subprocess.run([sys.executable, "-c", LINE_CHAT, str(chatty_chatglm3)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
@@ -368,9 +371,8 @@ def test_line_chat_runs_the_model_in_an_engine_process(chatty_chatglm3):
     assert seen["modules"] == []
 
 
+@pytest.mark.slow
 def test_interactive_chat_loads_again_after_the_engine_is_killed(chatty_chatglm3):
-    from test_linechat import Terminal
-
     name = chatty_chatglm3.name
     term = Terminal([sys.executable, "-m", "glmtui.cli", "chat", "--model", str(chatty_chatglm3),
                      "--temperature", "0", "--max-new-tokens", "1500"])
@@ -380,7 +382,7 @@ def test_interactive_chat_loads_again_after_the_engine_is_killed(chatty_chatglm3
         assert len(first) == 1
         term.type("hello")
         term.read_until(f"{name}: ".encode())
-        time.sleep(0.3)  # a few tokens in
+        term.wait_output(16)  # a few tokens in
         os.kill(first[0], signal.SIGKILL)
         seen = term.read_until(b"User: ", timeout=180)
         assert b"[error: the engine process ended (killed by SIGKILL" in seen
@@ -389,12 +391,12 @@ def test_interactive_chat_loads_again_after_the_engine_is_killed(chatty_chatglm3
 
         term.type("hello again")
         term.read_until(f"{name}: ".encode())
-        time.sleep(0.3)
+        term.wait_output(16)
         term.proc.send_signal(signal.SIGINT)  # Ctrl-C stops the reply; the engine lives on
         assert b"[stopped]" in term.read_until(b"User: ", timeout=30)
         assert not gone(second[0])
         term.type("stop")
         assert term.proc.wait(30) == 0
-        assert wait_for(lambda: gone(second[0]), 5)
+        assert wait_until(lambda: gone(second[0]), 5)
     finally:
         term.close()

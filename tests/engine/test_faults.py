@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import time
 import uuid
 
 import psutil
 import pytest
 
 import tiny_models
-from test_tmux import TMUX, Tmux, _glmtui
 from glmtui.store import HistoryStore
+from helpers import wait_until
+from terminals import TMUX, Tmux, glmtui_command
 
 pytestmark = [pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)"), pytest.mark.slow]
 
@@ -41,7 +40,7 @@ def _start_streaming(slow_model, tmp_path):
     home = tmp_path / "home"
     tmux = Tmux(tmp_path / "tmux.sock", f"glmtui-{uuid.uuid4().hex[:8]}")
     command = (f"env -u COLUMNS -u LINES GLMTUI_HOME={home} TERM=xterm-256color "
-               f"{_glmtui()} --model {slow_model} --mode fp32 --device cpu")
+               f"{glmtui_command()} --model {slow_model} --mode fp32 --device cpu")
     tmux.run("-f", "/dev/null", "new-session", "-d", "-s", tmux.name, "-x", "100", "-y", "30", command)
     try:
         return _stream_until_flushed(tmux, slow_model, home)
@@ -56,13 +55,14 @@ def _stream_until_flushed(tmux, slow_model, home):
     tmux.run("send-keys", "-t", tmux.name, "-l", "Tell me a very long story")
     tmux.run("send-keys", "-t", tmux.name, "Enter")
     db = home / "data" / "history.sqlite3"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        rows = _rows(db) if db.exists() else []
-        if any(r[0] == "assistant" and r[1] == "streaming" and len(r[2]) > 20 for r in rows):
-            return tmux, pid, db, rows
-        time.sleep(0.3)
-    raise AssertionError(f"no streaming reply was flushed; rows: {rows if db.exists() else 'no db'}\n{tmux.capture()}")
+    seen: list = []
+
+    def flushed() -> bool:
+        seen[:] = _rows(db) if db.exists() else []
+        return any(r[0] == "assistant" and r[1] == "streaming" and len(r[2]) > 20 for r in seen)
+
+    wait_until(flushed, 60, lambda: f"a streaming reply flushed; rows: {seen}\n{tmux.capture()}", interval=0.3)
+    return tmux, pid, db, list(seen)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -17,8 +17,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from glmtui.engine.events import ChatMessage, EngineExited, Failed, Finished, GenerationParams, Loaded, LoadProgress, Unloaded
-from glmtui.engine.managed import ManagedServer, ServerPlan, free_port
+from glmtui.engine.events import (
+    ChatMessage,
+    EngineExited,
+    Failed,
+    Finished,
+    GenerationParams,
+    Loaded,
+    LoadProgress,
+    Unloaded,
+)
+from glmtui.engine.managed import ManagedServer, ServerPlan
+from helpers import free_port, wait_until
 
 SERVE = "import sys; from glmtui.cli import main; sys.exit(main())"
 
@@ -34,6 +44,14 @@ def serve_planner(log: list):
         return ServerPlan(argv, port, Path(path).name, mode, "cpu", {"OMP_NUM_THREADS": "1"}, "glmtui-serve",
                           ("test plan",))
     return planner
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not ended (a zombie has)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for(events: "queue.Queue", kinds, timeout: float = 120.0):
@@ -59,6 +77,7 @@ def managed(tmp_path):
     engine.shutdown(15)
 
 
+@pytest.mark.slow
 def test_load_streams_through_the_server_and_unload_ends_its_processes(managed, chatglm3_dir):
     engine, events, _ = managed
     engine.load(str(chatglm3_dir), "bf16", "cpu")
@@ -75,14 +94,11 @@ def test_load_streams_through_the_server_and_unload_ends_its_processes(managed, 
 
     engine.unload()
     wait_for(events, Unloaded, timeout=40)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                                               for p in pids):
-        time.sleep(0.2)
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    wait_until(lambda: not any(running(p) for p in pids), 30, "the server's processes to end", interval=0.2)
     assert engine.model_info is None and engine.server_pids() == []
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_way_is_reported_with_its_cause_and_log(managed, chatglm3_dir):
     engine, events, _ = managed
     engine.load(str(chatglm3_dir), "bf16", "cpu")
@@ -129,13 +145,14 @@ def test_a_plan_refusal_is_one_line_and_nothing_starts(tmp_path):
         engine.shutdown(5)
 
 
+@pytest.mark.slow
 def test_the_server_dies_with_glmtui(tmp_path, chatglm3_dir):
     """SIGKILL of the front end: the parent-death signal ends the managed server (no orphan holding VRAM)."""
     import subprocess
 
     script = (
         "import sys, time, queue\n"
-        "sys.path.insert(0, %r)\n"
+        "sys.path[:0] = [%r, %r]\n"
         "from test_managed_server import serve_planner\n"
         "from glmtui.engine.managed import ManagedServer\n"
         "from glmtui.engine.events import Loaded\n"
@@ -144,17 +161,14 @@ def test_the_server_dies_with_glmtui(tmp_path, chatglm3_dir):
         "while not isinstance(q.get(), Loaded): pass\n"
         "print(e.server_pids()[0], flush=True)\n"
         "time.sleep(600)\n"
-    ) % (str(Path(__file__).resolve().parents[1]), str(tmp_path), str(chatglm3_dir))
+    ) % (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]), str(tmp_path),
+         str(chatglm3_dir))
     front = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(front.stdout.readline())
         assert psutil.pid_exists(server_pid)
         front.kill()
         front.wait(10)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and psutil.pid_exists(server_pid) \
-                and psutil.Process(server_pid).status() != "zombie":
-            time.sleep(0.1)
-        assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == "zombie"
+        wait_until(lambda: not running(server_pid), 5, "the server to end with its front end", interval=0.1)
     finally:
         front.kill()

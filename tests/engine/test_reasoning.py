@@ -3,8 +3,6 @@ shaped model's real tokenizer and template, through the reply stream, the worker
 
 from __future__ import annotations
 
-import shutil
-import json
 from multiprocessing import Pipe
 
 import pytest
@@ -17,30 +15,9 @@ from glmtui.engine.generation import finished_event, make_reply_stream
 from glmtui.engine.prompts import ChatTemplateFormat
 from glmtui.engine.reasoning import ReasoningSplitter, hidden_tags, opens_inside, template_kwargs
 
-#: GLM-4.7's generation prompt: the reply starts inside an open block; the switch closes it instead.
-INSIDE_TEMPLATE = tiny_models.THINKING_CHAT_TEMPLATE.split("{% if add_generation_prompt %}")[0] + (
-    "{% if add_generation_prompt %}<|assistant|>"
-    "{{ '</think>' if (enable_thinking is defined and not enable_thinking) else '<think>' }}{% endif %}"
-)
+INSIDE_TEMPLATE = tiny_models.INSIDE_THINKING_CHAT_TEMPLATE
 
 SCRIPT = "<think>\nFirst, 2 + 2. 你好 means hello.\n</think>\n\nThe answer is 4."
-
-
-@pytest.fixture(scope="module")
-def thinking_dir(tmp_path_factory):
-    return tiny_models.build_glm4_thinking(tmp_path_factory.mktemp("models") / "tiny-z1")
-
-
-@pytest.fixture(scope="module")
-def inside_dir(thinking_dir, tmp_path_factory):
-    """The same model with a template that opens <think> in the prompt (GLM-Z1-0414, GLM-4.7)."""
-    dest = tmp_path_factory.mktemp("models") / "tiny-z1-inside"
-    shutil.copytree(thinking_dir, dest)
-    config = json.loads((dest / "tokenizer_config.json").read_text())
-    config["chat_template"] = INSIDE_TEMPLATE
-    (dest / "tokenizer_config.json").write_text(json.dumps(config))
-    (dest / "chat_template.jinja").unlink(missing_ok=True)
-    return dest
 
 
 def _format(folder, template=None):

@@ -15,14 +15,9 @@ import pytest
 from engine_helpers import EventLog
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, LoadProgress
 from glmtui.engine.remote import RemoteEngine
+from helpers import free_port
 
 HELLO = [ChatMessage("user", "hello")]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class StallThenBurst:
@@ -31,7 +26,7 @@ class StallThenBurst:
 
     def __init__(self, tokens: int = 50, stall: float = 0.6):
         self.tokens, self.stall = tokens, stall
-        self.port = _free_port()
+        self.port = free_port()
         self._ready = threading.Event()
         threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True).start()
         assert self._ready.wait(10)
@@ -84,7 +79,7 @@ def test_a_burst_after_a_stall_is_not_reported_as_thousands_of_tokens_per_second
 def test_a_server_still_loading_its_model_is_waited_for(chatglm3_dir, tmp_path):
     """glmtui serve binds its port before the model loads and lists the model meanwhile: connecting then
     said Loaded, and the first message failed with 503 "still loading"."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path), OMP_NUM_THREADS="1")
     serve = subprocess.Popen([sys.executable, "-c", "import sys; from glmtui.cli import main; sys.exit(main())",
                               "serve", "--model", str(chatglm3_dir), "--mode", "fp32", "--device", "cpu",
@@ -113,6 +108,7 @@ def test_a_server_still_loading_its_model_is_waited_for(chatglm3_dir, tmp_path):
         serve.wait(10)
 
 
+@pytest.mark.slow
 def test_piped_line_chat_leaves_no_pending_task_at_exit(served, tmp_path):
     """Leaving a stream at [DONE] left httpx's async generators open; closing the loop then printed
     "Task was destroyed but it is pending!" at the exit of piped `glmtui chat --endpoint` runs (about one

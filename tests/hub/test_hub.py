@@ -19,11 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import FakeHub, build_tiny_model, repo_extras, point_hubs_at
-
 from glmtui import hub as hubmod
-from glmtui.hub import net as hub_net
-from glmtui.hub import transfer as hub_transfer
 from glmtui.catalog import COMPLETE_MARKER, PARTIAL_DIR, local_status, resolve
 from glmtui.hub import (
     AuthRequiredError,
@@ -31,17 +27,21 @@ from glmtui.hub import (
     DiskFullError,
     DownloadBusyError,
     DownloadCancelled,
-    DownloadError,
     Downloader,
+    DownloadError,
     DownloadQueue,
     NetworkError,
-    NoUsableWeightsError,
     NotEnoughSpaceError,
+    NoUsableWeightsError,
     RepoNotFoundError,
     narrow_by_index,
     pull_cli,
     select_files,
 )
+from glmtui.hub import net as hub_net
+from glmtui.hub import transfer as hub_transfer
+from helpers import free_port, wait_until
+from hubserver import FakeHub, build_tiny_model, point_hubs_at, repo_extras
 
 REPO = "acme/tiny-glm"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
@@ -233,22 +233,14 @@ def _start(dl, cancel, events, **kw):
     return t, result
 
 
-def _wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.mark.parametrize("source", ["hf", "modelscope"])
 def test_cancel_then_resume(hub, dl, models, source):
     hub.slow = (4096, 0.02)  # ~200 kB/s
     cancel = threading.Event()
     events = []
     t, result = _start(dl, cancel, events, source=source)
-    assert _wait_for(lambda: events and events[-1].current_file == SHARDS[0] and events[-1].bytes_done > 30_000)
+    wait_until(lambda: events and events[-1].current_file == SHARDS[0] and events[-1].bytes_done > 30_000, 20,
+               "30 kB of the first shard", interval=0.01)
     cancel.set()
     cancelled_at = time.monotonic()
     t.join(5)
@@ -288,7 +280,7 @@ def test_resume_after_a_crash(hub, dl, models):
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     part = dest / PARTIAL_DIR / (SHARDS[0] + ".part")
     try:
-        assert _wait_for(lambda: part.exists() and part.stat().st_size > 30_000, timeout=60), proc.stderr
+        wait_until(lambda: part.exists() and part.stat().st_size > 30_000, 60, "the partial file's first 30 kB")
     finally:
         proc.kill()
         proc.wait()
@@ -445,12 +437,6 @@ def test_endpoint_precedence(hub_via_config, monkeypatch):
     assert Downloader().endpoint("modelscope")[0] == "https://modelscope.cn"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pull_subprocess(tmp_path, *args, proxy=None):
     """``glmtui pull`` in a fresh process with no endpoint variable, fresh homes and (optionally)
     every proxy variable pointing at ``proxy``; returns (exit code, stderr lines, seconds)."""
@@ -467,10 +453,11 @@ def _pull_subprocess(tmp_path, *args, proxy=None):
     return out.returncode, [ln for ln in out.stderr.splitlines() if ln.strip()], time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_pull_with_no_network_fails_fast_with_one_line(tmp_path):
     """The blocker: `glmtui pull chatglm3-6b` with HF_ENDPOINT unset, huggingface.co unreachable.
     The network is taken away with a proxy on a closed 127.0.0.1 port, so this never leaves the machine."""
-    proxy = f"http://127.0.0.1:{_closed_port()}"
+    proxy = f"http://127.0.0.1:{free_port()}"
     for args, host in ((["chatglm3-6b"], "https://huggingface.co"),
                        (["chatglm3-6b", "--source", "modelscope"], "https://modelscope.cn")):
         rc, lines, seconds = _pull_subprocess(tmp_path, *args, proxy=proxy)
@@ -484,6 +471,7 @@ def test_pull_with_no_network_fails_fast_with_one_line(tmp_path):
     assert not (tmp_path / "glmtui-home" / "data" / "models").exists()
 
 
+@pytest.mark.slow
 def test_pull_with_no_dns_fails_fast_with_one_line(tmp_path):
     """The true default, as a user without network meets it: huggingface.co does not resolve."""
     try:
@@ -504,7 +492,7 @@ def test_pull_endpoint_option_and_config_key(tmp_path, capsys, monkeypatch):
     from glmtui.config import default_paths
 
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["pull", "chatglm3-6b", "--endpoint", url]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"error: cannot reach {url}: connection refused; check the network and the endpoint argument "
@@ -545,6 +533,7 @@ def test_connect_timeout_is_bounded(monkeypatch, models):
                 c.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["hf", "modelscope"])
 def test_a_listing_that_stalls_fails_within_the_read_timeout(hub, dl, monkeypatch, source):
     """A hub that takes the listing request and then never answers: one line after the read timeout,
@@ -674,7 +663,7 @@ def test_two_downloads_into_one_folder_are_refused(hub, dl, models):
     cancel = threading.Event()
     events = []
     t, result = _start(dl, cancel, events)
-    assert _wait_for(lambda: any(e.bytes_done > 0 for e in events))
+    assert wait_until(lambda: any(e.bytes_done > 0 for e in events))
     try:
         with pytest.raises(DownloadBusyError, match="already being downloaded"):
             Downloader(models).download(REPO)
@@ -708,7 +697,8 @@ def test_queue_runs_downloads_one_after_another(hub, models, tmp_path):
         j4 = q.submit(REPO, dest_dir=tmp_path / "slow")
         j5 = q.submit(REPO, dest_dir=tmp_path / "never")
         assert q.cancel(j5.id)
-        assert _wait_for(lambda: (q.get(j4.id).progress or hubmod.DownloadProgress(0, 0, 0, None, None, 0, 0)).bytes_done > 0)
+        none = hubmod.DownloadProgress(0, 0, 0, None, None, 0, 0)
+        wait_until(lambda: (q.get(j4.id).progress or none).bytes_done > 0, 20, "the slow job's first bytes")
         assert q.cancel(j4.id)
         assert q.wait(10)
         assert q.get(j3.id).state == "failed" and q.get(j3.id).error_type == "AuthRequiredError"

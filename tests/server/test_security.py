@@ -19,6 +19,7 @@ import pytest
 from glmtui.cli import build_parser
 from glmtui.config import default_paths
 from glmtui.ui.app import GlmApp
+from helpers import FrozenSampler, free_port, host_only_snapshot, wait_for, wait_until
 
 
 def test_network_modes_default_to_loopback():
@@ -29,21 +30,20 @@ def test_network_modes_default_to_loopback():
 
 @pytest.mark.slow
 def test_serve_listens_on_loopback_only(chatglm3_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, GLMTUI_API_KEY="from-the-environment")
     proc = subprocess.Popen([sys.executable, "-m", "glmtui.cli", "serve", "--model", str(chatglm3_dir),
                              "--mode", "fp32", "--port", str(port), "--allow-host", "glmtui.test"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
+            assert proc.poll() is None, "the server exited"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.3)
+                return False
+
+        wait_until(healthy, 90, "the server's /health", interval=0.3)
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet")
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
@@ -61,8 +61,6 @@ def test_serve_listens_on_loopback_only(chatglm3_dir):
 
 
 async def test_history_and_config_files_are_private(isolated_home):
-    from test_ui import FrozenSampler, host_only_snapshot
-
     app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
@@ -211,8 +209,6 @@ def test_serve_says_a_taken_port_is_taken_before_loading(chatglm3_dir):
 
 async def test_the_api_flag_takes_a_key_from_the_option_or_the_environment(monkeypatch):
     pytest.importorskip("fastapi")
-    from test_ui import FrozenSampler, host_only_snapshot
-
     args = build_parser().parse_args(["--api", "--api-key", "k1", "--allow-host", "a", "--allow-host", "b"])
     assert args.api and args.api_key == "k1" and args.allow_host == ["a", "b"]
     bearer = {"Authorization": "Bearer k1"}
@@ -221,10 +217,7 @@ async def test_the_api_flag_takes_a_key_from_the_option_or_the_environment(monke
             monkeypatch.setenv("GLMTUI_API_KEY", "k1")
         app = GlmApp(mode="fp32", api=True, api_port=0, api_key=option, sampler=FrozenSampler(host_only_snapshot()))
         async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(300):
-                if app._api_server is not None:
-                    break
-                await pilot.pause(0.1)
+            await wait_for(pilot, lambda app=app: app._api_server is not None, 30, "the API server", interval=0.1)
             url = app._api_server.url + "/v1/models"
             async with httpx.AsyncClient() as client:
                 assert (await client.get(url)).status_code == 401

@@ -11,7 +11,6 @@ from engine_helpers import EventLog, start_worker
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Token
 from glmtui.engine.remote import RemoteEngine
 from glmtui.server import ServerThread, create_app
-from test_reasoning import inside_dir, thinking_dir  # noqa: F401  (module fixtures: the tiny GLM-Z1)
 
 MODEL = "tiny-z1"
 QUESTION = [{"role": "user", "content": "hello"}]
@@ -19,7 +18,7 @@ TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def z1_served(inside_dir):  # noqa: F811
+def z1_served(inside_dir):
     w, log = start_worker()
     assert isinstance(log.wait(w.load(str(inside_dir), "fp32")), Loaded)
     server = ServerThread(create_app(w, MODEL)).start()

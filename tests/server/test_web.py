@@ -18,12 +18,7 @@ import psutil
 import pytest
 
 from glmtui.web import app_command, serve_argv
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 def test_app_command_runs_the_tui_against_the_endpoint():
@@ -62,7 +57,7 @@ class _Output:
 
 @pytest.fixture(scope="module")
 def web(chatglm3_dir, tmp_path_factory):
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path_factory.mktemp("web-home")))
     env.pop("GLMTUI_API_KEY", None)
     proc = subprocess.Popen(
@@ -148,7 +143,7 @@ def test_a_browser_session_runs_the_tui_against_the_shared_api(web):
 
 @pytest.mark.slow
 def test_web_stops_its_api_server(chatglm3_dir, tmp_path):
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path))
     proc = subprocess.Popen(
         [sys.executable, "-m", "glmtui.cli", "web", "--model", str(chatglm3_dir), "--mode", "fp32",
@@ -179,7 +174,7 @@ def test_web_without_model_or_server_explains(tmp_path):
 
     if _health(DEFAULT_SERVE_URL) is not None:
         pytest.skip("a glmtui server really is running on 127.0.0.1:8000 (web would reuse it)")
-    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--port", str(_free_port())],
+    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--port", str(free_port())],
                          capture_output=True, timeout=60, env=dict(os.environ, GLMTUI_HOME=str(tmp_path)))
     assert run.returncode == 2 and b"--model" in run.stderr
 
@@ -189,12 +184,13 @@ def test_web_without_model_or_server_explains(tmp_path):
 
 async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, ready_marker: str, sent_marker: str):
     """Open ``url`` in headless Chromium (DevTools protocol), type ``text`` + Enter into the app, screenshot."""
-    import aiohttp
     import base64
     import json
     import tempfile
 
-    port = _free_port()
+    import aiohttp
+
+    port = free_port()
     proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,800",
                              f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
                              "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -304,7 +300,7 @@ def test_where_the_token_comes_from(tmp_path):
 def test_a_reachable_host_without_a_token_is_refused(host, tmp_path):
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path))
     env.pop("GLMTUI_WEB_TOKEN", None)
-    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--host", host, "--port", str(_free_port()),
+    run = subprocess.run([sys.executable, "-m", "glmtui.cli", "web", "--host", host, "--port", str(free_port()),
                           "--model", "/no/such/model"], capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2 and run.stdout == ""
     lines = run.stderr.strip().splitlines()
@@ -316,7 +312,7 @@ def test_a_reachable_host_without_a_token_is_refused(host, tmp_path):
 def gated_web(tmp_path_factory):
     import secrets
 
-    port = _free_port()
+    port = free_port()
     token = "tok-" + secrets.token_urlsafe(16)
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path_factory.mktemp("gated-home")), GLMTUI_WEB_TOKEN=token)
     # an endpoint nobody answers: sessions start (and say they cannot connect), no model needed
@@ -417,11 +413,12 @@ def test_with_the_token_the_app_starts_and_the_token_stays_secret(gated_web):
 async def _cdp_login(chromium: str, url: str, token: str, proc) -> tuple[str, bool]:
     """Headless Chromium: open ``url``, sign in with ``token`` through the form; (the page's URL after
     the login, whether the app's terminal appeared and a session process started)."""
-    import aiohttp
     import json
     import tempfile
 
-    port = _free_port()
+    import aiohttp
+
+    port = free_port()
     browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,700",
                                 f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -478,6 +475,7 @@ async def _cdp_login(chromium: str, url: str, token: str, proc) -> tuple[str, bo
             browser.kill()
 
 
+@pytest.mark.slow
 def test_a_browser_signs_in_with_the_token(gated_web):
     import shutil
 

@@ -18,8 +18,7 @@ from glmtui.store import HistoryStore
 from glmtui.store import recovery as store_recovery
 from glmtui.store import schema as store_schema
 from glmtui.store.export import render_markdown
-from test_linechat import CHAT, Terminal, answer_line
-from test_reasoning import inside_dir, thinking_dir  # noqa: F401  (module fixtures: the tiny GLM-Z1)
+from terminals import CHAT, Terminal, answer_line
 
 THOUGHT = "The user greets me.\nI should greet back."
 
@@ -123,7 +122,7 @@ def test_salvage_keeps_the_reasoning(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def inside_reply(inside_dir):  # noqa: F811
+def inside_reply(inside_dir):
     """What the tiny model (its prompt opens <think>) answers greedily: reasoning, then maybe an answer."""
     w, log = start_worker()
     try:
@@ -135,7 +134,7 @@ def inside_reply(inside_dir):  # noqa: F811
         w.shutdown()
 
 
-def test_piped_chat_prints_only_the_answer_of_a_reasoning_model(inside_dir, inside_reply):  # noqa: F811
+def test_piped_chat_prints_only_the_answer_of_a_reasoning_model(inside_dir, inside_reply):
     run = subprocess.run(CHAT + ["--model", str(inside_dir), "--temperature", "0", "--max-new-tokens", "12"],
                          input=b"hello\n", capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr.decode()
@@ -143,7 +142,7 @@ def test_piped_chat_prints_only_the_answer_of_a_reasoning_model(inside_dir, insi
     assert inside_reply.reasoning.strip()[:8] not in run.stdout.decode()
 
 
-def test_interactive_chat_shows_the_reasoning_dimmed_before_the_answer(inside_dir, inside_reply):  # noqa: F811
+def test_interactive_chat_shows_the_reasoning_dimmed_before_the_answer(inside_dir, inside_reply):
     term = Terminal(CHAT + ["--model", str(inside_dir), "--temperature", "0", "--max-new-tokens", "12"])
     try:
         term.read_until(b"User: ", timeout=300)

@@ -8,6 +8,7 @@ import ast
 import re
 from pathlib import Path
 
+import textual
 from markdown_it import MarkdownIt
 from textual import events
 from textual.app import App
@@ -20,21 +21,13 @@ from textual.widgets import Footer, Markdown, TextArea
 from textual.widgets.markdown import MarkdownBlock
 from textual.widgets.option_list import Option
 
-import textual
 from glmtui.ui import compat
 from glmtui.ui.compat import FooterKey, LayoutSizeHook, MarkdownTable, WrapsDefaultKeys
 from glmtui.ui.lists import SteadyOptionList
+from helpers import wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "glmtui"
 TEXTUAL = Path(textual.__file__).parent
-async def wait_for(pilot, condition, timeout: float, what: str) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 NAMEDTUPLE = {"_replace", "_asdict", "_fields", "_make"}  # public API of namedtuples, underscore and all
 
 

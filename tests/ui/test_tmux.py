@@ -10,55 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-TMUX = shutil.which("tmux")
+from terminals import TMUX, Tmux, glmtui_command
+
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _glmtui() -> str:
-    local = Path(sys.executable).parent / "glmtui"
-    found = str(local) if local.exists() else shutil.which("glmtui")
-    if found is None:
-        pytest.skip("the glmtui command is not installed (pip install -e .)")
-    return found
-
-
-class Tmux:
-    def __init__(self, socket: Path, name: str) -> None:
-        self.socket = str(socket)
-        self.name = name
-
-    def run(self, *args: str, check: bool = True) -> str:
-        out = subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True, text=True, timeout=30)
-        if check and out.returncode != 0:
-            raise AssertionError(f"tmux {' '.join(args)} failed: {out.stderr}")
-        return out.stdout
-
-    def capture(self) -> str:
-        return self.run("capture-pane", "-p", "-t", self.name)
-
-    def wait_for(self, predicate, timeout: float, what: str) -> str:
-        deadline = time.monotonic() + timeout
-        screen = ""
-        while time.monotonic() < deadline:
-            screen = self.capture()
-            if predicate(screen):
-                return screen
-            time.sleep(0.25)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
-
-    def alive(self) -> bool:
-        return subprocess.run([TMUX, "-S", self.socket, "has-session", "-t", self.name],
-                              capture_output=True).returncode == 0
 
 
 def _settings_typed(screen: str) -> bool:
@@ -93,7 +54,7 @@ def _type_settings(tmux: Tmux) -> None:
 
 @pytest.mark.slow
 def test_glmtui_in_tmux_loads_a_model_and_answers(chatglm3_dir, tmp_path):
-    glmtui = _glmtui()
+    glmtui = glmtui_command()
     home = tmp_path / "home"
     tmux = Tmux(tmp_path / "tmux.sock", f"glmtui-{uuid.uuid4().hex[:8]}")
     command = (

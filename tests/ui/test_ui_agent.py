@@ -9,13 +9,12 @@ import json
 
 import pytest
 
+from agent_helpers import ScriptedModel, block, call, chatglm3_prompt, tiny_png
 from glmtui.engine.prompts import ChatGLM3Format
 from glmtui.engine.tools import TOOL_SYSTEM_PROMPT
 from glmtui.ui.agent_view import CallMessage, ToolConfirmModal, execution_allowed
 from glmtui.ui.app import GlmApp
-from test_agent_session import ScriptedModel, block, call, chatglm3_prompt
-from test_interpreter import tiny_png
-from test_ui import screen_text, type_text, wait_for
+from helpers import screen_text, type_text, wait_for
 
 
 @pytest.fixture(autouse=True)

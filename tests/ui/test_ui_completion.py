@@ -12,10 +12,10 @@ import pytest
 from glmtui.catalog import COMPLETE_MARKER
 from glmtui.engine.prompts import ChatGLM3Format
 from glmtui.ui.app import GlmApp
-from glmtui.ui.chat import visible
+from glmtui.ui.chat_text import visible
 from glmtui.ui.completion import CompletionScreen
 from glmtui.ui.history import COMPLETION_MARK
-from test_ui import notifications, type_text, wait_for
+from helpers import notifications, type_text, wait_for
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12}
 
@@ -128,7 +128,7 @@ async def test_a_base_model_opens_in_completion_mode(chatglm3_dir, tmp_path):
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen), what="completion view")
         await wait_for(pilot, lambda: app.focused is app.screen.document, what="the text has focus")
-        await pilot.pause(0.3)
+        await pilot.pause()
         await type_text(pilot, "Hello")
         assert app.screen.document.text == "Hello"
         await generate(pilot, app.screen)

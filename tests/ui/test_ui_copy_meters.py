@@ -11,12 +11,10 @@ import pytest
 
 from glmtui.config import default_paths
 from glmtui.store import HistoryStore
-
 from glmtui.ui.app import GlmApp
-from glmtui.ui.chat import AssistantMessage, MessageList, UserMessage
 from glmtui.ui.copying import CodePickerModal
-
-from test_ui import notifications, quiet_sampler, screen_text, wait_for  # noqa: F401 - quiet_sampler is a fixture
+from glmtui.ui.messages import AssistantMessage, MessageList, UserMessage
+from helpers import notifications, screen_text, wait_for
 
 PROMPT = "Show me two ways to add numbers"
 REPLY = """Two ways:
@@ -150,9 +148,9 @@ async def test_f12_releases_the_mouse_and_says_so(quiet_sampler):
 def test_in_a_real_terminal_y_and_c_reach_the_clipboard_and_f12_turns_mouse_reporting_off(tmp_path, isolated_home):
     """The installed glmtui in tmux: y and c go out as OSC 52 (tmux keeps them as its paste buffer with
     set-clipboard on), F12 makes the terminal stop and restart reporting the mouse (tmux's pane flags)."""
-    from test_tmux import Tmux, _glmtui
+    from terminals import Tmux, glmtui_command
 
-    glmtui = _glmtui()
+    glmtui = glmtui_command()
     home = isolated_home  # GLMTUI_HOME of this test: the app in tmux gets the same
     store = HistoryStore.open(default_paths().history_db)
     cid = store.create_conversation("copy me", "tiny", "", {})

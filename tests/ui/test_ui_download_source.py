@@ -3,14 +3,17 @@ with no network, `d` ends in one clear line."""
 
 from __future__ import annotations
 
+import pytest
+
 from glmtui.config import default_paths
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
-from test_ui import fake_hub, quiet_sampler, screen_text, wait_for  # noqa: F401 - fixtures
+from helpers import screen_text, wait_for
 
 SIZE = (220, 50)  # wide enough for the Models pane to be on screen beside the chat
 
 
+@pytest.mark.slow
 async def test_switching_to_modelscope_downloads_from_it(fake_hub, quiet_sampler, monkeypatch, tmp_path_factory):
     from hubserver import build_tiny_model
 
@@ -27,8 +30,8 @@ async def test_switching_to_modelscope_downloads_from_it(fake_hub, quiet_sampler
         await pilot.pause()
         assert "downloads from ModelScope" in screen_text(app)
         await pilot.press("d")
-        await wait_for(pilot, lambda: any(j.state == "done" for j in app.models_pane.jobs.values()), what="download")
-        job = next(iter(app.models_pane.jobs.values()))
+        await wait_for(pilot, lambda: any(j.state == "done" for j in app.model.jobs.values()), what="download")
+        job = next(iter(app.model.jobs.values()))
         assert job.source == "modelscope" and job.repo_id == "ZhipuAI/glm-edge-1.5b-chat"
     assert prefs.load_prefs(default_paths().config_file)[0]["download_source"] == "modelscope"
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
@@ -37,6 +40,7 @@ async def test_switching_to_modelscope_downloads_from_it(fake_hub, quiet_sampler
         assert app.download_source == "modelscope"
 
 
+@pytest.mark.slow
 async def test_download_with_no_network_says_so_in_one_line(quiet_sampler, monkeypatch):
     """The blocker in the Models pane: `d` on chatglm3-6b with HF_ENDPOINT unset and huggingface.co out of
     reach. The network is taken away with a proxy on a closed 127.0.0.1 port: nothing leaves the machine."""
@@ -66,9 +70,9 @@ async def test_download_with_no_network_says_so_in_one_line(quiet_sampler, monke
             await pilot.pause()
             t0 = time.monotonic()
             await pilot.press("d")
-            await wait_for(pilot, lambda: any(j.finished for j in app.models_pane.jobs.values()), what="failure")
+            await wait_for(pilot, lambda: any(j.finished for j in app.model.jobs.values()), what="failure")
             assert time.monotonic() - t0 < 60  # a second or two unloaded
-            job = next(iter(app.models_pane.jobs.values()))
+            job = next(iter(app.model.jobs.values()))
             assert job.state == "failed" and job.error_type == "NetworkError", job
             assert job.error.startswith("cannot reach https://huggingface.co: connection refused; check the network")
             assert "\n" not in job.error

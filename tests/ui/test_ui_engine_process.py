@@ -22,7 +22,7 @@ import pytest
 
 from glmtui.engine.process import EngineProcess
 from glmtui.ui.app import GlmApp
-from test_ui import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for
+from helpers import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_TIMEOUT = 240.0  # a fresh process imports torch on a loaded 2-core machine
@@ -77,6 +77,7 @@ FRONT_END = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_the_tui_runs_its_model_in_an_engine_process_and_never_imports_torch(chatglm3_dir, tmp_path):
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
     run = subprocess.run([sys.executable, "-c", FRONT_END, str(chatglm3_dir)], cwd=ROOT, env=env,
@@ -131,6 +132,7 @@ async def reload_and_reply(pilot, app) -> None:
     assert app.engine_notice.kind is None and not app.engine_notice.display
 
 
+@pytest.mark.slow
 async def test_the_tui_survives_the_engine_being_killed_or_aborting_mid_reply(chatty_chatglm3, quiet_sampler):
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=quiet_sampler)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -178,9 +180,9 @@ async def test_the_tui_survives_the_engine_being_killed_or_aborting_mid_reply(ch
                        == ["interrupted", "interrupted", "complete"], what="the turns' statuses")
 
 
+@pytest.mark.slow
 async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_chatglm3, tmp_path):
-    from test_monitor import FakeNVML, gpu
-
+    from fake_nvml import FakeNVML, gpu
     from glmtui.monitor import Sampler
 
     fake = FakeNVML([gpu()])  # NVML faked at the hardware edge; the host figures are real
@@ -201,7 +203,7 @@ async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_cha
                     and snap.host.engine_pids == (engine.pid,) and snap.host.engine_rss > 50 * 2**20)
 
         await wait_for(pilot, engine_seen, timeout=30, what="the engine in the monitor")
-        assert app._own_memory() == ("GPU", 700 * 2**20)  # what the unload note compares
+        assert app.model.own_memory() == ("GPU", 700 * 2**20)  # what the unload note compares
         active = await start_reply(pilot, app, "tell me a story")
         pid = engine.pid
         os.kill(pid, signal.SIGSTOP)  # hung: no token, no answer to pings
@@ -228,8 +230,7 @@ BUSY_ENGINE = "x = bytearray(160 * 2**20)\nwhile True:\n    x[0] = (x[0] + 1) % 
 
 
 def test_the_sampler_counts_engine_processes_as_glmtuis_own():
-    from test_monitor import FakeNVML, gpu
-
+    from fake_nvml import FakeNVML, gpu
     from glmtui.monitor import Sampler
     from glmtui.ui.monitor import render_snapshot
 
@@ -272,8 +273,8 @@ def test_the_sampler_counts_engine_processes_as_glmtuis_own():
 STUCK_EXIT = textwrap.dedent(
     """
     import asyncio, signal, sys, time
-    sys.path[:0] = ["tests", "tests/ui"]
-    from test_ui import FrozenSampler, host_only_snapshot
+    sys.path[:0] = ["tests"]
+    from helpers import FrozenSampler, host_only_snapshot
     from glmtui.ui.app import GlmApp
 
     async def main():

@@ -8,17 +8,19 @@ under the real Sampler (GPU) or a frozen host snapshot (RAM)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from textual.widgets import Static
 
+from fake_nvml import FakeNVML, gpu
+from glmtui.config import default_paths
 from glmtui.engine import memory
 from glmtui.monitor import History, HostSnapshot, MonitorSnapshot, Sampler
 from glmtui.ui.app import GlmApp
 from glmtui.ui.modals import ModeModal
 from glmtui.ui.monitor import fmt_bytes
-from test_monitor import FakeNVML, gpu
-from test_ui import GREEDY, FrozenSampler, host_only_snapshot, notifications, wait_for
+from helpers import GREEDY, FrozenSampler, host_only_snapshot, notifications, wait_for
 
 GiB = 2**30
 TIMEOUT = 180.0  # a first exact count imports torch in a subprocess: seconds, more on a loaded machine
@@ -48,7 +50,7 @@ def detail_text(app) -> str:
 def show_folder(app, folder) -> None:
     """List ``folder`` under Models and highlight it (the detail is rendered synchronously)."""
     pane = app.models_pane
-    app.extra_model_paths.append(str(folder))
+    app.model.extra_model_paths.append(str(folder))
     pane.reload()
     ol = pane.option_list
     ids = [ol.get_option_at_index(i).id for i in range(ol.option_count)]
@@ -100,20 +102,23 @@ async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(nati
 
 
 async def test_exact_figures_that_arrive_while_the_f8_dialog_opens_are_shown(native_glm):
-    counted = memory.predict_exact_subprocess(native_glm, "cpu")  # what the pane's worker gets
+    counted = memory.predict_exact_subprocess(native_glm, "cpu")  # what the counting thread gets
     assert counted.predictions and counted.predictions["fp32"].source == "meta"
+    memory._memo.clear()  # the app's own count runs a fresh predictor (seconds): the estimate shows first
+    shutil.rmtree(default_paths().cache_dir / "predictions", ignore_errors=True)
     app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(160, 60)) as pilot:
         await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, what="the monitor")
         show_folder(app, native_glm)
-        pane = app.models_pane
+        counts = app.model.exact
         key = (str(native_glm.resolve()), "cpu")
-        assert key not in pane.exact  # the estimate is shown, the count asked for
-        pane.workers.cancel_group(pane, "exact-prediction")  # its result is delivered below instead
+        assert key not in counts.results  # the estimate is shown, the count asked for
+        counts.cancel()  # its predictor ends; the result is delivered below instead
         app.action_quantization()
         modal = app.screen_stack[-1]
         assert isinstance(modal, ModeModal) and "(estimate)" in modal.note
-        pane._exact_arrived(key, counted)  # before the dialog's widgets exist
+        counts.deliver(key, counted)
+        app.models_pane.figures_arrived()  # before the dialog's widgets exist
         await pilot.pause()
         assert app.screen is modal
         assert "(estimate)" not in modal.note and not app._exception
@@ -209,7 +214,7 @@ async def test_enter_in_models_refuses_a_load_that_would_not_fit_in_ram_until_pr
         pane.option_list.focus()
         await pilot.press("enter")
         await pilot.pause()
-        assert app.loaded is None and app.models_pane.load_stage is None
+        assert app.loaded is None and app.model.load_stage is None
         assert any("would not fit" in n and "Enter again loads it anyway" in n for n in notifications(app))
         assert "✗ fp32 would not fit: needs" in detail_text(app) and "available RAM (short 1 B)" in detail_text(app)
         await pilot.press("enter")

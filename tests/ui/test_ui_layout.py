@@ -20,7 +20,7 @@ from glmtui.ui.app import PANES, GlmApp
 from glmtui.ui.compat import FooterKey
 from glmtui.ui.footer import QuickFooter
 from glmtui.ui.modals import LoadModal
-from test_ui import quiet_sampler, screen_text, type_text, wait_for  # noqa: F401 - fixtures
+from helpers import screen_text, type_text, wait_for
 
 SIZES = [(80, 24), (100, 30), (120, 40), (130, 40), (160, 48), (200, 50)]
 
@@ -55,6 +55,7 @@ def seed(titles_and_texts) -> list[int]:
 # ---------------------------------------------------------------- layout by width
 
 
+@pytest.mark.slow
 async def test_the_chat_keeps_most_of_the_width_at_every_size(quiet_sampler):
     """The chat's width never drops as the terminal widens; where side panes show, the chat keeps
     at least 60% of the width (it was 44 columns at 120, narrower than the 80 of an 80-column terminal)."""
@@ -80,6 +81,7 @@ async def test_the_chat_keeps_most_of_the_width_at_every_size(quiet_sampler):
     assert widths == sorted(widths), list(zip(SIZES, widths))
 
 
+@pytest.mark.slow
 async def test_the_medium_layout_shows_the_pane_f2_chose_beside_the_chat(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -101,6 +103,7 @@ async def test_the_medium_layout_shows_the_pane_f2_chose_beside_the_chat(quiet_s
 # ---------------------------------------------------------------- pane keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(80, 24), (160, 48), (200, 50)])
 async def test_f2_presses_that_arrive_together_each_move_a_pane(quiet_sampler, size):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
@@ -118,6 +121,7 @@ async def test_f2_presses_that_arrive_together_each_move_a_pane(quiet_sampler, s
             assert app._in_pane(app.focused, want), (want, app.focused)
 
 
+@pytest.mark.slow
 async def test_ctrl_f_then_down_moves_into_the_results(quiet_sampler):
     first, story, _ = seed([("weather today", "is it raining?"), ("a short story", "tell me a story"),
                             ("more weather", "and tomorrow?")])
@@ -162,10 +166,15 @@ def footer_labels(app) -> list[str]:
     return [f"{k.key_display} {k.description}" for k in keys]
 
 
+def _footer_drawn(app) -> bool:
+    """The bottom line shows the footer's keys as they are now, then the palette key."""
+    labels, line = footer_labels(app), footer_line(app)
+    return bool(labels) and "▏" in line and line.split("▏")[0].strip() == " ".join(labels)
+
+
 async def _footer_settled(pilot, app, width: int) -> str:
-    await wait_for(pilot, lambda: footer_labels(app) and footer_labels(app)[0] in footer_line(app), timeout=10,
-                   what="the footer")
-    await pilot.pause(0.2)
+    await wait_for(pilot, lambda: _footer_drawn(app), timeout=10,
+                   what=lambda: f"the footer; line: {footer_line(app)!r}")
     line = footer_line(app)
     assert len(line) == width
     return line
@@ -184,6 +193,7 @@ async def test_the_footer_shows_whole_keys_and_keeps_load_quant_unload(quiet_sam
             assert label in labels, (label, line)
 
 
+@pytest.mark.slow
 async def test_the_footer_refits_when_the_terminal_is_resized(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(200, 30)) as pilot:
@@ -231,6 +241,7 @@ def test_a_bad_device_is_refused_at_the_command_line_in_one_line(argv, tmp_path)
     assert argv[argv.index("--device") + 1] in lines[0]
 
 
+@pytest.mark.slow
 async def test_the_load_dialog_sets_the_device(native_glm, quiet_sampler):
     app = GlmApp(mode="fp32", device="auto", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -258,7 +269,7 @@ async def test_the_load_dialog_sets_the_device(native_glm, quiet_sampler):
 async def test_shift_tab_back_to_the_path_keeps_it(quiet_sampler, tmp_path):
     spec = str(tmp_path / "some-model")
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
-    app.last_spec = spec
+    app.model.last_spec = spec
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("ctrl+l")
         box = app.screen.query_one("#spec")
@@ -271,6 +282,7 @@ async def test_shift_tab_back_to_the_path_keeps_it(quiet_sampler, tmp_path):
         assert box.value == spec + "xy" and box.cursor_position == len(box.value)
 
 
+@pytest.mark.slow
 async def test_tab_completes_folders_in_the_load_dialog(quiet_sampler, tmp_path):
     root = tmp_path / "models"
     for name in ("alpha-one", "alpha-two", "beta", ".hidden"):

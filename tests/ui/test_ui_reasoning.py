@@ -7,8 +7,7 @@ import pytest
 
 from glmtui.ui.app import GlmApp
 from glmtui.ui.reasoning import ReasoningBlock
-from test_reasoning import inside_dir, thinking_dir  # noqa: F401  (module fixtures: the tiny GLM-Z1)
-from test_ui import quiet_sampler, screen_text, wait_for  # noqa: F401
+from helpers import screen_text, wait_for
 
 #: prompts whose greedy reply on the tiny model closes its block and goes on (the first that does is used)
 PROMPTS = ("question 11", "question 13", "question 18", "question 30")
@@ -19,7 +18,7 @@ def in_process_engine(monkeypatch):
     monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
 
 
-async def test_reasoning_streams_open_then_folds_and_t_toggles_it(inside_dir, quiet_sampler, isolated_home,  # noqa: F811
+async def test_reasoning_streams_open_then_folds_and_t_toggles_it(inside_dir, quiet_sampler, isolated_home,
                                                                    monkeypatch):
     states: list[tuple[bool, bool]] = []  # (streaming, folded) at every render of a block
     render = ReasoningBlock._render_all
@@ -77,7 +76,7 @@ async def test_reasoning_streams_open_then_folds_and_t_toggles_it(inside_dir, qu
         assert again.reasoning == widget.reasoning and again.reasoning_block.folded
 
 
-async def test_a_reply_cut_off_while_thinking_keeps_its_reasoning_open(inside_dir, quiet_sampler,  # noqa: F811
+async def test_a_reply_cut_off_while_thinking_keeps_its_reasoning_open(inside_dir, quiet_sampler,
                                                                         isolated_home):
     app = GlmApp(model=str(inside_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 6},
                  sampler=quiet_sampler)

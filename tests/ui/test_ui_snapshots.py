@@ -12,9 +12,18 @@ from __future__ import annotations
 import pytest
 
 from glmtui.config import default_paths
-from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot, TorchDeviceMemory
+from glmtui.monitor import (
+    GpuHistory,
+    GpuProcess,
+    GpuSnapshot,
+    History,
+    HostSnapshot,
+    MonitorSnapshot,
+    TorchDeviceMemory,
+)
 from glmtui.store import HistoryStore
 from glmtui.ui.app import GlmApp
+from helpers import FrozenSampler, wait_for
 
 GiB = 2**30
 MiB = 2**20
@@ -30,16 +39,6 @@ ANSWER = """## 量化（quantization）
 glmtui --model chatglm3-6b --mode int4
 ```
 """
-
-
-class FrozenSampler:
-    interval = 1.0
-
-    def __init__(self, snapshot: MonitorSnapshot) -> None:
-        self.snapshot = snapshot
-
-    def sample(self) -> MonitorSnapshot:
-        return self.snapshot
 
 
 def host_snapshot() -> MonitorSnapshot:
@@ -115,10 +114,7 @@ def steady(run_before):
 
 async def settle(pilot) -> None:
     app = pilot.app
-    for _ in range(100):
-        if app.monitor_pane.snapshot is not None:
-            break
-        await pilot.pause(0.02)
+    await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, 10, "the first monitor sample")
     await pilot.pause()
     app.chat_pane.messages_view.scroll_end(animate=False)
     await pilot.pause()
@@ -130,13 +126,11 @@ async def open_first_conversation(pilot) -> None:
     await pilot.pause()
     app.history_pane.option_list.focus()
     await pilot.press("enter")
-    for _ in range(100):
-        if app.chat_pane.turns:
-            break
-        await pilot.pause(0.02)
+    await wait_for(pilot, lambda: app.chat_pane.turns, 10, "the conversation's messages")
     await settle(pilot)
 
 
+@pytest.mark.slow
 def test_chat_80x24(snap_compare, seeded_history):
     assert snap_compare(make_app(host_snapshot()), terminal_size=(80, 24), run_before=steady(open_first_conversation))
 
@@ -163,6 +157,7 @@ def test_models_80x24(snap_compare):
     assert snap_compare(make_app(host_snapshot()), terminal_size=(80, 24), run_before=steady(run_before))
 
 
+@pytest.mark.slow
 def test_medium_160x48_with_gpu(snap_compare, seeded_history):
     """From 140 columns: the chat and one side column, here the monitor (F2 chose it last)."""
     async def run_before(pilot):
@@ -173,6 +168,7 @@ def test_medium_160x48_with_gpu(snap_compare, seeded_history):
     assert snap_compare(make_app(gpu_snapshot()), terminal_size=(160, 48), run_before=steady(run_before))
 
 
+@pytest.mark.slow
 def test_wide_200x50_with_gpu(snap_compare, seeded_history):
     """From 200 columns: history | chat | monitor + models."""
     async def run_before(pilot):
@@ -183,6 +179,7 @@ def test_wide_200x50_with_gpu(snap_compare, seeded_history):
     assert snap_compare(make_app(gpu_snapshot()), terminal_size=(200, 50), run_before=steady(run_before))
 
 
+@pytest.mark.slow
 def test_delete_confirmation_80x24(snap_compare, seeded_history):
     async def run_before(pilot):
         await open_first_conversation(pilot)

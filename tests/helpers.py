@@ -1,0 +1,145 @@
+"""Helpers every room's tests share: a free port, waiting on a condition, a frozen monitor sampler, Pilot utilities.
+
+Waits poll with a pause between checks (never a hot spin) and fail with what they waited for; their deadline is
+wall-clock time, so a loaded machine gets the time it was given and no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from glmtui.monitor import History, HostSnapshot, MonitorSnapshot
+
+T = TypeVar("T")
+GiB = 2**30
+MiB = 2**20
+#: greedy and short: replies that are the same on every run
+GREEDY = {"temperature": 0.0, "max_new_tokens": 24}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it; closed again before returning)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _timeout_message(timeout: float, what: str | Callable[[], str]) -> str:
+    return f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}"
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str | Callable[[], str] = "condition",
+               interval: float = 0.05) -> T:
+    """condition()'s first truthy value, checked every ``interval`` seconds; AssertionError naming ``what``
+    (a string, or a function that describes the state at the timeout) when ``timeout`` passes first."""
+    assert interval > 0, "a wait pauses between checks"
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timeout_message(timeout, what))
+        time.sleep(interval)
+
+
+async def wait_until_async(condition: Callable[[], T], timeout: float = 30.0,
+                           what: str | Callable[[], str] = "condition", interval: float = 0.05,
+                           pause: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> T:
+    """wait_until on an event loop: ``await pause(interval)`` between checks (asyncio.sleep, or a Pilot's pause)."""
+    assert interval > 0, "a wait pauses between checks"
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timeout_message(timeout, what))
+        await pause(interval)
+
+
+async def wait_for(pilot, condition: Callable[[], T], timeout: float = 60.0,
+                   what: str | Callable[[], str] = "condition", interval: float = 0.05) -> T:
+    """wait_until for a Textual app under Pilot: the app runs (and repaints) between checks."""
+    return await wait_until_async(condition, timeout, what, interval, pause=pilot.pause)
+
+
+# ------------------------------------------------------------------ the monitor without hardware
+
+
+class FrozenSampler:
+    """A monitor sampler that always returns one snapshot (the app's monitor shows fixed figures)."""
+
+    interval = 1.0
+
+    def __init__(self, snapshot: MonitorSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def sample(self) -> MonitorSnapshot:
+        return self.snapshot
+
+
+def host_only_snapshot() -> MonitorSnapshot:
+    """A machine without an NVIDIA GPU: 32 GiB of RAM, 12 GiB used."""
+    return MonitorSnapshot(
+        timestamp=0.0,
+        nvml_state="no_gpu",
+        message="no NVIDIA GPU (NVML Shared Library Not Found): host view only",
+        driver_version=None,
+        gpus=(),
+        host=HostSnapshot(ram_total=32 * GiB, ram_used=12 * GiB, ram_available=19 * GiB,
+                          process_rss=512 * MiB, cpu_percent=12.0, process_cpu_percent=3.0),
+        torch=None,
+        history=History(timestamps=(0.0, 1.0, 2.0), ram_used=(10 * GiB, 11 * GiB, 12 * GiB),
+                        process_rss=(400 * MiB, 450 * MiB, 512 * MiB)),
+    )
+
+
+# ------------------------------------------------------------------ driving the TUI under Pilot
+
+
+async def type_text(pilot, text: str) -> None:
+    for ch in text:
+        await pilot.press("space" if ch == " " else ch)
+
+
+def palette_first(app) -> str:
+    """The first result listed by the open command palette, as text ("" while it lists none)."""
+    from textual.command import CommandList, CommandPalette
+
+    if not isinstance(app.screen, CommandPalette):
+        return ""
+    results = app.screen.query_one(CommandList)
+    return str(results.get_option_at_index(0).prompt) if results.option_count else ""
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def screen_text(app) -> str:
+    """The screen as last composited, as plain text."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+def stored(conversation_id: int, app):
+    """What the app's own history file holds (through its connection: a second
+    store opened in this process would mark the streaming row interrupted)."""
+    return app.store.get_conversation(conversation_id), app.store.messages(conversation_id)
+
+
+async def send(pilot, app, text: str):
+    """Types ``text`` into the chat, presses Enter and waits for the reply to end; returns its widget."""
+    chat = app.chat_pane
+    chat.input.focus()
+    await type_text(pilot, text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: chat.active is not None or (chat.turns and chat.turns[-1].role == "assistant"),
+                   what="reply start")
+    await wait_for(pilot, lambda: chat.active is None, what="reply end")
+    return chat.turns[-1].widget

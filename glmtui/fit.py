@@ -201,32 +201,46 @@ class FitReport:
     modes: tuple[ModeFit, ...]
 
 
-def _predictions(cfg: dict, device: str, context: Optional[int]) -> tuple[dict[str, memory.MemoryPrediction], Optional[str]]:
-    """Exact predictions (stored result, else the meta-device count), or the formula with why."""
-    result = memory.cached_exact(cfg, device, context)
-    if result is None:
+def _predictions(cfg: dict, devices: tuple[str, ...],
+                 context: Optional[int]) -> dict[str, tuple[dict[str, memory.MemoryPrediction], Optional[str]]]:
+    """{device: (exact predictions, None)} (stored results, else one meta-device count for every device
+    the store lacks), or the formula with why the exact figures are missing."""
+    results: dict[str, memory.ExactResult] = {}
+    for dev in devices:
+        hit = memory.cached_exact(cfg, dev, context)
+        if hit is not None:
+            results[dev] = hit
+    missing = tuple(d for d in devices if d not in results)
+    if missing:
         try:
             from .engine import predict
         except Exception as exc:  # noqa: BLE001 - no torch/transformers here: the formula stands in
-            result = memory.ExactResult({}, f"exact count unavailable ({type(exc).__name__}: {exc})")
+            results.update({d: memory.ExactResult({}, f"exact count unavailable ({type(exc).__name__}: {exc})")
+                            for d in missing})
         else:
             predict._quiet()
-            result = predict.exact_result(cfg, device, context)
-    if result.unknown_architecture:
-        raise FitError(result.error or "unknown architecture: no prediction")
-    if result.predictions:
-        return result.predictions, None
-    try:
-        return memory.predict_all(cfg, context_len=context, device=device), result.error
-    except Exception:  # noqa: BLE001 - the formula cannot read it either
-        raise FitError(result.error or "no prediction") from None
+            results.update(predict.exact_results(cfg, missing, context))
+    out: dict[str, tuple[dict[str, memory.MemoryPrediction], Optional[str]]] = {}
+    for dev in devices:
+        result = results[dev]
+        if result.unknown_architecture:
+            raise FitError(result.error or "unknown architecture: no prediction")
+        if result.predictions:
+            out[dev] = (result.predictions, None)
+            continue
+        try:
+            out[dev] = (memory.predict_all(cfg, context_len=context, device=dev), result.error)
+        except Exception:  # noqa: BLE001 - the formula cannot read it either
+            raise FitError(result.error or "no prediction") from None
+    return out
 
 
 def fit_report(model: ModelConfig, machine: Machine, context: Optional[int] = None) -> FitReport:
-    cpu_preds, note = _predictions(model.config, "cpu", context)
+    preds = _predictions(model.config, ("cpu", "cuda") if machine.gpus else ("cpu",), context)
+    cpu_preds, note = preds["cpu"]
     gpu_preds: dict[str, memory.MemoryPrediction] = {}
     if machine.gpus:
-        gpu_preds, gpu_note = _predictions(model.config, "cuda", context)
+        gpu_preds, gpu_note = preds["cuda"]
         note = note or gpu_note
     rows = []
     for mode in MODES:
@@ -234,12 +248,14 @@ def fit_report(model: ModelConfig, machine: Machine, context: Optional[int] = No
         verdicts = tuple((gpu.index, memory.fit(g.total_bytes, gpu.free, "cuda", mode=mode)) for gpu in machine.gpus) \
             if g else ()
         spread = None
-        if g and len(machine.gpus) > 1 and all(x.free is not None for x in machine.gpus):
+        frees = [x.free for x in machine.gpus if x.free is not None]
+        if g and len(machine.gpus) > 1 and len(frees) == len(machine.gpus):
             # every GPU holds its layers plus its own CUDA context
             extra = (len(machine.gpus) - 1) * memory.CUDA_CONTEXT_BYTES
-            spread = memory.fit(g.total_bytes + extra, sum(x.free for x in machine.gpus), "cuda", mode=mode)
+            spread = memory.fit(g.total_bytes + extra, sum(frees), "cuda", mode=mode)
         c = cpu_preds[mode]
-        rows.append(ModeFit(mode, g, c, verdicts, spread, memory.fit(c.total_bytes, machine.ram_available, "cpu", mode=mode)))
+        cpu_verdict = memory.fit(c.total_bytes, machine.ram_available, "cpu", mode=mode)
+        rows.append(ModeFit(mode, g, c, verdicts, spread, cpu_verdict))
     return FitReport(model, note is None, note, machine, tuple(rows))
 
 
@@ -317,7 +333,7 @@ def report_text(r: FitReport) -> str:
         lines.append(label)
         lines.append(head)
         for m in r.modes:
-            q = m.gpu if use_gpu else m.cpu
+            q = m.gpu if use_gpu and m.gpu is not None else m.cpu
             if use_gpu:
                 parts = [f"GPU {i}: {v.verdict}" for i, v in m.gpu_verdicts]
                 if m.all_gpus is not None:

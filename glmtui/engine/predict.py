@@ -80,7 +80,13 @@ def hf_config(cfg: Mapping[str, Any]):
     return CONFIG_MAPPING[model_type].from_dict(data)
 
 
-def meta_model(config, dtype: torch.dtype):
+#: The dtype the one meta build uses: no checkpoint stores float64 and no module asks for it, so
+#: a float64 tensor is one that takes the loading dtype, and any other dtype was set explicitly
+#: (rotary ``inv_freq``, a router's bias) and is kept whatever the mode.
+BUILD_DTYPE = torch.float64
+
+
+def meta_model(config, dtype: torch.dtype = BUILD_DTYPE):
     """``config``'s causal LM on the meta device, built at ``dtype`` as ``from_pretrained`` builds it."""
     from transformers import AutoModelForCausalLM
 
@@ -110,21 +116,21 @@ def _not_converted(model) -> list[str]:
     return skip
 
 
-def _quantized_linears(model, mode: str, device: str) -> tuple[dict[str, torch.nn.Module], list[str]]:
-    """({name: Linear} bitsandbytes converts in ``mode``, names left 16-bit for the CPU int4 kernel)."""
+def _linears(model) -> tuple[dict[str, int], set[str]]:
+    """({weight name: out_features} of the Linear layers bitsandbytes converts, the names of those
+    loading keeps in 16-bit for the CPU int4 kernel: widths it cannot run, checks.int4_cpu_16bit_layers)."""
     from transformers.quantizers.quantizers_utils import should_convert_module
 
     skip = _not_converted(model)
-    chosen, odd = {}, []
+    chosen: dict[str, int] = {}
+    odd: set[str] = set()
     for name, module in model.named_modules():
         if type(module) is not torch.nn.Linear or not should_convert_module(name, skip):
             continue
-        if mode == "int4" and device == "cpu" and (
-            module.in_features % INT4_CPU_IN_MULTIPLE or module.out_features % INT4_CPU_OUT_MULTIPLE
-        ):
-            odd.append(name)  # loading.py keeps these in 16-bit (checks.int4_cpu_16bit_layers)
-            continue
-        chosen[name] = module
+        n_in, n_out = int(module.in_features), int(module.out_features)
+        chosen[f"{name}.weight"] = n_out
+        if n_in % INT4_CPU_IN_MULTIPLE or n_out % INT4_CPU_OUT_MULTIPLE:
+            odd.add(f"{name}.weight")
     return chosen, odd
 
 
@@ -157,50 +163,90 @@ def _nf4_bytes(n: int, double_quant: bool, cpu_repacked: bool = False) -> int:
     return math.ceil(n / 2) + stats + 16 * 4  # packed values + absmax + the nf4 code table
 
 
-def weight_bytes(model_for_dtype, mode: str, device: str = "cuda", double_quant: bool = False) -> tuple[int, list[str]]:
-    """(bytes the loaded model holds in ``mode``, notes) for a meta model built at the mode's dtype."""
-    model = model_for_dtype
-    dtype = FLOAT_DTYPES.get(mode) or next(p.dtype for p in model.parameters() if p.is_floating_point())
-    fp32 = _fp32_names(model, dtype)
-    quantized: dict[str, torch.nn.Module] = {}
-    odd: list[str] = []
-    if mode in ("int8", "int4"):
-        quantized, odd = _quantized_linears(model, mode, device)
-    quant_weights = {id(m.weight): m for m in quantized.values()}
-    repacked = mode == "int4" and device == "cpu" and bool(quantized) and cpu_int4_repacks()
-    total, seen = 0, set()
-    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        n = tensor.numel()
-        if id(tensor) in quant_weights:
-            lin = quant_weights[id(tensor)]
-            total += n + lin.out_features * 4 if mode == "int8" else _nf4_bytes(n, double_quant, repacked)
-        elif name in fp32:
-            total += n * 4
-        else:
-            total += n * tensor.element_size()
-    notes = []
-    if mode in ("int8", "int4"):
-        left = [n for n, p in model.named_parameters() if p.dim() >= 3 and p.is_floating_point()]
-        if left:
-            share = sum(model.get_parameter(n).numel() for n in left) / max(1, sum(p.numel() for p in model.parameters()))
-            notes.append(f"{mode}: bitsandbytes quantizes only nn.Linear layers: the experts' 3-D weight tensors "
-                         f"({share:.0%} of the parameters) stay 16-bit")
-        if odd:
-            notes.append(f"{mode} on CPU: {len(odd)} Linear layers stay 16-bit (widths bitsandbytes' CPU kernel "
-                         "cannot run)")
-    return int(total), notes
+class MetaCount:
+    """One meta-device build of a config, and what each mode stores, derived from it.
+
+    Per tensor: its element count, whether it takes the loading dtype (built as BUILD_DTYPE) or
+    keeps its own, and whether it is the weight of a Linear bitsandbytes converts.  Every mode and
+    device is answered from this one build (a build per dtype cost most of the count's time)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.architecture = type(model).__name__
+        self.params = sum(p.numel() for p in model.parameters())
+        self.tensors: list[tuple[str, int, Optional[int]]] = []  # (name, numel, fixed bytes per element or None)
+        seen: set[int] = set()
+        for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            self.tensors.append((name, t.numel(), None if t.dtype == BUILD_DTYPE else t.element_size()))
+        self.quantizable, self.cpu_odd = _linears(model)
+        self._fp32: dict[torch.dtype, set[str]] = {}
+        three_d = sum(p.numel() for p in model.parameters() if p.dim() >= 3 and p.is_floating_point())
+        self.expert_share = three_d / max(1, self.params)
+        self._kv: Optional[tuple[tuple[int, int], tuple[int, int], Optional[int]]] = None
+
+    def fp32_names(self, dtype: torch.dtype) -> set[str]:
+        if dtype not in self._fp32:
+            self._fp32[dtype] = _fp32_names(self.model, dtype)
+        return self._fp32[dtype]
+
+    def weight_bytes(self, mode: str, device: str, double_quant: bool = False) -> tuple[int, list[str]]:
+        """(bytes the loaded model holds in ``mode`` on ``device``, notes)."""
+        dtype = _compute_dtype(mode, device)
+        size = dtype.itemsize
+        fp32 = self.fp32_names(dtype)
+        quantized: dict[str, int] = {}
+        odd = 0
+        if mode in ("int8", "int4"):
+            quantized = dict(self.quantizable)
+            if mode == "int4" and device == "cpu":
+                odd = sum(1 for w in self.cpu_odd if w in quantized)
+                for w in self.cpu_odd:
+                    quantized.pop(w, None)
+        repacked = mode == "int4" and device == "cpu" and bool(quantized) and cpu_int4_repacks()
+        total = 0
+        for name, n, fixed in self.tensors:
+            if name in quantized:
+                total += n + quantized[name] * 4 if mode == "int8" else _nf4_bytes(n, double_quant, repacked)
+            elif fixed is not None:
+                total += n * fixed
+            elif name in fp32:
+                total += n * 4
+            else:
+                total += n * size
+        notes = []
+        if mode in ("int8", "int4"):
+            if self.expert_share:
+                notes.append(f"{mode}: bitsandbytes quantizes only nn.Linear layers: the experts' 3-D weight tensors "
+                             f"({self.expert_share:.0%} of the parameters) stay 16-bit")
+            if odd:
+                notes.append(f"{mode} on CPU: {odd} Linear layers stay 16-bit (widths bitsandbytes' CPU kernel "
+                             "cannot run)")
+        return int(total), notes
+
+    def kv(self) -> tuple[tuple[int, int], tuple[int, int], Optional[int]]:
+        """Per token: (full-attention layers, sliding-window layers) as (elements in the compute dtype,
+        bytes of a fixed dtype), and the window; measured once (see :func:`kv_per_token`)."""
+        if self._kv is None:
+            self._kv = kv_per_token(self.model)
+        return self._kv
+
+
+def weight_bytes(model, mode: str, device: str = "cuda", double_quant: bool = False) -> tuple[int, list[str]]:
+    """(bytes the loaded model holds in ``mode``, notes) for a meta model built at BUILD_DTYPE."""
+    return MetaCount(model).weight_bytes(mode, device, double_quant)
 
 
 # --------------------------------------------------------------------------- KV cache
 
 
-def kv_bytes_per_token(model, dtype: torch.dtype) -> tuple[int, Optional[int], int]:
-    """(cache bytes per token over all full-attention layers, sliding window or None, bytes per token
-    over the sliding-window layers), measured by running attention on one meta token with a real
-    transformers cache: once per kind of layer (attention class, layer type, weight shapes)."""
+def kv_per_token(model) -> tuple[tuple[int, int], tuple[int, int], Optional[int]]:
+    """Cache per token: ((elements, fixed bytes) over the full-attention layers, the same over the
+    sliding-window layers, the window or None), measured by running attention on one meta token with a
+    real transformers cache: once per kind of layer (attention class, layer type, weight shapes).
+    Elements are those stored in the compute dtype (built as BUILD_DTYPE); fixed bytes, any other."""
     from transformers import DynamicCache
 
     config = model.config
@@ -209,16 +255,18 @@ def kv_bytes_per_token(model, dtype: torch.dtype) -> tuple[int, Optional[int], i
     rotary = getattr(inner, "rotary_emb", None)
     if layers is None:
         raise ValueError("no decoder layers found")
-    hidden = torch.zeros((1, 1, config.hidden_size), device="meta", dtype=dtype)
+    hidden = torch.zeros((1, 1, config.hidden_size), device="meta", dtype=BUILD_DTYPE)
     positions = torch.zeros((1, 1), device="meta", dtype=torch.long)
     pos_emb = rotary(hidden, positions) if rotary is not None else None
     layer_types = getattr(config, "layer_types", None) or [None] * len(layers)
     cache = DynamicCache(config=config)
-    measured: dict[tuple, tuple[int, bool, Optional[int]]] = {}
-    full = sliding = 0
+    measured: dict[tuple, tuple[int, int, bool, Optional[int]]] = {}
+    full, sliding = [0, 0], [0, 0]
     window = None
     for index, layer in enumerate(layers):
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
+        if attn is None:
+            raise ValueError(f"layer {index} has no attention module")
         kind = (type(attn), layer_types[index] if index < len(layer_types) else None,
                 tuple((n, tuple(p.shape)) for n, p in attn.named_parameters()))
         if kind not in measured:
@@ -228,16 +276,18 @@ def kv_bytes_per_token(model, dtype: torch.dtype) -> tuple[int, Optional[int], i
             with torch.no_grad():
                 attn(**kwargs)
             cl = cache.layers[getattr(attn, "layer_idx", index)]
-            stored = sum(t.numel() * t.element_size() for t in (cl.keys, cl.values) if t is not None)
+            stored = [t for t in (getattr(cl, "keys", None), getattr(cl, "values", None)) if t is not None]
+            elems = sum(t.numel() for t in stored if t.dtype == BUILD_DTYPE)
+            fixed = sum(t.numel() * t.element_size() for t in stored if t.dtype != BUILD_DTYPE)
             is_sliding = bool(getattr(cl, "is_sliding", False))
-            measured[kind] = (stored, is_sliding, getattr(cl, "sliding_window", None) if is_sliding else None)
-        stored, is_sliding, layer_window = measured[kind]
+            measured[kind] = (elems, fixed, is_sliding, getattr(cl, "sliding_window", None) if is_sliding else None)
+        elems, fixed, is_sliding, layer_window = measured[kind]
+        target = sliding if is_sliding else full
+        target[0] += elems
+        target[1] += fixed
         if is_sliding:
             window = layer_window or getattr(config, "sliding_window", None)
-            sliding += stored
-        else:
-            full += stored
-    return int(full), window, int(sliding)
+    return (full[0], full[1]), (sliding[0], sliding[1]), window
 
 
 # --------------------------------------------------------------------------- prediction
@@ -254,8 +304,16 @@ def _compute_dtype(mode: str, device: str) -> torch.dtype:
     return torch.bfloat16
 
 
-def predict_config(
-    cfg: Mapping[str, Any],
+def _arch_for_overhead(cfg: Mapping[str, Any], config) -> Optional[memory.ModelArch]:
+    try:
+        return memory.arch_from_config(cfg if cfg.get("model_type") == "chatglm" else config.to_dict())
+    except Exception:  # noqa: BLE001 - an odd config the hand formula cannot read
+        return None
+
+
+def predict_count(
+    count: MetaCount,
+    arch: Optional[memory.ModelArch],
     modes: tuple[str, ...] = MODES,
     *,
     context_len: Optional[int] = None,
@@ -263,46 +321,37 @@ def predict_config(
     device: str = "cuda",
     double_quant: bool = False,
 ) -> dict[str, MemoryPrediction]:
-    """{mode: exact prediction} for a ``config.json`` dict; UnknownArchitecture if transformers lacks it."""
+    """{mode: exact prediction} on ``device`` from one meta build (``arch``: the hand formula's view of
+    the config, for the overhead estimate only)."""
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    config = hf_config(cfg)
+    config = count.model.config
     try:
-        arch = memory.arch_from_config(cfg if cfg.get("model_type") == "chatglm" else config.to_dict())  # overhead only
-    except Exception:  # noqa: BLE001 - an odd config the hand formula cannot read
-        arch = None
-    models: dict[torch.dtype, Any] = {}
-    kv_cache: dict[torch.dtype, tuple[int, Optional[int], int]] = {}
-    params = None
+        kv_shape: Optional[tuple[tuple[int, int], tuple[int, int], Optional[int]]] = count.kv()
+        kv_note = None
+    except Exception as exc:  # noqa: BLE001 - an attention that does not run on meta
+        kv_shape, kv_note = None, f"KV cache not measured ({type(exc).__name__}); hand formula used"
     out = {}
     for mode in modes:
-        dtype = _compute_dtype(mode, dev)
-        if dtype not in models:
-            models[dtype] = meta_model(config, dtype)
-        model = models[dtype]
-        if params is None:
-            params = sum(p.numel() for p in model.parameters())
-        weights, notes = weight_bytes(model, mode, dev, double_quant)
-        if dtype not in kv_cache:
-            try:
-                kv_cache[dtype] = kv_bytes_per_token(model, dtype)
-            except Exception as exc:  # noqa: BLE001 - an attention that does not run on meta
-                kv_cache[dtype] = (-1, None, 0)
-                notes.append(f"KV cache not measured ({type(exc).__name__}); hand formula used")
-        per_token, window, sliding = kv_cache[dtype]
+        weights, notes = count.weight_bytes(mode, dev, double_quant)
+        size = _compute_dtype(mode, dev).itemsize
         base = memory.predict(arch, mode, context_len=context_len, batch=batch, device=dev) if arch else None
         ctx = base.context_len if base else max(1, int(context_len or memory.PREFILL_CHUNK))
-        if per_token < 0:
+        if kv_shape is None:
+            notes.append(kv_note or "KV cache not measured")
             kv = base.kv_cache_bytes if base else 0
             per_token = kv // max(1, ctx * batch)
         else:
-            kv = (per_token * ctx + sliding * min(ctx, window or ctx)) * batch
+            (full_e, full_b), (slide_e, slide_b), window = kv_shape
+            full, sliding = full_e * size + full_b, slide_e * size + slide_b
+            kv = (full * ctx + sliding * min(ctx, window or ctx)) * batch
+            per_token = full + sliding
             if window:
                 notes.append(f"sliding-window layers keep {window:,} tokens")
         overhead = base.overhead_bytes if base else 0
         model_context = getattr(config, "max_position_embeddings", None) or (base.model_context if base else None)
         out[mode] = MemoryPrediction(
             mode=mode,
-            params=int(params),
+            params=int(count.params),
             weight_bytes=weights,
             kv_cache_bytes=int(kv),
             overhead_bytes=int(overhead),
@@ -314,34 +363,79 @@ def predict_config(
             notes=tuple(notes) + (() if base else ("overhead not estimated",)),
             model_context=int(model_context) if model_context else None,
             source="meta",
-            kv_bytes_per_token=int(per_token + sliding),
-            architecture=type(models[dtype]).__name__,
+            kv_bytes_per_token=int(per_token),
+            architecture=count.architecture,
         )
     return out
 
 
-def predict_dir(model_dir: str | os.PathLike[str], modes: tuple[str, ...] = MODES, **kw: Any) -> dict[str, MemoryPrediction]:
+def predict_devices(
+    cfg: Mapping[str, Any],
+    devices: tuple[str, ...] = ("cuda", "cpu"),
+    modes: tuple[str, ...] = MODES,
+    **kw: Any,
+) -> dict[str, dict[str, MemoryPrediction]]:
+    """{device: {mode: exact prediction}} for a ``config.json`` dict from one meta build;
+    UnknownArchitecture if transformers lacks it (keyword args as :func:`predict_count`)."""
+    config = hf_config(cfg)
+    count = MetaCount(meta_model(config))
+    arch = _arch_for_overhead(cfg, config)
+    return {dev: predict_count(count, arch, modes, device=dev, **kw) for dev in devices}
+
+
+def predict_config(
+    cfg: Mapping[str, Any],
+    modes: tuple[str, ...] = MODES,
+    *,
+    context_len: Optional[int] = None,
+    batch: int = 1,
+    device: str = "cuda",
+    double_quant: bool = False,
+) -> dict[str, MemoryPrediction]:
+    """{mode: exact prediction} for a ``config.json`` dict; UnknownArchitecture if transformers lacks it."""
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    return predict_devices(cfg, (dev,), modes, context_len=context_len, batch=batch, double_quant=double_quant)[dev]
+
+
+def predict_dir(model_dir: str | os.PathLike[str], modes: tuple[str, ...] = MODES,
+                **kw: Any) -> dict[str, MemoryPrediction]:
     """:func:`predict_config` for a folder's ``config.json``."""
     return predict_config(memory.read_config(model_dir), modes, **kw)
+
+
+def exact_results(cfg: Mapping[str, Any], devices: tuple[str, ...], context_len: Optional[int] = None,
+                  use_cache: bool = True) -> dict[str, ExactResult]:
+    """{device: :func:`predict_config` as an :class:`memory.ExactResult`} (never raises), through the
+    cache; the devices the cache lacks are counted from one meta build."""
+    devs = tuple(dict.fromkeys("cuda" if str(d).startswith("cuda") else "cpu" for d in devices))
+    out: dict[str, ExactResult] = {}
+    for dev in devs:
+        hit = memory.cached_exact(cfg, dev, context_len) if use_cache else None
+        if hit is not None:
+            out[dev] = hit
+    missing = tuple(d for d in devs if d not in out)
+    if not missing:
+        return out
+    try:
+        counted = predict_devices(cfg, missing, context_len=context_len)
+        fresh = {d: ExactResult(counted[d]) for d in missing}
+    except UnknownArchitecture as exc:
+        fresh = {d: ExactResult({}, str(exc), unknown_architecture=True) for d in missing}
+    except Exception as exc:  # noqa: BLE001 - any failure is one line for the caller
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fresh = {d: ExactResult({}, f"exact count failed: {type(exc).__name__}: {first}") for d in missing}
+    for dev, result in fresh.items():
+        if use_cache:
+            memory.store_exact(cfg, dev, context_len, result)
+        out[dev] = result
+    return out
 
 
 def exact_result(cfg: Mapping[str, Any], device: str = "cuda", context_len: Optional[int] = None,
                  use_cache: bool = True) -> ExactResult:
     """:func:`predict_config` as an :class:`memory.ExactResult` (never raises), through the cache."""
-    if use_cache:
-        hit = memory.cached_exact(cfg, device, context_len)
-        if hit is not None:
-            return hit
-    try:
-        result = ExactResult(predict_config(cfg, device=device, context_len=context_len))
-    except UnknownArchitecture as exc:
-        result = ExactResult({}, str(exc), unknown_architecture=True)
-    except Exception as exc:  # noqa: BLE001 - any failure is one line for the caller
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result = ExactResult({}, f"exact count failed: {type(exc).__name__}: {first}")
-    if use_cache:
-        memory.store_exact(cfg, device, context_len, result)
-    return result
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    return exact_results(cfg, (dev,), context_len, use_cache)[dev]
 
 
 def _quiet() -> None:

@@ -62,6 +62,29 @@ def test_fit_local_folder_json(flash_dir, capsys):
         assert row["cpu_verdict"]["verdict"] in ("CPU only", "won't fit")
 
 
+def test_fit_builds_the_meta_model_once(flash_dir, monkeypatch, capsys):
+    """Every mode on the GPU and on the CPU comes from one meta-device build (a build per dtype and
+    device was most of a cold answer's counting time); a second ask is answered from the store."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    builds = []
+    real = predict.meta_model
+
+    def counting(config, *args, **kwargs):
+        builds.append(type(config).__name__)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "meta_model", counting)
+    code, out, err = _run([str(flash_dir), "--json", "--context", "256"], _two_gpus(), capsys)
+    assert code == 0, err
+    assert len(builds) == 1
+    data = json.loads(out)
+    assert all(data["modes"][m]["gpu"] and data["modes"][m]["cpu"] for m in memory.MODES)
+    code, out, err = _run([str(flash_dir), "--json", "--context", "256"], _two_gpus(), capsys)
+    assert code == 0 and len(builds) == 1
+
+
 def test_fit_text_and_no_gpu(flash_dir, capsys):
     pytest.importorskip("transformers")
     code, out, err = _run([str(flash_dir)], _two_gpus(), capsys)

@@ -2,12 +2,11 @@
 
 The exact figures come from engine/predict.py (the model built on the meta device; needs
 torch): front ends ask for them through :func:`predict_exact_subprocess` and the shared
-cache below.  The hand formulas in this module are the fallback where the exact count
+cache (exact_cache.py).  The hand formulas in this module are the fallback where the exact count
 cannot be had (no torch, a failure), and their results say ``source == "formula"``: the UI
 marks them "(estimate)".
 
-No weights are read and torch is not imported (except lazily inside
-:func:`measured_footprint_bytes`, which the engine calls on a loaded model).
+No weights are read and torch is not imported.
 
 Architectures
 -------------
@@ -55,28 +54,31 @@ Not modelled: the peak while loading (a pickled ``.bin`` shard is materialised i
 memory that unloading fails to give back.  (``torch.cuda.empty_cache()`` right after an
 int8 load gave back only 0.22 GB and did not lower the generation peak.)
 
-Checked on an H100 with a ChatGLM3-6B-shaped GLM (random weights, 2048-token prompt +
-16 new tokens, bitsandbytes 0.50.2, device_map="cuda"): weights predicted to the byte
-(bf16 12.487 GB, int8 6.781 GB, nf4 4.278 GB; the measured extra is 256 bytes of rotary
-buffers); whole-process NVML use bf16 13.65 GB (predicted 13.62), int8 9.27 GB (8.97),
-nf4 5.72 GB (5.64).  The ChatGLM2-6B README gives 13.1 / 8.2 / 5.5 GB (its own int8/int4
-kernels, leaner than bitsandbytes' LLM.int8 at prefill).
+What a loaded model really holds is measured by footprint.py; the exact results reach the
+front ends through exact_cache.py (both names stay importable from here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
-import threading
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .api import MODES
+
+if TYPE_CHECKING:
+    from .exact_cache import (
+        ExactResult,
+        cache_key,
+        cached_exact,
+        predict_exact_subprocess,
+        prediction_from_dict,
+        result_to_json,
+        store_exact,
+    )
+    from .footprint import measured_footprint_bytes
 
 __all__ = [
     "MODES",
@@ -101,6 +103,7 @@ __all__ = [
     "cached_exact",
     "store_exact",
     "predict_exact_subprocess",
+    "result_to_json",
 ]
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -388,13 +391,15 @@ def predict(
     )
 
 
-def predict_all(arch: ModelArch | Mapping[str, Any], modes: tuple[str, ...] = MODES, **kw: Any) -> dict[str, MemoryPrediction]:
+def predict_all(arch: ModelArch | Mapping[str, Any], modes: tuple[str, ...] = MODES,
+                **kw: Any) -> dict[str, MemoryPrediction]:
     if not isinstance(arch, ModelArch):
         arch = arch_from_config(arch)
     return {m: predict(arch, m, **kw) for m in modes}
 
 
-def predict_for_dir(model_dir: str | os.PathLike[str], modes: tuple[str, ...] = MODES, **kw: Any) -> dict[str, MemoryPrediction]:
+def predict_for_dir(model_dir: str | os.PathLike[str], modes: tuple[str, ...] = MODES,
+                    **kw: Any) -> dict[str, MemoryPrediction]:
     """Read ``model_dir/config.json`` and predict every mode (keyword args as :func:`predict`)."""
     return predict_all(arch_from_config(read_config(model_dir)), modes, **kw)
 
@@ -442,192 +447,26 @@ def fit(predicted_total: int, free_bytes: int | None, device: str = "cuda", *, m
     return FitVerdict("fits", f"{what} ~{_gib(p)} of {_gib(free)} free", p, free)
 
 
-# --------------------------------------------------------------------------- measuring
+# --------------------------------------------------------------------------- moved, still importable from here
+# measured_footprint_bytes lives in footprint.py; the exact results' cache and subprocess in exact_cache.py
+# (which imports this module: hence loaded on first use rather than imported above).
+
+_MOVED = {
+    "measured_footprint_bytes": "footprint",
+    "ExactResult": "exact_cache",
+    "prediction_from_dict": "exact_cache",
+    "cache_key": "exact_cache",
+    "cached_exact": "exact_cache",
+    "store_exact": "exact_cache",
+    "result_to_json": "exact_cache",
+    "predict_exact_subprocess": "exact_cache",
+}
 
 
-def measured_footprint_bytes(model: Any) -> int:
-    """Bytes held by ``model``'s parameters, buffers and quantization state, counting each
-    underlying storage once (``get_memory_footprint()`` double-counts tied weights' views and
-    over-reports tensor-subclass quantizers, and misses bitsandbytes' scales/absmax)."""
-    import torch  # lazy: only the engine calls this, with a model already loaded
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    seen: dict[tuple[str, int], int] = {}
-
-    def add_tensor(t: Any, depth: int = 0) -> None:
-        if not isinstance(t, torch.Tensor) or depth > 4:
-            return
-        flatten = getattr(t, "__tensor_flatten__", None)
-        if flatten is not None and type(t) not in (torch.Tensor, torch.nn.Parameter):
-            try:
-                names, _ = flatten()
-            except Exception:
-                names = None
-            if names is not None:  # wrapper subclass (torchao, quanto): count the inner tensors
-                for n in names:
-                    add_tensor(getattr(t, n, None), depth + 1)
-                add_attrs(t, depth + 1)
-                return
-        if t.device.type == "meta":
-            return
-        try:
-            st = t.untyped_storage()
-            key, nbytes = (str(t.device), st.data_ptr()), st.nbytes()
-        except Exception:
-            key, nbytes = (str(t.device), id(t)), t.numel() * t.element_size()
-        if nbytes and key not in seen:
-            seen[key] = nbytes
-        add_attrs(t, depth + 1)
-
-    def add_attrs(obj: Any, depth: int) -> None:
-        # bitsandbytes keeps scales on the parameter: Int8Params.SCB, Params4bit.quant_state
-        d = getattr(obj, "__dict__", None)
-        if not d or depth > 4:
-            return
-        for v in list(d.values()):
-            if isinstance(v, torch.Tensor):
-                add_tensor(v, depth)
-            elif type(v).__name__ == "QuantState":
-                add_attrs(v, depth + 1)
-
-    for p in model.parameters():
-        add_tensor(p)
-    for b in model.buffers():
-        add_tensor(b)
-    # bitsandbytes' LLM.int8 moves the weight's CB/SCB to the module's MatmulLtState after the
-    # first forward (the parameter's SCB is then None): count the state's tensors too
-    for module in model.modules():
-        state = getattr(module, "state", None)
-        if state is not None and type(state).__name__ == "MatmulLtState":
-            for v in list(vars(state).values()):
-                add_tensor(v)
-    return int(sum(seen.values()))
-
-
-# --------------------------------------------------------------------------- exact figures, no torch here
-#
-# The exact prediction (engine/predict.py) builds the model on the meta device, which needs
-# torch and transformers: seconds of imports.  Front ends get it from a short-lived
-# subprocess, and every exact result is kept in ``<cache>/predictions/`` keyed by the
-# config's content, the transformers version, device, context and batch, so a model seen
-# once is answered at once afterwards (``glmtui fit`` and the Models pane share it).
-
-
-@dataclass(frozen=True)
-class ExactResult:
-    """Exact predictions, or why there are none.
-
-    ``unknown_architecture``: transformers has no model for the config: predict nothing.
-    Otherwise an ``error`` means the exact count could not be had (the caller may fall back
-    to the hand formula, marked as an estimate)."""
-
-    predictions: dict[str, MemoryPrediction]
-    error: Optional[str] = None
-    unknown_architecture: bool = False
-
-
-def prediction_from_dict(data: Mapping[str, Any]) -> MemoryPrediction:
-    names = {f.name for f in fields(MemoryPrediction)}
-    kw = {k: v for k, v in data.items() if k in names}
-    kw["notes"] = tuple(kw.get("notes") or ())
-    return MemoryPrediction(**kw)
-
-
-def _transformers_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("transformers")
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-def cache_key(cfg: Mapping[str, Any], device: str, context_len: Optional[int], batch: int = 1) -> str:
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    blob = json.dumps({"config": cfg, "transformers": _transformers_version(), "device": dev,
-                       "context": context_len, "batch": batch, "v": 1}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _cache_dir() -> Path:
-    from ..config import default_paths
-
-    return default_paths().cache_dir / "predictions"
-
-
-def cached_exact(cfg: Mapping[str, Any], device: str, context_len: Optional[int], batch: int = 1) -> Optional[ExactResult]:
-    """A stored exact result for this config, or None."""
-    try:
-        data = json.loads((_cache_dir() / f"{cache_key(cfg, device, context_len, batch)}.json").read_text("utf-8"))
-        return _result_from_json(data)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def store_exact(cfg: Mapping[str, Any], device: str, context_len: Optional[int], result: ExactResult, batch: int = 1) -> None:
-    """Keep an exact result (not a failure: it may be transient) for the next asker; best effort."""
-    if not result.predictions and not result.unknown_architecture:
-        return
-    try:
-        folder = _cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{cache_key(cfg, device, context_len, batch)}.json"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result_to_json(result)), "utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def result_to_json(result: ExactResult) -> dict[str, Any]:
-    if result.predictions:
-        return {"predictions": {m: asdict(p) for m, p in result.predictions.items()}}
-    return {"error": result.error or "no prediction", "unknown_architecture": result.unknown_architecture}
-
-
-def _result_from_json(data: Mapping[str, Any]) -> ExactResult:
-    if "predictions" in data:
-        return ExactResult({m: prediction_from_dict(p) for m, p in data["predictions"].items()})
-    return ExactResult({}, str(data.get("error") or "no prediction"), bool(data.get("unknown_architecture")))
-
-
-_memo: dict[tuple[str, float, str, Optional[int]], ExactResult] = {}
-_memo_lock = threading.Lock()
-
-
-def predict_exact_subprocess(
-    model_dir: str | os.PathLike[str],
-    device: str = "cuda",
-    context_len: Optional[int] = None,
-    timeout: float = 120.0,
-) -> ExactResult:
-    """The exact prediction for ``model_dir`` from ``python -m glmtui.engine.predict`` (torch stays
-    out of this process).  Blocks for the subprocess on a cache miss: call it off the UI thread.
-    Never raises: a failure is ``ExactResult({}, error)``."""
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    try:
-        cfg = read_config(model_dir)
-        stamp = os.stat(os.path.join(os.fspath(model_dir), "config.json")).st_mtime
-    except (OSError, ValueError) as exc:
-        return ExactResult({}, f"config.json cannot be read: {exc}")
-    memo_key = (os.path.realpath(os.fspath(model_dir)), stamp, dev, context_len)
-    with _memo_lock:
-        if memo_key in _memo:
-            return _memo[memo_key]
-    result = cached_exact(cfg, dev, context_len)
-    if result is None:
-        cmd = [sys.executable, "-m", "glmtui.engine.predict", os.fspath(model_dir), "--device", dev, "--json"]
-        if context_len:
-            cmd += ["--context", str(int(context_len))]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            result = _result_from_json(json.loads(lines[-1])) if lines else ExactResult(
-                {}, f"the predictor exited with code {done.returncode}")
-        except subprocess.TimeoutExpired:
-            result = ExactResult({}, f"the exact count took over {timeout:.0f} s")
-        except (OSError, ValueError) as exc:
-            result = ExactResult({}, f"the predictor could not run: {exc}")
-    if result.predictions or result.unknown_architecture:
-        with _memo_lock:
-            _memo[memo_key] = result
-    return result
+    return getattr(importlib.import_module(f".{module}", __package__), name)

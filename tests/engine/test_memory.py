@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from glmtui.engine import memory
+from glmtui.engine import exact_cache, memory
 from glmtui.engine.memory import (
     MODES,
     arch_from_config,
@@ -67,6 +67,7 @@ def _numel(model) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights are yielded once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "over",
     [
@@ -161,6 +162,7 @@ def saved_tiny_512(tmp_path_factory):
     return d, measured_footprint_bytes(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode,kwargs",
     [
@@ -264,6 +266,19 @@ def test_fit_verdicts():
     assert fit(10 * G, 16 * G, "cuda:1").verdict == "fits"
 
 
+def test_moved_names_still_importable_from_memory():
+    """footprint.py and exact_cache.py hold what memory.py used to; its names still resolve, and
+    exact_cache imported first (it imports memory) does not trip over a circular import."""
+    code = ("import glmtui.engine.exact_cache as e, glmtui.engine.footprint as f, glmtui.engine.memory as m; "
+            "assert m.ExactResult is e.ExactResult and m.predict_exact_subprocess is e.predict_exact_subprocess; "
+            "assert m.measured_footprint_bytes is f.measured_footprint_bytes; "
+            "from glmtui.engine.memory import cached_exact; assert cached_exact is e.cached_exact; "
+            "import sys; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(AttributeError):
+        memory.no_such_name  # noqa: B018
+
+
 def test_import_is_cheap():
     code = "import sys, glmtui.engine.memory; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -301,6 +316,7 @@ def _measured_weights(folder, mode):
         return measured_footprint_bytes(model), model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", LOAD_MODES)
 @pytest.mark.parametrize("arch", list(tiny_models.ARCHITECTURES))
 def test_exact_weights_match_measured(tiny_arch_dirs, arch, mode):
@@ -377,6 +393,7 @@ def test_exact_matches_hand_formula_for_chatglm3():
     assert exact["bf16"].params == formula["bf16"].params
 
 
+@pytest.mark.slow
 def test_unknown_architecture_predicts_nothing(tmp_path):
     pytest.importorskip("transformers")
     from glmtui.engine import predict
@@ -393,6 +410,7 @@ def test_unknown_architecture_predicts_nothing(tmp_path):
     assert data["unknown_architecture"] and "own code" in data["error"]
 
 
+@pytest.mark.slow
 def test_exact_prediction_from_a_subprocess_and_the_cache(tiny_arch_dirs):
     """The front end's path: no torch in this process; the second ask is answered from the cache."""
     pytest.importorskip("transformers")
@@ -406,7 +424,7 @@ def test_exact_prediction_from_a_subprocess_and_the_cache(tiny_arch_dirs):
     for mode in MODES:
         assert r.predictions[mode] == local[mode]
     assert memory.cached_exact(memory.read_config(folder), "cpu", 300) is not None
-    memory._memo.clear()
+    exact_cache._memo.clear()
     started = __import__("time").perf_counter()
     again = memory.predict_exact_subprocess(folder, "cpu", context_len=300)
     assert again.predictions == r.predictions

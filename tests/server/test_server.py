@@ -16,13 +16,14 @@ from glmtui.engine.worker import InferenceWorker
 from glmtui.server import (
     CHARS_PER_TOKEN_BOUND,
     ServerThread,
+    completion_body,
     create_app,
     format_tool_call,
     parse_tool_arguments,
     parse_tool_call,
-    completion_body,
     reply_text,
 )
+from helpers import wait_until
 
 MODEL = "tiny-chatglm3"
 PROMPT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "count to ten"}]
@@ -40,6 +41,7 @@ def local_greedy(worker, log, messages, max_new_tokens=40, **kw):
     return done
 
 
+@pytest.mark.slow
 def test_health_and_models(served, client):
     worker, log, server = served
     health = httpx.get(server.url + "/health").json()
@@ -162,16 +164,25 @@ def _long_prompt(worker, log):
     return best
 
 
+def _finished(log, after_index, count=1):
+    """The Finished events after ``after_index``, once there are ``count`` of them."""
+    def done():
+        found = [e for e in log.events[after_index:] if isinstance(e, Finished)]
+        return found if len(found) >= count else None
+
+    return wait_until(done, 30, f"{count} generation(s) to finish")
+
+
 def _cancelled_generation(log, after_index):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        done = [e for e in log.events[after_index:] if isinstance(e, Finished)]
-        if done:
-            return done[-1]
-        time.sleep(0.05)
-    raise AssertionError("the generation did not finish")
+    return _finished(log, after_index)[-1]
 
 
+def _streaming(log, after_index):
+    """Until a generation started after ``after_index`` has produced a token (it is running, not queued)."""
+    wait_until(lambda: any(isinstance(e, Token) for e in log.events[after_index:]), 30, "the first request's tokens")
+
+
+@pytest.mark.slow
 def test_a_client_that_disconnects_mid_stream_cancels_its_generation(served, client):
     worker, log, server = served
     messages, full_tokens = _long_prompt(worker, log)
@@ -195,6 +206,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(served, cli
     assert client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=3).choices[0].finish_reason
 
 
+@pytest.mark.slow
 def test_a_client_that_disconnects_mid_request_cancels_its_generation(served, client):
     worker, log, server = served
     messages, full_tokens = _long_prompt(worker, log)
@@ -225,6 +237,7 @@ def served_one_at_a_time(chatglm3_dir):
     worker.shutdown()
 
 
+@pytest.mark.slow
 def test_a_queued_client_that_disconnects_never_runs(served_one_at_a_time):
     worker, log, server = served_one_at_a_time
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -234,13 +247,12 @@ def test_a_queued_client_that_disconnects_never_runs(served_one_at_a_time):
         first = threading.Thread(target=lambda: client.chat.completions.create(
             model=MODEL, messages=messages, temperature=0, max_tokens=100))
         first.start()
-        time.sleep(0.3)  # the first request is running; the next one queues behind it
+        _streaming(log, mark)  # the first request is running; the next one queues behind it
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.3),
                        json={"model": MODEL, "messages": PROMPT, "max_tokens": 50})
         first.join(60)
-    time.sleep(0.3)
-    finished = [e for e in log.events[mark:] if isinstance(e, Finished)]
+    finished = _finished(log, mark, 2)
     assert [f.finish_reason for f in finished][-1] == "cancelled"
     assert finished[-1].completion_tokens == 0
 
@@ -255,13 +267,12 @@ def test_a_batched_client_that_disconnects_is_cancelled(served, client):
         first = threading.Thread(target=lambda: client.chat.completions.create(
             model=MODEL, messages=messages, temperature=0, max_tokens=100))
         first.start()
-        time.sleep(0.3)
+        _streaming(log, mark)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/chat/completions", timeout=httpx.Timeout(5, read=0.3),
                        json={"model": MODEL, "messages": PROMPT, "max_tokens": 50})
         first.join(60)
-    time.sleep(0.3)
-    finished = [e for e in log.events[mark:] if isinstance(e, Finished)]
+    finished = _finished(log, mark, 2)
     reasons = sorted(f.finish_reason for f in finished)
     assert "cancelled" in reasons and len(finished) == 2, reasons
     cancelled = next(f for f in finished if f.finish_reason == "cancelled")
@@ -361,6 +372,7 @@ def test_openapi_schema_is_real(served):
 # ------------------------------------------------------------------ auth and no model
 
 
+@pytest.mark.slow
 def test_api_key_is_required_everywhere_but_health(served):
     worker = served[0]
     server = ServerThread(create_app(worker, MODEL, api_key="sekret")).start()
@@ -382,6 +394,7 @@ def test_api_key_is_required_everywhere_but_health(served):
         server.stop()
 
 
+@pytest.mark.slow
 def test_503_before_a_model_is_loaded():
     worker = InferenceWorker().start()
     server = ServerThread(create_app(worker, MODEL)).start()
@@ -671,6 +684,7 @@ def test_a_full_queue_is_429_with_retry_after_and_a_rate_limit_type(served):
         server.stop()
 
 
+@pytest.mark.slow
 def test_health_tells_why_a_load_failed_only_to_a_caller_with_the_key(tmp_path):
     worker = InferenceWorker().start()
     missing = tmp_path / "private-models" / "nothing-here"
@@ -695,6 +709,7 @@ def test_health_tells_why_a_load_failed_only_to_a_caller_with_the_key(tmp_path):
 # ------------------------------------------------------------------ size: refused before tokenizing
 
 
+@pytest.mark.slow
 def test_a_conversation_too_long_in_characters_is_refused_before_tokenizing(served):
     worker, log, server = served
     context = worker.model_info.context_length

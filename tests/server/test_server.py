@@ -745,6 +745,7 @@ def test_deeply_nested_tool_schemas_count_the_indentation_they_are_written_with(
     assert log.events[mark:] == []
 
 
+@pytest.mark.slow
 def test_keep_alive_requests_are_not_held_by_nagle(served):
     """Served from a socket glmtui binds itself (to report a taken port first), connections did not get
     TCP_NODELAY: Nagle + delayed ACK held every keep-alive response ~40 ms (1.3 ms before)."""

@@ -60,6 +60,7 @@ def calls(app):
     return [t.widget for t in app.chat_pane.turns if isinstance(t.widget, CallMessage) and t.widget.has_class("-call")]
 
 
+@pytest.mark.slow
 async def test_tool_mode_confirm_deny_and_malformed_calls(glm3):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -115,6 +116,7 @@ async def test_tool_mode_confirm_deny_and_malformed_calls(glm3):
         assert "malformed" in screen_text(app)
 
 
+@pytest.mark.slow
 async def test_code_mode_runs_blocks_in_a_real_kernel_with_a_timeout(glm3):
     pytest.importorskip("ipykernel", reason="the code interpreter needs ipykernel")
     png = tiny_png()
@@ -191,6 +193,7 @@ async def test_stop_ends_the_turns_and_keeps_what_was_said(glm3):
         assert "declined" in messages[2][2]
 
 
+@pytest.mark.slow
 async def test_tool_mode_through_the_engine_streams_and_esc_stops(chatty_chatglm3):
     """Without a script: the tiny model (it never stops on its own) writes through the engine with the
     tools in its prompt; Esc cancels the generation and what was written is kept, marked stopped."""

@@ -40,6 +40,7 @@ async def generate(pilot, screen, key="ctrl+g"):
     await wait_for(pilot, lambda: screen.finished > done, what=f"generation end ({notifications(screen.app)})")
 
 
+@pytest.mark.slow
 async def test_completion_view_continues_stops_regenerates_and_is_saved(chatty_chatglm3, fmt, tmp_path):
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=None,
                  monitor_interval=5.0)
@@ -119,6 +120,7 @@ async def test_completion_view_continues_stops_regenerates_and_is_saved(chatty_c
         assert not [n for n in notifications(app) if "rror" in n]
 
 
+@pytest.mark.slow
 async def test_a_base_model_opens_in_completion_mode(chatglm3_dir, tmp_path):
     # the tiny ChatGLM3 downloaded as ChatGLM3-6B-Base (the completion marker names its repo)
     base = tmp_path / "chatglm3-6b-base"

@@ -66,6 +66,7 @@ def ram_snapshot(available: int) -> MonitorSnapshot:
                            gpus=(), host=host, torch=None, history=History(timestamps=(0.0,)))
 
 
+@pytest.mark.slow
 async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(native_glm):
     formula = memory.predict_for_dir(native_glm, device="cpu")
     counted = exact(native_glm, "cpu")
@@ -101,6 +102,7 @@ async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(nati
         assert counted["fp32"].source == "meta"
 
 
+@pytest.mark.slow
 async def test_exact_figures_that_arrive_while_the_f8_dialog_opens_are_shown(native_glm):
     counted = memory.predict_exact_subprocess(native_glm, "cpu")  # what the counting thread gets
     assert counted.predictions and counted.predictions["fp32"].source == "meta"
@@ -128,6 +130,7 @@ async def test_exact_figures_that_arrive_while_the_f8_dialog_opens_are_shown(nat
         assert f"weights {fmt_bytes(counted.predictions['fp32'].weight_bytes)}" in shown
 
 
+@pytest.mark.slow
 async def test_an_unknown_architecture_is_predicted_as_nothing(tmp_path):
     folder = tmp_path / "odd-model"
     folder.mkdir()
@@ -155,6 +158,7 @@ async def test_an_unknown_architecture_is_predicted_as_nothing(tmp_path):
         await pilot.press("escape")
 
 
+@pytest.mark.slow
 async def test_f8_refuses_a_mode_that_would_not_fit_the_gpu_until_confirmed(native_glm):
     counted = exact(native_glm, "cuda")
     free = counted["fp32"].total_bytes - 1  # fp32 misses the free memory by one byte; bf16 fits
@@ -200,6 +204,7 @@ async def test_f8_refuses_a_mode_that_would_not_fit_the_gpu_until_confirmed(nati
                        what="the confirmed fp32 load")
 
 
+@pytest.mark.slow
 async def test_enter_in_models_refuses_a_load_that_would_not_fit_in_ram_until_pressed_again(native_glm):
     counted = exact(native_glm, "cpu")
     app = GlmApp(mode="fp32", default_params=GREEDY,
@@ -225,6 +230,7 @@ async def test_enter_in_models_refuses_a_load_that_would_not_fit_in_ram_until_pr
 # ---------------------------------------------------------------- placement after a load
 
 
+@pytest.mark.slow
 def test_a_load_says_where_its_layers_went_through_the_worker_and_the_engine_process(native_glm, tmp_path):
     from engine_helpers import EventLog, start_worker
     from glmtui.engine.events import Loaded
@@ -251,6 +257,7 @@ def test_a_load_says_where_its_layers_went_through_the_worker_and_the_engine_pro
         loaded.placement, loaded.layer_devices, loaded.offloaded)
 
 
+@pytest.mark.slow
 async def test_an_offloaded_model_is_said_loudly_while_it_is_loaded(native_glm):
     """No GPU here, so nothing is really offloaded: the Loaded event of a real load carries the placement
     engine/placement.py makes of a device map that put the last layer on the CPU (the hardware edge)."""

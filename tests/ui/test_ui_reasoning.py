@@ -18,6 +18,7 @@ def in_process_engine(monkeypatch):
     monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
 
 
+@pytest.mark.slow
 async def test_reasoning_streams_open_then_folds_and_t_toggles_it(inside_dir, quiet_sampler, isolated_home,
                                                                    monkeypatch):
     states: list[tuple[bool, bool]] = []  # (streaming, folded) at every render of a block
@@ -76,6 +77,7 @@ async def test_reasoning_streams_open_then_folds_and_t_toggles_it(inside_dir, qu
         assert again.reasoning == widget.reasoning and again.reasoning_block.folded
 
 
+@pytest.mark.slow
 async def test_a_reply_cut_off_while_thinking_keeps_its_reasoning_open(inside_dir, quiet_sampler,
                                                                         isolated_home):
     app = GlmApp(model=str(inside_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 6},

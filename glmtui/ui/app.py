@@ -55,6 +55,7 @@ from .chat import ChatPane, params_to_dict
 from .completion import CompletionScreen
 from .compat import app_driver, notification_count, set_mouse_reporting
 from .banner import UnsavedBanner
+from .dialogs.settings import loaded_thinking_switch
 from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
@@ -334,11 +335,10 @@ class GlmApp(App):
             except Exception as exc:  # noqa: BLE001 - say why, run locally instead
                 self.notes.append(("error", f"Cannot use the endpoint {self.endpoint} ({exc}); running models locally."))
                 self.endpoint = None
-        from glmtui.engine.choose import local_engine
+        from glmtui.engine.choose import SwitchingEngine
 
-        if self.engine_kind == "vllm":
-            return local_engine("vllm")
-        return local_engine(in_process=self.local_engine == "thread")
+        # glmtui's own engine or the managed vLLM server (--engine); the load dialog switches between them
+        return SwitchingEngine(self.engine_kind, in_process=self.local_engine == "thread")
 
     def compose(self) -> ComposeResult:
         yield PaneBar(id="pane-bar")
@@ -1080,7 +1080,8 @@ class GlmApp(App):
                 chat.apply_settings(system_prompt, values)
                 self.notify("Settings saved for this conversation.", timeout=3)
 
-        self.push_screen(SettingsModal(chat.system_prompt, chat.generation_params()), done)
+        self.push_screen(SettingsModal(chat.system_prompt, chat.generation_params(),
+                                       thinking_switch=loaded_thinking_switch(self)), done)
 
     # ------------------------------------------------------------------ conversation actions
 

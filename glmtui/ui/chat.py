@@ -89,6 +89,8 @@ def params_from_dict(values: Optional[dict], base: GenerationParams = Generation
         repetition_penalty=pick("repetition_penalty", float),
         stop=base.stop,
         seed=base.seed,
+        # a reasoning model's thinking switch (the settings dialog): True/False, else the template's default
+        thinking=values["thinking"] if isinstance(values.get("thinking"), bool) else base.thinking,
     )
 
 

@@ -1,23 +1,22 @@
-"""Modal dialogs: confirm, rename, chat settings, load a model (with folder completion), quantization."""
+"""Small modal dialogs: confirm, rename, quantization. The load and settings dialogs live in ui/dialogs/
+(re-exported here)."""
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Optional
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from glmtui import catalog
-from glmtui.devices import device_problem, normalize_device
-from glmtui.engine.events import GenerationParams
+from .dialogs.load import CANDIDATES_SHOWN, LoadModal, PathInput, complete_folder
+from .dialogs.settings import SettingsModal
 
-CANDIDATES_SHOWN = 12  # folder names listed under the load dialog's path
+__all__ = ["CANDIDATES_SHOWN", "ConfirmModal", "LoadModal", "ModeModal", "PathInput", "SettingsModal", "TextModal",
+           "complete_folder"]
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -79,215 +78,6 @@ class TextModal(ModalScreen[Optional[str]]):
         self.dismiss(None)
 
 
-class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
-    """Per-conversation system prompt and generation parameters."""
-
-    AUTO_FOCUS = "*"
-
-    BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save"),
-    ]
-
-    FIELDS = (
-        ("temperature", "Temperature (0 = greedy)", float, 0.0, 5.0),
-        ("top_p", "Top-p", float, 0.0, 1.0),
-        ("max_new_tokens", "Max new tokens", int, 1, 1_000_000),
-        ("repetition_penalty", "Repetition penalty", float, 0.5, 5.0),
-    )
-
-    def __init__(self, system_prompt: str, params: GenerationParams, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.system_prompt = system_prompt
-        self.params = params
-
-    def compose(self) -> Iterable:
-        with Vertical(classes="dialog settings"):
-            yield Label("Chat settings (this conversation)", classes="dialog-title")
-            yield Label("System prompt (Tab moves on)")
-            yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, show_line_numbers=False,
-                           tab_behavior="focus", compact=True, placeholder="(none)")
-            for key, label, _cast, _lo, _hi in self.FIELDS:
-                with Horizontal(classes="field"):
-                    yield Label(label)
-                    yield Input(str(getattr(self.params, key)), id=f"param-{key}", compact=True)
-            yield Static(id="settings-error")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Save (Ctrl+S)", variant="primary", id="save", compact=True)
-                yield Button("Cancel (Esc)", id="cancel", compact=True)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "save":
-            self.action_save()
-        else:
-            self.dismiss(None)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self.action_save()
-
-    def action_save(self) -> None:
-        values: dict = {}
-        for key, label, cast, lo, hi in self.FIELDS:
-            raw = self.query_one(f"#param-{key}", Input).value.strip()
-            try:
-                value = cast(raw)
-            except ValueError:
-                self._error(f"{label}: “{raw}” is not a {'whole ' if cast is int else ''}number")
-                return
-            if not lo <= value <= hi:
-                self._error(f"{label} must be between {lo} and {hi}")
-                return
-            values[key] = value
-        self.dismiss((self.query_one("#system-prompt", TextArea).text, values))
-
-    def _error(self, message: str) -> None:
-        self.query_one("#settings-error", Static).update(Text(message, style="bold red"))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class PathInput(Input):
-    """The load dialog's model box. Tab completes folder names as a shell does; focus keeps the
-    text and puts the cursor at its end (select-all on focus let the next key wipe a path)."""
-
-    BINDINGS = [Binding("tab", "complete", "Complete", show=False)]
-
-    class Candidates(Message):
-        """Folders that match what was typed (empty: nothing to list)."""
-
-        def __init__(self, names: list[str]) -> None:
-            super().__init__()
-            self.names = names
-
-    _listed_for: Optional[str] = None  # the text whose candidates are shown (set before Input's own __init__)
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, select_on_focus=False, **kwargs)
-
-    def on_focus(self) -> None:  # before Input's own focus handler, which leaves the cursor alone
-        self.cursor_position = len(self.value)
-
-    def action_complete(self) -> None:
-        """Complete the folder name; with nothing (more) to complete, Tab moves on as usual."""
-        completed, names = complete_folder(self.value)
-        if completed != self.value:
-            self.value = completed
-            self.cursor_position = len(completed)
-        elif not names or self._listed_for == self.value:
-            self.screen.focus_next()
-            return
-        self._listed_for = self.value if names else None
-        self.post_message(self.Candidates(names))
-
-    def watch_value(self, value: str) -> None:  # after Input's own watcher
-        if value != self._listed_for and self._listed_for is not None:
-            self._listed_for = None
-            self.post_message(self.Candidates([]))
-
-
-def complete_folder(text: str) -> tuple[str, list[str]]:
-    """Shell-like completion of a folder path: (the text completed to the folders' common
-    prefix, the matching folder names when more than one matches). A model folder (it
-    has a config.json) is complete as typed; hidden folders are offered only after a dot."""
-    if not text or not (catalog._looks_like_path(text) or "/" in text):  # noqa: SLF001 - the catalogue's rule
-        return text, []
-    expanded = os.path.expanduser(text)
-    if os.path.isfile(os.path.join(expanded, "config.json")):
-        return text, []
-    head, tail = os.path.split(expanded)
-    try:
-        with os.scandir(head or ".") as entries:
-            names = sorted(e.name for e in entries if e.name.startswith(tail) and e.is_dir()
-                           and (tail.startswith(".") or not e.name.startswith(".")))
-    except OSError:
-        return text, []
-    if not names:
-        return text, []
-    stem = text[: len(text) - len(tail)]
-    if len(names) == 1:
-        return stem + names[0] + "/", []
-    return stem + os.path.commonprefix(names), names
-
-
-class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
-    """Load a model: a folder, a catalogue key or a downloaded hub id, a mode and a device.
-
-    Returns (spec, mode, device); device is None where the dialog has no device field
-    (a remote endpoint decides where its model runs).
-    """
-
-    AUTO_FOCUS = "*"
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, spec: str, mode: str, modes: Iterable[str], device: Optional[str] = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.spec = spec
-        self.mode = mode
-        self.modes = tuple(modes)
-        self.device = device
-
-    def compose(self) -> Iterable:
-        with Vertical(classes="dialog load"):
-            yield Label("Load a model", classes="dialog-title")
-            yield PathInput(self.spec, placeholder="model folder, catalogue key (chatglm3-6b) or org/name", id="spec")
-            yield Static(id="spec-candidates")
-            yield Label("Quantization")
-            options = [Option(m, id=m) for m in self.modes]
-            yield OptionList(*options, id="mode")
-            if self.device is not None:
-                with Horizontal(classes="field"):
-                    yield Label("Device (auto, cpu, cuda:N)")
-                    yield Input(self.device, id="device", compact=True)
-            yield Static(id="load-error")
-            yield Static(Text("Enter loads · Tab completes a folder, then moves on · Esc cancels", style="dim"))
-
-    def on_mount(self) -> None:
-        ol = self.query_one("#mode", OptionList)
-        if self.mode in self.modes:
-            ol.highlighted = self.modes.index(self.mode)
-        self.query_one("#spec", Input).focus()
-
-    def on_path_input_candidates(self, message: PathInput.Candidates) -> None:
-        shown = message.names[:CANDIDATES_SHOWN]
-        more = len(message.names) - len(shown)
-        text = Text("  ".join(f"{name}/" for name in shown) + (f"  … {more} more" if more > 0 else ""), style="dim")
-        box = self.query_one("#spec-candidates", Static)
-        box.update(text)
-        box.display = bool(message.names)
-
-    def _submit(self) -> None:
-        spec = self.query_one("#spec", Input).value.strip()
-        ol = self.query_one("#mode", OptionList)
-        mode = self.modes[ol.highlighted] if ol.highlighted is not None else self.mode
-        if not spec:
-            self.dismiss(None)
-            return
-        device = None
-        if self.device is not None:
-            field = self.query_one("#device", Input)
-            problem = device_problem(field.value)
-            if problem:
-                self.query_one("#load-error", Static).update(Text(problem, style="bold red"))
-                field.focus()
-                return
-            device = normalize_device(field.value)
-        self.dismiss((spec, mode, device))
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self._submit()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self._submit()
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
 class ModeModal(ModalScreen[Optional[str]]):
     """Choose a quantization mode; rows carry predicted memory and fit verdicts.
 
@@ -301,7 +91,7 @@ class ModeModal(ModalScreen[Optional[str]]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, current: str, rows: list[tuple[str, Text]] = (), note: str = "",
+    def __init__(self, current: str, rows: Iterable[tuple[str, Text]] = (), note: str = "",
                  refusals: Optional[dict[str, str]] = None, *, choices=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.current = current

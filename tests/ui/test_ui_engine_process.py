@@ -67,7 +67,7 @@ FRONT_END = textwrap.dedent(
                     "model": "glmtui", "max_tokens": 4, "temperature": 0,
                     "messages": [{"role": "user", "content": "hello"}]})
             print("RESULT " + json.dumps({
-                "engine": type(app.engine).__name__, "engine_pid": app.engine.pid, "pid": os.getpid(),
+                "engine": type(app.engine.current).__name__, "engine_pid": app.engine.pid, "pid": os.getpid(),
                 "reply": [reply.status, reply.content], "api": answer.status_code,
                 "api_text": answer.json()["choices"][0]["message"]["content"] if answer.status_code == 200 else "",
                 "modules": [m for m in ("torch", "transformers") if m in sys.modules]}), flush=True)
@@ -137,7 +137,7 @@ async def test_the_tui_survives_the_engine_being_killed_or_aborting_mid_reply(ch
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG, sampler=quiet_sampler)
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
-        assert isinstance(app.engine, EngineProcess)  # the default for a local model
+        assert isinstance(app.engine.current, EngineProcess)  # the default for a local model
         chat = app.chat_pane
 
         # kill -9: the reply so far is kept, marked interrupted, in the chat and in the history file

@@ -23,11 +23,12 @@ import time
 from multiprocessing.connection import Connection
 from typing import Optional
 
-from .events import Token, Unloaded
+from .events import Failed, Finished, Token, Unloaded
 from .worker import InferenceWorker
 
-# Tokens wait at most this long (seconds), or until this many have piled up, before they are sent.
-FLUSH_INTERVAL = 0.02
+# Tokens wait at most this long (seconds), or until this many have piled up, before they are sent: about
+# half a frame of the TUI's (ui STREAM_FRAME 0.1 s), so a frame has its text and a reply costs few messages.
+FLUSH_INTERVAL = 0.05
 FLUSH_TOKENS = 64
 
 
@@ -37,7 +38,8 @@ class Outbox:
     A token run of one request (reasoning or answer: never mixed) is sent as one Token once it is ``interval``
     old or ``max_tokens`` long, and before any other event, so the texts
     arrive in order and add up to exactly the reply. A flusher thread sends a
-    run that no later token would flush (a slow model, the last tokens).
+    run that no later token would flush (a slow model, the last tokens). A
+    request's first token goes at once: coalescing costs no time to first token.
     """
 
     def __init__(self, conn: Connection, interval: float = FLUSH_INTERVAL, max_tokens: int = FLUSH_TOKENS):
@@ -45,11 +47,12 @@ class Outbox:
         self._interval = interval
         self._max_tokens = max_tokens
         self._cond = threading.Condition()
-        self._rid: Optional[int] = None
+        self._rid = 0  # the run's request
         self._reasoning = False  # the run's Token.reasoning
         self._parts: list[str] = []
         self._since = 0.0
         self._closed = False
+        self._replying: set[int] = set()  # requests whose first token has been sent
         self.exit_after: set[int] = set()  # requests whose Unloaded ends the process
         threading.Thread(target=self._flusher, name="glmtui-outbox", daemon=True).start()
 
@@ -65,10 +68,16 @@ class Outbox:
                 self._rid = event.request_id
                 self._reasoning = event.reasoning
                 self._parts.append(event.text)
-                if len(self._parts) >= self._max_tokens or time.monotonic() - self._since >= self._interval:
+                first = event.request_id not in self._replying
+                if first:
+                    self._replying.add(event.request_id)
+                if (first or len(self._parts) >= self._max_tokens
+                        or time.monotonic() - self._since >= self._interval):
                     self._flush()
                 return
             self._flush()
+            if isinstance(event, (Finished, Failed)):
+                self._replying.discard(event.request_id)
             self._send(event)
             if isinstance(event, Unloaded) and event.request_id in self.exit_after:
                 # Unloading ends the process: whatever the model held goes back to the system with it.
@@ -155,9 +164,9 @@ def warm_up(quantizers: bool = False) -> None:
 
     ``quantizers``: bitsandbytes too (seconds, ~100 MiB), once int8/int4 has been used.
     """
-    from . import generation, loading, memory  # noqa: F401  (torch and transformers)
-
     import transformers
+
+    from . import generation, loading, memory  # noqa: F401  (torch and transformers)
 
     for name in _WARM_NAMES:
         try:

@@ -56,7 +56,7 @@ from .events import (
 __all__ = ["EngineProcess", "FLUSH_INTERVAL", "LOG_KEEP", "describe_exit", "last_error_line", "log_tail", "prune_logs"]
 
 QUANTIZED_MODES = ("int8", "int4")  # bitsandbytes's
-FLUSH_INTERVAL = 0.02  # the child's token coalescing (seconds); see child.Outbox
+FLUSH_INTERVAL = 0.05  # the child's token coalescing (seconds); see child.Outbox
 
 
 @dataclass

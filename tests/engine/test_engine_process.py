@@ -105,19 +105,22 @@ def test_outbox_coalesces_a_token_run_in_order_and_exactly():
         box.put(Token(1, f"t{i} "))
     box.put(Token(2, "other"))  # another request's token ends the first run
     box.put(Finished(2, "other", 1, 1, None, None, 0.0, "stop"))  # any other event flushes first
-    received = [ours.recv() for _ in range(5)]
-    assert received[:3] == [Token(1, "t0 t1 t2 t3 t4 "), Token(1, "t5 t6 t7 t8 t9 "), Token(1, "t10 t11 ")]
-    assert received[3:] == [Token(2, "other"), Finished(2, "other", 1, 1, None, None, 0.0, "stop")]
+    received = [ours.recv() for _ in range(6)]  # a request's first token goes at once
+    assert received[:4] == [Token(1, "t0 "), Token(1, "t1 t2 t3 t4 t5 "), Token(1, "t6 t7 t8 t9 t10 "),
+                            Token(1, "t11 ")]
+    assert received[4:] == [Token(2, "other"), Finished(2, "other", 1, 1, None, None, 0.0, "stop")]
     assert not ours.poll(0.1)
 
 
 def test_outbox_sends_a_waiting_token_run_after_the_interval():
     ours, theirs = Pipe()
     box = Outbox(theirs, interval=0.05, max_tokens=1000)
-    box.put(Token(7, "a"))
+    box.put(Token(7, "a"))  # the first, at once
     box.put(Token(7, "b"))
+    box.put(Token(7, "c"))
+    assert ours.poll(5.0) and ours.recv() == Token(7, "a")
     assert ours.poll(5.0), "the flusher never sent the waiting tokens"
-    assert ours.recv() == Token(7, "ab")
+    assert ours.recv() == Token(7, "bc")
 
 
 def test_last_error_line_picks_the_fault_not_the_traceback_frames():

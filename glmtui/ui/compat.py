@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 # Footer's key widget: no public name (QuickFooter composes and queries them; app.tcss styles them)
 from textual.widgets._footer import FooterKey
 
-# The table block: textual.widgets.markdown re-exports MarkdownBlock but not it
-from textual.widgets._markdown import MarkdownTable
+# The table and paragraph blocks: textual.widgets.markdown re-exports MarkdownBlock but not them
+from textual.widgets._markdown import MarkdownParagraph, MarkdownTable
 
 if TYPE_CHECKING:  # pragma: no cover
     from markdown_it.token import Token
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from textual.widgets.markdown import MarkdownBlock
 
 __all__ = [
-    "FooterKey", "MarkdownTable", "block_builder", "footer_bindings_ready", "footer_key_disabled",
+    "FooterKey", "MarkdownParagraph", "MarkdownTable", "block_builder", "footer_bindings_ready", "footer_key_disabled",
     "set_footer_key_disabled", "propagation_stopped", "run_focused_bindings", "app_driver",
     "set_mouse_reporting", "notification_count", "WrapsDefaultKeys", "LayoutSizeHook",
 ]

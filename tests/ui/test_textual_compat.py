@@ -149,6 +149,8 @@ async def test_block_builder_builds_what_update_mounts():
         assert [(type(b), tuple(b.source_range)) for b in built] == mounted
         assert MarkdownTable in [kind for kind, _ in mounted]  # the table block is the re-exported class
         assert issubclass(MarkdownTable, MarkdownBlock)
+        assert compat.MarkdownParagraph in [kind for kind, _ in mounted]  # so is the paragraph block
+        assert Markdown.BLOCKS["paragraph_open"] is compat.MarkdownParagraph
         # complete_stream builds the blocks from a slice of the tokens, starting at a top-level block
         start = next(i for i, t in enumerate(tokens) if t.type == "table_open")
         tail = list(compat.block_builder(markdown)(tokens[start:]))

@@ -129,6 +129,11 @@ def plan_vllm(folder: str, mode: str, device: str, *, python: str, cache_dir: Pa
     argv = [python, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", name,
             "--host", "127.0.0.1", "--port", str(port), *mode_args]
     context = context or DEFAULT_CONTEXT
+    own = model_context(source)
+    if own and context > own:  # vLLM refuses a longer one than the model's own (without an override it warns of)
+        if context != DEFAULT_CONTEXT:
+            notes += (f"context {context:,} is more than the model's {own:,}: {own:,} used",)
+        context = own
     argv += ["--max-model-len", str(context)]
     env: dict = {}
     predicted = _predicted_total(source, shown_mode, "cpu" if on_cpu else "cuda", context)
@@ -141,6 +146,16 @@ def plan_vllm(folder: str, mode: str, device: str, *, python: str, cache_dir: Pa
         argv += ["--gpu-memory-utilization", str(share)]
         notes += (f"vLLM may use {share:.0%} of the GPU (glmtui's prediction + 1 GiB), not its default 90%",)
     return ServerPlan(tuple(argv), port, name, shown_mode, run_device, env, "vllm", notes, prepare)
+
+
+def model_context(folder: Path) -> Optional[int]:
+    """The model's own context in tokens from config.json (ChatGLM3: seq_length), None when it does not say."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        value = config.get("max_position_embeddings") or config.get("seq_length")
+        return int(value) if value else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _predicted_total(folder: Path, mode: str, device: str, context: int) -> Optional[tuple[int, int]]:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
-from glmtui.engine.vllm import GPU_QUANTIZATION, gpu_memory_utilization, plan_vllm, vllm_mode_args, vllm_python
+from glmtui.engine.vllm import (
+    GPU_QUANTIZATION,
+    gpu_memory_utilization,
+    model_context,
+    plan_vllm,
+    vllm_mode_args,
+    vllm_python,
+)
 
 GIB = 1 << 30
 
@@ -62,3 +70,16 @@ def test_an_interpreter_without_vllm_says_how_to_get_it(tmp_path):
     assert python is None and "vLLM is not installed" in why and "[vllm]" in why
     python, why = vllm_python(str(tmp_path / "nope"))
     assert python is None and "not an executable" in why
+
+
+def test_the_context_never_exceeds_the_models_own(native_glm, chatglm3_dir, tmp_path):
+    """vLLM refuses a --max-model-len above config.json's (the tiny models have 2,048 tokens): the
+    default 8,192 is cut to it silently, a longer one asked for with a note."""
+    own = json.loads((native_glm / "config.json").read_text())["max_position_embeddings"]
+    assert own < 8192
+    plan = plan_vllm(str(native_glm), "bf16", "cpu", python=sys.executable, cache_dir=tmp_path)
+    assert plan.argv[plan.argv.index("--max-model-len") + 1] == str(own) and not plan.notes
+    plan = plan_vllm(str(native_glm), "bf16", "cpu", python=sys.executable, cache_dir=tmp_path, context=own * 3)
+    assert plan.argv[plan.argv.index("--max-model-len") + 1] == str(own)
+    assert any(f"the model's {own:,}" in note for note in plan.notes)
+    assert model_context(chatglm3_dir) == json.loads((chatglm3_dir / "config.json").read_text())["seq_length"]

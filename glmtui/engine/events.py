@@ -88,6 +88,7 @@ class Loaded:
     #: the same as data: (device, first layer, last layer) runs, and the devices holding weights
     layer_devices: tuple[tuple[str, int, int], ...] = ()
     offloaded: tuple[str, ...] = ()
+    device_bytes: tuple[tuple[str, int], ...] = ()  # bytes of weights per device ("cuda:1", "cpu")
     chat_format: str = ""  # ModelInfo.chat_format: "chatglm3", "chat_template", "remote"
     concurrency: str = ""  # ModelInfo.concurrency: "continuous batching" or "one at a time"
     concurrency_reason: str = ""

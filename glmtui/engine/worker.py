@@ -285,6 +285,7 @@ class InferenceWorker(Listeners):
                 placement=loaded.placement.summary() if loaded.placement else "",  # where the layers went
                 layer_devices=loaded.placement.runs if loaded.placement else (),
                 offloaded=loaded.placement.offloaded if loaded.placement else (),
+                device_bytes=loaded.placement.bytes_per_device if loaded.placement else (),
                 chat_format=chat_format,
                 concurrency=concurrency,
                 concurrency_reason=why,

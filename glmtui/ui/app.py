@@ -60,7 +60,7 @@ from .footer import QuickFooter
 from .history import HistoryPane
 from .modals import ConfirmModal, LoadModal, ModeModal, SettingsModal, TextModal
 from .models import MODES, ModelsPane
-from .monitor import MonitorPane, fmt_bytes, offload_warning, process_rss
+from .monitor import DecodeSpeed, MonitorPane, fmt_bytes, offload_warning, process_rss
 
 PANES = ("chat", "history", "models", "monitor")
 PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
@@ -275,6 +275,10 @@ class GlmApp(App):
 
         self.store = self._open_store()
         self.engine = engine if engine is not None else self._make_engine()
+        # the replies' measured decode speed (the offload warning's cost); before the UI's own listener,
+        # so a reply's figure is in before the UI hears that it ended
+        self.decode_speed = DecodeSpeed()
+        self.engine.add_listener(self.decode_speed.note)
         self.engine.add_listener(self._engine_listener)
         self.sampler = sampler
         self.monitor_interval = monitor_interval
@@ -850,7 +854,8 @@ class GlmApp(App):
             if self.loaded.mode in MODES:
                 text.append(f" {self.loaded.mode} {self.loaded.device}")
             if offload_warning(self.loaded):  # layers on the CPU/disk: said for as long as it is loaded
-                text.append(f"  {offload_warning(self.loaded, short=True)}", style="bold reverse red")
+                loud = offload_warning(self.loaded, short=True, decode_tok_s=self.decode_speed.rate)
+                text.append(f"  {loud}", style="bold reverse red")
         elif self.models_pane.load_stage is not None:
             text.append("◌ loading ", style="yellow")
             text.append(self.loading_label or "")

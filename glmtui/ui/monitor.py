@@ -8,7 +8,8 @@ only formats. No torch here: torch figures come inside the snapshot.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import threading
+from typing import Any, Iterable, Optional, Sequence
 
 from rich.console import Group
 from rich.text import Text
@@ -51,7 +52,8 @@ def fmt_pair(used: Optional[int], total: Optional[int]) -> str:
     if used is None:
         return f"{NA} / {fmt_bytes(total)}"
     # one unit for both numbers, from the total
-    unit, scale = next(((u, s) for u, s in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)) if total >= s), ("KiB", 1024))
+    units = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20))
+    unit, scale = next(((u, s) for u, s in units if total >= s), ("KiB", 1024))
     return f"{used / scale:.1f}/{total / scale:.1f} {unit}"
 
 
@@ -104,7 +106,7 @@ def _state_line(snapshot: MonitorSnapshot) -> Optional[Text]:
     return Text(message, style=style)
 
 
-def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[Text]:
+def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int, loaded: Any = None) -> list[Text]:
     title = Text(f"GPU{gpu.index} ", style="bold")
     if gpu.state == "lost":
         return [title + Text(gpu.name or "", style="bold") + Text(" lost", style="bold red"),
@@ -119,6 +121,9 @@ def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[T
     lines.append(mem)
     bar_width = max(4, min(width - 4, 60))
     lines.append(Text("  ") + bar(frac, bar_width))
+    held = model_on_gpu(gpu, loaded)
+    if held is not None:
+        lines.append(held)
     stats = Text("  ")
     stats.append(f"util {fmt_num(gpu.utilization_gpu, '%')}")
     stats.append(f" · {fmt_num(gpu.temperature_c, '°C')}")
@@ -131,12 +136,15 @@ def gpu_lines(gpu: GpuSnapshot, snapshot: MonitorSnapshot, width: int) -> list[T
     hist = snapshot.history.gpu(gpu.index)
     spark_width = max(4, width - 9)
     if hist is not None and hist.memory_used:
-        lines.append(Text("  mem  ", style="dim") + Text(sparkline(hist.memory_used, spark_width, gpu.memory_total), style="cyan"))
-        lines.append(Text("  util ", style="dim") + Text(sparkline(hist.utilization, spark_width, 100), style="magenta"))
+        mem_spark = sparkline(hist.memory_used, spark_width, gpu.memory_total)
+        lines.append(Text("  mem  ", style="dim") + Text(mem_spark, style="cyan"))
+        util_spark = sparkline(hist.utilization, spark_width, 100)
+        lines.append(Text("  util ", style="dim") + Text(util_spark, style="magenta"))
     if snapshot.torch:
         for t in snapshot.torch:
             if t.device == gpu.index:
-                lines.append(Text(f"  torch alloc {fmt_bytes(t.allocated)} · reserved {fmt_bytes(t.reserved)}", style="dim"))
+                lines.append(Text(f"  torch alloc {fmt_bytes(t.allocated)} · reserved {fmt_bytes(t.reserved)}",
+                                  style="dim"))
     if gpu.processes is None:
         lines.append(Text(f"  processes {NA}", style="dim"))
     elif not gpu.processes:
@@ -171,7 +179,8 @@ def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, promin
         used.append(f" · avail {fmt_bytes(host.ram_available)}")
         lines.append(used)
         lines.append(Text("  ") + bar(frac, max(4, min(width - 4, 60))))
-        lines.append(Text("  ram  ", style="dim") + Text(sparkline(hist.ram_used, spark_width, host.ram_total), style="cyan"))
+        ram_spark = sparkline(hist.ram_used, spark_width, host.ram_total)
+        lines.append(Text("  ram  ", style="dim") + Text(ram_spark, style="cyan"))
         rss = Text("glmtui RSS ", style="bold")
         rss.append(fmt_bytes(host.process_rss), style="bold green")
         rss.append(f" · CPU {fmt_num(host.process_cpu_percent, '%')} (all {fmt_num(host.cpu_percent, '%')})")
@@ -192,9 +201,38 @@ def host_lines(host: HostSnapshot, snapshot: MonitorSnapshot, width: int, promin
     return [line]
 
 
-def offload_warning(loaded, short: bool = False) -> Optional[str]:
+class DecodeSpeed:
+    """The loaded model's measured decode speed: its replies' tokens after the first over their
+    decode time, since the load (an engine listener: called on the engine's thread, never blocks).
+    Registered before the UI's own listener, a reply's figure is in before the UI hears it ended."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens = 0
+        self._seconds = 0.0
+
+    def note(self, event: Any) -> None:
+        from glmtui.engine.events import Finished, Loaded, Unloaded
+
+        with self._lock:
+            if isinstance(event, (Loaded, Unloaded)):  # another model: its own speed
+                self._tokens, self._seconds = 0, 0.0
+            elif isinstance(event, Finished) and event.tokens_per_second and event.completion_tokens > 1:
+                decoded = event.completion_tokens - 1  # the first token is the prefill's
+                self._tokens += decoded
+                self._seconds += decoded / event.tokens_per_second
+
+    @property
+    def rate(self) -> Optional[float]:
+        """Tokens per second over every reply since the load (None before the first reply)."""
+        with self._lock:
+            return self._tokens / self._seconds if self._seconds > 0 else None
+
+
+def offload_warning(loaded, short: bool = False, decode_tok_s: Optional[float] = None) -> Optional[str]:
     """One loud line while the loaded model has layers off the GPU (``Loaded.offloaded``), else None;
-    ``short`` for the status bar."""
+    ``short`` for the status bar; ``decode_tok_s``: the replies' measured decode speed, what the offload
+    costs in practice."""
     off = tuple(getattr(loaded, "offloaded", None) or ())
     if not off:
         return None
@@ -202,13 +240,48 @@ def offload_warning(loaded, short: bool = False) -> Optional[str]:
     total = sum(last - first + 1 for _, first, last in runs)
     moved = sum(last - first + 1 for dev, first, last in runs if dev in off)
     where = " and ".join(off)
+    speed = f" - decoding {decode_tok_s:.1f} tok/s" if decode_tok_s else ""
     if short:
-        return f"⚠ OFFLOADED {moved}/{total} layers to {where} (slow)" if total else f"⚠ OFFLOADED to {where} (slow)"
+        what = f"⚠ OFFLOADED {moved}/{total} layers to {where}" if total else f"⚠ OFFLOADED to {where}"
+        return what + (speed or " (slow)")
     count = f"{moved} of {total} layers " if total else "layers "
-    return f"⚠ OFFLOADED: {count}on {where}, not the GPU — every token waits for them (slow)"
+    cost = (f"decoding {decode_tok_s:.1f} tok/s (measured on the replies since the load)" if decode_tok_s
+            else "slow")
+    return f"⚠ OFFLOADED: {count}on {where}, not the GPU — every token waits for them: {cost}"
 
 
-def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int, warning: Optional[str] = None) -> Group:
+def _runs_text(runs: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def model_on_gpu(gpu: GpuSnapshot, loaded) -> Optional[Text]:
+    """What the loaded model occupies on ``gpu`` (engine/placement.py's figures from the Loaded event):
+    its layers and weight bytes there, and what NVML counts for glmtui's processes on it (weights, KV
+    cache, CUDA context).  None when the model has nothing on that GPU.  The placement names CUDA
+    indices; they are NVML's unless CUDA_VISIBLE_DEVICES reorders the GPUs."""
+    if loaded is None:
+        return None
+    name = f"cuda:{gpu.index}"
+    weights = dict(getattr(loaded, "device_bytes", None) or ()).get(name)
+    runs = [(a, b) for dev, a, b in (getattr(loaded, "layer_devices", None) or ()) if dev == name]
+    if not weights and not runs:
+        return None
+    line = Text("  model ", style="bold")
+    parts = []
+    if runs:
+        count = sum(b - a + 1 for a, b in runs)
+        parts.append(f"{count} layer{'s' if count != 1 else ''} ({_runs_text(runs)})")
+    if weights:
+        parts.append(f"weights {fmt_bytes(weights)}")
+    held = gpu.self_used_bytes
+    if held is not None:
+        parts.append(f"glmtui holds {fmt_bytes(held)}")
+    line.append(" · ".join(parts), style="bold green")
+    return line
+
+
+def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int, warning: Optional[str] = None,
+                    loaded: Any = None) -> Group:
     top = [Text(warning, style="bold reverse red")] if warning else []
     if snapshot is None:
         return Group(*top, Text("sampling…", style="dim"))
@@ -217,7 +290,7 @@ def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int, warning: Op
     if state is not None:
         lines.append(state)
     for gpu in snapshot.gpus:
-        lines.extend(gpu_lines(gpu, snapshot, width))
+        lines.extend(gpu_lines(gpu, snapshot, width, loaded))
     if snapshot.gpus and snapshot.driver_version:
         lines.append(Text(f"driver {snapshot.driver_version}", style="dim"))
     lines.extend(host_lines(snapshot.host, snapshot, width, prominent=not snapshot.has_gpu))
@@ -237,6 +310,7 @@ class MonitorPane(VerticalScroll, can_focus=True):
         self.snapshot: Optional[MonitorSnapshot] = None
         self.border_title = "Monitor"
         self.warning: Optional[str] = None  # the loaded model's offload (offload_warning), shown on top
+        self.loaded: Any = None  # the Loaded event of the model in memory: its per-GPU figures
 
     def compose(self) -> Iterable:
         yield Static(render_snapshot(None, 40), id="monitor-body")
@@ -249,15 +323,22 @@ class MonitorPane(VerticalScroll, can_focus=True):
         self._render_now()
 
     def show_placement(self, loaded) -> None:
-        """Keep the loaded model's offload warning on top while it is loaded (``loaded`` None: gone)."""
-        warning = offload_warning(loaded)
-        if warning != self.warning:
-            self.warning = warning
+        """Keep the loaded model's offload warning on top and its share of each GPU under that GPU while
+        it is loaded (``loaded`` None: gone)."""
+        if loaded is not self.loaded:
+            self.loaded = loaded
             self._render_now()
 
+    def _decode_rate(self) -> Optional[float]:
+        speed = getattr(self.app, "decode_speed", None)  # the app's DecodeSpeed listener
+        return speed.rate if isinstance(speed, DecodeSpeed) else None
+
     def _render_now(self) -> None:
+        # the warning is made at each render: a reply's measured speed shows with the next sample
+        self.warning = offload_warning(self.loaded, decode_tok_s=self._decode_rate())
         width = max(20, self.scrollable_content_region.width or self.size.width or 40)
-        self.query_one("#monitor-body", Static).update(render_snapshot(self.snapshot, width, self.warning))
+        self.query_one("#monitor-body", Static).update(
+            render_snapshot(self.snapshot, width, self.warning, self.loaded))
 
     def on_resize(self) -> None:
         self._render_now()
@@ -277,6 +358,6 @@ class MonitorPane(VerticalScroll, can_focus=True):
                 index = int(suffix) if suffix.isdigit() else 0
                 chosen = [g for g in ok if g.index == index]
                 return "cuda", chosen[0].memory_free if chosen else None
-            free = [g.memory_free for g in ok]
-            return "cuda", None if any(f is None for f in free) else sum(free)
+            free = [g.memory_free for g in ok if g.memory_free is not None]
+            return "cuda", sum(free) if len(free) == len(ok) else None
         return "cpu", snap.host.ram_available

@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from fake_nvml import FakeNVML, gpu
 from glmtui.config import default_paths
-from glmtui.engine import memory
+from glmtui.engine import exact_cache, memory
 from glmtui.monitor import History, HostSnapshot, MonitorSnapshot, Sampler
 from glmtui.ui.app import GlmApp
 from glmtui.ui.modals import ModeModal
@@ -34,7 +34,7 @@ def in_process_engine(monkeypatch):
 @pytest.fixture(autouse=True)
 def fresh_counts(monkeypatch):
     """No exact result kept from an earlier test: each one is counted by its own subprocess."""
-    monkeypatch.setattr(memory, "_memo", {})
+    monkeypatch.setattr(exact_cache, "_memo", {})
 
 
 def exact(folder, device):
@@ -76,7 +76,7 @@ async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(nati
         show_folder(app, native_glm)
         text = detail_text(app)  # before the exact count can have come back
         assert "available RAM) (estimate):" in text and "counting exactly…" in text
-        for mode, pred in formula.items():
+        for pred in formula.values():
             assert f"weights {fmt_bytes(pred.weight_bytes)}" in text
 
         await pilot.press("f8")  # the dialog opens on the estimate and is updated in place
@@ -106,7 +106,7 @@ async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(nati
 async def test_exact_figures_that_arrive_while_the_f8_dialog_opens_are_shown(native_glm):
     counted = memory.predict_exact_subprocess(native_glm, "cpu")  # what the counting thread gets
     assert counted.predictions and counted.predictions["fp32"].source == "meta"
-    memory._memo.clear()  # the app's own count runs a fresh predictor (seconds): the estimate shows first
+    exact_cache._memo.clear()  # the app's own count runs a fresh predictor (seconds): the estimate shows first
     shutil.rmtree(default_paths().cache_dir / "predictions", ignore_errors=True)
     app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(160, 60)) as pilot:
@@ -300,6 +300,63 @@ async def test_an_offloaded_model_is_said_loudly_while_it_is_loaded(native_glm):
         await wait_for(pilot, lambda: app.loaded is None, what="the unload")
         await pilot.pause()
         assert "OFFLOADED" not in str(status.content) and "OFFLOADED" not in _plain(monitor)
+
+
+@pytest.mark.slow
+async def test_an_offload_shows_the_measured_decode_speed_and_each_gpu_its_share(native_glm):
+    """Issue 16's placement: the offload warning carries the tok/s the replies really decode at (a real
+    reply of the tiny model), and with two GPUs the monitor shows under each what the model holds there.
+    The GPUs are the hardware edge: a device map over cuda:0/cuda:1/cpu (engine/placement.py) and a fake
+    NVML under the real Sampler, whose process list counts this process (the in-process engine)."""
+    import dataclasses
+    import os
+
+    from glmtui.engine.events import Finished
+    from glmtui.engine.placement import placement_from_map
+    from helpers import send
+
+    layers = json.loads((native_glm / "config.json").read_text())["num_hidden_layers"]
+    # GPU 0 the embeddings only, GPU 1 layers 0 .. n-2, the last layer and the head on the CPU
+    device_map = {"model.embed_tokens": 0, **{f"model.layers.{i}": 1 for i in range(layers - 1)},
+                  f"model.layers.{layers - 1}": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    placed = placement_from_map(device_map)
+    weights = (("cpu", 5 * 2**20), ("cuda:0", 3 * 2**20), ("cuda:1", 7 * 2**20))
+    me = os.getpid()
+    nvml = FakeNVML([gpu(compute=[(me, 2 * GiB), (4242, GiB)]),
+                     gpu(name="NVIDIA A100", total=80 * GiB, compute=[(me, 5 * GiB)])])
+    app = GlmApp(model=str(native_glm), mode="fp32", default_params=GREEDY, sampler=Sampler(nvml=nvml),
+                 monitor_interval=0.25)
+    async with app.run_test(size=(200, 60)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, timeout=120, what="the load")
+        finished: list = []
+        app.engine.add_listener(lambda e: finished.append(e) if isinstance(e, Finished) else None)
+        offloaded = dataclasses.replace(app.loaded, device="cuda:0", placement=placed.summary(),
+                                        layer_devices=placed.runs, offloaded=placed.offloaded, device_bytes=weights)
+        app.decode_speed.note(offloaded)  # the engine's listeners, in the order the app registered them
+        app._engine_listener(offloaded)
+        await wait_for(pilot, lambda: app.loaded is offloaded, what="the Loaded event")
+        status = app.query_one("#status", Static)
+        monitor = app.monitor_pane.query_one("#monitor-body", Static)
+        assert f"⚠ OFFLOADED 1/{layers} layers to cpu (slow)" in str(status.content)  # no reply yet: no figure
+
+        await send(pilot, app, "hello")
+        tps = next(e for e in finished if e.completion_tokens > 1).tokens_per_second
+        assert tps and app.decode_speed.rate == pytest.approx(tps)
+        loud = f"⚠ OFFLOADED 1/{layers} layers to cpu - decoding {tps:.1f} tok/s"
+        await wait_for(pilot, lambda: loud in str(status.content), timeout=10, what="the status bar's figure")
+
+        measured = f"decoding {tps:.1f} tok/s (measured on the replies since the load)"
+        await wait_for(pilot, lambda: measured in _plain(monitor), timeout=10, what="the monitor's figure")
+        text = _plain(monitor)
+        gpu0, gpu1 = text.split("GPU0 ")[1].split("GPU1 ")
+        assert "model weights 3.0 MiB · glmtui holds 2.0 GiB" in gpu0
+        held = f"{layers - 1} layer{'s' if layers > 2 else ''} ({'0' if layers == 2 else f'0-{layers - 2}'})"
+        assert f"model {held} · weights 7.0 MiB · glmtui holds 5.0 GiB" in gpu1
+
+        await pilot.press("f9")  # gone with the model: no GPU share, no speed
+        await wait_for(pilot, lambda: app.loaded is None, what="the unload")
+        await pilot.pause()
+        assert "model " not in _plain(monitor) and app.decode_speed.rate is None
 
 
 def _plain(static: Static) -> str:

@@ -19,10 +19,14 @@ from __future__ import annotations
 import queue
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from glmtui.agent.session import Action, AgentSession, Decision, GenerationFailed, Step
 from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams, Token
+
+if TYPE_CHECKING:  # pragma: no cover
+    from glmtui.agent.interpreter import CodeInterpreter
+    from glmtui.agent.toolbox import Toolbox
 
 MODES = ("chat", "tool", "code")
 MODE_LABELS = {"chat": "Chat", "tool": "Tool", "code": "Code"}
@@ -88,9 +92,9 @@ class AgentController:
         self.interpreter_timeout = DEFAULT_INTERPRETER_TIMEOUT
         self.mode = "chat"
         self.source: Optional[Callable] = None  # scripted model text (tests); None: the engine
-        self.toolbox = None
+        self.toolbox: Optional[Toolbox] = None
         self.toolbox_problems: list[str] = []
-        self.interpreter = None
+        self.interpreter: Optional[CodeInterpreter] = None
         self._session: Optional[AgentSession] = None
         self._turns: Optional[EngineTurns] = None
         self._thread: Optional[threading.Thread] = None
@@ -115,13 +119,14 @@ class AgentController:
         self.toolbox_problems = list(getattr(self.toolbox, "problems", []) or [])
         return self.toolbox
 
-    def get_interpreter(self):
-        if self.interpreter is None:
+    def get_interpreter(self) -> CodeInterpreter:
+        interpreter = self.interpreter
+        if interpreter is None:
             from glmtui.agent.interpreter import CodeInterpreter
 
-            self.interpreter = CodeInterpreter(self.workdir, timeout=self.interpreter_timeout)
-        self.interpreter.timeout = self.interpreter_timeout
-        return self.interpreter
+            interpreter = self.interpreter = CodeInterpreter(self.workdir, timeout=self.interpreter_timeout)
+        interpreter.timeout = self.interpreter_timeout
+        return interpreter
 
     def system_prompt(self) -> str:
         """The system turn of this mode (what a new session starts with)."""
@@ -142,8 +147,8 @@ class AgentController:
     # -------------------------------------------------------------- a send
 
     def start(self, text: str, history: list, params: GenerationParams, *,
-              on_message: Callable[[ChatMessage], None], on_text: Callable[[str], None],
-              on_step: Callable[[Step], None], on_done: Callable[[], None]) -> None:
+              on_message: Callable[[ChatMessage], Any], on_text: Callable[[str], Any],
+              on_step: Callable[[Step], Any], on_done: Callable[[], Any]) -> None:
         """Run ``text`` after ``history`` (the conversation's earlier turns, with their metadata) on a
         thread; the callbacks run on the UI thread (through ``post``), in order."""
         if self.busy:
@@ -151,8 +156,9 @@ class AgentController:
         self._stopping.clear()
         if self.mode == "tool":
             self.load_toolbox()
-        self._turns = None if self.source is not None else EngineTurns(self.engine, params)
-        session = self._new_session(self.source if self.source is not None else self._turns)
+        source: Callable = self.source if self.source is not None else EngineTurns(self.engine, params)
+        self._turns = source if isinstance(source, EngineTurns) else None
+        session = self._new_session(source)
         session.messages[1:1] = list(history)  # after the mode's system turn
         session.on_message = lambda message: self.post(on_message, message)
         session.on_text = lambda piece: self.post(on_text, piece)

@@ -5,7 +5,8 @@ Each model turn streams into its own message; a tool call or code block is shown
 of its own (the tool's name and arguments, or the code) with what came of it (ran, declined,
 malformed, not allowed here); its result follows as a "Result" message (images as file links).
 Every turn is saved as it is added: user, assistant (with the tool name or "interpreter" as
-metadata) and observation rows, so the conversation can be read, searched and continued.
+metadata) and observation rows, so the conversation can be read, searched and continued. The store is
+called on its worker thread (ui/store_calls.py), in order; each turn is shown once it is saved.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from glmtui.engine.events import ChatMessage
 
 from .agent_controller import MODE_LABELS, AgentController
 from .chat import AssistantMessage, Turn, make_title
+from .store_calls import store_calls
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -148,6 +150,7 @@ class AgentView:
         self._images: list = []
         self._modal: Optional[ToolConfirmModal] = None
         self._cid: Optional[int] = None
+        self._starting = False  # a send's history is being read (or its conversation saved): it starts next
 
     @property
     def mode(self) -> str:
@@ -155,7 +158,7 @@ class AgentView:
 
     @property
     def busy(self) -> bool:
-        return self.controller.busy
+        return self._starting or self.controller.busy
 
     def header_label(self) -> Optional[Text]:
         if self.mode == "chat":
@@ -199,17 +202,11 @@ class AgentView:
         if app.loaded is None and self.controller.source is None:
             app.notify("No model loaded: press Ctrl+L to load one.", severity="error", title="Cannot send")
             return False
-        store = app.store
-        history = []
-        if chat.conversation_id is not None:
-            for m in app.db(store.messages, chat.conversation_id) or []:
-                if m.role in ("user", "assistant", "observation") and m.status != "error" and (m.content or m.metadata):
-                    history.append(ChatMessage(m.role, m.content, m.metadata))
-        else:
-            chat.title = make_title(text)
-            model = app.loaded.model_name if app.loaded is not None else None
-            chat.conversation_id = app.db(store.create_conversation, chat.title, model,
-                                          self.controller.system_prompt(), chat.params)
+        self._starting = True
+        try:
+            history = await self._history_of(chat, text)
+        finally:
+            self._starting = False
         self._chat, self._streaming, self._images = chat, None, []
         self._cid = chat.conversation_id  # where this send's turns are saved, whatever is shown later
         self.controller.start(text, history, chat.generation_params(), on_message=self._message_added,
@@ -219,13 +216,29 @@ class AgentView:
         app.history_changed()
         return True
 
+    async def _history_of(self, chat: "ChatPane", text: str) -> list[ChatMessage]:
+        """The open conversation's earlier turns; a new conversation is saved first (and has none)."""
+        app, calls = self.app, store_calls(self.app)
+        store = app.store
+        history = []
+        if chat.conversation_id is not None:
+            for m in await calls.call(store.messages, chat.conversation_id) or []:
+                if m.role in ("user", "assistant", "observation") and m.status != "error" and (m.content or m.metadata):
+                    history.append(ChatMessage(m.role, m.content, m.metadata))
+        else:
+            chat.title = make_title(text)
+            model = app.loaded.model_name if app.loaded is not None else None
+            chat.conversation_id = await calls.call(store.create_conversation, chat.title, model,
+                                                    self.controller.system_prompt(), chat.params)
+        return history
+
     # -------------------------------------------------------------- the session's callbacks (UI thread)
 
-    def _save(self, message: ChatMessage, status: str = "complete") -> Optional[int]:
+    async def _save(self, message: ChatMessage, status: str = "complete") -> Optional[int]:
         if self._cid is None:
             return None
-        return self.app.db(self.app.store.add_message, self._cid, message.role, message.content,
-                           status, None, message.metadata)
+        return await store_calls(self.app).call(self.app.store.add_message, self._cid, message.role,
+                                                message.content, status, None, message.metadata)
 
     def _model(self) -> str:
         return self.app.loaded.model_name if self.app.loaded is not None else "GLM"
@@ -264,7 +277,7 @@ class AgentView:
     async def _message_added(self, message: ChatMessage) -> None:
         stopped = self.controller._stopping.is_set()  # noqa: SLF001
         status = "stopped" if stopped and message.role == "assistant" else "complete"
-        mid = self._save(message, status)
+        mid = await self._save(message, status)
         if message.role == "user":
             await self._mount("user", message.content, "complete", "You", mid)
             return
@@ -275,10 +288,11 @@ class AgentView:
             self._images = []
             return
         shown = call_text(message) if message.metadata else message.content
-        turn, self._streaming = self._streaming, None
-        if turn is None:
+        streamed, self._streaming = self._streaming, None
+        if streamed is None:
             turn = await self._mount("assistant", shown, status, self._model(), mid)
         else:
+            turn = streamed
             await turn.widget.finish(shown, status, {})
         turn.content, turn.status, turn.message_id = message.content, status, mid
         if message.metadata:

@@ -15,6 +15,8 @@ the document (user: text typed, assistant: a continuation). Before a generation
 the document is compared with them: the messages it still starts with stay,
 the rest (edited away, or the continuation being regenerated) are deleted once
 the new continuation has started, and new typed text becomes a user message.
+Every store call runs on the store's worker thread (ui/store_calls.py), in the order asked; a generation
+starts once its messages are saved, and the saves during and after it are queued behind them.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Static, TextArea
 
 from glmtui.engine.events import Failed, Finished, Started, Token
 
 from .chat import FLUSH_INTERVAL, format_stats, make_title, params_from_dict, visible
+from .store_calls import store_calls
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import GlmApp
@@ -95,7 +97,8 @@ class CompletionScreen(Screen):
         self.segments: list[Segment] = []
         self.active: Optional[ActiveCompletion] = None
         self.last_stats: dict = {}
-        self.finished = 0  # generations ended (tests wait on it)
+        self.finished = 0  # generations ended, their continuation saved (tests wait on it)
+        self.starting = False  # a generation's messages are being saved; it starts next
 
     def compose(self) -> Iterable:
         yield Static(id="completion-title")
@@ -104,12 +107,13 @@ class CompletionScreen(Screen):
                                  placeholder="Type the beginning of a text; Ctrl+G has the model continue it")
         yield Static(id="completion-meta")
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.params = dict(self.app.default_params)
-        if self.initial_id is not None:
-            self.open(self.initial_id)
         self.refresh_header()
         self.document.focus()
+        if self.initial_id is not None:
+            await self.open(self.initial_id)
+            self.refresh_header()
 
     # -------------------------------------------------------------- views
 
@@ -142,18 +146,18 @@ class CompletionScreen(Screen):
                 meta.append("\n" + format_stats(self.last_stats), style="dim")
         self.query_one("#completion-meta", Static).update(meta)
 
-    def open(self, conversation_id: int) -> None:
-        store = self.app.store
-        conv = self.app.db(store.get_conversation, conversation_id)
+    async def open(self, conversation_id: int) -> None:
+        store, calls = self.app.store, store_calls(self.app)
+        conv = await calls.call(store.get_conversation, conversation_id)
         if conv is None:
             self.app.notify("That conversation no longer exists.", severity="warning")
             return
+        messages = await calls.call(store.messages, conv.id) or []
         self.conversation_id = conv.id
         self.title_text = conv.title
         self.params = {**self.app.default_params, **(conv.params or {})}
-        self.segments = [Segment(m.role, m.content, m.id) for m in self.app.db(store.messages, conv.id) or []
-                         if m.role in ("user", "assistant")]
-        last = next((m for m in reversed(self.app.db(store.messages, conv.id) or []) if m.role == "assistant"), None)
+        self.segments = [Segment(m.role, m.content, m.id) for m in messages if m.role in ("user", "assistant")]
+        last = next((m for m in reversed(messages) if m.role == "assistant"), None)
         self.last_stats = dict(last.stats or {}) if last is not None else {}
         self._show(self.saved_text)
 
@@ -191,7 +195,7 @@ class CompletionScreen(Screen):
             _system, values = result  # a completion has no system prompt: only the parameters count
             self.params = {**self.params, **values}
             if self.conversation_id is not None:
-                self.app.db(self.app.store.update_settings, self.conversation_id, params=self.params)
+                store_calls(self.app).call(self.app.store.update_settings, self.conversation_id, params=self.params)
             self.refresh_header()
 
         self.app.push_screen(SettingsModal("", params_from_dict(self.params)), done)
@@ -217,7 +221,7 @@ class CompletionScreen(Screen):
 
     async def action_generate(self) -> None:
         """Continue the document as it stands."""
-        if self.active is not None:
+        if self.active is not None or self.starting:
             self.app.notify("The model is still writing: Esc stops it.", severity="warning")
             return
         if self.app.loaded is None:
@@ -236,25 +240,21 @@ class CompletionScreen(Screen):
                 break
             kept, offset = kept + 1, offset + len(shown)
         stale = self.segments[kept:]
+        self.starting = True
+        self.document.read_only = True  # what is being saved is what the model continues
+        try:
+            segment = await self._save_prompt(text, kept, offset)
+        finally:
+            self.starting = False
+            self.document.read_only = False
         store = self.app.store
-        if self.conversation_id is None:
-            self.title_text = make_title(text)
-            self.conversation_id = self.app.db(store.create_conversation, self.title_text,
-                                               self.app.loaded.model_name, "", self.params, kind=KIND)
-        cid = self.conversation_id
-        self.segments = self.segments[:kept]
-        if offset < len(text):
-            typed = text[offset:]
-            mid = self.app.db(store.add_message, cid, "user", typed) if cid is not None else None
-            self.segments.append(Segment("user", typed, mid))
-        mid = self.app.db(store.add_message, cid, "assistant", "", "streaming") if cid is not None else None
-        segment = Segment("assistant", "", mid)
+        mid = segment.message_id
         prompt = "".join(s.text for s in self.segments)
         try:
             request_id = self.app.engine.generate([], params_from_dict(self.params), prompt_text=prompt)
         except Exception as exc:  # noqa: BLE001 - an engine that refuses at once
             if mid is not None:
-                self.app.db(store.delete_message, mid)
+                store_calls(self.app).call(store.delete_message, mid)
             self.segments = self.segments[:kept] + stale
             self.app.notify(f"{type(exc).__name__}: {exc}", severity="error", title="Cannot continue")
             return
@@ -266,6 +266,27 @@ class CompletionScreen(Screen):
         self.refresh_header()
         self.app.history_changed()
 
+    async def _save_prompt(self, text: str, kept: int, offset: int) -> Segment:
+        """Save a new conversation (if this is one), the typed text after the kept messages and an empty
+        continuation; the continuation's segment (its message id None where saving failed)."""
+        store, calls = self.app.store, store_calls(self.app)
+        if self.conversation_id is None:
+            self.title_text = make_title(text)
+            model = self.app.loaded.model_name if self.app.loaded is not None else None
+            self.conversation_id = await calls.call(store.create_conversation, self.title_text, model, "",
+                                                    self.params, kind=KIND)
+        cid = self.conversation_id
+        self.segments = self.segments[:kept]
+        if offset < len(text):
+            typed = text[offset:]
+            mid = await calls.call(store.add_message, cid, "user", typed) if cid is not None else None
+            self.segments.append(Segment("user", typed, mid))
+        mid = await calls.call(store.add_message, cid, "assistant", "", "streaming") if cid is not None else None
+        return Segment("assistant", "", mid)
+
+    def _count_end(self, _saved: object) -> None:
+        self.finished += 1
+
     # -------------------------------------------------------------- engine events
 
     async def on_generation_event(self, event) -> None:
@@ -276,7 +297,7 @@ class CompletionScreen(Screen):
             active.started = True
             for segment in active.stale:  # replaced by the continuation that has now started
                 if segment.message_id is not None:
-                    self.app.db(self.app.store.delete_message, segment.message_id)
+                    store_calls(self.app).call(self.app.store.delete_message, segment.message_id)
             active.stale = []
         if isinstance(event, Started):
             active.prompt_tokens = event.prompt_tokens
@@ -287,7 +308,8 @@ class CompletionScreen(Screen):
             now = time.monotonic()
             if active.segment.message_id is not None and now - active.last_flush >= FLUSH_INTERVAL:
                 active.last_flush = now
-                self.app.db(self.app.store.update_message, active.segment.message_id, active.segment.text, "streaming")
+                store_calls(self.app).call(self.app.store.update_message, active.segment.message_id,
+                                           active.segment.text, "streaming")
         elif isinstance(event, Finished):
             if event.text.startswith(active.segment.text) and len(event.text) > len(active.segment.text):
                 self._append(event.text[len(active.segment.text):])  # tokens not shown yet
@@ -298,7 +320,7 @@ class CompletionScreen(Screen):
         elif isinstance(event, Failed):
             if not active.started and active.stale:  # nothing written: everything as it was
                 if active.segment.message_id is not None:
-                    self.app.db(self.app.store.delete_message, active.segment.message_id)
+                    store_calls(self.app).call(self.app.store.delete_message, active.segment.message_id)
                 self.segments = [s for s in self.segments if s is not active.segment] + active.stale
                 self.active = None
                 self.document.read_only = False
@@ -319,11 +341,13 @@ class CompletionScreen(Screen):
         active = self.active
         assert active is not None
         self.active = None
-        self.finished += 1
         self.last_stats = {k: v for k, v in stats.items() if v is not None}
         if active.segment.message_id is not None:
-            self.app.db(self.app.store.update_message, active.segment.message_id, active.segment.text, status,
-                        self.last_stats)
+            saved = store_calls(self.app).call(self.app.store.update_message, active.segment.message_id,
+                                               active.segment.text, status, self.last_stats)
+            saved.add_done_callback(self._count_end)
+        else:
+            self._count_end(None)
         if not active.segment.text and status != "complete":
             self.segments = [s for s in self.segments if s is not active.segment or s.message_id is not None]
         doc = self.document

@@ -1,8 +1,11 @@
-"""The history pane: saved conversations, and full-text search over them."""
+"""The history pane: saved conversations, and full-text search over them.
+
+The list is read off the UI thread (ui/store_calls.py); the newest reload wins, an older one's rows are dropped.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional, Protocol, cast
 
 from rich.text import Text
 from textual.binding import Binding
@@ -12,15 +15,23 @@ from textual.timer import Timer
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from .lists import SteadyOptionList
+from glmtui.store import HistoryStore
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import GlmApp
+from .lists import SteadyOptionList
+from .store_calls import store_calls
+
+
+class HistoryHost(Protocol):
+    """What the pane asks of its app (never imported from app.py: no import circle)."""
+
+    store: HistoryStore
+
 
 LIST_LIMIT = 500
 SEARCH_LIMIT = 100
 COMPLETION_MARK = "✎ "  # before a completion's title
 MARKS = ("\x01", "\x02")  # snippet highlight marks (never in stored text shown here)
+_SUPERSEDED = object()  # a reload overtaken by a newer one before it ran
 
 
 def snippet_text(snippet: str) -> Text:
@@ -48,6 +59,14 @@ class ConversationList(SteadyOptionList):
         Binding("delete", "app.delete_conversation", "Delete", show=False),
     ]
 
+    def action_select(self) -> None:
+        """Enter while a search is still being read opens its best match once it arrives."""
+        pane = self.parent
+        if isinstance(pane, HistoryPane) and pane.results_pending:
+            pane.open_first = True
+            return
+        super().action_select()
+
     def action_cursor_up(self) -> None:
         """Up from the first row goes back to the search box (Down came from there)."""
         if self.highlighted in (None, 0) and isinstance(self.parent, HistoryPane):
@@ -59,8 +78,6 @@ class ConversationList(SteadyOptionList):
 
 class HistoryPane(Vertical):
     """Conversation list with a search box on top."""
-
-    app: "GlmApp"
 
     # Down in the search box moves into the results (Up from the first result comes back)
     BINDINGS = [Binding("down", "results", "Results", show=False)]
@@ -76,6 +93,9 @@ class HistoryPane(Vertical):
         self.current_id: Optional[int] = None
         self._debounce: Optional[Timer] = None
         self._shown: Optional[tuple] = None  # what the list shows: a reload that would show the same skips the rebuild
+        self._reloads = 0  # reloads asked for; only the newest one's rows are shown
+        self.results_pending = False  # the search box asked to move into results still being read
+        self.open_first = False  # ... and Enter was typed meanwhile: open the best match
         self.border_title = "History"
 
     def compose(self) -> Iterable:
@@ -85,6 +105,10 @@ class HistoryPane(Vertical):
 
     def on_mount(self) -> None:
         self.reload()
+
+    def on_unmount(self) -> None:
+        # The app closes the store once its panes are gone: the saves still queued land first.
+        store_calls(self.app).flush(timeout=5.0)
 
     @property
     def option_list(self) -> ConversationList:
@@ -102,13 +126,31 @@ class HistoryPane(Vertical):
         return int(option.id.split(":", 1)[1]) if option.id else None
 
     def reload(self) -> None:
-        """Re-read the list (or re-run the search) from the store."""
-        store = self.app.store
-        ol = self.option_list
+        """Re-read the list (or re-run the search) from the store, on the store's worker thread."""
+        self._reloads += 1
+        seq, query, store = self._reloads, self.query_text, cast(HistoryHost, self.app).store
+
+        def read() -> object:
+            if seq != self._reloads:
+                return _SUPERSEDED
+            if query.strip():
+                return store.search(query, SEARCH_LIMIT, marks=MARKS)
+            return store.list_conversations(LIST_LIMIT)
+
+        future = store_calls(self.app).call(read)
+        future.add_done_callback(lambda done: self._show_rows(seq, query, done))
+
+    def _show_rows(self, seq: int, query: str, done) -> None:
+        if seq != self._reloads or done.cancelled():
+            return  # a newer reload is on its way
+        rows = done.result()  # store errors were shown and came back as None; anything else is raised here
+        if rows is _SUPERSEDED or not self.is_attached:
+            return
+        store = cast(HistoryHost, self.app).store
         keep = self.highlighted_id()
         options: list[Option] = []
-        if self.query_text.strip():
-            hits = self.app.db(store.search, self.query_text, SEARCH_LIMIT, marks=MARKS) or []
+        if query.strip():
+            hits = rows or []
             seen: set[tuple[int, Optional[int]]] = set()
             for hit in hits:
                 key = (hit.conversation_id, hit.message_id)
@@ -121,9 +163,9 @@ class HistoryPane(Vertical):
                 prompt.append(role, style="dim")
                 prompt.append_text(snippet_text(hit.snippet))
                 options.append(Option(prompt, id=f"hit{len(options)}:{hit.conversation_id}"))
-            info = f"{len(options)} match{'es' if len(options) != 1 else ''} for “{self.query_text.strip()}”"
+            info = f"{len(options)} match{'es' if len(options) != 1 else ''} for “{query.strip()}”"
         else:
-            conversations = self.app.db(store.list_conversations, LIST_LIMIT) or []
+            conversations = rows or []
             for conv in conversations:
                 marker = "● " if conv.id == self.current_id else "  "
                 prompt = Text(marker, style="bold")
@@ -136,8 +178,13 @@ class HistoryPane(Vertical):
             if store.in_memory:
                 info += " · in memory only"
         shown = (info, [(option.id, str(option.prompt)) for option in options])
-        if shown == self._shown:
-            return  # unchanged (a reply in the current conversation): rebuilding 500 rows costs 30-70 ms
+        if shown != self._shown:  # unchanged (a reply in the current conversation): rebuilding 500 rows costs 30-70 ms
+            self._rebuild(shown, options, keep, info)
+        if self.results_pending:
+            self._enter_results()
+
+    def _rebuild(self, shown: tuple, options: list[Option], keep: Optional[int], info: str) -> None:
+        ol = self.option_list
         self._shown = shown
         ol.clear_options()
         ol.add_options(options)
@@ -167,19 +214,30 @@ class HistoryPane(Vertical):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        if self.results_pending and self.query_text == self.search_input.value:
+            self.open_first = True  # Enter again before the results came: open the best match
+            return
         self.action_results()
 
     def action_results(self) -> None:
-        """Run the typed search now (not after the debounce) and move into its results."""
+        """Run the typed search now (not after the debounce) and move into its results once they are read."""
         if self._debounce is not None:
             self._debounce.stop()
             self._debounce = None
         self.query_text = self.search_input.value  # typed keys may be ahead of their Changed messages
+        self.results_pending = True
         self.reload()
+
+    def _enter_results(self) -> None:
+        self.results_pending = False
+        open_first, self.open_first = self.open_first, False
         ol = self.option_list
-        if ol.option_count:
-            ol.highlighted = 0  # the best match
-            ol.screen.set_focus(ol)  # at once: Enter typed right after opens it
+        if not ol.option_count:
+            return
+        ol.highlighted = 0  # the best match
+        ol.screen.set_focus(ol)  # Enter typed right after opens it
+        if open_first:
+            ol.action_select()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

@@ -19,6 +19,7 @@ from glmtui.ui.app import GlmApp
 from glmtui.ui.chat import AssistantMessage, visible
 from glmtui.ui.modals import ConfirmModal, ModeModal, SettingsModal, TextModal
 from glmtui.ui.monitor import fmt_bytes, render_snapshot, sparkline
+from glmtui.ui.store_calls import store_calls
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 24}
 GiB = 2**30
@@ -188,8 +189,8 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         assert app.focused.id == "search"
         await type_text(pilot, "short story")
         await pilot.press("enter")
-        await pilot.pause()
         history = app.history_pane
+        await wait_for(pilot, lambda: app.focused is history.option_list, what="the search results")
         assert history.option_list.option_count >= 1
         assert app.focused is history.option_list
         await pilot.press("enter")
@@ -224,6 +225,7 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         await pilot.press("ctrl+f")
         app.history_pane.search_input.value = ""
         await pilot.pause(0.3)
+        await store_calls(app).settled()
         app.history_pane.option_list.focus()
         ids = [app.history_pane.option_list.get_option_at_index(i).id for i in range(app.history_pane.option_list.option_count)]
         app.history_pane.option_list.highlighted = ids.index(f"conv:{other}")
@@ -235,6 +237,7 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         await pilot.press("y")
         await pilot.pause()
         assert stored(other, app)[0] is None and stored(cid, app)[0] is not None
+        await store_calls(app).settled()
         assert app.history_pane.option_list.option_count == 1
 
     # restart on the same GLMTUI_HOME: the conversation is there and continues
@@ -975,6 +978,7 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
         # reloading the list for the new conversation refreshes it a few times; the reply's frames do not
         assert counts["scrollbar"] <= 12 < counts["layouts"], counts
 
+        await store_calls(app).settled()
         rows = conversations.option_count
         assert rows == 81 and conversations.virtual_size.height >= rows
         conversations.focus()
@@ -1008,15 +1012,18 @@ async def test_the_history_list_is_rebuilt_only_when_it_changes(chatglm3_dir, qu
             conversations = app.query_one("#conversations", ConversationList)
             assert await chat.send("first question")  # a new conversation: the list gains a row
             await wait_for(pilot, lambda: chat.active is None, what="the first reply")
+            await store_calls(app).settled()
             assert conversations.option_count == 31
             assert "first question" in str(conversations.get_option_at_index(0).prompt)
             before = len(rebuilds)
             assert before >= 1
             assert await chat.send("second question")  # same conversation, already on top
             await wait_for(pilot, lambda: chat.active is None and len(chat.turns) == 4, what="the second reply")
+            await store_calls(app).settled()
             assert len(rebuilds) == before, "an unchanged list was rebuilt"
             app.history_pane.query_text = "conversation 7"
             app.history_pane.reload()
+            await store_calls(app).settled()
             assert len(rebuilds) == before + 1
             assert conversations.option_count >= 1
     finally:
@@ -1055,6 +1062,7 @@ async def test_banner_for_a_read_only_history_file(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
+        await store_calls(app).settled()
         assert _banner(app).display and "read-only (mode 0400)" in screen_text(app)
         assert app.history_pane.option_list.option_count == 2  # its conversations are shown
 
@@ -1104,6 +1112,7 @@ async def test_a_history_with_damaged_pages_is_repaired_at_start(quiet_sampler):
         await pilot.pause()
         assert any("12 conversations" in n and "48 messages were recovered" in n and ".corrupt-" in n
                    for n in notifications(app))
+        await store_calls(app).settled()
         assert app.history_pane.option_list.option_count == 12 and not _banner(app).display
         assert [h.conversation_id for h in app.store.search("topic7") if h.message_id] == [8] * 4
         assert app.store.create_conversation("saved again") == 13

@@ -15,6 +15,7 @@ from glmtui.ui.app import GlmApp
 from glmtui.ui.chat_text import visible
 from glmtui.ui.completion import CompletionScreen
 from glmtui.ui.history import COMPLETION_MARK
+from glmtui.ui.store_calls import store_calls
 from helpers import notifications, type_text, wait_for
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12}
@@ -93,11 +94,12 @@ async def test_completion_view_continues_stops_regenerates_and_is_saved(chatty_c
 
         # stop: a long continuation, Esc while it is written; what was written is kept, marked stopped
         screen.params["max_new_tokens"] = 5000
+        ended = screen.finished
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: screen.active is not None and len(screen.active.segment.text) > 5,
                        what="some text")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: screen.active is None, what="stop")
+        await wait_for(pilot, lambda: screen.finished > ended, what="stop")
         last = messages(app, screen)[-1]
         assert last[2] == "stopped" and last[1] and screen.document.text.endswith(visible(last[1]))
         assert screen.last_stats["finish_reason"] == "cancelled"
@@ -110,6 +112,7 @@ async def test_completion_view_continues_stops_regenerates_and_is_saved(chatty_c
         assert not isinstance(app.screen, CompletionScreen)
         history = app.history_pane
         history.reload()
+        await store_calls(app).settled()  # the list is read off the UI thread
         rows = [str(history.option_list.get_option_at_index(i).prompt)
                 for i in range(history.option_list.option_count)]
         assert any(COMPLETION_MARK + "Once upon" in row for row in rows)

@@ -1,0 +1,165 @@
+"""The history store is never called on the UI thread by the history pane, the completion view or the
+agent view (issue 15): a trace callback on the app's real SQLite connection records every statement run on
+the app's thread while one of those modules is on the stack. The panes are driven through Pilot; what
+they saved is read back and what they read is on screen."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import glmtui.ui.agent_controller
+import glmtui.ui.agent_view
+import glmtui.ui.completion
+import glmtui.ui.history
+import glmtui.ui.store_calls
+from agent_helpers import ScriptedModel, call
+from glmtui.config import default_paths
+from glmtui.engine.prompts import ChatGLM3Format
+from glmtui.store import HistoryStore
+from glmtui.ui.app import GlmApp
+from glmtui.ui.completion import CompletionScreen
+from glmtui.ui.store_calls import store_calls
+from helpers import notifications, type_text, wait_for
+
+GREEDY = {"temperature": 0.0, "max_new_tokens": 8}
+WATCHED = {Path(m.__file__).resolve() for m in (glmtui.ui.history, glmtui.ui.completion, glmtui.ui.agent_view,
+                                                 glmtui.ui.agent_controller, glmtui.ui.store_calls)}
+
+
+@pytest.fixture(autouse=True)
+def in_process_engine(monkeypatch):
+    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+
+
+class UiThreadGuard:
+    """Records each SQL statement the app's thread runs with a watched module on the stack."""
+
+    def __init__(self, app: GlmApp) -> None:
+        self.ui_thread = threading.get_ident()  # Pilot runs the app on the test's event loop thread
+        self.calls: list[str] = []
+        self.off_thread = 0  # statements on other threads (the store's worker): the panes' calls go there
+        app.store._conn.set_trace_callback(self._trace)  # noqa: SLF001 - the real connection, watched
+
+    def _trace(self, sql: str) -> None:
+        if threading.get_ident() != self.ui_thread:
+            self.off_thread += 1
+            return
+        frame = sys._getframe(1)
+        while frame is not None:
+            path = Path(frame.f_code.co_filename).resolve()
+            if path in WATCHED:
+                self.calls.append(f"{path.name}:{frame.f_lineno} {frame.f_code.co_name}: {sql.split()[0]}")
+                return
+            frame = frame.f_back
+
+
+def _seed() -> int:
+    store = HistoryStore.open(default_paths().history_db)
+    for n in range(3):
+        cid = store.create_conversation(f"weather talk {n}", None)
+        store.add_message(cid, "user", f"is it raining {n}?")
+        store.add_message(cid, "assistant", "no")
+    completion = store.create_conversation("Once upon", None, kind="completion")
+    store.add_message(completion, "user", "Once upon")
+    store.add_message(completion, "assistant", " a time")
+    store.close()
+    return completion
+
+
+async def test_the_guard_sees_a_store_call_made_on_the_ui_thread_from_a_watched_module(quiet_sampler):
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        guard = UiThreadGuard(app)
+        await store_calls(app).settled()
+        assert guard.calls == []
+        # the same call, made on this (the app's) thread from code of history.py: recorded
+        exec(compile("store.list_conversations(5)", glmtui.ui.history.__file__, "exec"), {"store": app.store})
+        await pilot.pause()
+        assert guard.calls and guard.calls[0].startswith("history.py")
+
+
+async def test_history_completion_and_agent_views_call_the_store_off_the_ui_thread(chatty_chatglm3, quiet_sampler):
+    completion_id = _seed()
+    fmt = ChatGLM3Format(chatty_chatglm3 / "tokenizer.model")
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(120, 40)) as pilot:
+        guard = UiThreadGuard(app)
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        history = app.history_pane
+        history.reload()
+        await wait_for(pilot, lambda: history.option_list.option_count == 4, what="the list read off the UI thread")
+
+        # search: typed, Enter moves into the results once they are read, Enter opens the best match
+        await pilot.press("ctrl+f")
+        await type_text(pilot, "raining 2")
+        await pilot.press("enter")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.chat_pane.title == "weather talk 2", what="the match opened")
+
+        # the completion view: opened from the history, continued, its settings saved
+        history.post_message(history.Open(completion_id))
+        await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen)
+                       and app.screen.document.text == "Once upon a time", what="the completion opened")
+        screen = app.screen
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: screen.finished == 1, what="the continuation")
+        screen.params["top_p"] = 0.5
+        screen.action_settings()
+        await wait_for(pilot, lambda: app.screen is not screen, what="the settings dialog")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen, what="the settings saved")
+        await store_calls(app).settled()
+        assert app.store.get_conversation(completion_id).params["top_p"] == 0.5
+        saved = app.store.messages(completion_id)
+        assert [m.role for m in saved] == ["user", "assistant", "assistant"] and saved[-1].status == "complete"
+        assert [s.message_id for s in screen.segments] == [m.id for m in saved]  # nothing saved is lost
+        assert screen.saved_text == "".join(m.content for m in saved) and saved[-1].content
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompletionScreen), what="back to the chat")
+
+        # the agent view: Tool mode with a scripted model (history read, new conversation and turns saved)
+        await app.run_action("new_chat")
+        await pilot.press("f10")
+        app.agent.controller.auto_run_builtins = True
+        app.agent.controller.source = ScriptedModel(fmt, [call("calculate", expression="2+2"), "Four."])
+        chat = app.chat_pane
+        chat.input.focus()
+        await type_text(pilot, "2+2?")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.agent.busy or chat.turns, what="the send")
+        await wait_for(pilot, lambda: not app.agent.busy, what="the turns")
+        cid = chat.conversation_id
+        assert [(m.role, m.metadata) for m in app.store.messages(cid)] == [
+            ("user", ""), ("assistant", "calculate"), ("observation", ""), ("assistant", "")]
+        assert [t.message_id for t in chat.turns] == [m.id for m in app.store.messages(cid)]
+        history.search_input.value = ""  # back from the search to the list
+        await wait_for(pilot, lambda: any("2+2?" in str(history.option_list.get_option_at_index(i).prompt)
+                                          for i in range(history.option_list.option_count)), what="listed")
+
+        assert not [n for n in notifications(app) if "rror" in n]
+        assert guard.off_thread > 0
+        assert guard.calls == [], "store calls on the UI thread:\n  " + "\n  ".join(guard.calls)
+
+
+async def test_saves_still_queued_at_exit_land_before_the_store_closes(quiet_sampler):
+    cid = _seed()
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+
+        def slow_save() -> None:  # a save on a slow disk, still running when the user quits
+            time.sleep(0.5)
+            app.store.rename(cid, "saved at exit")
+
+        store_calls(app).call(slow_save)
+        app.exit()
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        assert store.get_conversation(cid).title == "saved at exit"
+    finally:
+        store.close()

@@ -176,7 +176,7 @@ def tui_memory_run(folder: str, cycles: int, modes: list[str]) -> None:
                 await pilot.pause(0.5)
                 after.append(glmtui_rss())
             return {"kind": "tui", "before": before, "after": after, "torch_here": "torch" in sys.modules,
-                    "engine": type(app.engine).__name__, "note": app.unloaded_note}
+                    "engine": type(app.engine).__name__, "note": app.model.unloaded_note}
 
     print(json.dumps(asyncio.run(run())), flush=True)
 

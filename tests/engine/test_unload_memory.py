@@ -9,7 +9,8 @@ import pytest
 
 import tiny_models
 from glmtui.monitor import Sampler
-from glmtui.ui.app import UNLOAD_MARGIN, GlmApp, unload_memory_note
+from glmtui.ui.app import GlmApp
+from glmtui.ui.unload_note import UNLOAD_MARGIN, unload_memory_note
 
 MiB = 2**20
 
@@ -55,10 +56,10 @@ async def test_load_unload_cycle_shows_memory_moving(sizeable_model):
                     "resident memory to rise with the model")
         app.action_unload() if hasattr(app, "action_unload") else app.engine.unload()
         await until(lambda: app.loaded is None, "the unload")
-        await until(lambda: app.unloaded_note and ("back to within" in app.unloaded_note
-                                                   or "stayed behind" in app.unloaded_note),
+        await until(lambda: app.model.unloaded_note and ("back to within" in app.model.unloaded_note
+                                                   or "stayed behind" in app.model.unloaded_note),
                     "the memory note")
-        note = app.unloaded_note
+        note = app.model.unloaded_note
         assert note.startswith("RAM back to within") or re.match(r"[\d.]+ \w+ of RAM stayed behind", note), note
         rss_after = app.monitor_pane.snapshot.host.process_rss
         if "back to within" in note:

@@ -267,7 +267,7 @@ async def test_loading_a_missing_folder_shows_a_message(tmp_path, quiet_sampler)
         await wait_for(pilot, lambda: any("not found" in n for n in notifications(app)), what="load error")
         assert app.loaded is None
         assert "Traceback" not in "".join(notifications(app))
-        assert "not found" in (app.models_pane.last_error or "")
+        assert "not found" in (app.model.last_error or "")
         # still alive and usable
         await pilot.press("ctrl+n")
         await pilot.press("f2")
@@ -339,16 +339,16 @@ async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
 
 
 async def test_load_modal_loads_a_folder(native_glm, quiet_sampler, monkeypatch):
-    from glmtui.ui.models import ModelsPane
+    from glmtui.ui.model_controller import ModelController
 
     stages = []
-    original = ModelsPane.set_load_progress
+    original = ModelController.set_stage
 
-    def record(self, stage, fraction):
+    def record(self, stage, fraction=None):
         stages.append(stage)
         original(self, stage, fraction)
 
-    monkeypatch.setattr(ModelsPane, "set_load_progress", record)
+    monkeypatch.setattr(ModelController, "set_stage", record)
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("ctrl+l")
@@ -542,17 +542,17 @@ async def test_download_cancel_resume_and_load_from_the_models_pane(fake_hub, qu
 
         fake_hub.slow = (2048, 0.05)  # slow enough to cancel mid-way
         await pilot.press("d")
-        await wait_for(pilot, lambda: any(j.progress and j.progress.bytes_done > 0 for j in models.jobs.values()),
+        await wait_for(pilot, lambda: any(j.progress and j.progress.bytes_done > 0 for j in app.model.jobs.values()),
                        what="download progress")
         assert app.query_one("#download-bar").display
         assert "downloading" in screen_text(app) or "running" in screen_text(app)
         await pilot.press("x")
-        await wait_for(pilot, lambda: all(j.finished for j in models.jobs.values()), what="cancel")
-        assert [j.state for j in models.jobs.values()] == ["cancelled"]
+        await wait_for(pilot, lambda: all(j.finished for j in app.model.jobs.values()), what="cancel")
+        assert [j.state for j in app.model.jobs.values()] == ["cancelled"]
 
         fake_hub.slow = None
         await pilot.press("d")
-        await wait_for(pilot, lambda: any(j.state == "done" for j in models.jobs.values()), what="download")
+        await wait_for(pilot, lambda: any(j.state == "done" for j in app.model.jobs.values()), what="download")
         await pilot.pause()
         row = models.highlighted_row()
         assert row.status.state == "complete" and row.status.verified
@@ -917,7 +917,7 @@ async def test_keys_typed_right_after_enter_are_kept(chatglm3_dir, quiet_sampler
 
         # a refused send (no model) keeps the text, in front of what was typed since
         chat.input.load_text("second")
-        app.loaded = None  # as after an unload: sending is refused
+        app.model.loaded = None  # as after an unload: sending is refused
         for key in ["enter", "!"]:
             event = events.Key(key, "\r" if key == "enter" else key)
             event.set_sender(app)
@@ -1387,7 +1387,7 @@ def test_download_progress_is_in_binary_units():
 
 
 def test_unload_note_compares_with_the_figure_after_the_imports():
-    from glmtui.ui.app import unload_memory_note
+    from glmtui.ui.unload_note import unload_memory_note
 
     MiB = 2**20
     note = unload_memory_note("RAM", 50 * MiB, 440 * MiB, after_imports=430 * MiB)
@@ -1415,7 +1415,7 @@ def test_unload_after_the_first_load_names_the_imports(chatglm3_dir, tmp_path):
                         await pilot.pause(0.1)
                         if condition():
                             return
-                    raise SystemExit(f"timed out waiting for {what}: {app.models_pane.last_error}")
+                    raise SystemExit(f"timed out waiting for {what}: {app.model.last_error}")
 
                 await until(lambda: app.monitor_pane.snapshot is not None, "a sample")
                 print("torch before", "torch" in sys.modules)
@@ -1423,10 +1423,10 @@ def test_unload_after_the_first_load_names_the_imports(chatglm3_dir, tmp_path):
                 await until(lambda: app.loaded is not None, "the load")
                 app.action_unload()
                 await until(lambda: app.loaded is None, "the unload")
-                await until(lambda: app.unloaded_note and ("back to" in app.unloaded_note
-                                                           or "stayed behind" in app.unloaded_note), "the note")
+                await until(lambda: app.model.unloaded_note and ("back to" in app.model.unloaded_note
+                                                           or "stayed behind" in app.model.unloaded_note), "the note")
                 print("torch after", "torch" in sys.modules)
-                print("NOTE", app.unloaded_note)
+                print("NOTE", app.model.unloaded_note)
 
         asyncio.run(main(sys.argv[1]))
         """

@@ -1,0 +1,119 @@
+"""The engine -> UI bridge: GlmApp's half that takes the engine's events (on the engine's thread) to the UI.
+
+The listener only posts: an :class:`EngineEvent` per event, and tokens coalesced into a buffer
+with at most one :class:`TokensReady` queued. The model's events go to the ModelController, a
+generation's to the chat and an open completion view.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from textual.message import Message
+
+from glmtui.engine.events import Failed, Finished, Started, Token
+
+from .app_base import AppBase
+from .completion import CompletionScreen
+
+
+class EngineEvent(Message):
+    def __init__(self, event: Any) -> None:
+        super().__init__()
+        self.event = event
+
+
+STREAM_FRAME = 0.1  # seconds between re-renders of a streaming reply
+
+
+class TokensReady(Message):
+    """Streamed text is waiting in the app's token buffer (at most one of these is queued)."""
+
+
+class EngineBridge(AppBase):
+    """GlmApp's engine side: the listener, the token buffer, and where each event goes."""
+
+    def _init_bridge(self) -> None:
+        # Tokens from the worker wait here until the UI takes them all at once.
+        self._token_lock = threading.Lock()
+        self._token_buffer: list[tuple[tuple[int, bool], list[str]]] = []  # (request id, reasoning): texts
+        self._tokens_posted = False
+        self._final_waiter: Optional[tuple[int, list, threading.Event]] = None
+
+    def _cancel_and_wait(self, request_id: int, timeout: float) -> Optional[Finished]:
+        """Cancel a generation and wait (at most ``timeout`` s) for its Finished: quitting mid-reply."""
+        waiter: tuple[int, list, threading.Event] = (request_id, [], threading.Event())
+        self._final_waiter = waiter
+        try:
+            self.engine.cancel(request_id)
+            waiter[2].wait(timeout)
+        except Exception:  # noqa: BLE001 - an engine already gone
+            pass
+        finally:
+            self._final_waiter = None
+        return next((e for e in waiter[1] if isinstance(e, Finished)), None)
+
+    def _engine_listener(self, event: Any) -> None:
+        """Called on the worker thread: hand over, never block.
+
+        Tokens are coalesced: they go into a buffer and at most one
+        TokensReady message is queued at a time, so while the UI renders,
+        later tokens pile up and are written in one go. One message and one
+        Markdown write per token made the UI's share of the GIL slow the
+        model itself (bench/bench_stream.py: 0.55 of plain generate).
+        """
+        waiter = self._final_waiter
+        if waiter is not None and isinstance(event, (Finished, Failed)) and event.request_id == waiter[0]:
+            waiter[1].append(event)
+            waiter[2].set()
+        self.model.engine_thread_event(event)  # the memory baseline of a load
+        if isinstance(event, Token):
+            with self._token_lock:
+                run = (event.request_id, event.reasoning)  # a reasoning model's <think> text never joins its answer
+                if self._token_buffer and self._token_buffer[-1][0] == run:
+                    self._token_buffer[-1][1].append(event.text)
+                else:
+                    self._token_buffer.append((run, [event.text]))
+                if self._tokens_posted:
+                    return
+                self._tokens_posted = True
+            self.post_message(TokensReady())
+            return
+        self.post_message(EngineEvent(event))
+
+    async def on_tokens_ready(self, message: TokensReady) -> None:
+        await self._write_buffered_tokens()
+        # Hold further TokensReady back for a frame: tokens pile up meanwhile and the
+        # reply is re-rendered at most 1 / STREAM_FRAME times a second instead of once per token.
+        self.set_timer(STREAM_FRAME, self._release_tokens)
+
+    async def _write_buffered_tokens(self) -> None:
+        with self._token_lock:
+            batch, self._token_buffer = self._token_buffer, []
+        for (request_id, reasoning), parts in batch:
+            await self._generation_event(Token(request_id, "".join(parts), reasoning=reasoning))
+
+    async def _generation_event(self, event: Any) -> None:
+        """A generation's event to the chat and to an open completion view (each takes its own requests)."""
+        await self.chat_pane.on_generation_event(event)
+        for screen in self.screen_stack:
+            if isinstance(screen, CompletionScreen):
+                await screen.on_generation_event(event)
+
+    def _release_tokens(self) -> None:
+        with self._token_lock:
+            pending = bool(self._token_buffer)
+            self._tokens_posted = pending
+        if pending:
+            self.post_message(TokensReady())
+
+    async def on_engine_event(self, message: EngineEvent) -> None:
+        event = message.event
+        if isinstance(event, (Finished, Failed)):
+            await self._write_buffered_tokens()  # the reply's last tokens come before its end
+        if isinstance(event, (Started, Token, Finished)):
+            await self._generation_event(event)
+        elif not self.model.handle(event) and isinstance(event, Failed):
+            # a generation of ours; others (the --api server's clients) report to their clients
+            await self._generation_event(event)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional, Protocol, Sequence, runtime_checkable
@@ -47,6 +48,9 @@ def default_mode(device: str, cuda_available: Optional[bool] = None) -> str:
 
 class Listeners:
     """The listener registry every engine shares: needs ``self._lock`` and ``self._listeners``."""
+
+    _lock: threading.Lock
+    _listeners: list[Listener]
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:

@@ -103,7 +103,7 @@ class CompiledDecode:
             fullgraph=False,
         )
         # transformers compiles on CUDA by itself; elsewhere only when asked (tests on the CPU).
-        self.compile_config._compile_all_devices = not on_cuda or None
+        self.compile_config._compile_all_devices = not on_cuda or None  # type: ignore[assignment]  # typed None there
 
     def disable(self, reason: str) -> None:
         if self.enabled:
@@ -124,7 +124,7 @@ class CompiledDecode:
 
     @staticmethod
     def fits(cache, needed: int) -> bool:
-        layers = getattr(cache, "layers", None)
+        layers = getattr(cache, "layers", None) or []
         return bool(layers) and getattr(layers[0], "max_cache_len", 0) >= needed
 
     def warm_up(self, run: Callable[[], None], progress: Callable[[str, Optional[float], float], None]) -> None:

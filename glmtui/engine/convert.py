@@ -89,8 +89,8 @@ class ConvertError(Exception):
 
 
 def _fields(data: bytes) -> dict[int, list]:
-    """One protobuf message's fields by number: ints for varints and fixed sizes, bytes for the rest."""
-    fields: dict[int, list] = {}
+    """One protobuf message's fields by number: ints for varints, bytes for the rest (fixed sizes too)."""
+    fields: dict[int, list[int | bytes]] = {}
     pos = 0
 
     def varint() -> int:
@@ -104,6 +104,7 @@ def _fields(data: bytes) -> dict[int, list]:
                 return value
             shift += 7
 
+    value: int | bytes
     while pos < len(data):
         key = varint()
         number, wire = key >> 3, key & 7
@@ -175,7 +176,7 @@ def build_tokenizer(tokenizer_model: Path, context_length: int):
         raise ConvertError("tokenizer.model is not a BPE SentencePiece model, as ChatGLM3's is")
     if proto.trainer_spec.treat_whitespace_as_suffix:
         raise ConvertError("tokenizer.model treats whitespace as a suffix, which ChatGLM3's does not")
-    vocab = {}
+    vocab: dict[str, int] = {}
     for index, piece in enumerate(proto.pieces):
         vocab.setdefault(piece.piece, index)
     if len(vocab) != len(proto.pieces):

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+if TYPE_CHECKING:
+    from transformers import Cache
 
 log = logging.getLogger("glmtui.engine")
 
@@ -87,7 +90,7 @@ class KVSession:
         self.max_tokens = max_tokens
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
-        self.cache = None
+        self.cache: Optional[Cache] = None
         self.ids: list[int] = []
         self.last_eviction = ""  # why the cache was last dropped (for logs and tests)
 
@@ -102,8 +105,8 @@ class KVSession:
         self.cache = None
         self.ids = []
 
-    def prepare(self, prompt_ids: Sequence[int], make_cache: Callable[[], object],
-                fits: Callable[[object], bool] = lambda cache: True) -> tuple[object, int]:
+    def prepare(self, prompt_ids: Sequence[int], make_cache: Callable[[], Cache],
+                fits: Callable[[Cache], bool] = lambda cache: True) -> tuple[Cache, int]:
         """The cache to pass to ``generate`` for ``prompt_ids`` and how many of them it already holds.
 
         ``fits(cache)`` says whether the kept cache can serve this request (a static

@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -289,10 +289,11 @@ def quant_backend(mode: str, device: str):
     """Which library quantizes ``mode`` here (quant_backends.choose with this machine's facts); None for 16/32-bit."""
     from . import quant_backends
 
-    capability = None
+    capability: Optional[tuple[int, int]] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
-        capability = tuple(torch.cuda.get_device_capability(index))
+        major, minor = torch.cuda.get_device_capability(index)
+        capability = (major, minor)
     return quant_backends.choose(mode, device, torchao=quant_backends.torchao_version(), capability=capability)
 
 
@@ -330,7 +331,8 @@ def _native_architecture_check(config: dict) -> None:
 class _Prepared:
     """A checkpoint checked against its config, ready to be built."""
 
-    model_class: type
+    # a PreTrainedModel class: Any, as its from_pretrained(output_loading_info=True) returns a tuple its types deny
+    model_class: Any
     config: object  # the transformers config
     tensors: dict  # name -> StoredTensor, in the model's names
     meta_model: object  # the model on the meta device (names, shapes, Linear widths)

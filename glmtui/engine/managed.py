@@ -25,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from .api import Listener, Listeners, MemoryReport, ModelInfo, rss_bytes
 from .events import (
@@ -39,6 +39,9 @@ from .events import (
     Unloaded,
 )
 from .process import describe_exit, last_error_line, log_tail, prune_logs
+
+if TYPE_CHECKING:
+    from .remote import RemoteEngine
 
 LOG_KEEP = 10
 # Sets the parent-death signal, then becomes the server: the signal survives exec.
@@ -96,9 +99,9 @@ class ManagedServer(Listeners):
         self._popen: Optional[subprocess.Popen] = None
         self._plan: Optional[ServerPlan] = None
         self._log_path: Optional[Path] = None
-        self._remote = None  # RemoteEngine of the running server
+        self._remote: Optional[RemoteEngine] = None  # of the running server
         self._stopping = False  # set while glmtui itself ends the server
-        self._jobs: list[tuple[Callable, tuple]] = []
+        self._jobs: list[tuple[Optional[Callable], tuple]] = []  # None: stop
         self._wake = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._run, name="glmtui-managed", daemon=True)
         self.model_info: Optional[ModelInfo] = None
@@ -314,7 +317,7 @@ class ManagedServer(Listeners):
         from .remote import RemoteEngine
 
         done = threading.Event()
-        outcome: list[Event] = []
+        outcome: list[Union[Loaded, Failed]] = []
 
         def on_connect(event: Event) -> None:
             if isinstance(event, (Loaded, Failed)):
@@ -334,6 +337,7 @@ class ManagedServer(Listeners):
             self._fail_load(request_id, event.message, sink)
             return
         self._remote = remote
+        assert remote.model_info is not None  # set before its Loaded is delivered
         self.model_info = replace(remote.model_info, mode=plan.mode, device=plan.device)
         self.state = "ready"
         self._deliver(Loaded(request_id, plan.served_name, event.model_path, plan.mode, plan.device, 0,

@@ -141,7 +141,7 @@ def plan_vllm(folder: str, mode: str, device: str, *, python: str, cache_dir: Pa
         # vLLM's CPU build takes its KV cache size in GiB from the environment
         kv = predicted[1] if predicted else 0
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, -(-kv // (1 << 30))))
-    elif predicted:
+    elif predicted and gpu_total_bytes:  # (not on_cpu: there are GPU bytes)
         share = gpu_memory_utilization(predicted[0], gpu_total_bytes)
         argv += ["--gpu-memory-utilization", str(share)]
         notes += (f"vLLM may use {share:.0%} of the GPU (glmtui's prediction + 1 GiB), not its default 90%",)

@@ -22,7 +22,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +31,7 @@ from fastapi.security import HTTPBearer
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engine.api import Engine
 from ..engine.events import Failed, Finished, Loaded, Started, Unloaded
 from .guard import HostPolicy, RequestGuard, error_body, key_matches
 from .schemas import (
@@ -68,7 +69,7 @@ from .translate import (
 class ServerState:
     """What the routes share: the engine, the served name, and what its events told."""
 
-    engine: object  # glmtui.engine.api.Engine
+    engine: Engine
     model_name: str
     api_key: Optional[str]
     max_queue: int
@@ -133,7 +134,8 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.glmtui
 
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
 open_router = APIRouter()  # no key needed
 router = APIRouter()  # the /v1 routes: the key, when the server has one
 
@@ -220,7 +222,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     except PromptError as exc:
         raise ApiError(400, f"cannot build the prompt: {exc}", param="messages") from exc
     state.check_queue()
-    tool_names = {t.function.name for t in body.tools} if tools else None
+    tool_names = {t.function.name for t in body.tools or ()} if tools else None
 
     pipe = Pipe(asyncio.get_running_loop())
     rid = engine.generate(messages, params, sink=pipe, tools=tools)
@@ -399,9 +401,10 @@ def create_app(engine, model_name: str, api_key: Optional[str] = None, *, max_qu
     bearer = [Depends(HTTPBearer(auto_error=False))] if api_key else []
     app.include_router(open_router)
     app.include_router(router, dependencies=bearer)
-    app.openapi = _openapi(app, state)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.openapi = _openapi(app, state)  # type: ignore[method-assign]  # FastAPI's way to customise the schema
+    # the decorator form: add_exception_handler's type takes only handlers of any Exception
+    app.exception_handler(ApiError)(_api_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
     app.add_exception_handler(Exception, _internal_error)
     return app

@@ -41,8 +41,12 @@ def _false_only(value):
     return value
 
 
-def json_int(**constraints):
-    return Annotated[int, Field(**constraints), BeforeValidator(_json_int)]
+# JSON Schema integers (see _json_int), each with its bounds as a named type
+AnyInt = Annotated[int, Field(), BeforeValidator(_json_int)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT), BeforeValidator(_json_int)]
+TopK = Annotated[int, Field(ge=-1, le=1_000_000), BeforeValidator(_json_int)]
+JustOne = Annotated[int, Field(ge=1, le=1), BeforeValidator(_json_int)]
+JustZero = Annotated[int, Field(ge=0, le=0), BeforeValidator(_json_int)]
 
 
 def _absent(value):
@@ -62,7 +66,6 @@ NotSupported = Annotated[Optional[Any], AfterValidator(_absent), Field(descripti
 OnlyOne = Annotated[Optional[int], BeforeValidator(_json_int), AfterValidator(_only_one),
                     Field(description="only 1 is supported")]
 Stop = Union[str, Annotated[list[str], Field(max_length=16)], None]
-_FLOAT = dict(allow_inf_nan=False)
 
 
 class ContentPart(_Model):
@@ -121,24 +124,27 @@ class ResponseFormat(_Model):
 class ChatCompletionRequest(_Model):
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None)
-    max_completion_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None)
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, **_FLOAT)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, **_FLOAT)
-    top_k: Optional[json_int(ge=-1, le=1_000_000)] = Field(None, description="vLLM extension; 0 or -1 disables")
-    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, description="vLLM extension", **_FLOAT)
-    n: Optional[json_int(ge=1, le=1)] = Field(1, description="only 1 is supported")
+    max_tokens: Optional[MaxTokens] = Field(None)
+    max_completion_tokens: Optional[MaxTokens] = Field(None)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: Optional[TopK] = Field(None, description="vLLM extension; 0 or -1 disables")
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, allow_inf_nan=False,
+                                                description="vLLM extension")
+    n: Optional[JustOne] = Field(1, description="only 1 is supported")
     stop: Stop = None
-    seed: Optional[json_int()] = Field(None, description="any integer; used modulo 2**64")
+    seed: Optional[AnyInt] = Field(None, description="any integer; used modulo 2**64")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     tools: Optional[list[Tool]] = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: Optional[bool] = None
-    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
-    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                               description="accepted, ignored")
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                              description="accepted, ignored")
     logprobs: Optional[Unsupported] = Field(None, description="not supported")
-    top_logprobs: Optional[json_int(ge=0, le=0)] = Field(None, description="not supported")
+    top_logprobs: Optional[JustZero] = Field(None, description="not supported")
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="not supported")
     response_format: Optional[ResponseFormat] = None
     user: Optional[str] = None
@@ -156,20 +162,23 @@ class CompletionRequest(_Model):
     model: str
     prompt: Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]] = Field(
         description="a text, or a list of texts (one completion each, run one after another)")
-    max_tokens: Optional[json_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(16)
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, **_FLOAT)
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, **_FLOAT)
-    top_k: Optional[json_int(ge=-1, le=1_000_000)] = Field(None, description="vLLM extension; 0 or -1 disables")
-    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, description="vLLM extension", **_FLOAT)
+    max_tokens: Optional[MaxTokens] = Field(16)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: Optional[TopK] = Field(None, description="vLLM extension; 0 or -1 disables")
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100.0, allow_inf_nan=False,
+                                                description="vLLM extension")
     n: OnlyOne = 1
     best_of: OnlyOne = None
     stop: Stop = None
-    seed: Optional[json_int()] = Field(None, description="any integer; used modulo 2**64")
+    seed: Optional[AnyInt] = Field(None, description="any integer; used modulo 2**64")
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     echo: Optional[bool] = Field(False, description="the prompt is written before its completion")
-    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
-    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, description="accepted, ignored", **_FLOAT)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                               description="accepted, ignored")
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                              description="accepted, ignored")
     logprobs: NotSupported = None
     suffix: NotSupported = None
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="not supported")

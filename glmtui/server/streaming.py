@@ -125,7 +125,7 @@ async def chat_stream(engine, pipe: Pipe, rid: int, completion_id: str, created:
                     if "\n" not in text:
                         continue
                     held = False
-                    tool_mode = text.partition("\n")[0].strip() in tool_names
+                    tool_mode = text.partition("\n")[0].strip() in (tool_names or ())
                     piece = "" if tool_mode else content(text)
                 elif not tool_mode:
                     piece = content(event.text)

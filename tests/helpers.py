@@ -68,6 +68,22 @@ async def wait_for(pilot, condition: Callable[[], T], timeout: float = 60.0,
     return await wait_until_async(condition, timeout, what, interval, pause=pilot.pause)
 
 
+def wait_http_ok(url: str, proc=None, timeout: float = 120.0, output: Callable[[], str] | None = None) -> None:
+    """Until GET ``url`` answers 200 (a server process is up); fails at once, with ``output()``, if ``proc``
+    (a Popen) exits first."""
+    import httpx
+
+    def ok() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited ({proc.returncode}): {output() if output else ''}")
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ok, timeout, lambda: f"{url} to answer 200: {output() if output else ''}", interval=0.3)
+
+
 # ------------------------------------------------------------------ the monitor without hardware
 
 

@@ -120,11 +120,12 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
 
             profiler = Profiler(interval=0.001, async_mode="disabled")
             profiler.start()
-        cpu = time.thread_time()
+        cpu, process_cpu, engine_cpu = time.thread_time(), time.process_time(), child_cpu(app.engine)
         start = time.perf_counter()
         await pilot.press("enter")
         await asyncio.wait_for(done.wait(), timeout)
         cpu = time.thread_time() - cpu
+        process_cpu, engine_cpu = time.process_time() - process_cpu, child_cpu(app.engine) - engine_cpu
         if profiler is not None:
             profiler.stop()
         reply = chat.turns[-1]
@@ -136,6 +137,8 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
             "ttft": marks.get("first_paint", marks["final_paint"]) - start,
             "text": reply.content,
             "ui_cpu": cpu,
+            "ui_process_cpu": process_cpu,
+            "engine_cpu": engine_cpu,
             "marks": {"enter": start, **marks},
             "worker_seconds": reply.stats["total_s"],
         }
@@ -144,6 +147,18 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
         screen._compositor_refresh = composite
         await end_run(pilot, app)
     return result
+
+
+def child_cpu(engine) -> float:
+    """CPU seconds (user + system) the engine's model process has used so far (0 where there is none)."""
+    import psutil
+
+    pid = getattr(engine, "pid", None)
+    try:
+        times = psutil.Process(pid).cpu_times() if pid else None
+    except psutil.Error:
+        times = None
+    return times.user + times.system if times else 0.0
 
 
 async def wait_for_spare(pilot, engine, deadline: float) -> None:
@@ -206,6 +221,7 @@ class WorkerRunner:
         from glmtui.engine.events import ChatMessage, GenerationParams
 
         self._marks, self._done = {}, threading.Event()
+        engine_cpu = child_cpu(self.worker)
         start = time.perf_counter()
         self.worker.generate([ChatMessage("user", prompt)], GenerationParams(max_new_tokens=max_new, temperature=0.0),
                              sink=self._sink)
@@ -213,7 +229,8 @@ class WorkerRunner:
         event = self._marks["event"]
         assert isinstance(event, self._finished), event
         return {"tokens": event.completion_tokens, "seconds": self._marks["finished"] - start,
-                "ttft": self._marks["token"] - start, "text": event.text, "worker_seconds": event.total_seconds}
+                "ttft": self._marks["token"] - start, "text": event.text, "worker_seconds": event.total_seconds,
+                "engine_cpu": child_cpu(self.worker) - engine_cpu}
 
     def close(self) -> None:
         self.worker.shutdown()
@@ -352,6 +369,11 @@ def main() -> int:
     print(f"where the UI's time goes: UI thread CPU {ui_cpu:.2f} s per reply ({ui_cpu / tokens * 1000:.1f} ms/token); "
           f"the model's own generation (Finished.total_seconds) {inside:.2f} s under the app vs {alone:.2f} s "
           f"with its engine process alone")
+    ui_process = statistics.median(r["ui_process_cpu"] for r in results["ui"])
+    engine_inside = statistics.median(r["engine_cpu"] for r in results["ui"])
+    engine_alone = statistics.median(r["engine_cpu"] for r in results["engine"])
+    print(f"CPU per token: UI process (all its threads) {ui_process / tokens * 1000:.2f} ms; the engine process "
+          f"{engine_inside / tokens * 1000:.2f} ms under the app vs {engine_alone / tokens * 1000:.2f} ms alone")
     if profile:
         print("\nUI thread from Enter to the final paint (pyinstrument):\n" + profile)
     print(watch.sample("after"))

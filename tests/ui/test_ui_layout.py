@@ -16,10 +16,11 @@ from textual import events
 from glmtui.config import default_paths
 from glmtui.devices import device_problem, normalize_device
 from glmtui.store import HistoryStore
-from glmtui.ui.app import PANES, GlmApp
+from glmtui.ui.app import GlmApp
 from glmtui.ui.compat import FooterKey
 from glmtui.ui.footer import QuickFooter
 from glmtui.ui.modals import LoadModal
+from glmtui.ui.panebar import PANES
 from helpers import screen_text, type_text, wait_for
 
 SIZES = [(80, 24), (100, 30), (120, 40), (130, 40), (160, 48), (200, 50)]

@@ -22,8 +22,11 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import httpx
 
 POLL_INTERVAL = 2.0
 
@@ -165,7 +168,7 @@ class MetricsPoller:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = timeout
         self._clock = clock
-        self._client = None
+        self._client: Optional[httpx.Client] = None
         self._previous: Optional[EngineFigures] = None
         self.missing = False  # the server answered 404: it has no /metrics
 

@@ -13,6 +13,7 @@ import math
 import operator
 from datetime import datetime
 from datetime import timezone as dt_timezone
+from typing import Any, Callable
 
 
 class ToolError(ValueError):
@@ -48,7 +49,7 @@ MAX_EXPRESSION_CHARS = 500
 MAX_INT_BITS = 4096  # about 1,233 decimal digits
 MAX_EXPONENT = 10_000
 
-_BINARY = {
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -57,7 +58,7 @@ _BINARY = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
 def _bits(value) -> int:
@@ -192,7 +193,8 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> dict:
     return {"value": value, "from": source, "to": target, "result": round(result, 12)}
 
 
-BUILTINS = {
+# name -> (function, description, JSON Schema of its arguments)
+BUILTINS: dict[str, tuple[Callable[..., dict], str, dict]] = {
     "current_time": (
         current_time,
         "Get the current date and time, in a given IANA time zone or the machine's local time.",

@@ -32,9 +32,12 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .capture import DEFAULT_LIMIT, CappedText
+
+if TYPE_CHECKING:
+    from jupyter_client import BlockingKernelClient, KernelManager
 
 DEFAULT_TIMEOUT = 60.0
 INTERRUPT_GRACE = 5.0  # seconds an interrupted block has to stop before the kernel is killed
@@ -147,8 +150,8 @@ class CodeInterpreter:
         self.timeout = timeout
         self.output_limit = output_limit
         self.interrupt_grace = interrupt_grace
-        self._manager = None
-        self._client = None
+        self._manager: Optional[KernelManager] = None
+        self._client: Optional[BlockingKernelClient] = None
         self._lock = threading.RLock()
         self._cancel = threading.Event()
         self._images = 0
@@ -274,6 +277,7 @@ class CodeInterpreter:
 
     def _run(self, code: str, timeout: float) -> RunResult:
         client, manager = self._client, self._manager
+        assert client is not None and manager is not None  # run() started the kernel
         started = time.monotonic()
         msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False,
                                 user_expressions={"dropped": "__glmtui_out['dropped']"})

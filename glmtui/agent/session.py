@@ -21,10 +21,13 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Optional, Sequence, Union
 
 from ..engine.events import ChatMessage, Failed, Finished, GenerationParams, Token
 from .toolbox import TOOL_NAME, Toolbox, ToolResult
+
+if TYPE_CHECKING:
+    from .interpreter import CodeInterpreter
 
 try:  # the ChatGLM3 tool-call codec (no eval): moving from glmtui/server.py to glmtui/engine/tools.py
     from ..engine.tools import TOOL_SYSTEM_PROMPT, parse_tool_arguments
@@ -189,7 +192,7 @@ Source = Callable[[list, Optional[list]], Iterable[str]]
 class AgentSession:
     source: Source
     toolbox: Optional[Toolbox] = None
-    interpreter: object = None  # a CodeInterpreter
+    interpreter: Optional[CodeInterpreter] = None
     confirm: Callable[[Action], Decision] = lambda action: False
     ask_result: Optional[Callable[[Action], Optional[str]]] = None
     auto_run_builtins: bool = False
@@ -272,11 +275,13 @@ class AgentSession:
             note = f"malformed {'code block' if reply.name == 'interpreter' else 'call to ' + reply.name}: " \
                    f"{reply.problem}; it was not run"
             return Step(reply, "malformed", note)
+        toolbox, interpreter = self.toolbox, self.interpreter  # (a reply names only what the session has)
         if reply.kind == "tool_call":
-            bad = self.toolbox.check(reply.name, reply.arguments)
+            assert toolbox is not None
+            bad = toolbox.check(reply.name, reply.arguments)
             if bad:
                 return Step(reply, "malformed", bad.text, bad)
-            tool = self.toolbox.tools[reply.name]
+            tool = toolbox.tools[reply.name]
             action = Action("tool_call", reply.name, reply.arguments, builtin=tool.builtin,
                             declared_only=not tool.runnable)
         else:
@@ -287,14 +292,16 @@ class AgentSession:
         if not self._confirmed(action):
             return Step(reply, "declined", "the user declined to run this; it was not run")
         if action.kind == "interpreter":
-            result = self.interpreter.run(action.code)
-            return Step(reply, "ran", interpreter_observation(result.text, result.images), result)
+            assert interpreter is not None
+            ran = interpreter.run(action.code)
+            return Step(reply, "ran", interpreter_observation(ran.text, ran.images), ran)
         if action.declared_only:
             typed = self.ask_result(action) if self.ask_result is not None else None
             if typed is None:
                 return Step(reply, "declined", "no result was given for this call; it was not run")
             return Step(reply, "ran", typed, ToolResult("result", typed, reply.name))
-        result = self.toolbox.run(reply.name, reply.arguments)
+        assert toolbox is not None
+        result = toolbox.run(reply.name, reply.arguments)
         return Step(reply, "ran" if result.kind in ("result", "error") else result.kind, result.text, result)
 
     def _confirmed(self, action: Action) -> bool:

@@ -17,6 +17,7 @@ Files that cannot be read are reported in ``Toolbox.problems``, never fatal.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from .builtin_tools import BUILTINS, ToolError
 from .capture import DEFAULT_LIMIT, CappedText
@@ -45,6 +46,13 @@ class Tool:
     command: Optional[tuple[str, ...]] = None
     timeout: float = DEFAULT_TIMEOUT
     source: Optional[Path] = None
+
+    @property
+    def origin(self) -> str:
+        """Where the tool is defined, in words."""
+        if self.builtin:
+            return "a built-in tool"
+        return self.source.name if self.source is not None else self.name
 
     @property
     def runnable(self) -> bool:
@@ -100,7 +108,9 @@ def schema_problem(value: Any, schema: dict, where: str = "arguments") -> Option
     if "enum" in schema and isinstance(schema["enum"], list) and value not in schema["enum"]:
         return f"{where} should be one of {schema['enum']}"
     if isinstance(value, dict):
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            properties = {}
         for key in schema.get("required") or ():
             if key not in value:
                 return f"{where} lacks the required {key!r}"
@@ -199,8 +209,8 @@ class Toolbox:
         user_tools, box.problems = read_user_tools(tools_dir(config_dir))
         for tool in user_tools:
             if tool.name in box.tools:
-                where = "a built-in tool" if box.tools[tool.name].builtin else box.tools[tool.name].source.name
-                box.problems.append(f"{tool.source.name}: {tool.name!r} is already defined by {where}; skipped")
+                where = box.tools[tool.name].origin
+                box.problems.append(f"{tool.origin}: {tool.name!r} is already defined by {where}; skipped")
                 continue
             box.tools[tool.name] = tool
         return box
@@ -242,6 +252,8 @@ class Toolbox:
 def run_command(tool: Tool, arguments: dict, limit: int = DEFAULT_LIMIT) -> ToolResult:
     """The tool's own argv (no shell) with the arguments as JSON on stdin; output capped,
     the process group killed at the timeout."""
+    if not tool.command:
+        raise ValueError(f"{tool.name} has no command")
     try:
         process = subprocess.Popen(
             list(tool.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -250,10 +262,13 @@ def run_command(tool: Tool, arguments: dict, limit: int = DEFAULT_LIMIT) -> Tool
     except OSError as exc:
         return ToolResult("error", f"{tool.name}: cannot start {tool.command[0]!r}: {exc.strerror or exc}", tool.name)
     output = CappedText(limit)
+    stdin = process.stdin
+    stdout = cast(io.BufferedReader, process.stdout)  # a PIPE in binary mode, buffered (bufsize -1)
+    assert stdin is not None
 
     def read() -> None:
         while True:
-            chunk = process.stdout.read1(65536)
+            chunk = stdout.read1(65536)
             if not chunk:
                 break
             output.add_bytes(chunk)
@@ -262,8 +277,8 @@ def run_command(tool: Tool, arguments: dict, limit: int = DEFAULT_LIMIT) -> Tool
     reader = threading.Thread(target=read, daemon=True, name=f"tool-{tool.name}")
     reader.start()
     try:
-        process.stdin.write(json.dumps(arguments, ensure_ascii=False).encode("utf-8"))
-        process.stdin.close()
+        stdin.write(json.dumps(arguments, ensure_ascii=False).encode("utf-8"))
+        stdin.close()
     except OSError:
         pass  # the program does not read its input: fine
     timed_out = False

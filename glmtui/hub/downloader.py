@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..catalog import COMPLETE_MARKER, PARTIAL_DIR, CatalogEntry, UnknownModelError, read_marker, resolve
 from .endpoints import resolve_endpoint
@@ -196,7 +196,7 @@ class Downloader:
             if marker is not None:
                 (dest / COMPLETE_MARKER).unlink(missing_ok=True)  # being updated: not usable meanwhile
             present, todo = on_disk(plan, cancel, meter=meter)
-            state = {
+            state: dict[str, Any] = {
                 "source": plan.source, "repo": plan.repo_id, "revision": plan.revision, "endpoint": plan.endpoint,
                 "files": {rf.path: dict(rf.identity(), done=rf not in todo) for rf in plan.files},
             }

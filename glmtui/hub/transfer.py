@@ -38,10 +38,11 @@ class Hasher:
 
     def mismatch(self) -> Optional[str]:
         """None when the bytes match the listing, else what differs, in words."""
-        if self.sha256 is not None and self.sha256.hexdigest() != self.rf.sha256.lower():
-            return f"sha256 {self.sha256.hexdigest()[:12]}… != listed {self.rf.sha256[:12]}…"
-        if self.sha1 is not None and self.sha1.hexdigest() != self.rf.git_sha1.lower():
-            return f"git sha1 {self.sha1.hexdigest()[:12]}… != listed {self.rf.git_sha1[:12]}…"
+        listed_sha256, listed_sha1 = self.rf.sha256 or "", self.rf.git_sha1 or ""  # set when hashed
+        if self.sha256 is not None and self.sha256.hexdigest() != listed_sha256.lower():
+            return f"sha256 {self.sha256.hexdigest()[:12]}… != listed {listed_sha256[:12]}…"
+        if self.sha1 is not None and self.sha1.hexdigest() != listed_sha1.lower():
+            return f"git sha1 {self.sha1.hexdigest()[:12]}… != listed {listed_sha1[:12]}…"
         return None
 
 

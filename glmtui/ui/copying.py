@@ -8,11 +8,11 @@ accepts it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import ClassVar, Iterable, Optional
 
 from markdown_it import MarkdownIt
 from rich.text import Text
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList, Static
@@ -71,8 +71,9 @@ class CodePickerModal(ModalScreen[Optional[int]]):
 
     AUTO_FOCUS = "#blocks"
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")] + [
-        Binding(str(n), f"pick({n - 1})", show=False) for n in range(1, 10)
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        *(Binding(str(n), f"pick({n - 1})", show=False) for n in range(1, 10)),
     ]
 
     def __init__(self, blocks: list[CodeBlock], **kwargs) -> None:

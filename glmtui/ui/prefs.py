@@ -35,7 +35,7 @@ else:  # pragma: no cover - Python 3.10
     try:
         import tomli as tomllib
     except ImportError:
-        tomllib = None  # type: ignore[assignment]
+        tomllib = None  # (mypy: tomli is untyped here, see pyproject)
 
 PACKAGE_THEMES = Path(__file__).resolve().parent.parent / "themes"
 DEFAULT_THEME = "glm-ink"

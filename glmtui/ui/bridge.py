@@ -8,6 +8,7 @@ generation's to the chat and an open completion view.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Optional
 
 from textual.message import Message
@@ -24,7 +25,11 @@ class EngineEvent(Message):
         self.event = event
 
 
-STREAM_FRAME = 0.1  # seconds between re-renders of a streaming reply
+STREAM_FRAME = 0.1  # seconds between re-renders of a streaming reply, at the least
+STREAM_FRAME_MAX = 0.25  # ... and at the most
+# The share of a core the UI thread may use while a reply streams before its frames are spaced out (up to
+# STREAM_FRAME_MAX): every frame lays out and paints in Python, and that CPU time is taken from the model's process.
+STREAM_UI_SHARE = 0.1
 
 
 class TokensReady(Message):
@@ -39,6 +44,7 @@ class EngineBridge(AppBase):
         self._token_lock = threading.Lock()
         self._token_buffer: list[tuple[tuple[int, bool], list[str]]] = []  # (request id, reasoning): texts
         self._tokens_posted = False
+        self._frame_clock = (0.0, 0.0)  # (monotonic, this thread's CPU time) at the last streamed frame
         self._final_waiter: Optional[tuple[int, list, threading.Event]] = None
 
     def _cancel_and_wait(self, request_id: int, timeout: float) -> Optional[Finished]:
@@ -86,7 +92,17 @@ class EngineBridge(AppBase):
         await self._write_buffered_tokens()
         # Hold further TokensReady back for a frame: tokens pile up meanwhile and the
         # reply is re-rendered at most 1 / STREAM_FRAME times a second instead of once per token.
-        self.set_timer(STREAM_FRAME, self._release_tokens)
+        self.set_timer(self._next_frame(), self._release_tokens)
+
+    def _next_frame(self) -> float:
+        """Seconds until the next streamed frame: STREAM_FRAME, or longer when the UI thread spent more than
+        STREAM_UI_SHARE of the last frame's time on the CPU (everything it did: layout, paint, meters, keys)."""
+        now, cpu = time.monotonic(), time.thread_time()
+        last_at, last_cpu = self._frame_clock
+        self._frame_clock = (now, cpu)
+        if now - last_at > 4 * STREAM_FRAME_MAX:  # a reply's first frame: nothing to go by
+            return STREAM_FRAME
+        return min(STREAM_FRAME_MAX, max(STREAM_FRAME, (cpu - last_cpu) / STREAM_UI_SHARE))
 
     async def _write_buffered_tokens(self) -> None:
         with self._token_lock:

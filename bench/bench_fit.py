@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import tiny_models  # noqa: E402
+import tiny_models  # noqa: E402 - after the sys.path setup
 
 IMPORTS = {
     "python + glmtui.cli": "import glmtui.cli",

@@ -371,7 +371,7 @@ def probe_warmup(args) -> int:
 
 def import_torchao(b: Bench):
     try:
-        import torchao  # noqa: F401
+        import torchao  # noqa: F401 - is it installed?
 
         return True
     except ImportError:
@@ -384,7 +384,7 @@ def import_torchao(b: Bench):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
                     str(target), str(wheels[-1])], check=True)
     sys.path.insert(0, str(target))
-    import torchao  # noqa: F401
+    import torchao  # noqa: F401 - the installed wheel imports
 
     return True
 

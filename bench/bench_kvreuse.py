@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from harness import LoadWatch, alternating, build_nonstop_glm, spread  # noqa: E402
+from harness import LoadWatch, alternating, build_nonstop_glm, spread  # noqa: E402 - after the sys.path setup
 
 WORDS = ("memory bandwidth kernel cache token prefill decode layer tensor model batch stream "
          "latency compile graph static dynamic weight quant attention head").split()

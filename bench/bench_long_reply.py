@@ -47,7 +47,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import LoadWatch, end_run, hook_generation_events, type_prompt  # noqa: E402
+from harness import LoadWatch, end_run, hook_generation_events, type_prompt  # noqa: E402 - after the sys.path setup
 
 # ---------------------------------------------------------------- a realistic reply
 
@@ -228,7 +228,7 @@ async def run_reply(folder: Path, n_tokens: int, keys: bool = False, rate: Optio
 
     from glmtui.engine.events import Finished, Token
     from glmtui.ui.app import GlmApp
-    from glmtui.ui.chat import visible
+    from glmtui.ui.chat_text import visible
 
     tokens, text = make_reply(n_tokens)
     engine = ScriptedEngine()

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import LoadWatch, alternating, build_nonstop_glm, spread  # noqa: E402
+from harness import LoadWatch, alternating, build_nonstop_glm, spread  # noqa: E402 - after the sys.path setup
 
 PROMPT = "Write a long story about a terminal."
 MIB = 2**20
@@ -84,11 +84,11 @@ def child(folder: str, mode: str, gen_tokens: int) -> int:
 
     # Code the load imports lazily is part of the baseline, not of the model: the prediction covers the
     # model's memory (the RSS after imports is printed beside it).
-    import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GlmForCausalLM  # noqa: F401
+    import torch  # noqa: F401 - imported for the baseline
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GlmForCausalLM  # noqa: F401 - the baseline
 
     if mode in ("int8", "int4"):
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401 - the baseline
 
     from glmtui.engine import generation, loading
     from glmtui.engine.events import ChatMessage, Finished, GenerationParams

@@ -46,7 +46,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import LoadWatch, alternating, build_nonstop_glm, end_run, hook_generation_events, spread, type_prompt  # noqa: E402
+from harness import LoadWatch, alternating, build_nonstop_glm, end_run, hook_generation_events, spread, type_prompt  # noqa: E402 - after the sys.path setup
 
 PROMPT = "Tell me about GPUs and memory."
 
@@ -69,7 +69,7 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
     """
     from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Token
     from glmtui.ui.app import GlmApp
-    from glmtui.ui.chat import visible
+    from glmtui.ui.chat_text import visible
 
     app = GlmApp(model=None if endpoint else str(folder), mode="fp32", device="cpu", endpoint=endpoint,
                  default_params={"temperature": 0.0, "max_new_tokens": max_new})

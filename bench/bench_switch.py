@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from harness import LoadWatch, build_nonstop_glm, spread  # noqa: E402
+from harness import LoadWatch, build_nonstop_glm, spread  # noqa: E402 - after the sys.path setup
 
 MIB = 2**20
 UNLOAD_TARGET = 16 * MIB  # glmtui's processes after an unload vs before the first load

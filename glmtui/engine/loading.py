@@ -137,7 +137,7 @@ def mode_support(mode: str, device: str) -> Optional[str]:
         return "CUDA was requested but no CUDA GPU is visible to torch"
     if mode in ("int8", "int4"):
         try:
-            import bitsandbytes  # noqa: F401
+            import bitsandbytes  # noqa: F401 - imported only to see that it can be
         except Exception as exc:  # ImportError, or a broken native library
             return f"{mode} needs bitsandbytes, which cannot be imported here: {exc}"
     if mode == "fp16" and device == "cpu":

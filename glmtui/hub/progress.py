@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
+Phase = Literal["listing", "downloading", "verifying", "done"]
+
 
 @dataclass(frozen=True)
 class DownloadProgress:
@@ -22,7 +24,7 @@ class DownloadProgress:
     current_file: Optional[str]
     files_done: int
     files_total: int
-    phase: Literal["listing", "downloading", "verifying", "done"] = "downloading"
+    phase: Phase = "downloading"
 
     @property
     def fraction(self) -> float:
@@ -62,7 +64,7 @@ class Meter:
         if time.monotonic() - self._last_emit >= self.interval:
             self.emit()
 
-    def emit(self, phase: str = "downloading") -> None:
+    def emit(self, phase: Phase = "downloading") -> None:
         if self.cb is None:
             return
         self._last_emit = time.monotonic()
@@ -78,6 +80,6 @@ class Meter:
                 current_file=self.current,
                 files_done=self.files_done,
                 files_total=self.files_total,
-                phase=phase,  # type: ignore[arg-type]
+                phase=phase,
             )
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from glmtui.remote_metrics import MetricsPoller, engine_figures, metrics_url, parse_exposition
-from helpers import FrozenSampler, host_only_snapshot, wait_for
+from helpers import FrozenSampler, free_port, host_only_snapshot, wait_for
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VLLM = (DATA / "metrics_vllm.txt").read_text()
@@ -168,9 +167,7 @@ def test_poller_against_a_live_server(metrics_server):
     metrics_server.text = None  # a server without /metrics
     assert poller.poll() is None and poller.missing
     poller.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     unreachable = MetricsPoller(closed, timeout=1.0)
     assert unreachable.poll() is None and not unreachable.missing
     unreachable.close()

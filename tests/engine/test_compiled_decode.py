@@ -56,6 +56,7 @@ def cache_dir(monkeypatch, isolated_home):
     return isolated_home / "cache" / "torchinductor"
 
 
+@pytest.mark.slow
 def test_static_cache_decode_traced_by_dynamo_equals_eager(chatty_chatglm3, eager_replies, cache_dir):
     from transformers import StaticCache
 
@@ -76,6 +77,7 @@ def test_static_cache_decode_traced_by_dynamo_equals_eager(chatty_chatglm3, eage
     assert all(cached > 0 for _, _, cached in replies[1:])  # KV reuse works on the static cache too
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_falls_back_to_eager(chatty_chatglm3, eager_replies, cache_dir, caplog):
     def broken_compiler(gm, example_inputs):
         raise RuntimeError("no C compiler on this machine")

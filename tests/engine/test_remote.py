@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -13,6 +12,7 @@ from glmtui.engine.events import ChatMessage, Failed, Finished, GenerationParams
 from glmtui.engine.remote import RemoteEngine, normalize_endpoint, to_openai_messages
 from glmtui.engine.worker import InferenceWorker
 from glmtui.server import ServerThread, create_app, reply_text
+from helpers import free_port, wait_until
 
 MODEL = "tiny-chatglm3"
 KEY = "remote-test-key"
@@ -86,9 +86,8 @@ def test_cancel_mid_stream_stops_the_server_generation(served, remote):
     try:
         rid = engine.generate([ChatMessage("user", prompt)], GenerationParams(600, 0.0), sink=sink)
         done = log.wait(rid, 30)
-        deadline = time.time() + 10
-        while time.time() < deadline and not [e for e in worker_log.events[mark:] if isinstance(e, Finished)]:
-            time.sleep(0.05)
+        wait_until(lambda: [e for e in worker_log.events[mark:] if isinstance(e, Finished)], 10,
+                   "the server's generation to finish")
     finally:
         worker.remove_listener(throttle)
     assert done.finish_reason == "cancelled" and done.completion_tokens < lengths[prompt]
@@ -144,11 +143,8 @@ def test_wrong_key_and_unreachable_server(served):
         assert isinstance(failed, Failed) and "401" in failed.message
     finally:
         engine.shutdown()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = EventLog()
-    engine = RemoteEngine(f"127.0.0.1:{port}", listener=log).start()
+    engine = RemoteEngine(f"127.0.0.1:{free_port()}", listener=log).start()
     try:
         failed = log.wait(1)
         assert isinstance(failed, Failed) and "cannot reach" in failed.message

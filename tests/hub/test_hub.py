@@ -368,9 +368,7 @@ def test_private_repo_without_token(hub, dl):
 
 
 def test_no_network_is_a_clear_error(hub, dl, monkeypatch, models):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{port}")
     for source in ("hf", "modelscope"):

@@ -19,7 +19,7 @@ import pytest
 from glmtui.cli import build_parser
 from glmtui.config import default_paths
 from glmtui.ui.app import GlmApp
-from helpers import FrozenSampler, free_port, host_only_snapshot, wait_for, wait_until
+from helpers import FrozenSampler, free_port, host_only_snapshot, wait_for, wait_http_ok
 
 
 def test_network_modes_default_to_loopback():
@@ -36,14 +36,7 @@ def test_serve_listens_on_loopback_only(chatglm3_dir):
                              "--mode", "fp32", "--port", str(port), "--allow-host", "glmtui.test"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        def healthy() -> bool:
-            assert proc.poll() is None, "the server exited"
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 90, "the server's /health", interval=0.3)
+        wait_http_ok(f"http://127.0.0.1:{port}/health", proc, 90)
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet")
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening

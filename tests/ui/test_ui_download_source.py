@@ -8,7 +8,7 @@ import pytest
 from glmtui.config import default_paths
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
-from helpers import screen_text, wait_for
+from helpers import free_port, screen_text, wait_for
 
 SIZE = (220, 50)  # wide enough for the Models pane to be on screen beside the chat
 
@@ -44,14 +44,11 @@ async def test_switching_to_modelscope_downloads_from_it(fake_hub, quiet_sampler
 async def test_download_with_no_network_says_so_in_one_line(quiet_sampler, monkeypatch):
     """The blocker in the Models pane: `d` on chatglm3-6b with HF_ENDPOINT unset and huggingface.co out of
     reach. The network is taken away with a proxy on a closed 127.0.0.1 port: nothing leaves the machine."""
-    import socket
     import time
 
     import huggingface_hub
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for var in ("HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "HF_HUB_OFFLINE", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):

@@ -22,7 +22,7 @@ import pytest
 
 from glmtui.engine.process import EngineProcess
 from glmtui.ui.app import GlmApp
-from helpers import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for
+from helpers import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_TIMEOUT = 240.0  # a fresh process imports torch on a loaded 2-core machine
@@ -241,10 +241,9 @@ def test_the_sampler_counts_engine_processes_as_glmtuis_own():
         fake = FakeNVML([gpu(compute=[(me, 300 * MiB), (engine.pid, 900 * MiB), (4242, 500 * MiB)])])
         sampler = Sampler(nvml=fake, engine_pids=lambda: (me, engine.pid))  # the front end's own pid is left out
         first = sampler.sample()
-        deadline = time.monotonic() + 30  # its 160 MiB written, some CPU time used
-        while (psutil.Process(engine.pid).memory_info().rss < 150 * MiB or
-               psutil.Process(engine.pid).cpu_times().user < 0.3) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        busy = psutil.Process(engine.pid)
+        wait_until(lambda: busy.memory_info().rss >= 150 * MiB and busy.cpu_times().user >= 0.3, 30,
+                   "the busy engine's 160 MiB written and some CPU time used", interval=0.1)
         snap = sampler.sample()
         row = {p.pid: p for p in snap.gpus[0].processes}
         assert row[engine.pid].is_self and row[engine.pid].is_engine

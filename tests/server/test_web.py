@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from glmtui.web import app_command, serve_argv
-from helpers import free_port
+from helpers import free_port, wait_http_ok
 
 
 def test_app_command_runs_the_tui_against_the_endpoint():
@@ -67,19 +67,11 @@ def web(chatglm3_dir, tmp_path_factory):
     )
     output = _Output(proc.stdout)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"glmtui web exited: {output.text}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
+    try:
+        wait_http_ok(url, proc, 180, output=lambda: output.text)
+    except BaseException:
         proc.kill()
-        pytest.fail(f"glmtui web did not serve its page: {output.text}")
+        raise
     yield proc, url, f"http://127.0.0.1:{api_port}", output
     descendants = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGINT)
@@ -151,13 +143,7 @@ def test_web_stops_its_api_server(chatglm3_dir, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_http_ok(f"http://127.0.0.1:{port}", proc, 180)
         serve = [c for c in psutil.Process(proc.pid).children(recursive=True) if "serve" in c.cmdline()]
         assert len(serve) == 1
         proc.kill()  # even when web dies hard, its API server follows

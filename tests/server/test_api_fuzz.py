@@ -24,7 +24,7 @@ API_KEY = "fuzz-key"
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
-    folder = tiny_models.build_chatglm3(tmp_path_factory.mktemp("fuzz") / "short-ctx", context=192)
+    folder = tiny_models.build_chatglm3(tmp_path_factory.mktemp("fuzz") / "short-ctx", context=96)
     log = EventLog()
     worker = InferenceWorker(log).start()
     assert isinstance(log.wait(worker.load(str(folder), "fp32")), Loaded)

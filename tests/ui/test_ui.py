@@ -16,82 +16,22 @@ from glmtui.store import HistoryStore
 from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
-from glmtui.ui.chat import AssistantMessage, visible
+from glmtui.ui.chat import visible
 from glmtui.ui.modals import ConfirmModal, ModeModal, SettingsModal, TextModal
 from glmtui.ui.monitor import fmt_bytes, render_snapshot, sparkline
 from glmtui.ui.store_calls import store_calls
-
-GREEDY = {"temperature": 0.0, "max_new_tokens": 24}
-GiB = 2**30
-
-
-async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition"):
-    steps = int(timeout / 0.05)
-    for _ in range(steps):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-async def type_text(pilot, text: str) -> None:
-    for ch in text:
-        await pilot.press("space" if ch == " " else ch)
-
-
-def notifications(app) -> list[str]:
-    return [n.message for n in app._notifications]
-
-
-def screen_text(app) -> str:
-    strips = app.screen._compositor.render_strips()
-    return "\n".join("".join(seg.text for seg in strip) for strip in strips)
-
-
-async def send(pilot, app, text: str) -> AssistantMessage:
-    chat = app.chat_pane
-    chat.input.focus()
-    await type_text(pilot, text)
-    await pilot.press("enter")
-    await wait_for(pilot, lambda: chat.active is not None or (chat.turns and chat.turns[-1].role == "assistant"), what="reply start")
-    await wait_for(pilot, lambda: chat.active is None, what="reply end")
-    return chat.turns[-1].widget
-
-
-def stored(conversation_id: int, app):
-    """What the app's own history file holds (through its connection: a second
-    store opened in this process would mark the streaming row interrupted)."""
-    return app.store.get_conversation(conversation_id), app.store.messages(conversation_id)
-
-
-class FrozenSampler:
-    interval = 1.0
-
-    def __init__(self, snapshot):
-        self.snapshot = snapshot
-
-    def sample(self):
-        return self.snapshot
-
-
-def host_only_snapshot() -> MonitorSnapshot:
-    return MonitorSnapshot(
-        timestamp=0.0,
-        nvml_state="no_gpu",
-        message="no NVIDIA GPU (NVML Shared Library Not Found): host view only",
-        driver_version=None,
-        gpus=(),
-        host=HostSnapshot(ram_total=32 * GiB, ram_used=12 * GiB, ram_available=19 * GiB,
-                          process_rss=512 * 2**20, cpu_percent=12.0, process_cpu_percent=3.0),
-        torch=None,
-        history=History(timestamps=(0.0, 1.0, 2.0), ram_used=(10 * GiB, 11 * GiB, 12 * GiB),
-                        process_rss=(400 * 2**20, 450 * 2**20, 512 * 2**20)),
-    )
-
-
-@pytest.fixture
-def quiet_sampler():
-    return FrozenSampler(host_only_snapshot())
+from helpers import (
+    GREEDY,
+    GiB,
+    host_only_snapshot,
+    notifications,
+    palette_first,
+    screen_text,
+    send,
+    stored,
+    type_text,
+    wait_for,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +44,7 @@ def in_process_engine(monkeypatch):
 # ---------------------------------------------------------------- a whole session
 
 
+@pytest.mark.slow
 async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, isolated_home):
     # A model that never stops early: the "long reply" below really is long (it streams for seconds).
     chatglm3_dir = chatty_chatglm3
@@ -224,7 +165,9 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         # delete the other conversation from the history list, after confirming
         await pilot.press("ctrl+f")
         app.history_pane.search_input.value = ""
-        await pilot.pause(0.3)
+        listed = app.history_pane.option_list
+        await wait_for(pilot, lambda: any(listed.get_option_at_index(i).id == f"conv:{other}"
+                                          for i in range(listed.option_count)), 10, "the whole history list back")
         await store_calls(app).settled()
         app.history_pane.option_list.focus()
         ids = [app.history_pane.option_list.get_option_at_index(i).id for i in range(app.history_pane.option_list.option_count)]
@@ -260,6 +203,7 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.slow
 async def test_loading_a_missing_folder_shows_a_message(tmp_path, quiet_sampler):
     missing = tmp_path / "no-such-model"
     app = GlmApp(model=str(missing), mode="fp32", sampler=quiet_sampler)
@@ -317,6 +261,7 @@ async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sample
 # ---------------------------------------------------------------- models
 
 
+@pytest.mark.slow
 async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
     pytest.importorskip("bitsandbytes")
     app = GlmApp(model=str(native_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
@@ -338,6 +283,7 @@ async def test_unload_and_switch_quantization(native_glm, quiet_sampler):
     assert prefs.load_prefs(default_paths().config_file)[0]["mode"] == "int8"
 
 
+@pytest.mark.slow
 async def test_load_modal_loads_a_folder(native_glm, quiet_sampler, monkeypatch):
     from glmtui.ui.model_controller import ModelController
 
@@ -365,6 +311,7 @@ async def test_load_modal_loads_a_folder(native_glm, quiet_sampler, monkeypatch)
 # ---------------------------------------------------------------- layout, keys, themes
 
 
+@pytest.mark.slow
 async def test_narrow_layout_switches_panes(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -387,6 +334,7 @@ async def test_narrow_layout_switches_panes(quiet_sampler):
         assert "Host RAM" in screen_text(app)
 
 
+@pytest.mark.slow
 async def test_command_palette_lists_every_action(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -399,12 +347,13 @@ async def test_command_palette_lists_every_action(quiet_sampler):
         await pilot.press("ctrl+p")
         await pilot.pause()
         await type_text(pilot, "new chat")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "new chat" in palette_first(app).lower(), 10, "the palette to list New chat")
         await pilot.press("enter")
         await pilot.pause()
         assert app.chat_pane.conversation_id is None
 
 
+@pytest.mark.slow
 async def test_themes_are_registered_and_remembered(isolated_home, quiet_sampler):
     user_themes = default_paths().config_dir / "themes"
     user_themes.mkdir(parents=True)
@@ -494,6 +443,7 @@ def test_control_characters_are_made_visible():
 # ---------------------------------------------------------------- responsiveness
 
 
+@pytest.mark.slow
 def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
     script = textwrap.dedent(
         """
@@ -517,17 +467,6 @@ def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
 
 
 # ---------------------------------------------------------------- downloads
-
-
-@pytest.fixture
-def fake_hub(tmp_path_factory, monkeypatch, tmp_path):
-    from hubserver import FakeHub, build_tiny_model, point_hubs_at
-
-    src = build_tiny_model(tmp_path_factory.mktemp("hub-src"))
-    with FakeHub() as fake:
-        fake.add_folder("THUDM/glm-edge-1.5b-chat", src)  # a catalogue id, served by the fake hub
-        point_hubs_at(fake, monkeypatch, tmp_path)
-        yield fake
 
 
 async def test_download_cancel_resume_and_load_from_the_models_pane(fake_hub, quiet_sampler):
@@ -565,6 +504,7 @@ async def test_download_cancel_resume_and_load_from_the_models_pane(fake_hub, qu
         assert reply.status == "complete"
 
 
+@pytest.mark.slow
 async def test_quitting_mid_reply_keeps_it_marked_stopped(chatglm3_dir, quiet_sampler):
     app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 4000},
                  sampler=quiet_sampler)
@@ -586,6 +526,7 @@ async def test_quitting_mid_reply_keeps_it_marked_stopped(chatglm3_dir, quiet_sa
 # ---------------------------------------------------------------- --endpoint
 
 
+@pytest.mark.slow
 async def test_endpoint_mode_chats_through_an_openai_server(native_glm, quiet_sampler):
     pytest.importorskip("fastapi")
     from engine_helpers import start_worker
@@ -628,6 +569,7 @@ async def test_api_flag_serves_the_same_engine(quiet_sampler):
     assert not app._api_server._thread.is_alive()
 
 
+@pytest.mark.slow
 async def test_chinese_text_renders_and_wraps_at_80_columns(isolated_home, quiet_sampler):
     long_reply = "量化把模型权重从十六位浮点数压缩成八位或四位整数，显存占用大约减半或减到四分之一。" * 3
     store = HistoryStore.open(default_paths().history_db)
@@ -654,6 +596,7 @@ async def test_chinese_text_renders_and_wraps_at_80_columns(isolated_home, quiet
 # ---------------------------------------------------------------- keys while a reply streams
 
 
+@pytest.mark.slow
 async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm3, quiet_sampler):
     """Every key reaches the prompt in the order typed while a reply streams, TextArea bindings
     (backspace, ctrl+w, ctrl+u, arrows, end) included: they used to run only when the key had
@@ -684,11 +627,8 @@ async def test_keys_typed_during_a_streaming_reply_apply_in_order(chatty_chatglm
             event = events.Key(key, char)
             event.set_sender(app)
             driver.send_message(event)
-        for _ in range(200):
-            if chat.input.text == expected:
-                break
-            await pilot.pause(0.05)
-        await pilot.pause(0.5)  # nothing still queued changes it
+        await wait_for(pilot, lambda: chat.input.text == expected, 10, lambda: f"{expected!r}, not {chat.input.text!r}")
+        await pilot.pause()  # nothing still queued changes it
         assert chat.input.text == expected
         assert chat.active is not None, "the reply must still be streaming while the keys are typed"
 
@@ -715,6 +655,7 @@ def _rendered(widget, depth: int = 0) -> list:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [
     "# Title\n\nPara one\nstill para\n===\n\n- a\n- b\n\n  more b\n\n> quote\nlazy\n\n```python\nx = 1\n\n\ny = 2\n```\n",
     "Intro\n\n| name | link |\n|---|---|\n| a | [x](http://a.example) |\n| b | plain |\n\nAfter.\n\n| t | u |\n|---|---|\n| 1 | 2 |\n",
@@ -765,6 +706,7 @@ async def test_a_streamed_reply_ends_as_a_full_render_would(text):
                 assert all(type(cell) is not Static for cell in table.query(Static))
 
 
+@pytest.mark.slow
 async def test_a_long_streaming_reply_hides_its_off_screen_blocks_without_moving_anything():
     """While the view follows a streaming reply, blocks far above its end are hidden (display: none) and the
     Markdown's top padding takes their height: the screen, every shown block's place and the scroll height
@@ -844,6 +786,7 @@ def test_full_collections_are_deferred_and_resumed_in_pairs():
     assert gc.get_threshold() == before
 
 
+@pytest.mark.slow
 async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sampler):
     """Esc Stop is enabled and Ctrl+R / Ctrl+E disabled while a reply streams, and back after it; the
     footer's keys are the same widgets throughout (no recompose at the start and end of each reply),
@@ -892,6 +835,7 @@ async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sample
         assert widgets_after == widgets
 
 
+@pytest.mark.slow
 async def test_keys_typed_right_after_enter_are_kept(chatglm3_dir, quiet_sampler):
     """Enter, then the next question's first letters at once (as a terminal delivers a fast typist's keys):
     the letters stay in the prompt. The prompt used to be cleared when the send finished, wiping them."""
@@ -936,6 +880,7 @@ def _add_conversations(count: int) -> None:
         store.close()
 
 
+@pytest.mark.slow
 async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_chatglm3, quiet_sampler):
     """With more conversations than the history pane shows, each screen layout used to hand the list a
     different virtual height than its own and refresh its scrollbar (~2 ms a frame, every frame of a reply).
@@ -988,6 +933,7 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
         assert conversations.scroll_y == conversations.max_scroll_y > 0
 
 
+@pytest.mark.slow
 async def test_the_history_list_is_rebuilt_only_when_it_changes(chatglm3_dir, quiet_sampler):
     """Each reply reloads the history list at its start and end; with hundreds of conversations a rebuild
     costs 30-70 ms of the UI thread during the prefill. A reply in the conversation already on top changes
@@ -1067,6 +1013,7 @@ async def test_banner_for_a_read_only_history_file(quiet_sampler):
         assert app.history_pane.option_list.option_count == 2  # its conversations are shown
 
 
+@pytest.mark.slow
 async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sampler):
     """Writes that start failing mid-chat (here: the connection turned read-only, as on a file
     system remounted read-only) show the banner until a write succeeds again."""
@@ -1144,6 +1091,7 @@ def _rows(app, cid):
     return [(m.id, m.role, m.content, m.status) for m in app.store.messages(cid)]
 
 
+@pytest.mark.slow
 async def test_edit_last_keeps_the_exchange_until_the_edit_is_sent(chatglm3_dir, quiet_sampler):
     app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -1185,6 +1133,7 @@ async def test_edit_last_keeps_the_exchange_until_the_edit_is_sent(chatglm3_dir,
         assert len(chat.messages_view.query(".message")) == 2  # the old exchange's widgets are gone
 
 
+@pytest.mark.slow
 async def test_an_edit_or_regenerate_that_fails_to_start_keeps_the_original(short_context_chatty, quiet_sampler):
     app = GlmApp(model=str(short_context_chatty), mode="fp32",
                  default_params={"temperature": 0.0, "max_new_tokens": 8}, sampler=quiet_sampler)
@@ -1232,6 +1181,7 @@ async def test_an_edit_or_regenerate_that_fails_to_start_keeps_the_original(shor
         assert [(t.role, t.content) for t in chat.turns] == shown
 
 
+@pytest.mark.slow
 async def test_a_reply_cut_by_the_context_says_so(short_context_chatty, quiet_sampler):
     app = GlmApp(model=str(short_context_chatty), mode="fp32",
                  default_params={"temperature": 0.0, "max_new_tokens": 512}, sampler=quiet_sampler)
@@ -1254,6 +1204,7 @@ async def test_a_reply_cut_by_the_context_says_so(short_context_chatty, quiet_sa
         assert "hit max new tokens" in str(reply.query_one(".msg-meta").render())
 
 
+@pytest.mark.slow
 async def test_an_empty_reply_says_so(silent_glm, quiet_sampler):
     app = GlmApp(model=str(silent_glm), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -1270,6 +1221,7 @@ async def test_an_empty_reply_says_so(silent_glm, quiet_sampler):
         assert "(empty reply)" in screen_text(app)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl+q", "SIGTERM"])
 async def test_a_reply_cut_by_quitting_keeps_its_token_count(chatty_chatglm3, quiet_sampler, how):
     import signal
@@ -1304,6 +1256,7 @@ def _static_text(widget) -> str:
     return str(widget.content)
 
 
+@pytest.mark.slow
 async def test_after_a_load_the_prediction_sits_next_to_the_measurement(chatglm3_dir, quiet_sampler):
     from glmtui.engine import memory
     from textual.widgets import Static
@@ -1351,6 +1304,7 @@ def test_a_long_context_model_is_predicted_at_a_stated_context():
     assert not any("fixed costs" in n for n in notes)  # a 6B model: the weights dominate
 
 
+@pytest.mark.slow
 async def test_models_pane_uses_binary_units_and_a_local_folder_has_no_hub_lines(native_glm, quiet_sampler):
     from textual.widgets import Static
 
@@ -1397,6 +1351,7 @@ def test_unload_note_compares_with_the_figure_after_the_imports():
     assert note.startswith("170 MiB of RAM stayed behind after unload") and "hold 380 MiB" in note
 
 
+@pytest.mark.slow
 def test_unload_after_the_first_load_names_the_imports(chatglm3_dir, tmp_path):
     """A fresh process (torch not imported yet): the first load imports it, and the note after the
     unload compares with the figure after those imports instead of blaming the allocator for them."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import pytest
 
 from glmtui import doctor
 from glmtui.config import default_paths
-from glmtui.doctor import QUANT_PROBE, TORCH_PROBE, DriverFacts, GpuFacts, Request, run_probe
+from glmtui.doctor import QUANT_PROBE, TORCH_PROBE, DriverFacts, Request, run_probe
+from helpers import FrozenSampler, free_port, host_only_snapshot, palette_first, screen_text, type_text, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,9 +73,7 @@ T4 = ("Tesla T4", (7, 5))
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
 def fake_torch(tmp_path: Path, body: str) -> dict:
@@ -384,7 +382,6 @@ def test_doctor_json_and_exit_code(real_torch_probe, offline_hubs):
 async def test_doctor_screen_from_the_palette(offline_hubs, monkeypatch):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.doctor import DoctorScreen
-    from helpers import FrozenSampler, host_only_snapshot, palette_first, screen_text, type_text, wait_for
 
     app = GlmApp(mode="fp32", device="cpu", sampler=FrozenSampler(host_only_snapshot()))
     async with app.run_test(size=(120, 40)) as pilot:

@@ -36,6 +36,7 @@ def sizeable_model(tmp_path_factory):
                                         heads=16, kv_heads=2, head_dim=64, ffn=3072)
 
 
+@pytest.mark.slow
 async def test_load_unload_cycle_shows_memory_moving(sizeable_model):
     sampler = Sampler(interval=0.25)
     app = GlmApp(mode="fp32", sampler=sampler)

@@ -26,7 +26,9 @@ from glmtui.agent.session import Action, Step, is_loopback, tool_call_summary
 from glmtui.engine.events import ChatMessage
 
 from .agent_controller import MODE_LABELS, AgentController
-from .chat import AssistantMessage, Turn, make_title
+from .chat_session import Turn
+from .chat_text import make_title
+from .messages import AssistantMessage
 from .store_calls import store_calls
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -35,7 +35,8 @@ from glmtui.store import HistoryError
 from . import palette, prefs
 from .banner import UnsavedBanner
 from .bridge import EngineBridge
-from .chat import ChatPane, params_to_dict
+from .chat import ChatHost, ChatPane
+from .chat_text import params_to_dict
 from .compat import notification_count
 from .completion import CompletionScreen
 from .conversation_actions import ConversationActions
@@ -186,7 +187,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         yield PaneBar(id="pane-bar")
         with Horizontal(id="main", classes="-pane-chat -aside-history"):
             yield HistoryPane(id="history")
-            self._chat = ChatPane(id="chat")  # kept: on_unmount runs after the DOM is gone
+            self._chat = ChatPane(self._chat_host(), id="chat")  # kept: on_unmount runs after the DOM is gone
             yield self._chat
             with Vertical(id="side"):
                 yield MonitorPane(id="monitor")
@@ -288,6 +289,13 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             return None
         finally:
             self.show_unsaved()
+
+    def _chat_host(self) -> ChatHost:
+        """What the chat pane may use of the app (it does not import this module)."""
+        return ChatHost(store=self.store, engine=self.engine, loaded=lambda: self.loaded,
+                        default_params=self.default_params, default_system_prompt=self.default_system_prompt,
+                        agent=self.agent, generation_state_changed=self.generation_state_changed,
+                        history_changed=self.history_changed)
 
     def show_unsaved(self) -> None:
         """Show or hide the banner saying chats are not being saved (a write failed, memory only, read-only file)."""

@@ -32,7 +32,8 @@ from textual.widgets import Static, TextArea
 
 from glmtui.engine.events import Failed, Finished, Started, Token
 
-from .chat import FLUSH_INTERVAL, format_stats, make_title, params_from_dict, visible
+from .chat_session import FLUSH_INTERVAL
+from .chat_text import format_stats, make_title, params_from_dict, visible
 from .store_calls import store_calls
 
 if TYPE_CHECKING:  # pragma: no cover

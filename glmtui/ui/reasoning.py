@@ -88,6 +88,6 @@ class ReasoningBlock(Vertical):
             shown = ("…\n" if len(tail) < self.text.count("\n") + 1 else "") + "\n".join(tail)
         else:
             shown = self.text
-        from .chat import visible  # control characters as pictures, as in the answer (chat imports this module)
+        from .chat_text import visible  # control characters as pictures, as in the answer
 
         self._body.update(Text(visible(shown)))

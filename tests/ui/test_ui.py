@@ -16,7 +16,7 @@ from glmtui.store import HistoryStore
 from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
-from glmtui.ui.chat import visible
+from glmtui.ui.chat_text import visible
 from glmtui.ui.modals import ConfirmModal, ModeModal, SettingsModal, TextModal
 from glmtui.ui.monitor import fmt_bytes, render_snapshot, sparkline
 from glmtui.ui.store_calls import store_calls
@@ -672,7 +672,7 @@ async def test_a_streamed_reply_ends_as_a_full_render_would(text):
     from textual.containers import VerticalScroll
     from textual.widgets import Markdown
 
-    from glmtui.ui.chat import complete_stream
+    from glmtui.ui.reply_markdown import complete_stream
 
     class Two(App):
         def compose(self):
@@ -715,7 +715,7 @@ async def test_a_long_streaming_reply_hides_its_off_screen_blocks_without_moving
     from textual.containers import VerticalScroll
     from textual.widgets import Markdown
 
-    from glmtui.ui.chat import ReplyMarkdown
+    from glmtui.ui.reply_markdown import ReplyMarkdown
 
     parts = []
     for i in range(60):
@@ -773,7 +773,7 @@ async def test_a_long_streaming_reply_hides_its_off_screen_blocks_without_moving
 def test_full_collections_are_deferred_and_resumed_in_pairs():
     import gc
 
-    from glmtui.ui.chat import defer_full_collections, resume_full_collections
+    from glmtui.ui.gc_defer import defer_full_collections, resume_full_collections
 
     before = gc.get_threshold()
     defer_full_collections()

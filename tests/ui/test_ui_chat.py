@@ -3,9 +3,8 @@ and tiny models: what "no active reply" promises, and the history written off th
 
 from __future__ import annotations
 
-from test_ui import GREEDY, quiet_sampler, stored, wait_for  # noqa: F401 - quiet_sampler is a fixture
-
 from glmtui.ui.app import GlmApp
+from helpers import GREEDY, stored, wait_for
 
 
 async def test_no_active_reply_means_the_reply_is_rendered_and_stored(chatty_chatglm3, quiet_sampler):

@@ -7,7 +7,8 @@ modelscope_hub 0.5's ``repo/files`` listing and ``repo?FilePath=`` download):
 
 Hugging Face
   GET  /api/models/{repo}[/revision/{rev}]   repo info: sha, gated, siblings (+ size/blobId/lfs with ?blobs=true)
-  GET  /api/models/{repo}/tree/{rev}[/{dir}] listing: type, oid (git blob sha1), size, path, lfs {oid=sha256,size,pointerSize}
+  GET  /api/models/{repo}/tree/{rev}[/{dir}] listing: type, oid (git blob sha1), size, path,
+       lfs {oid=sha256,size,pointerSize}
   HEAD|GET /{repo}/resolve/{rev}/{file}      X-Repo-Commit, ETag (blob sha1), Content-Length; LFS files
                                              answer 302 to the "CDN" (a second port = another origin) with
                                              X-Linked-Etag (sha256) and X-Linked-Size, as the real hub does
@@ -16,7 +17,8 @@ Hugging Face
   403 (token without access) + X-Error-Code GatedRepo for gated repos; 401 RepoNotFound for private ones.
 
 ModelScope
-  GET /api/v1/models/{repo}/repo/files?Revision=&Recursive=   {"Code":200,"Data":{"Files":[{Name,Path,Type,Size,Sha256,IsLFS,Revision}]},"Success":true}
+  GET /api/v1/models/{repo}/repo/files?Revision=&Recursive=
+      {"Code":200,"Data":{"Files":[{Name,Path,Type,Size,Sha256,IsLFS,Revision}]},"Success":true}
   GET /api/v1/models/{repo}/repo?Revision=&FilePath=          the bytes, with Range (LFS files: 302 to the CDN,
                                                                as ModelScope redirects them to object storage)
   GET /api/v1/models/{repo}/revisions, GET /api/v1/models/{repo}
@@ -115,7 +117,8 @@ class FakeHub:
                  lfs: Optional[set[str]] = None) -> FakeRepo:
         if lfs is None:
             lfs = {p for p in files if p.endswith(LFS_SUFFIXES) or p == "tokenizer.json"}
-        sha = hashlib.sha1(repo_id.encode() + b"".join(k.encode() + hashlib.sha1(v).digest() for k, v in sorted(files.items()))).hexdigest()
+        digests = b"".join(k.encode() + hashlib.sha1(v).digest() for k, v in sorted(files.items()))
+        sha = hashlib.sha1(repo_id.encode() + digests).hexdigest()
         repo = FakeRepo(repo_id, dict(files), sha, gated=gated, private=private, lfs=set(lfs))
         self.repos[repo_id] = repo
         return repo
@@ -398,7 +401,8 @@ class _Handler(BaseHTTPRequestHandler):
             sha256 = hashlib.sha256(data).hexdigest()
             common.update({"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)), "ETag": f'"{sha256}"'})
             if self.fake.use_cdn:
-                location = f"{self.fake.cdn_url}/cdn/{sha256}?repo={quote(repo_id, safe='')}&file={quote(path, safe='')}"
+                location = (f"{self.fake.cdn_url}/cdn/{sha256}"
+                            f"?repo={quote(repo_id, safe='')}&file={quote(path, safe='')}")
                 common["Location"] = location
                 e.sent = 0
                 return self._send(e, 302, b"", common)
@@ -433,8 +437,9 @@ class _Handler(BaseHTTPRequestHandler):
         if tail and rev not in ("master", repo.sha):
             return self._ms_error(e, 404, 10010206, f"revision {rev} not found")
         if not tail:
-            return self._json(e, 200, {"Code": 200, "Data": {"Name": repo_id.split("/")[1], "Path": repo_id.split("/")[0],
-                                                              "ModelType": ["glm"]}, "Success": True})
+            owner, name = repo_id.split("/")[0], repo_id.split("/")[1]
+            return self._json(e, 200, {"Code": 200, "Data": {"Name": name, "Path": owner, "ModelType": ["glm"]},
+                                       "Success": True})
         if tail == ["revisions"]:
             return self._json(e, 200, {"Code": 200, "Data": {"RevisionMap": {
                 "Branches": [{"Revision": "master", "CreatedAt": 1700000000}], "Tags": []}}, "Success": True})
@@ -458,7 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = repo.files[path]
             if repo.is_lfs(path) and self.fake.use_cdn:  # LFS blobs are redirected to object storage
                 sha256 = hashlib.sha256(data).hexdigest()
-                location = f"{self.fake.cdn_url}/cdn/{sha256}?repo={quote(repo_id, safe='')}&file={quote(path, safe='')}"
+                location = (f"{self.fake.cdn_url}/cdn/{sha256}"
+                            f"?repo={quote(repo_id, safe='')}&file={quote(path, safe='')}")
                 return self._send(e, 302, b"", {"Location": location})
             return self._serve_bytes(e, repo, path, data, {"Accept-Ranges": "bytes",
                                                            "Content-Disposition": f'attachment; filename="{path}"'})

@@ -280,7 +280,8 @@ def _glm_tokenizer(dest: Path, specials: list[str], template: str):
     )
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", additional_special_tokens=specials[1:]
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
     )
     fast.chat_template = template
     fast.save_pretrained(dest)

@@ -19,8 +19,8 @@ from helpers import wait_until
 pytest.importorskip("ipykernel", reason="the interpreter tests need ipykernel (pip install ipykernel)")
 pytest.importorskip("jupyter_client", reason="the interpreter tests need jupyter_client")
 
-from glmtui.agent.capture import human_bytes  # noqa: E402
-from glmtui.agent.interpreter import CodeInterpreter, default_workdir  # noqa: E402
+from glmtui.agent.capture import human_bytes  # noqa: E402 - after importorskip
+from glmtui.agent.interpreter import CodeInterpreter, default_workdir  # noqa: E402 - after importorskip
 
 
 def gone(pid: int, within: float = 20.0) -> bool:
@@ -62,7 +62,8 @@ def test_exception_text(interp):
 
 def test_png_is_saved_as_a_file(interp):
     png = tiny_png()
-    result = interp.run(f"from IPython.display import Image, display\ndisplay(Image(data=bytes.fromhex('{png.hex()}')))")
+    result = interp.run("from IPython.display import Image, display\n"
+                        f"display(Image(data=bytes.fromhex('{png.hex()}')))")
     assert result.status == "ok" and len(result.images) == 1
     path = result.images[0]
     assert path.parent == interp.workdir and path.suffix == ".png"
@@ -105,7 +106,8 @@ def test_endless_loop_is_interrupted_and_the_kernel_kept(interp):
 def test_a_loop_that_ignores_interrupts_gets_its_kernel_killed(interp):
     interp.run("kept = 1")
     old_pid = interp.pid
-    code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('ignoring', flush=True)\nwhile True: pass"
+    code = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "print('ignoring', flush=True)\nwhile True: pass")
     result = interp.run(code, timeout=2)
     assert result.status == "timeout" and result.kernel_restarted
     assert result.text.startswith("ignoring\nstopped: no result within 2 s; the kernel did not stop and was killed")

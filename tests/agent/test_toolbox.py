@@ -15,7 +15,6 @@ from glmtui.agent.capture import CappedText, human_bytes
 from glmtui.agent.toolbox import Toolbox, schema_problem
 from glmtui.config import default_paths
 
-
 # ------------------------------------------------------------------ arithmetic
 
 

@@ -82,7 +82,8 @@ def test_interactive_chat_clear_stop_and_ctrl_c(served):
         term.type("hello")
         first = _reply_text(term.read_until(b"User: "), MODEL)
         expected = greedy(served, [ChatMessage("user", "hello")])
-        assert first == expected.text.lstrip("\n").rstrip("\n") + (" [token limit]" if expected.finish_reason == "length" else "")
+        limit_note = " [token limit]" if expected.finish_reason == "length" else ""
+        assert first == expected.text.lstrip("\n").rstrip("\n") + limit_note
         first_prompt = [e for e in log.events[mark:] if isinstance(e, Started)][0].prompt_tokens
 
         # the history goes along with the next question...

@@ -81,7 +81,7 @@ def test_four_concurrent_greedy_requests_equal_each_run_alone(model, request):
         ids = [worker.generate(ask(q), GREEDY) for q in QUESTIONS]
         finals = [log.wait(rid) for rid in ids]
         assert worker._batch.admitted_total - before >= 3  # they ran in the batch, not in turn
-        for rid, ref, got in zip(ids, refs, finals):
+        for rid, ref, got in zip(ids, refs, finals, strict=True):
             assert isinstance(got, Finished), got
             assert (got.text, got.completion_tokens, got.prompt_tokens, got.finish_reason) == (
                 ref.text, ref.completion_tokens, ref.prompt_tokens, ref.finish_reason)
@@ -188,7 +188,7 @@ def test_each_request_keeps_its_max_new_tokens_and_stop_strings(batched, serial)
     assert [f.completion_tokens for f in finals[:2]] == [5, 13]
     assert [f.finish_reason for f in finals] == ["length", "length", "stop"]
     assert finals[2].text == longest.text[: longest.text.index(stop)]
-    for ref, got in zip(refs, finals):
+    for ref, got in zip(refs, finals, strict=True):
         assert (got.text, got.completion_tokens, got.finish_reason) == (ref.text, ref.completion_tokens,
                                                                           ref.finish_reason)
 
@@ -221,7 +221,7 @@ def test_requests_over_the_sequence_limit_wait_their_turn_and_count_as_queued(ch
         running = max(r for r, _ in queued)
         assert running == 2  # never more than the limit in the manager
         assert any(q >= 1 for _, q in queued)  # the rest were queued, and said so
-        for ref, got in zip(refs, finals):
+        for ref, got in zip(refs, finals, strict=True):
             assert (got.text, got.completion_tokens) == (ref.text, ref.completion_tokens)
     finally:
         worker.shutdown()
@@ -249,7 +249,7 @@ def test_parameters_the_batch_cannot_honour_run_alone_after_the_batch(batched, s
     refs = [alone(serial, m, p) for m, p in requests]
     before = worker._batch.admitted_total
     finals = together(worker, log, requests)
-    for ref, got in zip(refs, finals):
+    for ref, got in zip(refs, finals, strict=True):
         assert (got.text, got.completion_tokens) == (ref.text, ref.completion_tokens)
     assert worker._batch.admitted_total - before == 2  # the penalised one did not go into the batch
     # (when it starts relative to the batch's last Finished is not checked: that event is delivered by the
@@ -295,7 +295,7 @@ def test_batching_through_the_engine_process(native_glm, tmp_path):
         assert engine.model_info.concurrency == "continuous batching", engine.model_info.concurrency_reason
         ids = [engine.generate(ask(q), GREEDY) for q in QUESTIONS[:3]]
         finals = [log.wait(rid) for rid in ids]
-        for rid, ref, got in zip(ids, refs, finals):
+        for rid, ref, got in zip(ids, refs, finals, strict=True):
             assert (got.text, got.completion_tokens) == (ref.text, ref.completion_tokens)
             assert texts_in_order(log, rid) == got.text
     finally:

@@ -72,7 +72,7 @@ def engine(tmp_path_factory):
     yield eng, log
     pids = eng.memory_report().pids
     eng.shutdown()
-    assert all(wait_until(lambda: gone(pid), 5.0) for pid in pids)
+    assert all(wait_until(lambda pid=pid: gone(pid), 5.0) for pid in pids)
 
 
 def load(eng, log, path, mode="fp32") -> Loaded:

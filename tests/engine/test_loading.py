@@ -281,14 +281,16 @@ def test_native_extra_tensor_is_refused_and_named(tmp_path, native_glm):
     folder = _copy(native_glm, tmp_path / "extra-native")
     name = "model.layers.0.mlp.spare_proj.weight"
     _rewrite_safetensors(folder / "model.safetensors", lambda state: state.__setitem__(name, torch.zeros(4, 4)))
-    with pytest.raises(ModelLoadError, match=rf"in the weight files that config.json has no place for: {re.escape(name)}"):
+    with pytest.raises(ModelLoadError,
+                       match=rf"in the weight files that config.json has no place for: {re.escape(name)}"):
         load_model(folder, "fp32")
 
 
 def test_native_config_with_more_layers_than_the_weights(tmp_path, native_glm):
     folder = _copy(native_glm, tmp_path / "three-native")
     _edit_config(folder, num_hidden_layers=3)
-    with pytest.raises(ModelLoadError, match=r"config.json says 3 layers, the weight files hold 2; .*model\.layers\.2\."):
+    with pytest.raises(ModelLoadError,
+                       match=r"config.json says 3 layers, the weight files hold 2; .*model\.layers\.2\."):
         load_model(folder, "fp32")
 
 
@@ -364,7 +366,8 @@ def test_llama_model_type_on_chatglm3_files_says_what_glmtui_supports(tmp_path, 
 
     folder = _copy(chatglm3_dir, tmp_path / "llama")
     _edit_config(folder, model_type="llama")
-    with pytest.raises(ModelLoadError, match=r"ChatGLM3's layout .* model_type 'llama'.* model_type \"chatglm\"") as failure:
+    with pytest.raises(ModelLoadError,
+                       match=r"ChatGLM3's layout .* model_type 'llama'.* model_type \"chatglm\"") as failure:
         load_model(folder, "fp32")
     assert "trust_remote_code" not in str(failure.value)
     # Whatever path reaches transformers' own advice, it is translated: glmtui has no such option.

@@ -276,7 +276,7 @@ def test_moved_names_still_importable_from_memory():
             "import sys; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError):
-        memory.no_such_name  # noqa: B018
+        memory.no_such_name  # noqa: B018 - the attribute read is the test
 
 
 def test_import_is_cheap():
@@ -434,3 +434,18 @@ def test_exact_prediction_from_a_subprocess_and_the_cache(tiny_arch_dirs):
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     assert "cannot be read" in memory.predict_exact_subprocess(bad, "cpu").error
+
+
+def test_a_gpu_ask_to_the_predictor_stores_the_cpu_figures_too(tiny_arch_dirs):
+    """The pane's predictor asked for "cuda" counts the CPU from the same build and stores it, so that
+    `glmtui fit` on a GPU machine (it needs both) is answered from the store."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    folder = tiny_arch_dirs["glm4-thinking"]
+    cfg = memory.read_config(folder)
+    assert exact_cache.cached_exact(cfg, "cpu", 200) is None
+    r = exact_cache.predict_exact_subprocess(folder, "cuda", context_len=200)
+    assert r.error is None and r.predictions["bf16"].device == "cuda"
+    stored = exact_cache.cached_exact(cfg, "cpu", 200)
+    assert stored is not None and stored.predictions == predict.predict_config(cfg, device="cpu", context_len=200)

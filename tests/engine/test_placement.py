@@ -83,6 +83,7 @@ def test_placement_of_a_loaded_model(native_glm):
     assert dict(loaded.placement.bytes_per_device)["cpu"] == loaded.footprint_bytes
     assert not any("OFFLOADED" in n for n in loaded.notes)
     # a dispatched model: its hf_device_map wins over the parameters' devices
-    loaded.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}
+    loaded.model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu",
+                                  "lm_head": "cpu"}
     p = placement_of(loaded.model)
     assert p.runs == (("cuda:0", 0, 0), ("cpu", 1, 1)) and p.offloaded == ("cpu",)

@@ -139,7 +139,8 @@ class CountingDecode:
         return self.decode(ids)
 
 
-@pytest.mark.parametrize("text", ["你好，我是人工智能助手。今天天气很好！🙂", "Hello world\n\n```python\nprint(1)\n```"])
+@pytest.mark.parametrize("text", ["你好，我是人工智能助手。今天天气很好！🙂",
+                                  "Hello world\n\n```python\nprint(1)\n```"])
 def test_incremental_detokenizer_chatglm3_byte_fallback(glm3, text):
     ids = glm3.encode_text(text * 20)
     decode = CountingDecode(glm3.decode)

@@ -132,7 +132,8 @@ def test_the_template_drops_earlier_reasoning_from_the_history(thinking_dir):
              ChatMessage("user", "again")]
     prompt = chat_format.tokenizer.decode(chat_format.encode_conversation(turns))
     assert "secret" not in prompt and "hello there" in prompt
-    off = chat_format.tokenizer.decode(chat_format.encode_conversation(turns, template_kwargs={"enable_thinking": False}))
+    off_ids = chat_format.encode_conversation(turns, template_kwargs={"enable_thinking": False})
+    off = chat_format.tokenizer.decode(off_ids)
     assert off.endswith("<think></think>\n") and not prompt.endswith("</think>\n")
 
 

@@ -37,7 +37,7 @@ def test_catalogue_entries_are_well_formed():
     assert catalog.get("chatglm3-6b-32k").context_length == 32768
     assert not catalog.get("chatglm3-6b-base").chat
     with pytest.raises(FrozenInstanceError):
-        catalog.get("chatglm3-6b").key = "x"  # type: ignore[misc]
+        catalog.get("chatglm3-6b").key = "x"  # type: ignore[misc]  # frozen: the test writes anyway
 
 
 def test_resolve_catalogue_keys_case_insensitively():
@@ -72,7 +72,8 @@ def _write_model_folder(folder, *, chat_template=True, shards=("model-1.safetens
     (folder / "tokenizer.json").write_text("{}")
     if chat_template:
         (folder / "chat_template.jinja").write_text("{{ messages }}")
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {f"w{i}": s for i, s in enumerate(shards)}}))
+    weight_map = {f"w{i}": s for i, s in enumerate(shards)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     for s in shards if present is None else present:
         (folder / s).write_bytes(b"\0" * 16)
     return folder

@@ -27,10 +27,9 @@ def test_no_hint_where_the_other_hub_cannot_help():
 
 
 def test_pull_downloads_from_the_source_the_tui_remembered(monkeypatch, tmp_path):
-    from hubserver import FakeHub, point_hubs_at
-
     from glmtui.cli import main
     from glmtui.config import default_paths
+    from hubserver import FakeHub, point_hubs_at
 
     config = default_paths().config_file
     config.parent.mkdir(parents=True)

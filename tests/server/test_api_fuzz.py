@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402 - after importorskip
+from schemathesis.checks import not_a_server_error  # noqa: E402 - after importorskip
 
-import tiny_models  # noqa: E402
-from engine_helpers import EventLog  # noqa: E402
-from glmtui.engine.events import Loaded  # noqa: E402
-from glmtui.engine.worker import InferenceWorker  # noqa: E402
-from glmtui.server import ServerThread, create_app  # noqa: E402
+import tiny_models  # noqa: E402 - after importorskip
+from engine_helpers import EventLog  # noqa: E402 - after importorskip
+from glmtui.engine.events import Loaded  # noqa: E402 - after importorskip
+from glmtui.engine.worker import InferenceWorker  # noqa: E402 - after importorskip
+from glmtui.server import ServerThread, create_app  # noqa: E402 - after importorskip
 
 API_KEY = "fuzz-key"
 

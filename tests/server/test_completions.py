@@ -73,7 +73,7 @@ def test_a_list_of_prompts_is_one_choice_each_and_echo_writes_the_prompt_first(s
     alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=12, temperature=0) for p in prompts]
     both = client.completions.create(model=MODEL, prompt=prompts, max_tokens=12, temperature=0, echo=True)
     assert [c.index for c in both.choices] == [0, 1]
-    for prompt, single, choice in zip(prompts, alone, both.choices):
+    for prompt, single, choice in zip(prompts, alone, both.choices, strict=True):
         assert choice.text == prompt + single.choices[0].text
         assert choice.finish_reason == single.choices[0].finish_reason
     assert both.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)

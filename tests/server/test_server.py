@@ -455,7 +455,8 @@ def test_tools_and_tool_messages_reach_the_chatglm3_prompt(served, client):
     reply = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], max_tokens=2,
                                            temperature=0)
     expected = [
-        ChatMessage("system", "Answer the following questions as best as you can. You have access to the following tools:"),
+        ChatMessage("system", "Answer the following questions as best as you can. "
+                              "You have access to the following tools:"),
         ChatMessage("user", "weather in Beijing?"),
         ChatMessage("assistant", '```python\ntool_call(city="Beijing", days=2, ok=True)\n```', "get_weather"),
         ChatMessage("observation", '{"temperature": 22}'),
@@ -486,7 +487,8 @@ def test_streaming_with_tools_equals_non_streaming(served, client):
 
 
 def test_parse_tool_call_code_style_and_json():
-    code = 'get_weather\n ```python\ntool_call(city="Beijing", days=3, units=["c", "f"], extra={"a": None, "b": True})\n ```'
+    code = ('get_weather\n ```python\n'
+            'tool_call(city="Beijing", days=3, units=["c", "f"], extra={"a": None, "b": True})\n ```')
     assert parse_tool_call(code, {"get_weather"}) == (
         "get_weather", {"city": "Beijing", "days": 3, "units": ["c", "f"], "extra": {"a": None, "b": True}})
     assert parse_tool_call('get_weather\n{"city": "上海"}', {"get_weather"}) == ("get_weather", {"city": "上海"})
@@ -692,7 +694,7 @@ def test_health_tells_why_a_load_failed_only_to_a_caller_with_the_key(tmp_path):
     try:
         log = EventLog()
         log.wait(worker.load(str(missing), "fp32", sink=log))
-        for key, server in servers.items():
+        for server in servers.values():
             r = httpx.get(server.url + "/health")
             assert "private-models" not in r.text and r.json()["detail"] is None  # no server paths
             assert r.status_code == 503 and r.json()["status"] == "load_failed"  # status words only

@@ -80,7 +80,8 @@ def test_earlier_reasoning_sent_back_by_a_client_is_not_prompted(z1_served, clie
     only the answer, so the prompt is that of the answer alone."""
     history = QUESTION + [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "again"}]
     with_thoughts = QUESTION + [
-        {"role": "assistant", "content": "<think>a long secret plan</think>Hi!", "reasoning_content": "a long secret plan"},
+        {"role": "assistant", "content": "<think>a long secret plan</think>Hi!",
+         "reasoning_content": "a long secret plan"},
         {"role": "user", "content": "again"}]
     plain = client.chat.completions.create(model=MODEL, messages=history, max_tokens=2, temperature=0)
     sent = client.chat.completions.create(model=MODEL, messages=with_thoughts, max_tokens=2, temperature=0)

@@ -111,7 +111,8 @@ OPENAI_TOOLS = {
         {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"},
                                      {"type": "image_url", "image_url": {"url": "data:..."}}]},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
         {"role": "assistant", "content": "It is 18 °C."},
     ],
@@ -185,7 +186,8 @@ def test_chatglm3_history_formats(home: Path) -> None:
         ("assistant", "", "根据查询结果，股票10111的价格是12412。"),
     ]
     assert convs["你好"] == [("user", "", "你好"), ("assistant", "", "你好👋")]
-    assert convs["今天天气怎么样"] == [("user", "", "今天天气怎么样"), ("assistant", "", "晴。"), ("user", "", "明天呢")]
+    assert convs["今天天气怎么样"] == [("user", "", "今天天气怎么样"), ("assistant", "", "晴。"),
+                                      ("user", "", "明天呢")]
     assert _run("import", str(home / "pairs.json")) == 0
     with _open() as s:
         assert s.count_conversations() == 3

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from glmtui import store as store_mod
+from glmtui.store import HistoryError, HistoryStore
 from glmtui.store import recovery as store_recovery
 from glmtui.store import schema as store_schema
 from glmtui.store import search as store_search
-from glmtui.store import HistoryError, HistoryStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,8 @@ def store(db: Path):
 
 
 def _aside_files(db: Path, kind: str) -> list[Path]:
-    return sorted(p for p in db.parent.iterdir() if p.name.startswith(f"{db.name}.{kind}-") and not p.name.endswith(("-wal", "-shm")))
+    return sorted(p for p in db.parent.iterdir()
+                  if p.name.startswith(f"{db.name}.{kind}-") and not p.name.endswith(("-wal", "-shm")))
 
 
 # ------------------------------------------------------------------ basics
@@ -269,10 +270,12 @@ def test_search_english_and_chinese(db: Path, use_fts: bool) -> None:
 
 
 def test_export_markdown_and_json(store: HistoryStore, tmp_path: Path) -> None:
-    cid = store.create_conversation("导出 test", model="chatglm3-6b", system_prompt="You are helpful.", params={"temperature": 0.5})
+    cid = store.create_conversation("导出 test", model="chatglm3-6b", system_prompt="You are helpful.",
+                                    params={"temperature": 0.5})
     store.add_message(cid, "user", "你好")
     store.add_message(
-        cid, "assistant", "Hello! 你好！", stats={"completion_tokens": 5, "tokens_per_s": 12.34, "ttft": 0.5, "finish_reason": "stop"}
+        cid, "assistant", "Hello! 你好！",
+        stats={"completion_tokens": 5, "tokens_per_s": 12.34, "ttft": 0.5, "finish_reason": "stop"}
     )
     store.add_message(cid, "assistant", "cut sh", status="stopped")
 
@@ -449,7 +452,8 @@ def _pages(db: Path, pattern: str) -> list[int]:
         return [count - 2, count - 1, count]
     raw = sqlite3.connect(db)  # "a messages leaf": one in the middle of the messages table
     try:
-        leaves = [r[0] for r in raw.execute("SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno")]
+        leaves = [r[0] for r in raw.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno")]
     except sqlite3.OperationalError:
         pytest.skip("this SQLite has no dbstat table")
     finally:
@@ -486,7 +490,8 @@ def _working_recover() -> bool:
 
 @pytest.mark.parametrize("salvager", ["row reads", "sqlite3 shell"])
 @pytest.mark.parametrize("pattern", ["page 2", "pages 10-12", "last 3 pages", "a messages leaf"])
-def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvager: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_damaged_pages_are_set_aside_and_salvaged(db: Path, pattern: str, salvager: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     if salvager == "row reads":
         monkeypatch.setattr(store_recovery, "sqlite3_cli", lambda: None)
     elif not _working_recover():
@@ -878,7 +883,7 @@ def test_two_processes_write_concurrently(db: Path) -> None:
     with HistoryStore.open(db, timeout=30) as s:
         s.create_conversation("shared")
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0 and out.strip() == "done", err
 
     s = HistoryStore.open(db)

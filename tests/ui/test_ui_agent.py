@@ -73,7 +73,8 @@ async def test_tool_mode_confirm_deny_and_malformed_calls(glm3):
         ])
         await ask(pilot, app, "What is (2+3)*4?")
         dialog = await answer_dialog(pilot, app, "y")
-        assert dialog.action_shown.name == "calculate" and dialog.action_shown.arguments == {"expression": "(2 + 3) * 4"}
+        shown = dialog.action_shown
+        assert shown.name == "calculate" and shown.arguments == {"expression": "(2 + 3) * 4"}
         await done(pilot, app)
         conv, messages = saved(app)
         assert conv.system_prompt == TOOL_SYSTEM_PROMPT

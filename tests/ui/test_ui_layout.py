@@ -65,7 +65,7 @@ async def test_the_chat_keeps_most_of_the_width_at_every_size(quiet_sampler):
         app = GlmApp(mode="fp32", sampler=quiet_sampler)
         async with app.run_test(size=size) as pilot:
             chat = app.query_one("#chat")
-            await wait_for(pilot, lambda: chat.region.width > 0, timeout=10, what="the first layout")
+            await wait_for(pilot, lambda chat=chat: chat.region.width > 0, timeout=10, what="the first layout")
             await pilot.pause()
             sides = [app.query_one(f"#{pane}") for pane in ("history", "side")]
             shown = [side for side in sides if side.display and side.region.width]
@@ -79,7 +79,7 @@ async def test_the_chat_keeps_most_of_the_width_at_every_size(quiet_sampler):
                 assert shown, f"no side pane at {size}"
             if size[0] >= 200:
                 assert len(shown) == 2 and "Host RAM" in screen_text(app)
-    assert widths == sorted(widths), list(zip(SIZES, widths))
+    assert widths == sorted(widths), list(zip(SIZES, widths, strict=False))  # (a message: never raises)
 
 
 @pytest.mark.slow
@@ -115,7 +115,7 @@ async def test_f2_presses_that_arrive_together_each_move_a_pane(quiet_sampler, s
         for count, gap in [(2, 0.0), (2, 0.002), (3, 0.0), (2, 0.01), (2, 0.03), (3, 0.005), (2, 0.0), (2, 0.06)]:
             want = PANES[(PANES.index(app.current_pane) + count) % len(PANES)]
             await burst(app, *["f2"] * count, gap=gap)
-            await wait_for(pilot, lambda: app.current_pane == want, timeout=10,
+            await wait_for(pilot, lambda want=want: app.current_pane == want, timeout=10,
                            what=f"{count} F2 presses {gap} s apart to reach {want} (at {app.current_pane})")
             await pilot.pause(0.15)  # no late focus event takes it elsewhere
             assert app.current_pane == want

@@ -467,7 +467,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         result = ExactResult({}, f"config.json cannot be read: {exc}")
     else:
-        result = exact_result(cfg, args.device, args.context, use_cache=not args.no_cache)
+        # a GPU ask stores the CPU figures too (the same build; `glmtui fit` on a GPU machine needs both)
+        result = exact_results(cfg, (args.device, "cpu"), args.context, use_cache=not args.no_cache)[args.device]
     if args.json:
         print(json.dumps(memory.result_to_json(result)))
     elif not result.predictions:

@@ -11,23 +11,17 @@ is told what to show. ``active`` is None only once a reply is completely finishe
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from functools import partial
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Optional
 
 from glmtui.engine.events import ChatMessage, Failed, Finished, Loaded, Started, Token, reached_context
 
-from .chat_state import ActiveReply, ChatView, EditState, Replacement, Turn
+from .chat_state import ActiveReply, ChatView, EditState, Replacement, Turn, save_reply_on_exit
+from .chat_store import OrderedCalls, RunStore
 from .chat_text import make_title, params_from_dict
 
 FLUSH_INTERVAL = 2.0
 STREAMING_NOTE = "A reply is still streaming: Esc stops it."
-
-RunStore = Callable[[Callable[[], Any]], Awaitable[Any]]
-"""Runs one history call off the UI thread; returns its value, or None once a failure was reported."""
-
 
 class ChatSession:
     """One conversation on screen and the reply being written for it."""
@@ -48,58 +42,20 @@ class ChatSession:
         self.active: Optional[ActiveReply] = None
         self.editing: Optional[EditState] = None
         self.opening = False  # a stored conversation is being read
-        self._run_store = run_store
-        self._order: Optional[asyncio.Lock] = None  # store calls one at a time, in the order asked
-        self._gate = threading.Lock()  # a call on its thread vs. save_on_exit
-        self._closed = False  # save_on_exit ran: calls still queued must not overwrite it
-        self._tasks: set[asyncio.Task] = set()
-        self._must_run: dict[int, Callable[[], Any]] = {}  # background calls not run yet that must not be lost
-        self._next_call = 0
-
-    # -------------------------------------------------------------- the store, off the UI thread
+        self.calls = OrderedCalls(run_store)  # the history calls: in order, off the UI thread
 
     async def _store(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        if self._order is None:
-            self._order = asyncio.Lock()
-        async with self._order:
-            return await self._run_store(partial(self._gated, fn, *args, **kwargs))
-
-    def _gated(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        with self._gate:
-            if self._closed:
-                return None
-            return fn(*args, **kwargs)
+        return await self.calls.call(fn, *args, **kwargs)
 
     def _in_background(self, fn: Callable, *args: Any, must_run: bool = False, **kwargs: Any) -> None:
-        """A store call nobody waits for (it still keeps its place in the order). ``must_run``: one that
-        has not run when the pane goes runs then (:meth:`run_left_over`); a stale flush is just dropped."""
-        call = partial(fn, *args, **kwargs)
-        if must_run:
-            key = self._next_call = self._next_call + 1
-            self._must_run[key] = call
-            call = partial(self._run_once, key)
-        task = asyncio.ensure_future(self._store(call))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _run_once(self, key: int) -> Any:
-        call = self._must_run.pop(key, None)  # under the gate: never run twice
-        return call() if call is not None else None
+        self.calls.background(fn, *args, must_run=must_run, **kwargs)
 
     def run_left_over(self) -> None:
-        """Run, here and now, the background calls that must not be lost and have not run (the pane is
-        going away: the event loop will not run them). Runs on the UI thread, at the end only."""
-        with self._gate:
-            for key in sorted(self._must_run):
-                self._must_run.pop(key)()
+        """The pane goes: history calls that must not be lost and have not run, run now."""
+        self.calls.run_left_over()
 
     async def settled(self) -> None:
-        """Wait for every store call asked for so far (tests; nothing in the app waits on it)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._order is not None:
-            async with self._order:
-                pass
+        await self.calls.settled()
 
     # -------------------------------------------------------------- state
 
@@ -425,41 +381,5 @@ class ChatSession:
         "interrupted" when a signal closed it), with the token count of ``final`` (the engine's
         Finished for the cancelled reply, when it came in time). Runs on the closing app's thread,
         the event loop done: writes the store directly; store calls still queued are dropped."""
-        self.run_left_over()
-        with self._gate:
-            self._closed = True
-            active = self.active
-            if active is None:
-                return
-            self._save_on_exit(active, status, final)
-
-    def _save_on_exit(self, active: ActiveReply, status: str, final: Optional[Finished]) -> None:
-        store = self.store
-        replacing = active.replacing
-        started = active.prompt_tokens is not None or bool(active.text) or (
-            isinstance(final, Finished) and bool(final.prompt_tokens or final.text))
-        if replacing is not None and replacing.old and not started:
-            for turn in replacing.new:  # never started: the exchange it was to replace stays
-                if turn.message_id is not None:
-                    store.delete_message(turn.message_id)
-            return
-        if replacing is not None:
-            for turn in replacing.old:
-                if turn.message_id is not None:
-                    store.delete_message(turn.message_id)
-        if active.message_id is None:
-            return
-        text = active.text
-        stats: dict = {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens, **active.written_by}
-        if isinstance(final, Finished):
-            if len(final.text) > len(text):  # tokens still waiting to be shown
-                text = final.text
-            stats.update(prompt_tokens=final.prompt_tokens or active.prompt_tokens,
-                         completion_tokens=final.completion_tokens, ttft=final.time_to_first_token,
-                         tokens_per_s=final.tokens_per_second, total_s=final.total_seconds,
-                         cached_tokens=final.cached_tokens)
-        reasoning = active.reasoning
-        if isinstance(final, Finished) and len(final.reasoning) > len(reasoning):
-            reasoning = final.reasoning
-        store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None},
-                             reasoning=reasoning or None)
+        active = self.active
+        self.calls.close(lambda: save_reply_on_exit(self.store, active, status, final) if active else None)

@@ -86,3 +86,37 @@ class ChatView(Protocol):
              timeout: Optional[float] = None) -> None: ...  # a toast
     def header_changed(self) -> None: ...  # title, settings or editing changed
     def history_changed(self) -> None: ...  # the conversation list may show something else
+
+
+def save_reply_on_exit(store: Any, active: ActiveReply, status: str, final: Optional[Finished]) -> None:
+    """What glmtui closing mid-reply keeps of it (ChatSession.save_on_exit): the text so far, or the
+    engine's final text when it came in time, marked ``status``; a send that never started leaves
+    the exchange it was to replace."""
+    replacing = active.replacing
+    started = active.prompt_tokens is not None or bool(active.text) or (
+        isinstance(final, Finished) and bool(final.prompt_tokens or final.text))
+    if replacing is not None and replacing.old and not started:
+        for turn in replacing.new:  # never started: the exchange it was to replace stays
+            if turn.message_id is not None:
+                store.delete_message(turn.message_id)
+        return
+    if replacing is not None:
+        for turn in replacing.old:
+            if turn.message_id is not None:
+                store.delete_message(turn.message_id)
+    if active.message_id is None:
+        return
+    text = active.text
+    stats: dict = {"finish_reason": "cancelled", "prompt_tokens": active.prompt_tokens, **active.written_by}
+    if isinstance(final, Finished):
+        if len(final.text) > len(text):  # tokens still waiting to be shown
+            text = final.text
+        stats.update(prompt_tokens=final.prompt_tokens or active.prompt_tokens,
+                     completion_tokens=final.completion_tokens, ttft=final.time_to_first_token,
+                     tokens_per_s=final.tokens_per_second, total_s=final.total_seconds,
+                     cached_tokens=final.cached_tokens)
+    reasoning = active.reasoning
+    if isinstance(final, Finished) and len(final.reasoning) > len(reasoning):
+        reasoning = final.reasoning
+    store.update_message(active.message_id, text, status, {k: v for k, v in stats.items() if v is not None},
+                         reasoning=reasoning or None)

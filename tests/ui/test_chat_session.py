@@ -188,7 +188,7 @@ async def test_the_streaming_reply_is_flushed_without_holding_up_the_tokens(harn
 
     async def on_token(active, event) -> None:
         if len(harness.view.events) == 3:
-            harness.session._run_store = slow_store  # noqa: SLF001 - the pane's runner, slowed down
+            harness.session.calls.run_store = slow_store  # the pane's runner, slowed down
         if len(harness.view.events) == 8:
             release.set()
         rows = store.messages(session.conversation_id)
@@ -260,6 +260,7 @@ async def test_save_on_exit_is_not_overwritten_by_a_flush_still_queued(harness, 
     session, store = harness.session, harness.store
     session.params["max_new_tokens"] = 100_000
     gate = threading.Event()
+    held = asyncio.Event()
     original = harness.run_store
 
     async def held_store(call):  # a flush that reaches its thread only after the app closed
@@ -267,17 +268,16 @@ async def test_save_on_exit_is_not_overwritten_by_a_flush_still_queued(harness, 
             gate.wait(30)
             return call()
 
+        held.set()
         return await original(later)
 
     async def on_token(active, event) -> None:
-        if len(active.text) > 10 and session._run_store is original:  # noqa: SLF001
-            session._run_store = held_store  # noqa: SLF001
+        if len(active.text) > 10:
+            session.calls.run_store = held_store
 
     harness.view.on_token = on_token
     assert await session.send("a long story")
-    while session._run_store is original:  # noqa: SLF001 - until a flush is held
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(held.wait(), 60)  # a flush is on its thread, waiting
     active = session.active
     assert active is not None
     harness.worker.cancel(active.request_id)

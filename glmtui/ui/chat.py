@@ -24,16 +24,11 @@ from textual.widgets import Static
 from glmtui.engine.events import Finished, GenerationParams, Loaded, Started, Token
 
 from .chat_input import ChatInput
-from .chat_session import FLUSH_INTERVAL, ActiveReply, ChatSession, EditState, Turn
-from .chat_text import format_stats, make_title, params_from_dict, params_to_dict, visible
+from .chat_session import ActiveReply, ChatSession, EditState, Turn
 from .gc_defer import defer_full_collections, resume_full_collections
 from .messages import AssistantMessage, MessageList, UserMessage
 from .meters import DEFAULT_CHARS_PER_TOKEN, ReplyMeter, ReplyMeterState
 from .store_calls import store_calls
-
-# Names other modules imported from here before the split (they now live in chat_text, chat_session, messages).
-__all__ = ["ChatHost", "ChatPane", "FLUSH_INTERVAL", "AssistantMessage", "Turn", "UserMessage", "format_stats",
-           "make_title", "params_from_dict", "params_to_dict", "visible"]
 
 
 def _nothing() -> None:

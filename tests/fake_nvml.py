@@ -44,7 +44,7 @@ class FakeNVML(types.SimpleNamespace):
 
     # helpers -------------------------------------------------------------------
     def _gpu(self, h: object, metric: str):
-        g = self.gpus[h.index]  # type: ignore[attr-defined]
+        g = self.gpus[h.index]  # type: ignore[attr-defined]  # a handle made by this fake
         if g.get("lost"):
             raise self.NVMLError_GpuIsLost("GPU is lost")
         v = g.get(metric)

@@ -157,7 +157,8 @@ def test_cpu_torch_next_to_a_gpu_warns_and_fails_when_cuda_is_asked_for(real_tor
 CUDA13_H100 = {"version": "2.11.0+cu130", "cuda": "13.0", "hip": None, "available": True, "count": 1,
                "capabilities": [[9, 0]]}
 CUDA13_OLD_DRIVER = {"version": "2.11.0+cu130", "cuda": "13.0", "hip": None, "available": False,
-                     "cuda_error": "CUDA initialization: The NVIDIA driver on your system is too old (found version 12040)."}
+                     "cuda_error": "CUDA initialization: The NVIDIA driver on your system is too old "
+                                   "(found version 12040)."}
 
 
 def test_cuda_torch_against_the_driver():
@@ -251,7 +252,7 @@ def test_disk_free_against_the_catalogue():
     small = lambda path: Usage(100 * 10**9, 90 * 10**9, 10 * 10**9)  # noqa: E731 - a 10 GB free disk
     some = doctor.check_disk(paths, Request(), disk_usage=small)
     assert some.verdict == "ok" and "not ChatGLM3-6B," in some.detail and "GLM-Edge-1.5B" not in some.detail
-    tiny = lambda path: Usage(100 * 10**9, 98 * 10**9, 2 * 10**9)  # noqa: E731
+    tiny = lambda path: Usage(100 * 10**9, 98 * 10**9, 2 * 10**9)  # noqa: E731 - a 2 GB free disk
     none = doctor.check_disk(paths, Request(), disk_usage=tiny)
     assert none.verdict == "warn" and "the smallest, GLM-Edge-1.5B-Chat, needs 3.2 GB" in none.detail
     fail = doctor.check_disk(paths, Request(model="chatglm3-6b"), disk_usage=small)

@@ -71,7 +71,8 @@ def test_cancel_mid_stream_stops_the_server_generation(served, remote):
         if isinstance(event, Token):
             time.sleep(0.01)
 
-    lengths = {q: worker_log.wait(worker.generate([ChatMessage("user", q)], GenerationParams(600, 0.0))).completion_tokens
+    lengths = {q: worker_log.wait(worker.generate([ChatMessage("user", q)],
+                                                  GenerationParams(600, 0.0))).completion_tokens
                for q in ("story time", "a", "b", "你好")}
     prompt = max(lengths, key=lengths.get)
     mark = len(worker_log.events)

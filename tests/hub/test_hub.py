@@ -90,7 +90,7 @@ def _files_on_disk(folder: Path) -> list[str]:
 
 def _assert_monotonic(events):
     assert events, "no progress reported"
-    for a, b in zip(events, events[1:]):
+    for a, b in zip(events, events[1:], strict=False):  # each event with the next
         assert b.bytes_done >= a.bytes_done, (a, b)
         assert b.files_done >= a.files_done, (a, b)
     last = events[-1]
@@ -184,7 +184,8 @@ def test_second_download_is_a_no_op_and_an_update_fetches_only_changes(hub, dl, 
     # the repo gets a new commit with a changed config and a file dropped: fetch only that
     src, extras = tiny_src
     files = dict(hub.repos[REPO].files)
-    files["config.json"] = files["config.json"].replace(b'"max_position_embeddings": 256', b'"max_position_embeddings": 512')
+    files["config.json"] = files["config.json"].replace(b'"max_position_embeddings": 256',
+                                                        b'"max_position_embeddings": 512')
     assert files["config.json"] != hub.repos[REPO].files["config.json"]
     del files["chat_template.jinja"]
     hub.add_repo(REPO, files)
@@ -225,7 +226,7 @@ def _start(dl, cancel, events, **kw):
     def run():
         try:
             result["path"] = dl.download(REPO, cancel=cancel, on_progress=events.append, **kw)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - the test thread hands every outcome to the test
             result["error"] = e
 
     t = threading.Thread(target=run, daemon=True)

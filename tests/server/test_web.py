@@ -431,7 +431,8 @@ async def _cdp_login(chromium: str, url: str, token: str, proc) -> tuple[str, bo
                             return message.get("result", {})
 
                 async def evaluate(expression):
-                    return (await call("Runtime.evaluate", expression=expression, returnByValue=True))["result"].get("value")
+                    answer = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+                    return answer["result"].get("value")
 
                 async def until(expression, timeout):
                     deadline = time.monotonic() + timeout

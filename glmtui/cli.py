@@ -17,7 +17,8 @@ from .engine.api import MODES
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", help="model folder, catalogue key or hub id to load at start")
-    parser.add_argument("--mode", choices=MODES, default=None, help="quantization mode (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="quantization mode (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checked before anything loads)")
     parser.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
                         help="what runs a local model: glmtui's own engine, or vLLM's server managed by glmtui "

@@ -28,7 +28,7 @@ import torch
 from . import checks
 from .api import MODES
 from .checks import CheckFailed
-from .placement import balanced_max_memory, placement_of
+from .placement import Placement, balanced_max_memory, placement_of
 from .prompts import ChatFormat, ChatGLM3Format, ChatTemplateFormat, PromptError
 from .weights import StoredTensor, WeightReadError, read_checkpoint
 
@@ -66,8 +66,8 @@ class LoadedModel:
     load_seconds: float
     # What the user should know about how it was loaded (layers left in 16-bit, offload...).
     notes: tuple[str, ...] = ()
-    # Where every decoder layer went (placement.Placement): GPU n, CPU, disk.
-    placement: Optional[object] = None
+    # Where every decoder layer went: GPU n, CPU, disk.
+    placement: Optional[Placement] = None
     # The library that quantized int8/int4 ("torchao", "bitsandbytes"); None for 16/32-bit.
     quant_backend: Optional[str] = None
 

@@ -156,7 +156,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         self.engine = engine
         self.model = ModelController(
             engine, paths=self.paths, mode=mode, device=device or "auto", endpoint=self.endpoint,
-            emit=lambda change: self.post_message(ModelChanged(change)),
+            emit=lambda change: self.post_message(ModelChanged(change)), tell=self.tell,
             save_mode=lambda mode: self._save_prefs(mode=mode), latest_snapshot=self._latest_snapshot,
             last_spec=model or "")
         self._init_bridge()

@@ -49,12 +49,10 @@ class ModelActions(AppBase):
         self.model.device = device
 
     def on_model_changed(self, message: ModelChanged) -> None:
-        """Route what the ModelController emitted: toasts, the panes' state, downloads, exact figures."""
+        """Route what the ModelController emitted: the panes' state, downloads, exact figures."""
         change = message.change
         try:
-            if isinstance(change, Note):
-                self.notify(change.message, severity=change.severity, title=change.title, timeout=change.timeout)
-            elif isinstance(change, StateChanged):
+            if isinstance(change, StateChanged):
                 self._show_model_state(change)
             elif isinstance(change, BaseModelLoaded):
                 self.action_completion_mode()  # a base model was never taught the chat roles
@@ -65,6 +63,10 @@ class ModelActions(AppBase):
                 self.models_pane.figures_arrived()
         except (NoMatches, ScreenStackError):  # the app is closing: the panes are gone
             pass
+
+    def tell(self, note: Note) -> None:
+        """The ModelController's toast, shown at once."""
+        self.notify(note.message, severity=note.severity, title=note.title, timeout=note.timeout)
 
     @property
     def engine_notice(self) -> EngineNotice:

@@ -4,8 +4,9 @@ It holds the load state (loaded, the stage and fraction of a load, the last erro
 an unload), asks the engine to load and unload, keeps the download queue and its jobs, and the
 memory figures an unload is compared with. It never touches Textual: what changes goes out
 through ``emit`` (one of the dataclasses below), which the app turns into a Textual message and
-routes to the panes. ``emit`` must be safe to call from any thread (downloads and exact counts
-report on theirs); every other method runs on the UI thread unless it says otherwise.
+routes to the panes; a toast goes through ``tell`` at once. ``emit`` must be safe to call from any
+thread (downloads and exact counts report on theirs); every other method, and ``tell``, runs on
+the UI thread unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class ModelController:
 
     def __init__(self, engine: Any, *, paths: Paths, mode: str, device: str = "auto",
                  endpoint: Optional[str] = None, emit: Callable[[object], object],
+                 tell: Callable[[Note], object] = lambda note: None,
                  save_mode: Callable[[str], None] = lambda mode: None,
                  latest_snapshot: Callable[[], Any] = lambda: None, last_spec: str = "") -> None:
         self.engine = engine
@@ -105,6 +107,7 @@ class ModelController:
         self.device = device
         self.endpoint = endpoint
         self._emit = emit
+        self._tell = tell  # a toast, shown at once (every Note is told on the UI thread)
         self._save_mode = save_mode  # remembered in the prefs after a load and on F8
         self.loaded: Optional[Loaded] = None
         self.loading_label: Optional[str] = None
@@ -145,7 +148,7 @@ class ModelController:
         if found.problem is not None or found.folder is None:
             self.last_error = found.problem
             self._emit(StateChanged())
-            self._emit(Note(found.problem or "nothing to load", "error", "Could not load the model", 15))
+            self._tell(Note(found.problem or "nothing to load", "error", "Could not load the model", 15))
             return
         self.last_spec = spec
         self.last_load = (found.folder, mode, label or found.name)
@@ -164,19 +167,19 @@ class ModelController:
             self.engine.load(found.folder, mode, self.device)
         except Exception as exc:  # noqa: BLE001 - a remote engine may refuse at once
             self.set_stage(None)
-            self._emit(Note(f"{type(exc).__name__}: {exc}", "error", "Could not load the model"))
+            self._tell(Note(f"{type(exc).__name__}: {exc}", "error", "Could not load the model"))
 
     def reload(self) -> None:
         """The last local load again (after the engine process ended)."""
         if self.last_load is None:
-            self._emit(Note("No model was loaded yet: Ctrl+L loads one.", "warning"))
+            self._tell(Note("No model was loaded yet: Ctrl+L loads one.", "warning"))
             return
         folder, mode, label = self.last_load
         self.request_load(folder, mode, label=label)
 
     def unload(self) -> None:
         if self.loaded is None:
-            self._emit(Note("No model is loaded.", "warning"))
+            self._tell(Note("No model is loaded.", "warning"))
             return
         self.engine.unload()
 
@@ -188,12 +191,12 @@ class ModelController:
         self.mode = mode
         self._save_mode(mode)
         self._emit(StateChanged())
-        self._emit(Note(f"The next load uses {mode}.", timeout=3))
+        self._tell(Note(f"The next load uses {mode}.", timeout=3))
 
     def kill_engine(self) -> None:
         kill = getattr(self.engine, "kill", None)
         if kill is None or not kill("stopped from glmtui (F7)"):
-            self._emit(Note("No engine process to kill.", "warning"))
+            self._tell(Note("No engine process to kill.", "warning"))
 
     @property
     def can_reload(self) -> bool:
@@ -221,7 +224,7 @@ class ModelController:
             after = (f"; {fmt_bytes(event.device_bytes_after)} still reserved on the device"
                      if event.device_bytes_after else "")
             self.unloaded_note = f"unloaded {event.model_name}{after}"
-            self._emit(Note(f"Unloaded {event.model_name or 'the model'}{after}."))
+            self._tell(Note(f"Unloaded {event.model_name or 'the model'}{after}."))
             self._unload_check_at = time.monotonic() + self.UNLOAD_SETTLE  # compare once memory has settled
             self._emit(StateChanged())
         elif isinstance(event, EngineExited):
@@ -239,10 +242,10 @@ class ModelController:
             self.loading_label = None
             self.last_error = event.message
             self.load_stage = self.load_fraction = None
-            self._emit(Note(event.message, "error", "Could not load the model", 15))
+            self._tell(Note(event.message, "error", "Could not load the model", 15))
             self._emit(StateChanged())
         elif isinstance(event, Failed) and event.during == "unload":
-            self._emit(Note(event.message, "error", "Could not unload"))
+            self._tell(Note(event.message, "error", "Could not unload"))
         else:
             return False
         return True
@@ -259,12 +262,12 @@ class ModelController:
                 self.extra_model_paths.append(event.model_path)
             self.mode = event.mode
             self._save_mode(event.mode)
-            self._emit(Note(
+            self._tell(Note(
                 f"{event.model_name} · {event.mode} · {event.device} · {fmt_bytes(event.footprint_bytes)} "
                 f"in {event.load_seconds:.1f} s" + "".join(f"\n{note}" for note in event.notes),
                 title="Model loaded", timeout=8 if event.notes else 4))
         else:
-            self._emit(Note(f"{event.model_name} served by {event.model_path}", title="Connected", timeout=4))
+            self._tell(Note(f"{event.model_name} served by {event.model_path}", title="Connected", timeout=4))
         self._emit(StateChanged(rows=True))
         if event.mode in MODES and catalog.entry_for_folder(event.model_path).kind == "base":
             self._emit(BaseModelLoaded())
@@ -277,7 +280,7 @@ class ModelController:
         again = (f"F6 loads {self.last_load[2]} ({self.last_load[1]}) again"
                  if self.last_load is not None else "Ctrl+L loads a model")
         self.notice = EngineNoticeState("exited", event.message, again, event.log_path)
-        self._emit(Note(f"{event.message}\n{again}.", "error", "The engine process ended", 10))
+        self._tell(Note(f"{event.message}\n{again}.", "error", "The engine process ended", 10))
         self._emit(StateChanged())
 
     # ------------------------------------------------------------------ memory
@@ -295,7 +298,7 @@ class ModelController:
         if note:
             self.unloaded_note = note
             self._emit(StateChanged(progress_only=True))
-            self._emit(Note(note, title="Memory after unload", timeout=8))
+            self._tell(Note(note, title="Memory after unload", timeout=8))
 
     def own_memory(self) -> tuple[str, Optional[int]]:
         """glmtui's memory (this process and its engine processes) as the monitor last saw it: on the GPUs,
@@ -338,9 +341,9 @@ class ModelController:
                 )
             job = self._downloads.submit(entry, source=source)
         except Exception as exc:  # noqa: BLE001
-            self._emit(Note(f"{type(exc).__name__}: {exc}", "error", "Download"))
+            self._tell(Note(f"{type(exc).__name__}: {exc}", "error", "Download"))
             return
-        self._emit(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
+        self._tell(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
 
     def _job_changed(self, job: Any) -> None:  # on the download queue's thread
         self._emit(DownloadChanged(job))
@@ -354,7 +357,7 @@ class ModelController:
     def cancel_download(self, entry: Optional[catalog.CatalogEntry]) -> None:
         job = self.job_for(entry) if entry is not None else None
         if job is None or job.finished or self._downloads is None:
-            self._emit(Note("No download running for the highlighted model.", "warning"))
+            self._tell(Note("No download running for the highlighted model.", "warning"))
             return
         self._downloads.cancel(job.id)
 
@@ -362,9 +365,9 @@ class ModelController:
         """A download's new state (on the UI thread, from the DownloadChanged the queue's thread emitted)."""
         self.jobs[str(job.dest)] = job
         if job.state == "done":
-            self._emit(Note(f"{job.label} downloaded to {job.path or job.dest}", title="Download complete"))
+            self._tell(Note(f"{job.label} downloaded to {job.path or job.dest}", title="Download complete"))
         elif job.state == "failed":
-            self._emit(Note(job.error or "download failed", "error", f"Download of {job.label} failed"))
+            self._tell(Note(job.error or "download failed", "error", f"Download of {job.label} failed"))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -39,7 +39,8 @@ class Driver:
         engine.add_listener(self.events.put)
         engine.start()
         self.model = ModelController(engine, paths=default_paths(), mode="fp32", device="cpu",
-                                     emit=self.emitted.append, save_mode=self.saved_modes.append)
+                                     emit=self.emitted.append, tell=self.emitted.append,
+                                     save_mode=self.saved_modes.append)
 
     def until(self, kind: type, timeout: float = TIMEOUT) -> Any:
         """Hand events to the controller until one of ``kind`` has been handled; return it."""

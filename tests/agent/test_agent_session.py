@@ -67,6 +67,7 @@ def test_parse_reply(text, kind, name):
 # ------------------------------------------------------------------ tools
 
 
+@pytest.mark.slow
 def test_builtin_tool_call_runs_after_confirmation_and_feeds_an_observation(glm3):
     model = ScriptedModel(glm3, [call("calculate", expression="(2 + 3) * 4"), "The answer is 20."])
     asked: list[Action] = []
@@ -259,6 +260,7 @@ def test_interpreter_observation_layout():
 # ------------------------------------------------------------------ a real engine as the source
 
 
+@pytest.mark.slow
 def test_engine_source_drives_the_tiny_model(chatglm3_dir):
     from engine_helpers import start_worker
     from glmtui.engine.events import Loaded

@@ -151,6 +151,7 @@ def test_shutdown_leaves_no_kernel_or_child_behind(tmp_path):
     assert not ci.alive
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_kernel_ends_with_the_process_that_started_it(tmp_path, how):
     script = textwrap.dedent(f"""

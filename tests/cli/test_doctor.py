@@ -112,6 +112,7 @@ def test_the_real_torch_is_described(real_torch_probe):
     assert real_torch_probe["version"] in check.detail
 
 
+@pytest.mark.slow
 def test_a_torch_that_cannot_be_imported_is_a_fail_verdict(tmp_path):
     env = fake_torch(tmp_path, 'raise ImportError("libcudart.so.12: cannot open shared object file")\n')
     probe, problem = run_probe(TORCH_PROBE, env=env, timeout=60)
@@ -141,6 +142,7 @@ def test_a_crashing_torch_names_the_signal(tmp_path):
     assert probe is None and problem.startswith("killed by SIGABRT")
 
 
+@pytest.mark.slow
 def test_cpu_torch_next_to_a_gpu_warns_and_fails_when_cuda_is_asked_for(real_torch_probe):
     if real_torch_probe.get("cuda"):
         pytest.skip("this machine's torch is a CUDA build")

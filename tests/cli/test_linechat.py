@@ -32,6 +32,7 @@ def test_piped_question_prints_only_the_answer(served, chatglm3_dir):
     assert "Loaded" in run.stderr.decode()
 
 
+@pytest.mark.slow
 def test_piped_question_through_an_endpoint(served):
     messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "what is a GPU?\nexplain")]
     expected = greedy(served, messages, 30)

@@ -195,6 +195,7 @@ async def test_monitor_pane_shows_the_servers_figures(metrics_server):
         await wait_for(pilot, lambda: not view.display, 20, interval=0.1)
 
 
+@pytest.mark.slow
 async def test_no_endpoint_no_metrics_row(metrics_server):
     from glmtui.ui.app import GlmApp
     from glmtui.ui.engine_metrics import RemoteMetricsView
@@ -225,6 +226,7 @@ ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
+@pytest.mark.slow
 async def test_a_managed_servers_metrics_appear_once_it_has_started(tmp_path):
     """--engine vllm: the server's address is known only after a load; the monitor polls it from then on."""
     from glmtui.engine.managed import ManagedServer, ServerPlan, free_port

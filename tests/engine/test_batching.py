@@ -68,6 +68,7 @@ def texts_in_order(log, rid) -> str:
     return "".join(e.text for e in events[1:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["native_glm", "chatglm3_dir"])
 def test_four_concurrent_greedy_requests_equal_each_run_alone(model, request):
     folder = request.getfixturevalue(model)
@@ -124,6 +125,7 @@ def arrival_mid_way(worker, log, long_params, short_params):
     return done_long, done_short, stamp["at"] - arrived, stamp["long_running"]
 
 
+@pytest.mark.slow
 def test_a_request_arriving_mid_way_joins_the_running_batch(batched, serial):
     long_params = GenerationParams(max_new_tokens=1200, temperature=0.0)  # long enough to dwarf a join
     short_params = GenerationParams(max_new_tokens=8, temperature=0.0)
@@ -205,6 +207,7 @@ def test_a_sampling_request_next_to_a_greedy_one_leaves_the_greedy_one_exact(bat
     assert finals[0].text != finals[2].text
 
 
+@pytest.mark.slow
 def test_requests_over_the_sequence_limit_wait_their_turn_and_count_as_queued(chatty_chatglm3, serial):
     worker, log = start(chatty_chatglm3, batching=True, max_sequences=2)
     try:
@@ -281,6 +284,7 @@ def test_a_model_the_batch_cannot_run_falls_back_to_one_at_a_time(mla_model):
         worker.shutdown()
 
 
+@pytest.mark.slow
 def test_batching_through_the_engine_process(native_glm, tmp_path):
     from glmtui.engine.process import EngineProcess
 
@@ -302,6 +306,7 @@ def test_batching_through_the_engine_process(native_glm, tmp_path):
         engine.shutdown()
 
 
+@pytest.mark.slow
 def test_a_failed_batch_fails_its_requests_and_the_engine_goes_on_one_at_a_time(chatty_chatglm3, serial):
     worker, log = start(chatty_chatglm3, batching=True)
     try:
@@ -324,6 +329,7 @@ def test_a_failed_batch_fails_its_requests_and_the_engine_goes_on_one_at_a_time(
         worker.shutdown()
 
 
+@pytest.mark.slow
 def test_in_the_batch_a_next_turn_prefills_only_past_the_shared_full_pages(native_glm):
     """KV reuse across turns with batching on: the manager's prefix sharing keeps a finished
     request's complete pages, so the next turn's prefill starts at the last shared page."""

@@ -105,6 +105,7 @@ def test_compiling_is_on_by_default_only_for_16_bit_on_cuda(monkeypatch):
     assert not compiled.wanted(None, "cuda", "bf16")
 
 
+@pytest.mark.slow
 def test_cpu_worker_does_not_compile_by_default(chatglm3_dir, monkeypatch):
     monkeypatch.delenv("GLMTUI_COMPILE", raising=False)
     w, log = _worker()

@@ -72,6 +72,7 @@ def test_folder_is_native_and_marked_complete(converted, chat_format):
     assert not converted.with_name(converted.name + ".tmp").exists()
 
 
+@pytest.mark.slow
 def test_plain_transformers_generates_like_glmtui(converted, chatglm3_dir, tokenizer, chat_format):
     from transformers import AutoModelForCausalLM
 
@@ -143,6 +144,7 @@ def _run_convert(src: Path, dst: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_bad_source_fails_in_one_line_and_leaves_nothing(chatglm3_dir, tmp_path):
     source = tmp_path / "broken"
     shutil.copytree(chatglm3_dir, source)
@@ -157,6 +159,7 @@ def test_a_bad_source_fails_in_one_line_and_leaves_nothing(chatglm3_dir, tmp_pat
     assert err.strip().startswith("conversion failed:") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_conversion_leaves_no_complete_folder_and_is_redone(chatglm3_dir, tmp_path):
     dst = tmp_path / "out"
     tmp = tmp_path / "out.tmp"
@@ -173,6 +176,7 @@ def test_a_killed_conversion_leaves_no_complete_folder_and_is_redone(chatglm3_di
     assert done.returncode == 0 and (dst / COMPLETE_MARKER).exists() and not tmp.exists()
 
 
+@pytest.mark.slow
 def test_vllm_prepare_hook_converts_once(chatglm3_dir, tmp_path):
     from glmtui.engine.vllm import plan_vllm
 

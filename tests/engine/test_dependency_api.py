@@ -192,6 +192,7 @@ def _versions() -> str:
     return ", ".join(f"{d} {version(d)}" for d in DEPENDENCIES)
 
 
+@pytest.mark.slow
 def test_the_scan_finds_what_glmtui_uses():
     """The list is not empty, and it sees the uses this test exists for (so a broken scan cannot pass)."""
     names = used_names()

@@ -41,6 +41,7 @@ def test_line_chat_with_vllm_missing_says_how_to_get_it(tmp_path, chatglm3_dir):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_serve_with_vllm_missing_fails_in_one_line(tmp_path, chatglm3_dir):
     done = _run(tmp_path, "serve", "--engine", "vllm", "--model", str(chatglm3_dir), "--port", "0")
     assert done.returncode == 1, done

@@ -54,6 +54,7 @@ def pair(request):
     off.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", ["chatglm3_dir", "chatty_chatglm3", "native_glm"], indirect=True)
 def test_reuse_gives_the_same_greedy_replies_and_prefills_only_the_new_suffix(pair):
     (on, on_log), (off, off_log) = pair
@@ -106,6 +107,7 @@ def log_wait(w, log, messages, params=GREEDY):
     return done
 
 
+@pytest.mark.slow
 def test_a_request_can_turn_reuse_off(chatglm3_dir):
     w, log = _worker()
     try:
@@ -122,6 +124,7 @@ def test_a_request_can_turn_reuse_off(chatglm3_dir):
         w.shutdown()
 
 
+@pytest.mark.slow
 def test_a_new_load_never_reuses_the_old_models_cache(chatglm3_dir):
     w, log = _worker()
     try:
@@ -136,6 +139,7 @@ def test_a_new_load_never_reuses_the_old_models_cache(chatglm3_dir):
         w.shutdown()
 
 
+@pytest.mark.slow
 def test_the_token_cap_drops_a_long_cache(chatty_chatglm3):
     w, log = _worker(kv_max_tokens=20)
     try:

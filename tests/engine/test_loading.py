@@ -88,6 +88,7 @@ def test_pickle_shards_are_read_with_weights_only(tmp_path, chatglm3_dir):
     assert "corrupt" not in str(failure.value) and "weights_only" not in str(failure.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bf16", "fp16", "fp32", "int8", "int4"])
 def test_every_mode_loads_generates_and_reports_footprint(chatglm3_dir, mode):
     loaded = load_model(chatglm3_dir, mode)

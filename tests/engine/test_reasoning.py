@@ -147,6 +147,7 @@ def _generate(worker, log, messages, params):
     return done, log.of(rid, Token), log.of(rid, Started)[0]
 
 
+@pytest.mark.slow
 def test_worker_streams_reasoning_apart_and_honours_the_switch(inside_dir):
     w, log = start_worker()
     try:
@@ -167,6 +168,7 @@ def test_worker_streams_reasoning_apart_and_honours_the_switch(inside_dir):
         w.shutdown()
 
 
+@pytest.mark.slow
 def test_worker_switch_reaches_a_template_where_the_model_opens_the_block(thinking_dir):
     w, log = start_worker()
     try:
@@ -194,6 +196,7 @@ def test_outbox_never_merges_reasoning_and_answer_tokens():
     assert received[3].reasoning == "ab"
 
 
+@pytest.mark.slow
 def test_replies_running_together_split_their_reasoning_each(inside_dir):
     """Several requests at once (the batch path when the model allows it, else one after another)."""
     w, log = start_worker()

@@ -63,6 +63,7 @@ def test_streamed_tokens_equal_the_local_greedy_reply(served, remote):
     assert log.of(rid, Started) and engine.state == "ready"
 
 
+@pytest.mark.slow
 def test_cancel_mid_stream_stops_the_server_generation(served, remote):
     worker, worker_log, _ = served
     engine, log = remote

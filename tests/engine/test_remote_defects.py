@@ -76,6 +76,7 @@ def test_a_burst_after_a_stall_is_not_reported_as_thousands_of_tokens_per_second
         engine.shutdown()
 
 
+@pytest.mark.slow
 def test_a_server_still_loading_its_model_is_waited_for(chatglm3_dir, tmp_path):
     """glmtui serve binds its port before the model loads and lists the model meanwhile: connecting then
     said Loaded, and the first message failed with 503 "still loading"."""

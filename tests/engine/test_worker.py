@@ -87,6 +87,7 @@ def test_stop_strings_cut_the_reply(worker, native_glm):
     assert "".join(e.text for e in log.of(cut.request_id, Token)) == cut.text
 
 
+@pytest.mark.slow
 def test_sampling_with_a_seed_is_reproducible(worker, chatglm3_dir):
     w, log = worker
     _load(w, log, chatglm3_dir)
@@ -123,6 +124,7 @@ def test_cancel_stops_within_one_token(worker, chatglm3_dir):
     assert done.text == "".join(e.text for e in log.of(rid, Token))
 
 
+@pytest.mark.slow
 def test_cancel_of_a_queued_request(worker, chatglm3_dir):
     w, log = worker
     _load(w, log, chatglm3_dir)
@@ -159,6 +161,7 @@ def test_switching_quantization_replaces_the_model(worker, chatglm3_dir):
     assert sizes["bf16"] > sizes["int8"] > sizes["int4"]
 
 
+@pytest.mark.slow
 def test_a_failed_load_leaves_the_worker_usable(worker, tmp_path, chatglm3_dir):
     w, log = worker
     failed = log.wait(w.load(str(tmp_path / "missing"), "fp32"))
@@ -187,6 +190,7 @@ def test_a_generation_that_raises_is_reported(worker, tmp_path, native_glm):
     assert isinstance(log.wait(w.generate([ChatMessage("user", "hi")], GREEDY)), Finished)
 
 
+@pytest.mark.slow
 def test_a_conversation_longer_than_the_context(worker, chatglm3_dir):
     w, log = worker
     _load(w, log, chatglm3_dir)
@@ -201,6 +205,7 @@ def test_bad_role_order_is_reported(worker, chatglm3_dir):
     assert isinstance(failed, Failed) and "last message" in failed.message
 
 
+@pytest.mark.slow
 def test_a_listener_that_raises_does_not_kill_the_worker(chatglm3_dir):
     w, log = start_worker()
     w.add_listener(lambda event: 1 / 0)
@@ -266,6 +271,7 @@ def test_importing_glmtui_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "params, word",
     [

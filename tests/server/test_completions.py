@@ -141,6 +141,7 @@ def test_a_remote_engine_completes_through_the_servers_completions(served, clien
     assert (done.prompt_tokens, done.completion_tokens) == (plain.usage.prompt_tokens, plain.usage.completion_tokens)
 
 
+@pytest.mark.slow
 def test_a_chat_template_model_continues_its_tokenizers_own_encoding(native_glm):
     from transformers import AutoTokenizer
 

@@ -34,6 +34,7 @@ def _client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_api_over_an_engine_process_answers_plain_and_streamed(process_served, served):
     engine, server = process_served
     assert engine.model_info.chat_format == "chatglm3" and engine.model_info.mode == "fp32"  # "auto" on the CPU

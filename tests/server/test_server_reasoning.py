@@ -40,6 +40,7 @@ def _direct(z1_served, thinking=None) -> Finished:
     return done
 
 
+@pytest.mark.slow
 def test_message_carries_reasoning_content_apart_from_the_content(z1_served, client):
     expected = _direct(z1_served)
     assert expected.reasoning  # the prompt opened <think>: the tiny model's text is reasoning

@@ -155,6 +155,7 @@ def test_web_stops_its_api_server(chatglm3_dir, tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_web_without_model_or_server_explains(tmp_path):
     from glmtui.web import DEFAULT_SERVE_URL, _health
 
@@ -335,6 +336,7 @@ def _sessions(proc) -> list:
     return [c for c in psutil.Process(proc.pid).children(recursive=True) if "--endpoint" in c.cmdline()]
 
 
+@pytest.mark.slow
 def test_without_the_token_nothing_starts(gated_web):
     import aiohttp
 
@@ -361,6 +363,7 @@ def test_without_the_token_nothing_starts(gated_web):
     assert _sessions(proc) == []  # no app process started for anyone without the token
 
 
+@pytest.mark.slow
 def test_with_the_token_the_app_starts_and_the_token_stays_secret(gated_web):
     import aiohttp
 

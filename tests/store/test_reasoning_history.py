@@ -134,6 +134,7 @@ def inside_reply(inside_dir):
         w.shutdown()
 
 
+@pytest.mark.slow
 def test_piped_chat_prints_only_the_answer_of_a_reasoning_model(inside_dir, inside_reply):
     run = subprocess.run(CHAT + ["--model", str(inside_dir), "--temperature", "0", "--max-new-tokens", "12"],
                          input=b"hello\n", capture_output=True, timeout=300)
@@ -142,6 +143,7 @@ def test_piped_chat_prints_only_the_answer_of_a_reasoning_model(inside_dir, insi
     assert inside_reply.reasoning.strip()[:8] not in run.stdout.decode()
 
 
+@pytest.mark.slow
 def test_interactive_chat_shows_the_reasoning_dimmed_before_the_answer(inside_dir, inside_reply):
     term = Terminal(CHAT + ["--model", str(inside_dir), "--temperature", "0", "--max-new-tokens", "12"])
     try:

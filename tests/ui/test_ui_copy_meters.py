@@ -224,6 +224,7 @@ def test_context_bar_fills_by_eighths():
     assert context_bar(500, 100, cells=4).plain == "▕████▏"  # never past the end
 
 
+@pytest.mark.slow
 async def test_the_meter_follows_a_reply_and_agrees_with_its_stored_stats(chatty_chatglm3, quiet_sampler):
     """Mid-reply the meter line shows tokens, tok/s and the context bar; it repaints a few times a second
     (never per token, never with a layout); the reply's stored stats (model, mode, device, TTFT, tok/s,

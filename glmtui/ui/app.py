@@ -392,7 +392,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         """Open the completion view (a stored completion, or a new one)."""
         if isinstance(self.screen, CompletionScreen):
             if conversation_id is not None:
-                self.screen.open(conversation_id)
+                self.call_later(self.screen.open, conversation_id)  # a coroutine: awaited there
             return
         self.push_screen(CompletionScreen(conversation_id))
 

@@ -140,3 +140,19 @@ async def test_a_base_model_opens_in_completion_mode(chatglm3_dir, tmp_path):
         assert app.store.get_conversation(app.screen.conversation_id).kind == "completion"
         assert app.screen.last_stats["prompt_tokens"] == 2 + len(
             ChatGLM3Format(chatglm3_dir / "tokenizer.model").encode_text("Hello"))
+
+
+async def test_opening_a_completion_from_the_completion_view_shows_it(quiet_sampler):
+    """action_completion_mode(id) while the completion view is up opens that conversation there
+    (its open() is a coroutine: it used to be called and never awaited)."""
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(120, 36)) as pilot:
+        first = app.store.create_conversation("first story", kind="completion")
+        second = app.store.create_conversation("second story", kind="completion")
+        app.action_completion_mode(first)
+        await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen), what="the completion view")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.conversation_id == first, what="the first completion")
+        app.action_completion_mode(second)
+        await wait_for(pilot, lambda: screen.conversation_id == second, timeout=10, what="the second completion")
+        assert app.screen is screen

@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .compiled import CompiledDecode
-from .events import ChatMessage, Failed, Finished, GenerationParams, Started, Token
+from .events import ChatMessage, Failed, Finished, FinishReason, GenerationParams, Started, Token
 from .kvreuse import KVSession
 from .prompts import IncrementalDetokenizer, PromptError
 from .reasoning import ReasoningSplitter, hidden_tags, make_splitter, template_kwargs
@@ -64,7 +64,7 @@ class ReplyStream(BaseStreamer):
             self.first_token_at = time.perf_counter()
         if self.hit_stop_string or self.hit_stop_token:
             return
-        kept = []
+        kept: list[int] = []
         for token_id in ids:
             if token_id in self._stop_ids:
                 self.hit_stop_token = True
@@ -226,6 +226,7 @@ def finished_event(request_id: int, stream: ReplyStream, prompt_tokens: int, max
                    cancelled: bool, cached_tokens: int = 0) -> Finished:
     """The Finished of a reply whose ids went through ``stream`` (either path)."""
     finished = time.perf_counter()
+    reason: FinishReason
     if stream.hit_stop_token or stream.hit_stop_string:
         reason = "stop"
     elif cancelled:
@@ -291,7 +292,7 @@ def run_generation(
         kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k))
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    stopper = [None]
+    stopper: list[Optional[_StopWhen]] = [None]
 
     def generate(stream: ReplyStream):
         if params.seed is not None:
@@ -311,9 +312,9 @@ def run_generation(
             raise
         except Exception as exc:
             # A compiled generation that failed before its first token runs again eagerly.
-            if not plan.compiling or stream.first_token_at is not None:
+            if plan.compiled is None or stream.first_token_at is not None:
                 raise
-            compiled.disable(f"generation failed: {type(exc).__name__}: {exc}")
+            plan.compiled.disable(f"generation failed: {type(exc).__name__}: {exc}")
             plan.fall_back_to_eager()
             stream = make_stream()
             output = generate(stream)
@@ -337,7 +338,7 @@ def run_generation(
     sequence = output[0].tolist()
     plan.keep(sequence)
     ended = stream.hit_stop_token or stream.hit_stop_string or cancel.is_set() or stream.generated >= max_new
-    if stopper[0].handed_off and not ended:
+    if stopper[0] is not None and stopper[0].handed_off and not ended:
         return Handoff(request_id, list(prompt_ids), sequence[len(prompt_ids):], stream, params, max_new,
                        started, plan.cached, emit)
     emit(finished_event(request_id, stream, len(prompt_ids), max_new, started, cancel.is_set(), plan.cached))
@@ -380,7 +381,7 @@ class _CachePlan:
         return isinstance(cache, StaticCache) and self.compiled.fits(cache, self.needed)
 
     def generate_kwargs(self) -> dict:
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.cache is not None:
             extra["cache"] = self.cache
         if self.compiled is not None:

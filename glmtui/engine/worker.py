@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .api import Listener, Listeners, MemoryReport, ModelInfo, this_process_report
 from .events import (
@@ -30,9 +30,14 @@ from .events import (
     Loaded,
     LoadProgress,
     Started,
-    Token,
     Unloaded,
 )
+
+if TYPE_CHECKING:
+    from .batching import BatchRunner
+    from .compiled import CompiledDecode
+    from .kvreuse import KVSession
+    from .loading import LoadedModel
 
 
 @dataclass
@@ -76,17 +81,17 @@ class InferenceWorker(Listeners):
         self.compile_backend = compile_backend
         self.batching = env_flag("GLMTUI_BATCHING", True) if batching is None else batching
         self.max_sequences = max_sequences if max_sequences is not None else env_int("GLMTUI_MAX_SEQUENCES")
-        self._batch = None  # batching.BatchRunner of the loaded model (None: one at a time)
+        self._batch: Optional[BatchRunner] = None  # of the loaded model (None: one at a time)
         self._batched: dict[int, _Command] = {}  # requests handed to the batch, until they finish
-        self._kv = None  # kvreuse.KVSession of the loaded model, worker thread only
-        self._compiled = None  # compiled.CompiledDecode of the loaded model, worker thread only
+        self._kv: Optional[KVSession] = None  # of the loaded model, worker thread only
+        self._compiled: Optional[CompiledDecode] = None  # of the loaded model, worker thread only
         self._queue: "queue.Queue[_Command]" = queue.Queue()
         self._listeners: list[Listener] = [listener] if listener else []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, _Command] = {}
         self._current: Optional[_Command] = None
-        self._loaded = None  # glmtui.engine.loading.LoadedModel, worker thread only
+        self._loaded: Optional[LoadedModel] = None  # worker thread only
         self.model_info: Optional[ModelInfo] = None
         self._state = "empty"  # empty, loading, ready, generating, stopped
         self._thread = threading.Thread(target=self._run, name="glmtui-inference", daemon=True)
@@ -326,13 +331,14 @@ class InferenceWorker(Listeners):
         def run() -> None:
             from .generation import run_generation
 
-            outcome = []
+            outcome: list[Event] = []
             run_generation(
                 loaded, [ChatMessage("user", "Hello")], GenerationParams(max_new_tokens=4, temperature=0.0),
                 threading.Event(), outcome.append, 0, session=self._kv, compiled=plan,
             )
-            if not isinstance(outcome[-1], Finished):
-                raise RuntimeError(outcome[-1].message)
+            last = outcome[-1]
+            if not isinstance(last, Finished):
+                raise RuntimeError(last.message if isinstance(last, Failed) else f"the warm-up ended with {last}")
 
         plan.warm_up(run, progress)
         self._compiled = plan  # kept even when off: generation reads plan.enabled, unload resets dynamo
@@ -410,6 +416,8 @@ class InferenceWorker(Listeners):
         from . import batching
         from .generation import make_reply_stream, prepare_prompt, run_generation, stop_token_ids
 
+        loaded, batch = self._loaded, self._batch
+        assert loaded is not None and batch is not None  # _generate checked both
         params = command.args["params"]
         rid = command.request_id
         prompt_text = command.args.get("prompt_text")
@@ -418,28 +426,28 @@ class InferenceWorker(Listeners):
         def emit(event) -> None:
             self._emit(command, event)
 
-        prepared = prepare_prompt(self._loaded, command.args["messages"], params, emit, rid,
+        prepared = prepare_prompt(loaded, command.args["messages"], params, emit, rid,
                                   command.args.get("tools"), prompt_text)
         if prepared is None:
             return
         prompt_ids, max_new = prepared
-        stops = stop_token_ids(self._loaded.chat_format, completion)
+        stops = stop_token_ids(loaded.chat_format, completion)
         alone = batching.batchable(params)
-        if alone is None and len(prompt_ids) + max_new > self._batch.limits.cache_tokens:
+        if alone is None and len(prompt_ids) + max_new > batch.limits.cache_tokens:
             alone = "more tokens than the batch's cache"
-        if alone is None and (self._batch.in_flight or self._batchable_waiting(command)):
+        if alone is None and (batch.in_flight or self._batchable_waiting(command)):
             emit(Started(rid, len(prompt_ids), 0))
-            stream = make_reply_stream(self._loaded.chat_format, params, emit, rid, completion)
+            stream = make_reply_stream(loaded.chat_format, params, emit, rid, completion)
             self._to_batch(command, prompt_ids, len(prompt_ids), max_new, stream, time.perf_counter(), stops, 0, 0)
             return
         if alone is not None:
-            self._batch.wait_idle()
+            batch.wait_idle()
             if command.cancel.is_set():
                 emit(Finished(rid, "", 0, 0, None, None, 0.0, "cancelled"))
                 return
         self.state = "generating"
         handoff = run_generation(
-            self._loaded, command.args["messages"], params, command.cancel, emit, rid,
+            loaded, command.args["messages"], params, command.cancel, emit, rid,
             session=self._kv, compiled=self._compiled, prepared=prepared, prompt_text=prompt_text,
             handoff=None if alone is not None else (lambda: self._batchable_waiting(command)),
         )
@@ -452,8 +460,11 @@ class InferenceWorker(Listeners):
 
         from .batching import ONE_AT_A_TIME
 
-        why = f"continuous batching failed: {self._batch.failure or 'closed'}"
-        self._batch.close()
+        batch = self._batch
+        if batch is None:
+            return
+        why = f"continuous batching failed: {batch.failure or 'closed'}"
+        batch.close()
         self._batch = None
         if self.model_info is not None:
             self.model_info = dataclasses.replace(self.model_info, concurrency=ONE_AT_A_TIME, concurrency_reason=why)
@@ -464,7 +475,8 @@ class InferenceWorker(Listeners):
 
         with self._lock:
             return any(
-                c.kind == "generate" and c is not command and not c.cancel.is_set() and batchable(c.args["params"]) is None
+                c.kind == "generate" and c is not command and not c.cancel.is_set()
+                and batchable(c.args["params"]) is None
                 for c in self._pending.values()
             )
 
@@ -476,10 +488,12 @@ class InferenceWorker(Listeners):
             with self._lock:
                 self._batched.pop(rid, None)
 
+        batch = self._batch
+        assert batch is not None  # only _generate_with_batch hands requests over
         with self._lock:
             self._batched[rid] = command
-        self._batch.submit(rid, input_ids, prompt_tokens, max_new, stream, command.args["params"], started,
-                           lambda event: self._emit(command, event), stops, already=already, cached_tokens=cached,
-                           on_done=done)
+        batch.submit(rid, input_ids, prompt_tokens, max_new, stream, command.args["params"], started,
+                     lambda event: self._emit(command, event), stops, already=already, cached_tokens=cached,
+                     on_done=done)
         if command.cancel.is_set():  # cancelled while it was being handed over
-            self._batch.cancel(rid)
+            batch.cancel(rid)

@@ -142,7 +142,8 @@ def balanced_max_memory(
     ``runtime_fraction`` of what it holds for the KV cache and activations.  When the
     weights fit in that, each GPU's cap is its share of the weights in proportion to its
     usable memory, plus 5 % and ``largest_module_bytes`` (accelerate places whole modules and
-    keeps the largest one's size free on the first GPU): the layers spread by free memory.  When they do not fit, every GPU is filled
+    keeps the largest one's size free on the first GPU): the layers spread by free memory.
+    When they do not fit, every GPU is filled
     to its usable memory and the rest may go to ``cpu_bytes`` of host RAM (offload,
     reported loudly after the load).  A GPU with no usable memory gets 0.
     """

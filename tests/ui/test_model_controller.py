@@ -23,6 +23,7 @@ from glmtui.ui.model_controller import (
     StateChanged,
     make_engine,
 )
+from helpers import wait_until
 
 TIMEOUT = 120.0  # a load imports torch once per process; more on a loaded machine
 
@@ -138,6 +139,13 @@ def test_the_engine_process_dies_and_reloads(native_glm):
 # ---------------------------------------------------------------- quitting during an exact count
 
 
+def ended(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def predictors() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children():
@@ -170,10 +178,7 @@ def test_quitting_ends_a_running_exact_count_at_once(native_glm, monkeypatch):
     app.call_from_thread(app.exit)
     assert done.wait(15), "quitting waited for the exact count"
     thread.join(5)
-    for process in running:  # ended at once, not left to finish its count
-        try:
-            assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            pass
+    # killed, not left to finish its count (a kill takes effect a moment later)
+    wait_until(lambda: all(ended(p) for p in running), 5, what="the predictor to end")
     cfg = memory.read_config(native_glm)
     assert memory.cached_exact(cfg, "cpu", None) is None  # it never finished

@@ -237,7 +237,7 @@ class Sampler:
             return
         try:
             count = int(nvml.nvmlDeviceGetCount())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a row state, never a crash
             self._state, self._message = "error", f"NVML device count failed: {e}"
             return
         if count <= 0:
@@ -317,7 +317,7 @@ class Sampler:
                 if not self._is(e, "NVMLError_NotSupported"):
                     errors.append(f"{kind.lower()} processes: {_text(e)}")
                 return None
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - a row note, never a crash
                 errors.append(f"{kind.lower()} processes: {type(e).__name__}: {e}")
                 continue
             self._proc_fns[kind] = fn
@@ -440,7 +440,7 @@ class Sampler:
                 engine_rss=engine_rss,
                 engine_cpu_percent=engine_cpu,
             )
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the host row shows it
             return HostSnapshot(error=f"{type(e).__name__}: {e}")
 
     def _sample_engine(self) -> tuple[int | None, float | None]:

@@ -53,7 +53,7 @@ def nvml_facts(nvml: Any = AUTO) -> DriverFacts:
         try:
             raw = int(nvml.nvmlSystemGetCudaDriverVersion())  # e.g. 12040 for CUDA 12.4
             cuda = (raw // 1000, (raw % 1000) // 10)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a driver without the call: CUDA version unknown
             pass
         gpus = []
         for i in range(int(nvml.nvmlDeviceGetCount())):
@@ -61,15 +61,15 @@ def nvml_facts(nvml: Any = AUTO) -> DriverFacts:
             try:
                 major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
                 capability: Optional[tuple[int, int]] = (int(major), int(minor))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - not every GPU reports it
                 capability = None
             gpus.append(GpuFacts(i, _text(nvml.nvmlDeviceGetName(handle)), capability))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the check reports it, never a crash
         return DriverFacts("error", f"{type(exc).__name__}: {_text(exc)}")
     finally:
         try:
             nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - shutting NVML down is best effort
             pass
     if not gpus:
         return DriverFacts("no_gpu", "the driver reports 0 devices", version, cuda)

@@ -116,7 +116,7 @@ def check_disk(paths: Paths, request: Request, disk_usage=shutil.disk_usage) -> 
     if request.model:
         try:
             asked = catalog.resolve(request.model)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - an unknown name: no model to check
             asked = None
     where = f"{_gb(free)} free in {folder}"
     if asked is not None and asked in pending and _size(asked) > free:

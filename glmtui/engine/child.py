@@ -185,7 +185,7 @@ def warm_up(quantizers: bool = False) -> None:
         pass
     if quantizers:
         try:
-            import bitsandbytes  # noqa: F401
+            import bitsandbytes  # noqa: F401  (the quantizer, before the first request)
         except Exception:  # missing or broken: the int8/int4 load reports it
             pass
 

@@ -209,7 +209,7 @@ class AgentController:
             return "The code kernel was not started yet: it starts with the first code block."
         try:
             self.interpreter.restart()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - said in one line
             return f"The kernel did not restart: {exc}"
         return "Code kernel restarted: earlier variables are gone."
 
@@ -218,5 +218,5 @@ class AgentController:
         if self.interpreter is not None:
             try:
                 self.interpreter.shutdown()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: best effort
                 pass

@@ -277,7 +277,7 @@ class AgentView:
         await self._streaming.widget.write(piece)
 
     async def _message_added(self, message: ChatMessage) -> None:
-        stopped = self.controller._stopping.is_set()  # noqa: SLF001
+        stopped = self.controller._stopping.is_set()  # noqa: SLF001 - the controller's stop flag, read only
         status = "stopped" if stopped and message.role == "assistant" else "complete"
         mid = await self._save(message, status)
         if message.role == "user":
@@ -300,7 +300,7 @@ class AgentView:
         if message.metadata:
             turn.widget.speaker = f"{self._model()} → {message.metadata}"
             turn.widget.add_class("-call")
-            turn.widget._refresh_labels()  # noqa: SLF001
+            turn.widget._refresh_labels()  # noqa: SLF001 - the widget's own label refresh
 
     async def _step_done(self, step: Step) -> None:
         result = step.result
@@ -372,7 +372,7 @@ class AgentView:
             message = self.controller.restart_kernel()
             try:
                 self.app.call_from_thread(self.app.notify, message, title="Code kernel", timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the app is gone
                 pass
 
         threading.Thread(target=work, name="glmtui-kernel-restart", daemon=True).start()

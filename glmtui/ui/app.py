@@ -256,21 +256,21 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
                 pass
         try:
             self.agent.shutdown()  # a running send stops, the code kernel ends
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing: the rest still runs
             pass
         if self._api_server is not None:
             try:
                 self._api_server.stop(timeout=3.0)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: the rest still runs
                 pass
         try:
             self.engine.remove_listener(self._engine_listener)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing: the rest still runs
             pass
         self.model.close()  # a running exact count ends, downloads are cancelled, the engine shuts down
         try:
             self.store.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing: the rest still runs
             pass
         if getattr(self, "_ended_by_signal", None) and self.exit_watchdog:
             start_exit_watchdog(128 + int(self._ended_by_signal))

@@ -283,7 +283,7 @@ class ChatPane(Vertical):
 
     def tell(self, message: str, *, title: str = "", severity: str = "information",
              timeout: Optional[float] = None) -> None:
-        self.notify(message, title=title, severity=severity, timeout=timeout)  # type: ignore[arg-type]
+        self.notify(message, title=title, severity=severity, timeout=timeout)  # type: ignore[arg-type]  # severity: one of Textual's levels
 
     def header_changed(self) -> None:
         self.refresh_header()

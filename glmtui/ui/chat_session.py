@@ -74,7 +74,7 @@ class ChatSession:
         for t in self.turns:
             if t.role == "assistant" and (t.status == "error" or not t.content):
                 continue
-            out.append(ChatMessage(t.role, t.content))  # type: ignore[arg-type]
+            out.append(ChatMessage(t.role, t.content))  # type: ignore[arg-type]  # a stored role is a Role
         return out
 
     async def add_turn(self, turn: Turn) -> None:

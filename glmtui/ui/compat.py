@@ -103,7 +103,7 @@ class WrapsDefaultKeys:
         await self.default_key(event)
 
     async def default_key(self, event: events.Key) -> None:
-        await super()._on_key(event)  # type: ignore[misc]
+        await super()._on_key(event)  # type: ignore[misc]  # Textual's private handler (tested)
 
 
 class LayoutSizeHook:
@@ -114,7 +114,7 @@ class LayoutSizeHook:
     # public Resize event comes after the offered virtual size was applied.
     def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
         virtual_size = self.layout_virtual_size(size, virtual_size, container_size)
-        return super()._size_updated(size, virtual_size, container_size, layout)  # type: ignore[misc]
+        return super()._size_updated(size, virtual_size, container_size, layout)  # type: ignore[misc]  # Textual's private method (tested)
 
     def layout_virtual_size(self, size: Size, virtual_size: Size, container_size: Size) -> Size:
         return virtual_size

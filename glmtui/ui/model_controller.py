@@ -316,7 +316,7 @@ class ModelController:
         """The engine's processes now (the monitor's thread asks; this process's own pid left out)."""
         try:
             return tuple(p for p in self.engine.memory_report().pids if p != os.getpid())
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no pids: nothing to show
             return ()
 
     def engine_in_this_process(self) -> bool:
@@ -340,7 +340,7 @@ class ModelController:
                     on_update=self._job_changed,
                 )
             job = self._downloads.submit(entry, source=source)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - one line, the app keeps running
             self._tell(Note(f"{type(exc).__name__}: {exc}", "error", "Download"))
             return
         self._tell(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
@@ -377,9 +377,9 @@ class ModelController:
         if self._downloads is not None:
             try:
                 self._downloads.close(cancel=True, timeout=2.0)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: best effort
                 pass
         try:
             self.engine.shutdown(timeout=5.0)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing: best effort
             pass

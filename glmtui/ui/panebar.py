@@ -36,5 +36,5 @@ class PaneBar(Static):
     def on_click(self, event: Any) -> None:
         for start, end, pane in self._spans:
             if start <= event.x < end:
-                self.app.current_pane = pane  # type: ignore[attr-defined]
+                self.app.current_pane = pane  # type: ignore[attr-defined]  # GlmApp's, not App's
                 return

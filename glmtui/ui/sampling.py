@@ -30,7 +30,7 @@ def start_sampling(sampler: Any, interval: float, post: Callable[[Message], Any]
         if close is not None:
             try:
                 close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing: best effort
                 pass
 
     threading.Thread(target=poll, name="glmtui-monitor", daemon=True).start()

@@ -20,19 +20,29 @@ RunStore = Callable[[Callable[[], Any]], Awaitable[Any]]
 class OrderedCalls:
     def __init__(self, run_store: RunStore) -> None:
         self.run_store = run_store
-        self._order: Optional[asyncio.Lock] = None  # made on first use, on the event loop
+        self._tail: Optional[asyncio.Future] = None  # done when the last call asked for has ended
         self._gate = threading.Lock()  # a call on its thread vs. close()
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
         self._must_run: dict[int, Callable[[], Any]] = {}  # background calls not run yet that must not be lost
         self._next = 0
 
-    async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` after every call asked for before it; its value (None on failure)."""
-        if self._order is None:
-            self._order = asyncio.Lock()
-        async with self._order:  # asyncio.Lock wakes its waiters first come, first served
-            return await self.run_store(partial(self._gated, fn, *args, **kwargs))
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> "asyncio.Task[Any]":
+        """Run ``fn(*args, **kwargs)`` after every call asked for before it; await it for its value (None on
+        failure). Its place is taken here, when asked: a lock taken inside the task would order calls by when
+        their tasks first ran, and a reply's final save could then run before a flush asked for earlier."""
+        previous, done = self._tail, asyncio.get_running_loop().create_future()
+        self._tail = done
+
+        async def in_turn() -> Any:
+            try:
+                if previous is not None:
+                    await previous
+                return await self.run_store(partial(self._gated, fn, *args, **kwargs))
+            finally:
+                done.set_result(None)
+
+        return asyncio.ensure_future(in_turn())
 
     def _gated(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         with self._gate:
@@ -46,7 +56,7 @@ class OrderedCalls:
             key = self._next = self._next + 1
             self._must_run[key] = call
             call = partial(self._run_once, key)
-        task = asyncio.ensure_future(self.call(call))
+        task = self.call(call)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -72,6 +82,5 @@ class OrderedCalls:
         """Wait for every call asked for so far (tests; nothing in the app waits on it)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._order is not None:
-            async with self._order:
-                pass
+        if self._tail is not None:
+            await self._tail

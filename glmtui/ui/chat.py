@@ -67,6 +67,7 @@ class ChatPane(Vertical):
         self.session = ChatSession(host.store, host.engine, host.loaded, self._run_store, self,
                                    host.default_params)
         self._collections_deferred = False
+        self._blink = True  # the prompt cursor's blinking, off while a reply streams
         self._chars_per_token: dict[str, float] = {}  # per model, from its last finished reply (the meter)
 
     def compose(self) -> Iterable:
@@ -244,6 +245,8 @@ class ChatPane(Vertical):
             self._collections_deferred = True
             defer_full_collections()
         self._start_meter(active)
+        # a blinking cursor repaints the prompt twice a second, and with it the chat between it and the reply
+        self._blink, self.input.cursor_blink = self.input.cursor_blink, False
         self.host.generation_state_changed()
 
     async def reply_event(self, active: ActiveReply, event: Any) -> None:
@@ -266,6 +269,7 @@ class ChatPane(Vertical):
 
     def reply_closed(self, active: ActiveReply) -> None:
         self.meter.stop()
+        self.input.cursor_blink = self._blink
         if active.request_id is None:  # never started
             self._resume_collections()
         else:

@@ -30,3 +30,17 @@ async def test_no_active_reply_means_the_reply_is_rendered_and_stored(chatty_cha
             assert rows[-1].content == turn.content == widget.text
             assert not chat.meter.has_class("-shown")
         assert seen == [("complete", True, "complete", True)] * 2
+
+
+async def test_the_prompt_cursor_stops_blinking_while_a_reply_streams(chatty_chatglm3, quiet_sampler):
+    """Each blink repaints the prompt and the chat between it and the reply: no blinking while tokens arrive."""
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        chat = app.chat_pane
+        assert chat.input.cursor_blink
+        assert await chat.send("hello")
+        await wait_for(pilot, lambda: chat.active is not None and chat.active.text, what="first tokens")
+        assert not chat.input.cursor_blink
+        await wait_for(pilot, lambda: chat.active is None, what="reply end")
+        assert chat.input.cursor_blink

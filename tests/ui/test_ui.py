@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from glmtui.config import default_paths
-from glmtui.store import HistoryStore
 from glmtui.monitor import GpuHistory, GpuProcess, GpuSnapshot, History, HostSnapshot, MonitorSnapshot
+from glmtui.store import HistoryStore
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
 from glmtui.ui.chat_text import visible
@@ -170,7 +170,8 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
                                           for i in range(listed.option_count)), 10, "the whole history list back")
         await store_calls(app).settled()
         app.history_pane.option_list.focus()
-        ids = [app.history_pane.option_list.get_option_at_index(i).id for i in range(app.history_pane.option_list.option_count)]
+        options = app.history_pane.option_list
+        ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
         app.history_pane.option_list.highlighted = ids.index(f"conv:{other}")
         await pilot.press("f4")
         assert isinstance(app.screen, ConfirmModal)
@@ -319,7 +320,8 @@ async def test_narrow_layout_switches_panes(quiet_sampler):
         assert app.screen.has_class("-narrow")
         seen = []
         for _ in range(4):
-            seen.append((app.current_pane, app.query_one(f"#{app.current_pane if app.current_pane in ('chat', 'history') else 'side'}").display))
+            shown = app.current_pane if app.current_pane in ("chat", "history") else "side"
+            seen.append((app.current_pane, app.query_one(f"#{shown}").display))
             await pilot.press("f2")
         assert [p for p, _ in seen] == ["chat", "history", "models", "monitor"] and all(d for _, d in seen)
         assert app.current_pane == "chat"
@@ -409,7 +411,8 @@ def test_monitor_renders_gpu_rows_with_na_lost_and_self_marker():
     gpu = GpuSnapshot(
         index=0, state="ok", name="NVIDIA H100 80GB HBM3", memory_used=20 * GiB, memory_total=80 * GiB,
         memory_free=60 * GiB, utilization_gpu=55, temperature_c=None, power_w=None,
-        processes=(GpuProcess(me, 12 * GiB, "compute", "python", True), GpuProcess(4242, 8 * GiB, "compute", "vllm", False)),
+        processes=(GpuProcess(me, 12 * GiB, "compute", "python", True),
+                   GpuProcess(4242, 8 * GiB, "compute", "vllm", False)),
     )
     lost = GpuSnapshot(index=1, state="lost")
     snap = MonitorSnapshot(
@@ -417,7 +420,8 @@ def test_monitor_renders_gpu_rows_with_na_lost_and_self_marker():
         host=HostSnapshot(ram_total=64 * GiB, ram_used=10 * GiB, ram_available=50 * GiB, process_rss=GiB),
         torch=None,
         history=History(timestamps=(0.0, 1.0), ram_used=(GiB, GiB), process_rss=(GiB, GiB),
-                        gpus=(GpuHistory(0, (10 * GiB, 20 * GiB), (10, 55)), GpuHistory(1, (None, None), (None, None)))),
+                        gpus=(GpuHistory(0, (10 * GiB, 20 * GiB), (10, 55)),
+                              GpuHistory(1, (None, None), (None, None)))),
     )
     text = _plain(snap)
     assert "GPU0 NVIDIA H100 80GB HBM3" in text and "20.0/80.0 GiB" in text and "util 55%" in text
@@ -530,7 +534,6 @@ async def test_quitting_mid_reply_keeps_it_marked_stopped(chatglm3_dir, quiet_sa
 async def test_endpoint_mode_chats_through_an_openai_server(native_glm, quiet_sampler):
     pytest.importorskip("fastapi")
     from engine_helpers import start_worker
-
     from glmtui.server import ServerThread, create_app
 
     worker, log = start_worker()
@@ -657,8 +660,10 @@ def _rendered(widget, depth: int = 0) -> list:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("text", [
-    "# Title\n\nPara one\nstill para\n===\n\n- a\n- b\n\n  more b\n\n> quote\nlazy\n\n```python\nx = 1\n\n\ny = 2\n```\n",
-    "Intro\n\n| name | link |\n|---|---|\n| a | [x](http://a.example) |\n| b | plain |\n\nAfter.\n\n| t | u |\n|---|---|\n| 1 | 2 |\n",
+    "# Title\n\nPara one\nstill para\n===\n\n- a\n- b\n\n  more b\n\n> quote\nlazy\n\n"
+    "```python\nx = 1\n\n\ny = 2\n```\n",
+    "Intro\n\n| name | link |\n|---|---|\n| a | [x](http://a.example) |\n| b | plain |\n\n"
+    "After.\n\n| t | u |\n|---|---|\n| 1 | 2 |\n",
     "Text\n\n<div>\nhtml\n</div>\n",  # the last paragraph turns into an HTML block (no widget)
     "See [the doc][ref].\n\n[ref]: https://example.com\n",  # a later reference changes an earlier link
     "Unclosed fence\n\n```js\nlet a = 1;\n",
@@ -700,6 +705,7 @@ async def test_a_streamed_reply_ends_as_a_full_render_would(text):
             assert _rendered(streamed) == _rendered(full)
             if "](" in text:  # rows a table gained while streaming are plain Statics: links would not respond
                 from textual.widgets import Static
+
                 from glmtui.ui.compat import MarkdownTable
 
                 table = streamed.query(MarkdownTable).first()
@@ -792,6 +798,7 @@ async def test_footer_keys_follow_a_reply_in_place(chatty_chatglm3, quiet_sample
     footer's keys are the same widgets throughout (no recompose at the start and end of each reply),
     and they always match what a freshly composed Footer shows."""
     from textual.widgets import Footer
+
     from glmtui.ui.compat import FooterKey
 
     def footer_keys():
@@ -885,8 +892,8 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
     """With more conversations than the history pane shows, each screen layout used to hand the list a
     different virtual height than its own and refresh its scrollbar (~2 ms a frame, every frame of a reply).
     The list must still scroll over all its rows."""
-    from textual.scrollbar import ScrollBar
     from textual.screen import Screen
+    from textual.scrollbar import ScrollBar
     from textual.widget import Widget
 
     _add_conversations(80)
@@ -1032,7 +1039,7 @@ async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sample
         assert "Chats are not being saved." in text and "read-only" in text
         assert len(stored(cid, app)[1]) == 2  # indeed not saved
 
-        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001
+        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001 - writes allowed again
         await send(pilot, app, "third")
         assert not banner.display and "Chats are not being saved." not in screen_text(app)
         assert [m.content for m in stored(cid, app)[1] if m.role == "user"] == ["first", "third"]
@@ -1063,7 +1070,8 @@ async def test_a_history_with_damaged_pages_is_repaired_at_start(quiet_sampler):
         assert app.history_pane.option_list.option_count == 12 and not _banner(app).display
         assert [h.conversation_id for h in app.store.search("topic7") if h.message_id] == [8] * 4
         assert app.store.create_conversation("saved again") == 13
-    kept = [p for p in db.parent.iterdir() if p.name.startswith("history.sqlite3.corrupt-") and not p.name.endswith(("-wal", "-shm"))]
+    kept = [p for p in db.parent.iterdir()
+            if p.name.startswith("history.sqlite3.corrupt-") and not p.name.endswith(("-wal", "-shm"))]
     assert len(kept) == 1 and kept[0].read_bytes() == bytes(data)
 
 
@@ -1258,8 +1266,9 @@ def _static_text(widget) -> str:
 
 @pytest.mark.slow
 async def test_after_a_load_the_prediction_sits_next_to_the_measurement(chatglm3_dir, quiet_sampler):
-    from glmtui.engine import memory
     from textual.widgets import Static
+
+    from glmtui.engine import memory
 
     app = GlmApp(model=str(chatglm3_dir), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
     async with app.run_test(size=(160, 48)) as pilot:

@@ -39,11 +39,21 @@ case "$what" in
     # The whole suite runs on two pytest-xdist workers (each test module stays on one worker, so its
     # module fixtures start once). Naming test files or -n/-p no:xdist/--pdb runs as asked.
     xdist=(-n "${GLMTUI_TEST_WORKERS:-2}" --dist loadscope)
+    lint=1
     for arg in "$@"; do
       case "$arg" in
-        -n|-n*|--numprocesses*|no:xdist|-pno:xdist|--pdb|--trace|-s|tests/*|*.py|*::*) xdist=() ;;
+        tests/*|*.py|*::*) xdist=(); lint=0 ;;
+        -n|-n*|--numprocesses*|no:xdist|-pno:xdist|--pdb|--trace|-s) xdist=() ;;
       esac
     done
+    # Before the whole suite (CI's run), lint and type-check; a failure stops here. Settings are in
+    # pyproject.toml; mypy keeps its cache in .mypy_cache. Naming test files skips this step.
+    if [ "$lint" = 1 ]; then
+      echo "dev.sh: ruff check glmtui tests bench" >&2
+      "$VENV/bin/ruff" check glmtui tests bench
+      echo "dev.sh: mypy glmtui" >&2
+      "$VENV/bin/mypy"
+    fi
     exec "$VENV/bin/python" -m pytest ${xdist[@]+"${xdist[@]}"} "$@" ;;
   bench) exec "$VENV/bin/python" bench/run.py "$@" ;;
   test-peer) exec "$VENV/bin/python" -m pytest tests_peer "$@" ;;

@@ -18,8 +18,10 @@ model is loaded again); ``--endpoint URL`` uses an OpenAI-compatible server
 from __future__ import annotations
 
 import queue
+import signal
 import sys
-from typing import Optional, TextIO
+import threading
+from typing import Any, Optional, TextIO
 
 from .engine.events import ChatMessage, Failed, Finished, GenerationParams, Loaded, LoadProgress, Token, reached_context
 
@@ -35,15 +37,37 @@ class _Events:
     def __call__(self, event) -> None:  # engine thread: never blocks
         self.queue.put(event)
 
-    def next(self, request_id: int):
-        """The next event of ``request_id`` (short waits, so Ctrl-C is handled promptly)."""
+    def next(self, request_id: int, wake: Optional[threading.Event] = None):
+        """The next event of ``request_id``; None as soon as ``wake`` is set (short waits, so Ctrl-C is
+        handled within 0.1 s)."""
         while True:
+            if wake is not None and wake.is_set():
+                return None
             try:
                 event = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
             if getattr(event, "request_id", None) == request_id:
                 return event
+
+
+class _CtrlC:
+    """While a reply streams, Ctrl-C sets a flag instead of raising KeyboardInterrupt wherever the main
+    thread happens to be (an interrupt inside Queue.get could lose the event it had just taken, and the
+    reply's end with it)."""
+
+    def __init__(self) -> None:
+        self.pressed = threading.Event()
+        self._previous: Any = None  # the handler before ours
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, lambda _sig, _frame: self.pressed.set())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _context_length(engine):
@@ -127,14 +151,22 @@ def _reply(engine, events: _Events, messages: list[ChatMessage], params: Generat
     """Stream one reply to ``out``; returns the Finished or Failed event. Ctrl-C stops the reply.
     A reasoning model's <think> text is written before the answer, dimmed on a terminal, when
     ``show_reasoning`` (interactive); otherwise only the answer is written (a pipe)."""
-    rid = engine.generate(messages, params, sink=events)
+    with _CtrlC() as ctrl_c:
+        return _stream(engine, events, engine.generate(messages, params, sink=events), out, show_reasoning, ctrl_c)
+
+
+def _stream(engine, events: _Events, rid: int, out: TextIO, show_reasoning: bool, ctrl_c: _CtrlC):
     started = False
     interrupted = False
     dim = DIM if out.isatty() else ""
     reasoning = False  # between the reasoning's first token and the answer's
     while True:
         try:
-            event = events.next(rid)
+            event = events.next(rid, None if interrupted else ctrl_c.pressed)
+            if event is None:  # Ctrl-C: stop the reply; its Finished (cancelled) still comes
+                interrupted = True
+                engine.cancel(rid)
+                continue
             if isinstance(event, Token) and event.reasoning:
                 if show_reasoning and event.text:
                     if not reasoning:

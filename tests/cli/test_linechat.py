@@ -127,3 +127,22 @@ def test_interactive_chat_clear_stop_and_ctrl_c(served):
         assert term.proc.wait(30) == 0
     finally:
         term.close()
+
+
+def test_ctrl_c_during_a_reply_sets_a_flag_and_loses_no_event():
+    """Ctrl-C while a reply streams must not raise inside Queue.get (the event it had just taken, maybe the
+    reply's end, would be lost): it sets a flag the loop sees within 0.1 s, and the old handler comes back."""
+    import os
+
+    from glmtui.linechat import _CtrlC, _Events
+
+    before = signal.getsignal(signal.SIGINT)
+    events = _Events()
+    with _CtrlC() as ctrl_c:
+        events(Finished(7, "done", 1, 1, 0.0, 0.0, 0.0, "stop"))
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt from here on
+        time.sleep(0.05)
+        assert ctrl_c.pressed.is_set()
+        assert events.next(7, ctrl_c.pressed) is None  # the loop is told at once ...
+        assert isinstance(events.next(7), Finished)  # ... and the queued end is still there
+    assert signal.getsignal(signal.SIGINT) is before

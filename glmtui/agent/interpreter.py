@@ -195,7 +195,7 @@ class CodeInterpreter:
                     display_name="glmtui", language="python", interrupt_mode="signal",
                 )
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's files: private, as the data dir
         private = self.workdir.parent / ".interpreter-runtime"
         private.mkdir(mode=0o700, parents=True, exist_ok=True)
         manager = KernelManager(kernel_name="glmtui", kernel_spec_manager=_ThisPython())

@@ -25,7 +25,7 @@ from textual.widgets import Button, Static
 from glmtui.agent.session import Action, Step, is_loopback, tool_call_summary
 from glmtui.engine.events import ChatMessage
 
-from .agent_controller import MODE_LABELS, AgentController
+from .agent_controller import DEFAULT_INTERPRETER_TIMEOUT, MODE_LABELS, AgentController
 from .chat_session import Turn
 from .chat_text import make_title
 from .messages import AssistantMessage
@@ -43,7 +43,40 @@ OUTCOMES = {
     "malformed": ("⚠ malformed, not run", "red"),
     "blocked": ("⛔ not run: tools and code are off while served over the network", "red"),
     "error": ("✗ error", "red"),
+    # a call that ran but did not end well (the Result message says more)
+    "failed": ("✗ ran, the tool failed", "red"),
+    "raised": ("✗ ran, raised an error", "red"),
+    "timeout": ("⏱ stopped at the time limit", "red"),
+    "stopped": ("■ stopped", "yellow"),
+    "died": ("✗ the kernel died", "red"),
 }
+# an interpreter run's status -> how its call is shown
+_RUN_OUTCOMES = {"ok": "ran", "error": "raised", "timeout": "timeout", "cancelled": "stopped", "died": "died"}
+MAX_INTERPRETER_TIMEOUT = 24 * 3600.0
+
+
+def shown_outcome(step: Step) -> str:
+    """What a call came to, as its message shows it: a call that ran is told apart by how it ended
+    (a tool's error, a code block's exception, its time limit, a stop, a kernel that died)."""
+    if step.outcome != "ran":
+        return step.outcome
+    status = getattr(step.result, "status", None)  # an interpreter RunResult
+    if isinstance(status, str):
+        return _RUN_OUTCOMES.get(status, "ran")
+    return "failed" if getattr(step.result, "kind", "") == "error" else "ran"
+
+
+def interpreter_timeout(prefs: dict) -> tuple[float, str]:
+    """Code mode's time limit per block: ``interpreter_timeout`` (seconds) in config.toml's ``[ui]``,
+    60 s by default; and a line saying why a bad value was not used ("" when none)."""
+    value = prefs.get("interpreter_timeout")
+    if value is None:
+        return DEFAULT_INTERPRETER_TIMEOUT, ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_INTERPRETER_TIMEOUT:
+        return DEFAULT_INTERPRETER_TIMEOUT, (
+            f"interpreter_timeout = {value!r} in config.toml is not seconds between 1 and "
+            f"{MAX_INTERPRETER_TIMEOUT:g}; code blocks stop after {DEFAULT_INTERPRETER_TIMEOUT:g} s")
+    return float(value), ""
 
 
 def execution_allowed(environ=os.environ) -> bool:
@@ -146,7 +179,9 @@ class AgentView:
         self.app = app
         self.controller = AgentController(
             app.engine, post=app.call_from_thread, ask=self._ask, config_dir=app.paths.config_dir,
-            execution_allowed=execution_allowed(), auto_run_builtins=bool(app.prefs.get("auto_run_builtin_tools")))
+            workdir=app.paths.data_dir / "interpreter", execution_allowed=execution_allowed(),
+            auto_run_builtins=bool(app.prefs.get("auto_run_builtin_tools")))
+        self.controller.interpreter_timeout, self.timeout_problem = interpreter_timeout(app.prefs)
         self._chat: Optional["ChatPane"] = None
         self._streaming: Optional[Turn] = None
         self._images: list = []
@@ -182,6 +217,8 @@ class AgentView:
             self.app.notify(f"Tool mode: {len(box.tools)} tools ({', '.join(box.tools)}); each call is shown "
                             "and runs once you confirm.", timeout=5)
         elif mode == "code":
+            if self.timeout_problem:
+                self.app.notify(self.timeout_problem, severity="warning", title="Settings", timeout=10)
             self.app.notify("Code mode: the model's code blocks run in a Jupyter kernel once you confirm "
                             f"each (timeout {self.controller.interpreter_timeout:g} s).", timeout=5)
         else:
@@ -321,7 +358,7 @@ class AgentView:
             note = step.reply.problem if step.outcome == "malformed" else ""
             if step.outcome == "malformed" and not note and step.observation:
                 note = step.observation
-            call.widget.set_outcome(step.outcome, note)
+            call.widget.set_outcome(shown_outcome(step), note)
 
     async def _send_done(self) -> None:
         if self._streaming is not None:  # stopped before the reply was parsed

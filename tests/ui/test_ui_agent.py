@@ -6,6 +6,7 @@ chat pane and history file are the real ones."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -14,7 +15,7 @@ from glmtui.engine.prompts import ChatGLM3Format
 from glmtui.engine.tools import TOOL_SYSTEM_PROMPT
 from glmtui.ui.agent_view import CallMessage, ToolConfirmModal, execution_allowed
 from glmtui.ui.app import GlmApp
-from helpers import screen_text, type_text, wait_for
+from helpers import notifications, screen_text, type_text, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -267,3 +268,79 @@ async def test_a_saved_tool_conversation_opens_with_its_calls_and_results(glm3):
             ("assistant", "calculate", '```python\ntool_call(expression="3*3")\n```'),
             ("observation", "", obs), ("assistant", "", "Nine."), ("user", "", "Sure?")],
             app.agent.controller.toolbox.schemas())
+
+
+def head(widget) -> str:
+    return widget._head().plain  # noqa: SLF001 - the message's own head line, as drawn
+
+
+@pytest.mark.slow
+async def test_code_mode_bad_input_is_shown_as_what_it_is_and_saved(glm3, isolated_home):
+    """100 MB of printing, a kernel that dies and a block that never ends: each call says how it ended,
+    each result is saved, nothing hangs; the time limit comes from config.toml's [ui] interpreter_timeout."""
+    pytest.importorskip("ipykernel", reason="the code interpreter needs ipykernel")
+    config = isolated_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[ui]\ninterpreter_timeout = 2\n")
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        controller = app.agent.controller
+        assert controller.interpreter_timeout == 2
+        await pilot.press("f10", "f10")
+        assert "timeout 2 s" in " ".join(notifications(app))
+        controller.get_interpreter().interrupt_grace = 2
+        controller.source = ScriptedModel(glm3, [
+            block("print('x' * (100 * 1024 * 1024))"),
+            block("1 / 0"),
+            block("import os\nos._exit(3)"),
+            block("while True: pass"),
+            "Done.",
+        ])
+        await ask(pilot, app, "Misbehave")
+        await answer_dialog(pilot, app, "a")
+        await done(pilot, app)
+        assert [c.outcome for c in calls(app)] == ["ran", "raised", "died", "timeout"]
+        heads = [head(c) for c in calls(app)]
+        assert "✓ ran" in heads[0] and "raised an error" in heads[1] and "the kernel died" in heads[2]
+        assert "time limit" in heads[3]
+        _, messages = saved(app)
+        results = [m[2] for m in messages if m[0] == "observation"]
+        assert "MB more not shown" in results[0] and len(results[0]) < 70_000
+        assert "ZeroDivisionError" in results[1]
+        assert "the kernel died (exit code 3)" in results[2]
+        assert "no result within 2 s" in results[3]
+        assert messages[-1] == ("assistant", "", "Done.")
+        # the kernel works in <data>/interpreter, a private folder
+        workdir = controller.interpreter.workdir
+        assert workdir == app.paths.data_dir / "interpreter" and workdir.stat().st_mode & 0o077 == 0
+
+
+async def test_a_bad_interpreter_timeout_setting_is_reported_and_the_default_kept(isolated_home):
+    config = isolated_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[ui]\ninterpreter_timeout = "soon"\n')
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10", "f10")  # Code mode, where it counts
+        assert app.agent.controller.interpreter_timeout == 60
+        assert any("interpreter_timeout" in n and "60 s" in n for n in notifications(app))
+
+
+async def test_a_tool_that_fails_is_shown_as_failed(glm3, isolated_home):
+    tools = isolated_home / "config" / "tools"
+    tools.mkdir(parents=True)
+    (tools / "flaky.json").write_text(json.dumps({
+        "type": "function", "command": [sys.executable, "-c", "import sys; print('no luck'); sys.exit(2)"],
+        "function": {"name": "flaky", "description": "fails", "parameters": {"type": "object", "properties": {}}}}))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f10")
+        app.agent.controller.source = ScriptedModel(glm3, [call("flaky"), "It failed."])
+        await ask(pilot, app, "Try it")
+        await answer_dialog(pilot, app, "y")
+        await done(pilot, app)
+        [flaky] = calls(app)
+        assert flaky.outcome == "failed" and "the tool failed" in head(flaky)
+        _, messages = saved(app)
+        assert messages[2][0] == "observation" and "exit code 2" in messages[2][2] and "no luck" in messages[2][2]
+        assert messages[-1] == ("assistant", "", "It failed.")

@@ -93,6 +93,18 @@ def test_stop_cuts_the_completion_before_the_stop_text(served, client):
     assert cut.choices[0].finish_reason == "stop"
 
 
+def test_temperature_top_p_and_seed_reach_the_sampler(served, client):
+    def text(**sampling) -> str:
+        return client.completions.create(model=MODEL, prompt=TEXT, max_tokens=16, **sampling).choices[0].text
+
+    greedy = text(temperature=0)
+    hot = [text(temperature=2.0, top_p=1.0, seed=seed) for seed in (1, 2, 3)]
+    assert text(temperature=2.0, top_p=1.0, seed=1) == hot[0]  # the seed makes sampling repeatable
+    assert any(h != greedy for h in hot)  # a high temperature leaves the greedy path
+    # top_p this small keeps only the likeliest token at each step: the greedy text, whatever the temperature
+    assert text(temperature=2.0, top_p=1e-6, seed=1) == greedy
+
+
 @pytest.mark.parametrize("extra, field", [
     ({"logprobs": 1}, "logprobs"),
     ({"best_of": 2}, "best_of"),

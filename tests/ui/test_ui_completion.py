@@ -15,6 +15,7 @@ from glmtui.ui.app import GlmApp
 from glmtui.ui.chat_text import visible
 from glmtui.ui.completion import CompletionScreen
 from glmtui.ui.history import COMPLETION_MARK
+from glmtui.ui.modals import SettingsModal
 from glmtui.ui.store_calls import store_calls
 from helpers import notifications, type_text, wait_for
 
@@ -156,3 +157,46 @@ async def test_opening_a_completion_from_the_completion_view_shows_it(quiet_samp
         app.action_completion_mode(second)
         await wait_for(pilot, lambda: screen.conversation_id == second, timeout=10, what="the second completion")
         assert app.screen is screen
+
+
+@pytest.mark.slow
+async def test_completion_parameters_are_the_chats_and_a_completion_is_found_by_search(chatty_chatglm3):
+    """Ctrl+O sets the parameters as in chat (kept with the completion, used by the model); the history
+    search finds a completion's text and opens it in the completion view."""
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=None,
+                 monitor_interval=5.0)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, what="model load")
+        await app.run_action("completion_mode")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompletionScreen)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsModal), what="the settings dialog")
+        app.screen.query_one("#param-max_new_tokens").value = "3"
+        app.screen.query_one("#param-top_p").value = "0.5"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen, what="the dialog to close")
+        assert "max 3" in str(screen.query_one("#completion-title").render())
+        await type_text(pilot, "The zebra crossed")
+        await generate(pilot, screen)
+        assert screen.last_stats["completion_tokens"] == 3  # the tiny chatty model never stops by itself
+        cid = screen.conversation_id
+        params = app.store.get_conversation(cid).params
+        assert params["max_new_tokens"] == 3 and params["top_p"] == 0.5
+
+        # the typed text is indexed with every other conversation's messages
+        hits = app.store.search("zebra")
+        assert any(h.conversation_id == cid and h.message_id is not None for h in hits)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompletionScreen), what="back to the chat")
+        await pilot.press("ctrl+f")
+        await type_text(pilot, "zebra")
+        await pilot.press("enter")
+        history = app.history_pane
+        await wait_for(pilot, lambda: app.focused is history.option_list, what="the search results")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen), what="opened from the search")
+        await wait_for(pilot, lambda: app.screen.conversation_id == cid, what="the completion")
+        assert app.screen.document.text.startswith("The zebra crossed")
+        assert app.screen.params["max_new_tokens"] == 3  # reopened with its own parameters

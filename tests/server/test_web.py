@@ -393,6 +393,10 @@ def test_with_the_token_the_app_starts_and_the_token_stays_secret(gated_web):
 
     environ = asyncio.run(session())
     assert "GLMTUI_WEB_TOKEN" not in environ  # the app sessions never see it
+    from glmtui.ui.agent_view import execution_allowed
+
+    # served on 0.0.0.0: the sessions know it, and their Tool/Code modes run nothing
+    assert environ.get("GLMTUI_WEB_HOST") == "0.0.0.0" and not execution_allowed(environ)
     # the URL it printed, where the token comes from, and never the token itself
     assert f"open http://{socket.gethostname()}:{url.rsplit(':', 1)[1]}/" in output.text
     assert "$GLMTUI_WEB_TOKEN" in output.text

@@ -11,8 +11,11 @@ from textual.message import Message
 
 from glmtui.engine.api import MODES
 from glmtui.engine.events import Loaded
+from glmtui.mirrors import NAMES, EndpointInUse, endpoint_in_use
 
+from . import prefs as prefs_file
 from .app_base import AppBase
+from .dialogs.endpoint import EndpointModal
 from .modals import LoadModal, ModeModal
 from .model_controller import BaseModelLoaded, DownloadChanged, FiguresArrived, Note, StateChanged
 from .notice import EngineNotice
@@ -165,6 +168,34 @@ class ModelActions(AppBase):
         self.models_pane.refresh_detail()
         self.notify(f"Downloads now come from {'ModelScope' if source == 'modelscope' else 'Hugging Face'}.",
                     timeout=3)
+
+    def download_endpoint(self, source: str) -> EndpointInUse:
+        """The URL downloads from ``source`` go to, and who set it (the Models pane shows it)."""
+        return endpoint_in_use(source, self.paths.config_file)
+
+    def action_set_download_endpoint(self) -> None:
+        """``e`` in Models: the current source's endpoint (a mirror, or the public hub), saved under [hub]."""
+        current = self.download_endpoint(self.download_source)
+
+        def done(url: Optional[str]) -> None:
+            if url is None:
+                return
+            key = "hf_endpoint" if current.source == "hf" else "modelscope_endpoint"
+            try:
+                prefs_file.save_table(self.paths.config_file, "hub", {key: url or None})
+            except OSError as exc:
+                self.notify(f"Could not save the endpoint to {self.paths.config_file}: {exc}", severity="warning")
+                return
+            now = self.download_endpoint(current.source)
+            self.models_pane.refresh_detail()
+            if now.set_by not in ("", "config.toml"):  # the variable wins over the file
+                self.notify(f"Saved; {now.set_by} is set and still wins: downloads use {now.url}.",
+                            severity="warning", timeout=6)
+            else:
+                self.notify(f"{NAMES[current.source]} downloads now come from {now.url}"
+                            f"{'' if url else ' (the public hub)'}.", timeout=4)
+
+        self.push_screen(EndpointModal(current), done)
 
     def action_cancel_download(self) -> None:
         row = self.models_pane.highlighted_row()

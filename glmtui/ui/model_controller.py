@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Optional
 
 from glmtui import catalog
 from glmtui.config import Paths
 from glmtui.engine.api import MODES
 from glmtui.engine.events import EngineExited, EngineUnresponsive, Failed, Loaded, LoadProgress, Unloaded
+from glmtui.mirrors import other_source_hint
 from glmtui.resolve import resolve_model
 
 from .exact_counts import ExactCounts
@@ -120,6 +121,7 @@ class ModelController:
         self.last_load: Optional[tuple[str, str, str]] = None  # (folder, mode, label) of the last local load
         self.extra_model_paths: list[str] = []
         self.jobs: dict[str, Any] = {}  # dest folder -> latest hub.DownloadJob
+        self._job_entries: dict[int, catalog.CatalogEntry] = {}  # job id -> its entry (the failure's hint)
         self._downloads: Any = None
         self.exact = ExactCounts(lambda: emit(FiguresArrived()))
         self._latest_snapshot = latest_snapshot  # the monitor's latest, or None
@@ -344,6 +346,7 @@ class ModelController:
             self._tell(Note(f"{type(exc).__name__}: {exc}", "error", "Download"))
             return
         self._tell(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
+        self._job_entries[job.id] = entry
 
     def _job_changed(self, job: Any) -> None:  # on the download queue's thread
         self._emit(DownloadChanged(job))
@@ -371,6 +374,10 @@ class ModelController:
 
     # ------------------------------------------------------------------ lifecycle
 
+        entry = self._job_entries.get(job.id)
+        if job.state == "failed" and entry is not None:  # where the other hub may work, say so
+            job = replace(job, error=(job.error or "download failed")
+                          + other_source_hint(entry, job.source, job.error_type, ui=True))
     def close(self) -> None:
         """Quitting: downloads cancelled, a running exact count ended, the engine shut down."""
         self.exact.close()

@@ -19,6 +19,7 @@ from textual.widgets.option_list import Option
 from glmtui import catalog
 from glmtui.config import Paths
 from glmtui.engine.api import MODES
+from glmtui.mirrors import EndpointInUse
 
 from . import figures as fig
 from .figures import VERDICT_STYLES, ModelRow, describe_job, prediction_notes
@@ -37,6 +38,7 @@ class ModelsHost(Protocol):
     download_source: str
 
     def free_memory(self) -> tuple[str, Optional[int]]: ...
+    def download_endpoint(self, source: str) -> EndpointInUse: ...
     def request_load(self, spec: str, mode: Optional[str] = None, label: Optional[str] = None) -> None: ...
 
 
@@ -46,6 +48,7 @@ class ModelList(SteadyOptionList):
         Binding("d", "app.download_model", "Download"),
         Binding("x", "app.cancel_download", "Cancel download"),
         Binding("s", "app.toggle_download_source", "Source"),
+        Binding("e", "app.set_download_endpoint", "Endpoint", show=False),
         Binding("l", "app.toggle_engine_log", "Engine log", show=False),
     ]
 
@@ -320,8 +323,8 @@ class ModelsPane(VerticalScroll):
             source = self.host.download_source
             if not (e.hf_repo if source == "hf" else e.modelscope_repo):  # only on the other hub
                 source = "modelscope" if source == "hf" else "hf"
-            source = {"hf": "Hugging Face", "modelscope": "ModelScope"}.get(source, source)
-            detail.append(f"\ndownloads from {source} (s switches)", style="dim")
+            endpoint = self.host.download_endpoint(source)  # a mirror shows here with who set it
+            detail.append(f"\ndownloads from {endpoint.label} (s source · e endpoint)", style="dim")
             detail.append("\nEnter load · d download · x cancel · F8 mode", style="dim")
         else:  # a folder of the user's: nothing to download
             detail.append(f"\nlocal folder {row.folder or e.local_path}", style="dim")

@@ -29,6 +29,8 @@ COMMAND_LIST = (
     ("download_model", "Download model", "Download the model highlighted in Models"),
     ("cancel_download", "Cancel download", "Cancel the highlighted model's download"),
     ("toggle_download_source", "Switch download source", "Download from Hugging Face or ModelScope"),
+    ("set_download_endpoint", "Download endpoint", "The current source's URL: a mirror, or empty for the "
+     "public hub (saved under [hub] in config.toml)"),
     ("toggle_engine_log", "Engine log", "Show or hide the last lines of the engine process's log under Models"),
     ("cycle_mode", "Switch mode: Chat / Tool / Code", "Tool: the model may call tools (built-ins and "
      "~/.config/glmtui/tools/*.json); Code: it may run Python in a kernel; each call after you confirm"),
@@ -41,7 +43,8 @@ COMMAND_LIST = (
 
 # keys bound by a pane's list rather than the app
 PANE_KEYS = {"download_model": "d in Models", "cancel_download": "x in Models",
-             "toggle_download_source": "s in Models", "toggle_engine_log": "l in Models"}
+             "toggle_download_source": "s in Models", "set_download_endpoint": "e in Models",
+             "toggle_engine_log": "l in Models"}
 
 
 def system_commands(app: App, textual_commands: Iterable[SystemCommand]) -> Iterator[SystemCommand]:

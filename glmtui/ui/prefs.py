@@ -3,6 +3,8 @@
 Preferences are small: the chosen theme and the last quantization mode. The
 ``[ui]`` table is rewritten in place; every other table of the file (other
 parts of glmtui keep their settings there) is left exactly as it was.
+``save_table`` does the same for another table (the Models pane's hub endpoints
+under ``[hub]``).
 
 Themes are TOML files, one theme each::
 
@@ -27,7 +29,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from glmtui.config import ensure_private_dir
+from glmtui.config import ensure_private_dir, read_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,28 +82,34 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def save_prefs(config_file: Path, values: dict) -> None:
     """Merge ``values`` into the ``[ui]`` table of ``config_file`` (created if missing)."""
+    save_table(config_file, UI_TABLE, values)
+
+
+def save_table(config_file: Path, table: str, values: dict) -> None:
+    """Merge ``values`` into the ``[table]`` table of ``config_file`` (a None value removes its key);
+    the other tables are kept line for line."""
     try:
         text = config_file.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = ""
-    current, _ = load_prefs(config_file) if text else ({}, None)
+    current = read_table(config_file, table) if text else {}
     merged = {**current, **values}
     lines = text.splitlines()
     out: list[str] = []
-    in_ui = False
+    in_table = False
     for line in lines:
         m = _HEADER.match(line)
         if m:
-            in_ui = m.group(1).strip().strip('"') == UI_TABLE
-            if in_ui:
+            in_table = m.group(1).strip().strip('"') == table
+            if in_table:
                 continue
-        if not in_ui:
+        if not in_table:
             out.append(line)
     while out and not out[-1].strip():
         out.pop()
     if out:
         out.append("")
-    out.append(f"[{UI_TABLE}]")
+    out.append(f"[{table}]")
     for key, value in merged.items():
         if value is None:
             continue

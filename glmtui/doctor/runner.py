@@ -10,6 +10,7 @@ from .facts import AUTO, nvml_facts
 from .gpu import check_capability, check_driver, check_quantizers, check_torch
 from .hubs import NET_TIMEOUT, check_hub, hub_endpoints
 from .local import check_disk, check_history, check_transformers
+from .model import check_model
 from .probes import DEFAULT_TIMEOUT, QUANT_PROBE, TORCH_PROBE, run_probe
 from .verdicts import Check, Request
 
@@ -32,6 +33,7 @@ def run_checks(request: Optional[Request] = None, *, paths: Optional[Paths] = No
         torch_probe, torch_problem = torch_future.result()
         quant_probe, quant_problem = quant_future.result()
         hub_checks = [f.result() for f in hub_futures]
+    model = check_model(request, paths, hub_checks)  # --model: here, or a hub that answered has it
     return [
         check_driver(driver, request),
         check_torch(torch_probe, torch_problem, driver, request),
@@ -40,5 +42,6 @@ def run_checks(request: Optional[Request] = None, *, paths: Optional[Paths] = No
         local[0],
         local[1],
         *hub_checks,
+        *([model] if model is not None else []),
         local[2],
     ]

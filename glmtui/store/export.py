@@ -68,6 +68,9 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             notes.append(f"{stats['tokens_per_s']:.1f} tokens/s")
         if isinstance(stats.get("ttft"), (int, float)):
             notes.append(f"first token after {stats['ttft']:.2f} s")
+        wrote = " · ".join(str(stats[k]) for k in ("model", "mode", "device") if stats.get(k))
+        if wrote:  # what wrote the reply, as its footer in the app shows it
+            notes.append(_line(wrote))
         if stats.get("error"):
             notes.append(_line(str(stats["error"])))
         if notes:

@@ -107,6 +107,11 @@ class AgentController:
     def busy(self) -> bool:
         return self._running
 
+    @property
+    def stopping(self) -> bool:
+        """The send that runs was asked to stop (Esc, or the app closing)."""
+        return self._stopping.is_set()
+
     def cycle_mode(self) -> str:
         self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
         return self.mode

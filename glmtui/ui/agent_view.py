@@ -14,16 +14,19 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from glmtui.agent.session import Action, Step, is_loopback, tool_call_summary
-from glmtui.engine.events import ChatMessage
+from glmtui.config import Paths
+from glmtui.engine.events import ChatMessage, Loaded
+from glmtui.store import HistoryStore
 
 from .agent_controller import DEFAULT_INTERPRETER_TIMEOUT, MODE_LABELS, AgentController
 from .chat_session import Turn
@@ -32,7 +35,6 @@ from .messages import AssistantMessage
 from .store_calls import store_calls
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import GlmApp
     from .chat import ChatPane
 
 WEB_HOST_ENV = "GLMTUI_WEB_HOST"  # set by `glmtui web` for its sessions: the host the page is served on
@@ -152,6 +154,12 @@ class CallMessage(AssistantMessage):
             self.stats = {**self.stats, "error": note}
         self._refresh_labels()
 
+    def show_call(self, speaker: str) -> None:
+        """The turn turned out to be a call: its head names the tool (or the interpreter)."""
+        self.speaker = speaker
+        self.add_class("-call")
+        self._refresh_labels()
+
 
 def call_text(message: ChatMessage) -> str:
     """How a call turn is shown: the tool (or "interpreter") and its arguments or code."""
@@ -172,10 +180,30 @@ def _file_url(path) -> str:
     return Path(path).absolute().as_uri()
 
 
+class AgentHost(Protocol):
+    """What the agent view asks of its app (never imported from app.py: no import circle). The app is also what
+    ``store_calls`` runs the history calls on (its workers and ``db``)."""
+
+    engine: Any  # the Engine the agent's turns are asked of
+    paths: Paths
+    prefs: dict
+    store: HistoryStore
+
+    @property
+    def loaded(self) -> Optional[Loaded]: ...
+
+    def notify(self, message: str, *, title: str = ..., severity: SeverityLevel = ...,
+               timeout: Optional[float] = ...) -> None: ...
+    def call_from_thread(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    def push_screen(self, screen: ModalScreen[str], callback: Callable[[Optional[str]], None]) -> Any: ...
+    def generation_state_changed(self) -> None: ...
+    def history_changed(self) -> None: ...
+
+
 class AgentView:
     """Tool/Code mode for the app's chat pane (one at a time)."""
 
-    def __init__(self, app: "GlmApp") -> None:
+    def __init__(self, app: AgentHost) -> None:
         self.app = app
         self.controller = AgentController(
             app.engine, post=app.call_from_thread, ask=self._ask, config_dir=app.paths.config_dir,
@@ -287,7 +315,7 @@ class AgentView:
         assert chat is not None
         if role == "user":
             turn = Turn("user", text, status, mid)
-            await chat._mount_turn(turn)  # noqa: SLF001 - the chat's own way of adding a turn
+            await chat.session.add_turn(turn)
             return turn
         widget = CallMessage(text, status, None, name, classes="message assistant")
         turn = Turn(role, text, status, mid, widget)
@@ -314,7 +342,7 @@ class AgentView:
         await self._streaming.widget.write(piece)
 
     async def _message_added(self, message: ChatMessage) -> None:
-        stopped = self.controller._stopping.is_set()  # noqa: SLF001 - the controller's stop flag, read only
+        stopped = self.controller.stopping
         status = "stopped" if stopped and message.role == "assistant" else "complete"
         mid = await self._save(message, status)
         if message.role == "user":
@@ -335,9 +363,7 @@ class AgentView:
             await turn.widget.finish(shown, status, {})
         turn.content, turn.status, turn.message_id = message.content, status, mid
         if message.metadata:
-            turn.widget.speaker = f"{self._model()} → {message.metadata}"
-            turn.widget.add_class("-call")
-            turn.widget._refresh_labels()  # noqa: SLF001 - the widget's own label refresh
+            turn.widget.show_call(f"{self._model()} → {message.metadata}")
 
     async def _step_done(self, step: Step) -> None:
         result = step.result
@@ -391,7 +417,7 @@ class AgentView:
         except Exception:  # noqa: BLE001 - the app is closing
             return "decline"
         while not done.wait(0.2):
-            if self.controller._stopping.is_set():  # noqa: SLF001 - stopped, or the app closing
+            if self.controller.stopping:  # stopped, or the app closing
                 try:
                     self.app.call_from_thread(self._close_dialog)
                 except Exception:  # noqa: BLE001 - the app is gone

@@ -23,23 +23,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Any, Iterable, Optional, Protocol, cast
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static, TextArea
 
-from glmtui.engine.events import Failed, Finished, Started, Token
+from glmtui.engine.events import Failed, Finished, Loaded, Started, Token
+from glmtui.store import HistoryStore
 
 from .chat_session import FLUSH_INTERVAL
 from .chat_text import format_stats, make_title, params_from_dict, visible
 from .store_calls import store_calls
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import GlmApp
-
 KIND = "completion"
+
+
+class CompletionHost(Protocol):
+    """What the view asks of its app besides Textual's App (never imported from app.py: no import circle)."""
+
+    store: HistoryStore
+    engine: Any  # the Engine continuations are asked of
+    default_params: dict
+
+    @property
+    def loaded(self) -> Optional[Loaded]: ...
+
+    def history_changed(self) -> None: ...
 
 
 @dataclass
@@ -70,7 +81,6 @@ class CompletionDocument(TextArea):
 class CompletionScreen(Screen):
     """The completion view over the app's engine and history file."""
 
-    app: "GlmApp"
     AUTO_FOCUS = "#completion-doc"
 
     BINDINGS = [
@@ -109,7 +119,7 @@ class CompletionScreen(Screen):
         yield Static(id="completion-meta")
 
     async def on_mount(self) -> None:
-        self.params = dict(self.app.default_params)
+        self.params = dict(self.host.default_params)
         self.refresh_header()
         self.document.focus()
         if self.initial_id is not None:
@@ -117,6 +127,10 @@ class CompletionScreen(Screen):
             self.refresh_header()
 
     # -------------------------------------------------------------- views
+
+    @property
+    def host(self) -> CompletionHost:
+        return cast(CompletionHost, self.app)
 
     @property
     def document(self) -> CompletionDocument:
@@ -134,7 +148,7 @@ class CompletionScreen(Screen):
         p = params_from_dict(self.params)
         head = Text("Completion", style="bold reverse")
         head.append(f" {self.title_text}", style="bold")
-        model = self.app.loaded.model_name if self.app.loaded is not None else "no model"
+        model = self.host.loaded.model_name if self.host.loaded is not None else "no model"
         head.append(f"   {model} · T {p.temperature:g} · top-p {p.top_p:g} · max {p.max_new_tokens}", style="dim")
         self.query_one("#completion-title", Static).update(head)
         meta = Text()
@@ -148,7 +162,7 @@ class CompletionScreen(Screen):
         self.query_one("#completion-meta", Static).update(meta)
 
     async def open(self, conversation_id: int) -> None:
-        store, calls = self.app.store, store_calls(self.app)
+        store, calls = self.host.store, store_calls(self.app)
         conv = await calls.call(store.get_conversation, conversation_id)
         if conv is None:
             self.app.notify("That conversation no longer exists.", severity="warning")
@@ -156,7 +170,7 @@ class CompletionScreen(Screen):
         messages = await calls.call(store.messages, conv.id) or []
         self.conversation_id = conv.id
         self.title_text = conv.title
-        self.params = {**self.app.default_params, **(conv.params or {})}
+        self.params = {**self.host.default_params, **(conv.params or {})}
         self.segments = [Segment(m.role, m.content, m.id) for m in messages if m.role in ("user", "assistant")]
         last = next((m for m in reversed(messages) if m.role == "assistant"), None)
         self.last_stats = dict(last.stats or {}) if last is not None else {}
@@ -171,7 +185,7 @@ class CompletionScreen(Screen):
 
     def action_stop_or_leave(self) -> None:
         if self.active is not None:
-            self.app.engine.cancel(self.active.request_id)
+            self.host.engine.cancel(self.active.request_id)
         else:
             self.app.pop_screen()
 
@@ -183,7 +197,7 @@ class CompletionScreen(Screen):
         self.title_text = "New completion"
         self.segments = []
         self.last_stats = {}
-        self.params = dict(self.app.default_params)
+        self.params = dict(self.host.default_params)
         self._show("")
         self.refresh_header()
 
@@ -196,10 +210,10 @@ class CompletionScreen(Screen):
             _system, values = result  # a completion has no system prompt: only the parameters count
             self.params = {**self.params, **values}
             if self.conversation_id is not None:
-                store_calls(self.app).call(self.app.store.update_settings, self.conversation_id, params=self.params)
+                store_calls(self.app).call(self.host.store.update_settings, self.conversation_id, params=self.params)
             self.refresh_header()
 
-        self.app.push_screen(SettingsModal("", params_from_dict(self.params)), done)
+        self.app.push_screen(SettingsModal(None, params_from_dict(self.params)), done)
 
     def action_edit_prompt(self) -> None:
         """Take the last continuation out of the document (it stays saved until the next generation)."""
@@ -225,7 +239,7 @@ class CompletionScreen(Screen):
         if self.active is not None or self.starting:
             self.app.notify("The model is still writing: Esc stops it.", severity="warning")
             return
-        if self.app.loaded is None:
+        if self.host.loaded is None:
             self.app.notify("No model loaded: press Ctrl+L to load one.", severity="error", title="Cannot continue")
             return
         text = self.document.text
@@ -248,11 +262,11 @@ class CompletionScreen(Screen):
         finally:
             self.starting = False
             self.document.read_only = False
-        store = self.app.store
+        store = self.host.store
         mid = segment.message_id
         prompt = "".join(s.text for s in self.segments)
         try:
-            request_id = self.app.engine.generate([], params_from_dict(self.params), prompt_text=prompt)
+            request_id = self.host.engine.generate([], params_from_dict(self.params), prompt_text=prompt)
         except Exception as exc:  # noqa: BLE001 - an engine that refuses at once
             if mid is not None:
                 store_calls(self.app).call(store.delete_message, mid)
@@ -265,15 +279,15 @@ class CompletionScreen(Screen):
         doc.read_only = True
         doc.move_cursor(doc.document.end)
         self.refresh_header()
-        self.app.history_changed()
+        self.host.history_changed()
 
     async def _save_prompt(self, text: str, kept: int, offset: int) -> Segment:
         """Save a new conversation (if this is one), the typed text after the kept messages and an empty
         continuation; the continuation's segment (its message id None where saving failed)."""
-        store, calls = self.app.store, store_calls(self.app)
+        store, calls = self.host.store, store_calls(self.app)
         if self.conversation_id is None:
             self.title_text = make_title(text)
-            model = self.app.loaded.model_name if self.app.loaded is not None else None
+            model = self.host.loaded.model_name if self.host.loaded is not None else None
             self.conversation_id = await calls.call(store.create_conversation, self.title_text, model, "",
                                                     self.params, kind=KIND)
         cid = self.conversation_id
@@ -298,7 +312,7 @@ class CompletionScreen(Screen):
             active.started = True
             for segment in active.stale:  # replaced by the continuation that has now started
                 if segment.message_id is not None:
-                    store_calls(self.app).call(self.app.store.delete_message, segment.message_id)
+                    store_calls(self.app).call(self.host.store.delete_message, segment.message_id)
             active.stale = []
         if isinstance(event, Started):
             active.prompt_tokens = event.prompt_tokens
@@ -309,7 +323,7 @@ class CompletionScreen(Screen):
             now = time.monotonic()
             if active.segment.message_id is not None and now - active.last_flush >= FLUSH_INTERVAL:
                 active.last_flush = now
-                store_calls(self.app).call(self.app.store.update_message, active.segment.message_id,
+                store_calls(self.app).call(self.host.store.update_message, active.segment.message_id,
                                            active.segment.text, "streaming")
         elif isinstance(event, Finished):
             if event.text.startswith(active.segment.text) and len(event.text) > len(active.segment.text):
@@ -321,7 +335,7 @@ class CompletionScreen(Screen):
         elif isinstance(event, Failed):
             if not active.started and active.stale:  # nothing written: everything as it was
                 if active.segment.message_id is not None:
-                    store_calls(self.app).call(self.app.store.delete_message, active.segment.message_id)
+                    store_calls(self.app).call(self.host.store.delete_message, active.segment.message_id)
                 self.segments = [s for s in self.segments if s is not active.segment] + active.stale
                 self.active = None
                 self.document.read_only = False
@@ -344,7 +358,7 @@ class CompletionScreen(Screen):
         self.active = None
         self.last_stats = {k: v for k, v in stats.items() if v is not None}
         if active.segment.message_id is not None:
-            saved = store_calls(self.app).call(self.app.store.update_message, active.segment.message_id,
+            saved = store_calls(self.app).call(self.host.store.update_message, active.segment.message_id,
                                                active.segment.text, status, self.last_stats)
             saved.add_done_callback(self._count_end)
         else:
@@ -355,4 +369,4 @@ class CompletionScreen(Screen):
         doc.read_only = False
         doc.move_cursor(doc.document.end)
         self.refresh_header()
-        self.app.history_changed()
+        self.host.history_changed()

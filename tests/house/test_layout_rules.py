@@ -1,5 +1,6 @@
 """The house rules of issue 15, read from glmtui/'s source with ast (nothing is imported, so this runs in well under a
-second): file size, no import circles, the engine below the server and the UI, no torch in the front end's imports.
+second): file size, no import circles, the engine below the server and the UI, no torch in the front end's imports,
+no UI module importing the app.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ MAX_LINES = 600
 HEAVY = ("torch", "transformers")
 # The front end: what runs in the process the user types into (the engine process and `serve` may import torch).
 FRONT_END = ("glmtui.ui", "glmtui.cli", "glmtui.linechat", "glmtui.web")
+APP = "glmtui.ui.app"  # wires the UI together: what it wires never imports it back
 
 
 @dataclass
@@ -242,6 +244,22 @@ def test_the_front_end_does_not_import_torch_at_module_level():
     assert not bad, "the front end imports torch/transformers at module level:\n  " + "\n  ".join(sorted(set(bad)))
 
 
+def test_no_ui_module_imports_the_app():
+    """Panes, screens and views name what they use of the app as a host Protocol (ChatHost, ModelsHost,
+    CompletionHost, AgentHost ...) or get it in messages: an import of ui/app.py, even a TYPE_CHECKING or
+    function-level one, ties the widget to the whole app (and mypy then follows the circle back)."""
+    modules = load_modules()
+    known = set(modules)
+    bad = []
+    for mod in modules.values():
+        if not mod.name.startswith("glmtui.ui.") or mod.name == APP:
+            continue
+        for target, line in mod.anywhere:
+            if _owner(target, known) == APP:
+                bad.append(f"{_rel(mod)}:{line} imports {target}")
+    assert not bad, "UI modules import ui/app.py (type the host as a Protocol instead):\n  " + "\n  ".join(bad)
+
+
 # ------------------------------------------------------------------ the checker checks itself
 
 
@@ -289,3 +307,26 @@ def test_the_torch_rule_follows_module_level_imports_and_package_inits(tmp_path,
     text = str(failed.value)
     assert "glmtui/engine/__init__.py:1 imports torch" in text and "glmtui.cli" in text
     assert "linechat" not in text
+
+
+def test_the_app_rule_sees_type_checking_and_function_level_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "glmtui"
+    _write(pkg, {
+        "__init__.py": "",
+        "cli.py": "def main():\n    from .ui.app import run_app\n",    # outside the UI: allowed
+        "ui/__init__.py": "",
+        "ui/app.py": "from .pane import Pane\nclass GlmApp: ...\n",
+        "ui/pane.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .app import GlmApp\n",
+        "ui/view.py": "def f():\n    from . import app\n",
+        "ui/dialogs/__init__.py": "",
+        "ui/dialogs/load.py": "from glmtui.ui.app import GlmApp\n",
+        "ui/chat.py": "from .pane import Pane\n",
+    })
+    monkeypatch.setitem(globals(), "PACKAGE", pkg)
+    with pytest.raises(AssertionError) as failed:
+        test_no_ui_module_imports_the_app()
+    text = str(failed.value)
+    assert "glmtui/ui/pane.py:3 imports glmtui.ui.app" in text
+    assert "glmtui/ui/view.py:2 imports glmtui.ui.app" in text
+    assert "glmtui/ui/dialogs/load.py:1 imports glmtui.ui.app" in text
+    assert "glmtui/cli.py" not in text and "glmtui/ui/chat.py" not in text and "glmtui/ui/app.py:" not in text

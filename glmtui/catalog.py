@@ -305,7 +305,8 @@ class UnknownModelError(ValueError):
     """The user's model string is neither a catalogue key, a hub id nor a folder."""
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether the user's model string is written as a path (absolute, relative, home, a drive letter)."""
     return (
         spec.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or spec in (".", "..")
@@ -393,7 +394,7 @@ def resolve(spec: str, source: str = "hf") -> CatalogEntry:
     if not spec:
         raise UnknownModelError("empty model name")
     path = Path(spec).expanduser()
-    if _looks_like_path(spec) or path.is_dir():
+    if looks_like_path(spec) or path.is_dir():
         if not path.is_dir():
             raise UnknownModelError(f"no such model folder: {spec}")
         return entry_for_folder(path)

@@ -31,7 +31,7 @@ def resolve_model(spec: str, models_dir: Optional[os.PathLike] = None,
 
     spec = spec.strip()
     folder = Path(spec).expanduser()
-    if spec and (folder.is_dir() or catalog._looks_like_path(spec)):  # noqa: SLF001 - the catalogue's own rule
+    if spec and (folder.is_dir() or catalog.looks_like_path(spec)):
         path = folder.resolve() if folder.exists() else folder
         name = path.name or spec
         return ResolvedModel(str(path), name, name)

@@ -11,6 +11,7 @@ code otherwise), in glmtui's cache folder. No torch here: the front end plans.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -122,7 +123,7 @@ def plan_vllm(folder: str, mode: str, device: str, *, python: str, cache_dir: Pa
     model_dir = source
     if is_chatglm3_folder(source):
         model_dir = native_cache_folder(source, cache_dir)
-        prepare = lambda progress: convert_in_subprocess(source, model_dir, progress)  # noqa: E731 - one call
+        prepare = functools.partial(convert_in_subprocess, source, model_dir)  # called with the progress callback
         notes += (f"ChatGLM3 converted to the native layout in {model_dir}",)
     name = served_name or source.name
     port = port or free_port()

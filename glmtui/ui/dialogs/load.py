@@ -70,7 +70,7 @@ def complete_folder(text: str) -> tuple[str, list[str]]:
     """Shell-like completion of a folder path: (the text completed to the folders' common
     prefix, the matching folder names when more than one matches). A model folder (it
     has a config.json) is complete as typed; hidden folders are offered only after a dot."""
-    if not text or not (catalog._looks_like_path(text) or "/" in text):  # noqa: SLF001 - the catalogue's rule
+    if not text or not (catalog.looks_like_path(text) or "/" in text):
         return text, []
     expanded = os.path.expanduser(text)
     if os.path.isfile(os.path.join(expanded, "config.json")):

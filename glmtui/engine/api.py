@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional, Protocol, Sequence, runtime_checkable
@@ -60,6 +61,18 @@ class Listeners:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def _deliver(self, event: Event, sink: Optional[Listener]) -> None:
+        """``event`` to every listener, then to its request's ``sink``; one that raises is printed, not passed on."""
+        with self._lock:
+            listeners = list(self._listeners)
+        if sink is not None:
+            listeners.append(sink)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the engine
+                traceback.print_exc()
 
 
 @dataclass

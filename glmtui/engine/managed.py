@@ -386,14 +386,3 @@ class ManagedServer(Listeners):
                 break
             except subprocess.TimeoutExpired:
                 continue
-
-    def _deliver(self, event: Event, sink: Optional[Listener]) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        if sink is not None:
-            listeners.append(sink)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:
-                traceback.print_exc()

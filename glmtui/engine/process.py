@@ -554,14 +554,3 @@ class EngineProcess(Listeners):
             request = self._requests.pop(request_id, None)
             self._settle()
         self._deliver(event, request.sink if request is not None else None)
-
-    def _deliver(self, event, sink: Optional[Listener]) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        if sink is not None:
-            listeners.append(sink)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not stop the engine
-                traceback.print_exc()

@@ -234,15 +234,7 @@ class RemoteEngine(Listeners):
         return request_id
 
     def _emit(self, command: _Command, event: Event) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        if command.sink is not None:
-            listeners.append(command.sink)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:
-                traceback.print_exc()
+        self._deliver(event, command.sink)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

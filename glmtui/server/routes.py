@@ -22,7 +22,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +32,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.api import Engine
-from ..engine.events import Failed, Finished, Loaded, Started, Unloaded
+from ..engine.events import Failed, Finished, GenerationParams, Loaded, Started, Unloaded
 from .guard import HostPolicy, RequestGuard, error_body, key_matches
 from .schemas import (
     DEFAULT_MAX_QUEUE,
@@ -136,6 +136,7 @@ def server_state(request: Request) -> ServerState:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+_GENERATED: dict[int | str, dict[str, Any]] = {**_ERRORS, 200: {"content": {"text/event-stream": {}}}}  # JSON or SSE
 open_router = APIRouter()  # no key needed
 router = APIRouter()  # the /v1 routes: the key, when the server has one
 
@@ -175,6 +176,17 @@ async def get_model(model_id: str, request: Request):
     return _card(state, model_id)
 
 
+def admit(body: ChatCompletionRequest | CompletionRequest, request: Request,
+          check_text: Callable[[Any, int], None]) -> tuple[ServerState, GenerationParams]:
+    """What a generation route checks first: the model named is the one served, the text fits its context;
+    the server's state and the request's sampling as the engine's parameters."""
+    state = server_state(request)
+    state.require_model(body.model)
+    context = state.context_length()
+    check_text(body, context)
+    return state, generation_params(body, context)
+
+
 async def wait_started(engine, pipe: Pipe, request: Request, param: str = "messages"):
     """Events until generation starts: errors before that are proper HTTP errors (raised)."""
     while True:
@@ -199,18 +211,10 @@ async def wait_finished(pipe: Pipe, request: Request) -> Finished:
             raise during_generation(event)
 
 
-@router.post(
-    "/v1/chat/completions",
-    response_model=ChatCompletion,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
-)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_GENERATED)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    state = server_state(request)
+    state, params = admit(body, request, check_request_text)
     engine = state.engine
-    state.require_model(body.model)
-    context = state.context_length()
-    check_request_text(body, context)
-    params = generation_params(body, context)
     chatglm3 = state.chatglm3()
     messages = to_chat_messages(body.messages)
     tools = engine_tools(body, chatglm3)
@@ -251,18 +255,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             engine.cancel(rid)
 
 
-@router.post(
-    "/v1/completions",
-    response_model=Completion,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
-)
+@router.post("/v1/completions", response_model=Completion, responses=_GENERATED)
 async def completions(body: CompletionRequest, request: Request):
-    state = server_state(request)
+    state, params = admit(body, request, check_prompt_text)
     engine = state.engine
-    state.require_model(body.model)
-    context = state.context_length()
-    check_prompt_text(body, context)
-    params = generation_params(body, context)
     prompts = body.prompts
     state.check_queue(len(prompts))
 

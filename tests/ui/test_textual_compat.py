@@ -76,6 +76,12 @@ def _private_uses(rel: str, tree: ast.AST, textual_names: set[str], own: set[str
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "textual":
             if any(part.startswith("_") for part in node.module.split(".")):
                 found.append(f"{rel}:{node.lineno} from {node.module} import ...")
+            found += [f"{rel}:{node.lineno} from {node.module} import {alias.name}" for alias in node.names
+                      if alias.name.startswith("_")]  # a private module or name of a public one
+        elif isinstance(node, ast.Import):
+            found += [f"{rel}:{node.lineno} import {alias.name}" for alias in node.names
+                      if alias.name.split(".")[0] == "textual"
+                      and any(part.startswith("_") for part in alias.name.split("."))]
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
                 if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name in overrides:
@@ -102,13 +108,17 @@ def test_textual_private_names_are_used_only_in_compat():
 
 
 def test_the_guard_sees_each_kind_of_use():
-    """An import from a private module, an overridden hook, an attribute read and a getattr string."""
+    """An import from a private module (either import form) or of a private name, an overridden hook, an attribute
+    read and a getattr string."""
     source = ("from textual.widgets._footer import FooterKey\n"
               "class A(TextArea):\n    async def _on_key(self, event):\n        await self.app._check_bindings('x')\n"
-              "x = getattr(a, '_notifications', ())\n")
+              "x = getattr(a, '_notifications', ())\n"
+              "import textual._markdown as md, os._x\n"
+              "from textual import _ansi_sequences\n")
     found = _private_uses("m.py", ast.parse(source), _textual_private_names(), set())
     assert sorted(found) == ["m.py:1 from textual.widgets._footer import ...", "m.py:3 def _on_key",
-                     "m.py:4 ._check_bindings", "m.py:5 '_notifications'"]
+                             "m.py:4 ._check_bindings", "m.py:5 '_notifications'", "m.py:6 import textual._markdown",
+                             "m.py:7 from textual import _ansi_sequences"]
 
 
 # ------------------------------------------------------------------ markdown

@@ -173,6 +173,7 @@ async def test_completion_parameters_are_the_chats_and_a_completion_is_found_by_
         assert isinstance(screen, CompletionScreen)
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsModal), what="the settings dialog")
+        assert not app.screen.query("#system-prompt")  # raw text has no system turn: no field that does nothing
         app.screen.query_one("#param-max_new_tokens").value = "3"
         app.screen.query_one("#param-top_p").value = "0.5"
         await pilot.press("ctrl+s")

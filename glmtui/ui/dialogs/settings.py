@@ -40,7 +40,8 @@ def loaded_thinking_switch(app: Any) -> bool:
 
 
 class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
-    """Per-conversation system prompt and generation parameters; ``thinking_switch`` adds the thinking choice."""
+    """Per-conversation system prompt and generation parameters; ``thinking_switch`` adds the thinking choice.
+    ``system_prompt`` None: a completion's parameters (no system turn, so no field for one)."""
 
     AUTO_FOCUS = "*"
 
@@ -56,7 +57,7 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
         ("repetition_penalty", "Repetition penalty", float, 0.5, 5.0),
     )
 
-    def __init__(self, system_prompt: str, params: GenerationParams, *, thinking_switch: bool = False,
+    def __init__(self, system_prompt: Optional[str], params: GenerationParams, *, thinking_switch: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.system_prompt = system_prompt
@@ -65,10 +66,13 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
 
     def compose(self) -> Iterable:
         with Vertical(classes="dialog settings"):
-            yield Label("Chat settings (this conversation)", classes="dialog-title")
-            yield Label("System prompt (Tab moves on)")
-            yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, show_line_numbers=False,
-                           tab_behavior="focus", compact=True, placeholder="(none)")
+            if self.system_prompt is None:  # a completion: raw text, no system turn
+                yield Label("Completion settings (this text)", classes="dialog-title")
+            else:
+                yield Label("Chat settings (this conversation)", classes="dialog-title")
+                yield Label("System prompt (Tab moves on)")
+                yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, show_line_numbers=False,
+                               tab_behavior="focus", compact=True, placeholder="(none)")
             for key, label, _cast, _lo, _hi in self.FIELDS:
                 with Horizontal(classes="field"):
                     yield Label(label)
@@ -110,7 +114,8 @@ class SettingsModal(ModalScreen[Optional[tuple[str, dict]]]):
         if self.thinking_switch:
             chosen = self.query_one("#param-thinking", Select).value
             values["thinking"] = next(value for _shown, v, value in THINKING if v == chosen)
-        self.dismiss((self.query_one("#system-prompt", TextArea).text, values))
+        prompt = self.query_one("#system-prompt", TextArea).text if self.system_prompt is not None else ""
+        self.dismiss((prompt, values))
 
     def _error(self, message: str) -> None:
         self.query_one("#settings-error", Static).update(Text(message, style="bold red"))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Literal, Optional, Sequence, Union
 
 from ..engine.events import ChatMessage, Failed, Finished, GenerationParams, Token
+from .interpreter import InterpreterError
 from .toolbox import TOOL_NAME, Toolbox, ToolResult
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class Step:
     """One model turn and what came of it (for the UI to show)."""
 
     reply: Reply
-    outcome: str = ""  # "answer", "ran", "malformed", "declined", "blocked", "error"
+    outcome: str = ""  # "answer", "ran", "malformed", "declined", "blocked", "unavailable" (no kernel), "error"
     observation: Optional[str] = None
     result: object = None  # ToolResult or interpreter RunResult
 
@@ -293,7 +294,10 @@ class AgentSession:
             return Step(reply, "declined", "the user declined to run this; it was not run")
         if action.kind == "interpreter":
             assert interpreter is not None
-            ran = interpreter.run(action.code)
+            try:
+                ran = interpreter.run(action.code)
+            except InterpreterError as exc:  # no kernel (ipykernel missing, a broken Python): the model is told
+                return Step(reply, "unavailable", f"the code was not run: {exc}")
             return Step(reply, "ran", interpreter_observation(ran.text, ran.images), ran)
         if action.declared_only:
             typed = self.ask_result(action) if self.ask_result is not None else None

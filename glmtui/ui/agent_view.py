@@ -51,6 +51,7 @@ OUTCOMES = {
     "timeout": ("⏱ stopped at the time limit", "red"),
     "stopped": ("■ stopped", "yellow"),
     "died": ("✗ the kernel died", "red"),
+    "unavailable": ("✗ not run: the code kernel did not start", "red"),
 }
 # an interpreter run's status -> how its call is shown
 _RUN_OUTCOMES = {"ok": "ran", "error": "raised", "timeout": "timeout", "cancelled": "stopped", "died": "died"}

@@ -252,6 +252,29 @@ def test_interpreter_bad_input_is_shown_and_the_conversation_goes_on(glm3, kerne
     assert [m.role for m in session.messages].count("observation") == 4
 
 
+def test_a_kernel_that_cannot_start_is_told_to_the_model_and_the_turn_goes_on(glm3, tmp_path, monkeypatch):
+    """A broken kernel install (here: an ipykernel_launcher that exits at once, found first on PYTHONPATH):
+    the block is not run, the model is told why, the conversation goes on; nothing waits forever."""
+    pytest.importorskip("ipykernel", reason="the interpreter tests need ipykernel (pip install ipykernel)")
+    from glmtui.agent.interpreter import CodeInterpreter
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "ipykernel_launcher.py").write_text("import sys\nsys.exit('no kernel here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken))
+    interpreter = CodeInterpreter(tmp_path / "interpreter", timeout=10)
+    saved = []
+    model = ScriptedModel(glm3, [block("print(1)"), "I could not run it."])
+    session = AgentSession(model, interpreter=interpreter, allow_interpreter=True, on_message=saved.append)
+    try:
+        steps = session.send("run it")
+    finally:
+        interpreter.shutdown()
+    assert [s.outcome for s in steps] == ["unavailable", "answer"]
+    assert steps[0].observation.startswith("the code was not run: the kernel did not start")
+    assert [m.role for m in saved] == ["system", "user", "assistant", "observation", "assistant"]
+
+
 def test_interpreter_observation_layout():
     assert interpreter_observation("", ["a.png"]) == f"```result\n{IMAGE_MARK}\n```"
     assert interpreter_observation("1", []) == "```result\n1\n```"

@@ -1,11 +1,12 @@
 """The house rules of issue 15, read from glmtui/'s source with ast (nothing is imported, so this runs in well under a
 second): file size, no import circles, the engine below the server and the UI, no torch in the front end's imports,
-no UI module importing the app.
+no UI module importing the app, every module named in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,6 +261,14 @@ def test_no_ui_module_imports_the_app():
     assert not bad, "UI modules import ui/app.py (type the host as a Protocol instead):\n  " + "\n  ".join(bad)
 
 
+def test_every_glmtui_module_is_named_in_the_architecture():
+    """docs/ARCHITECTURE.md's house lists every module of glmtui/ with its one job: a new module goes there too."""
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [str(path.relative_to(PACKAGE.parent)) for path in sorted(PACKAGE.rglob("*.py"))
+               if path.name != "__init__.py" and not re.search(rf"(?<![\w.]){re.escape(path.name)}\b", doc)]
+    assert not missing, "modules docs/ARCHITECTURE.md does not name (add each with its job):\n  " + "\n  ".join(missing)
+
+
 # ------------------------------------------------------------------ the checker checks itself
 
 
@@ -330,3 +339,15 @@ def test_the_app_rule_sees_type_checking_and_function_level_imports(tmp_path, mo
     assert "glmtui/ui/view.py:2 imports glmtui.ui.app" in text
     assert "glmtui/ui/dialogs/load.py:1 imports glmtui.ui.app" in text
     assert "glmtui/cli.py" not in text and "glmtui/ui/chat.py" not in text and "glmtui/ui/app.py:" not in text
+
+
+def test_the_architecture_rule_names_a_module_the_doc_leaves_out(tmp_path, monkeypatch):
+    pkg = tmp_path / "glmtui"
+    _write(pkg, {"__init__.py": "", "cli.py": "", "ui/__init__.py": "", "ui/chat.py": "", "ui/chat_input.py": ""})
+    _write(tmp_path / "docs", {"ARCHITECTURE.md": "cli.py entry points; ui/: chat_input.py (the prompt)\n"})
+    monkeypatch.setitem(globals(), "PACKAGE", pkg)
+    with pytest.raises(AssertionError) as failed:
+        test_every_glmtui_module_is_named_in_the_architecture()
+    text = str(failed.value)
+    assert "glmtui/ui/chat.py" in text  # chat_input.py does not name chat.py
+    assert "glmtui/cli.py" not in text and "chat_input" not in text and "__init__" not in text

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from rich.text import Text
 from textual.widgets import Static
 
 PANES = ("chat", "history", "models", "monitor")
 PANE_LABELS = {"chat": "Chat", "history": "History", "models": "Models", "monitor": "Monitor"}
+
+
+class PaneBarHost(Protocol):
+    """What the bar sets on its app (never imported from app.py: no import circle)."""
+
+    current_pane: str  # the pane shown; the app reacts to it
 
 
 class PaneBar(Static):
@@ -36,5 +42,5 @@ class PaneBar(Static):
     def on_click(self, event: Any) -> None:
         for start, end, pane in self._spans:
             if start <= event.x < end:
-                self.app.current_pane = pane  # type: ignore[attr-defined]  # GlmApp's, not App's
+                cast(PaneBarHost, self.app).current_pane = pane
                 return

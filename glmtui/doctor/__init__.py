@@ -15,16 +15,17 @@ verdict instead of crashing the doctor (or the TUI that shows it). No torch
 import in this process.
 
 The rooms: verdicts (Check, Request), facts (NVML, transformers' install), probes (child interpreters),
-gpu / local / hubs / model (the checks), runner (all of them in order), report (the command's text, JSON,
+gpu / quant / local / hubs / model (the checks), runner (all of them in order), report (the command's text, JSON,
 exit code).
 """
 
 from .facts import DriverFacts, GpuFacts, nvml_facts, transformers_facts
-from .gpu import BF16_NATIVE, INT8_TENSOR_CORES, check_capability, check_driver, check_quantizers, check_torch
+from .gpu import BF16_NATIVE, INT8_TENSOR_CORES, check_capability, check_driver, check_torch
 from .hubs import HF_PUBLIC, MODELSCOPE_PUBLIC, NET_TIMEOUT, check_hub, hub_endpoints
 from .local import ARCH_PACKAGE, TRANSFORMERS_TESTED, check_disk, check_history, check_transformers
 from .model import check_model
 from .probes import DEFAULT_TIMEOUT, PROBE_MARK, QUANT_PROBE, TORCH_PROBE, run_probe
+from .quant import check_quantizers
 from .report import exit_code, format_text, run_doctor, summary, to_json
 from .runner import run_checks
 from .verdicts import VERDICTS, Check, Request

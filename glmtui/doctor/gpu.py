@@ -1,5 +1,5 @@
 """The checks of the GPU stack: the NVIDIA driver, the torch build against it, compute capability against the
-quantization modes, bitsandbytes / torchao."""
+quantization modes (bitsandbytes / torchao: quant.py)."""
 
 from __future__ import annotations
 
@@ -126,30 +126,3 @@ def check_capability(driver: DriverFacts, torch_probe: Optional[dict], request: 
     ccs = ", ".join(f"GPU{g.index} sm {g.capability[0]}.{g.capability[1]}" for g in gpus if g.capability)
     return Check("capability", title, "ok", f"{ccs or 'capability unknown'}: bf16, fp16, int8, int4 all native")
 
-
-def check_quantizers(probe: Optional[dict], problem: Optional[str], request: Request) -> list[Check]:
-    wants_bnb = request.mode in ("int8", "int4")
-    if probe is None:
-        verdict = "fail" if wants_bnb else "warn"
-        return [Check("bitsandbytes", "bitsandbytes", verdict, f"could not be inspected: {problem}",
-                      "pip install --force-reinstall bitsandbytes")]
-    bnb = probe.get("bitsandbytes") or {}
-    needed = f" (--mode {request.mode} needs it)" if wants_bnb else ": int8/int4 unavailable"
-    if not bnb.get("installed"):
-        out = [Check("bitsandbytes", "bitsandbytes", "fail" if wants_bnb else "warn", f"not installed{needed}",
-                     "pip install bitsandbytes")]
-    elif bnb.get("error"):
-        out = [Check("bitsandbytes", "bitsandbytes", "fail" if wants_bnb else "warn",
-                     f"{bnb.get('version')} cannot be imported: {bnb['error']}{needed}",
-                     "pip install --force-reinstall bitsandbytes (a build matching torch's CUDA)")]
-    else:
-        out = [Check("bitsandbytes", "bitsandbytes", "ok", f"bitsandbytes {bnb.get('version')} imports (int8, int4)")]
-    tao = probe.get("torchao") or {}
-    if not tao.get("installed"):
-        out.append(Check("torchao", "torchao", "ok", "not installed (optional: glmtui quantizes with bitsandbytes)"))
-    elif tao.get("error"):
-        out.append(Check("torchao", "torchao", "warn", f"{tao.get('version')} cannot be imported: {tao['error']}",
-                         "pip install torchao matching this torch, or pip uninstall torchao"))
-    else:
-        out.append(Check("torchao", "torchao", "ok", f"torchao {tao.get('version')} imports"))
-    return out

@@ -7,11 +7,12 @@ from typing import Any, Optional
 
 from ..config import Paths, default_paths
 from .facts import AUTO, nvml_facts
-from .gpu import check_capability, check_driver, check_quantizers, check_torch
+from .gpu import check_capability, check_driver, check_torch
 from .hubs import NET_TIMEOUT, check_hub, hub_endpoints
 from .local import check_disk, check_history, check_transformers
 from .model import check_model
 from .probes import DEFAULT_TIMEOUT, QUANT_PROBE, TORCH_PROBE, run_probe
+from .quant import check_quantizers
 from .verdicts import Check, Request
 
 
@@ -38,7 +39,7 @@ def run_checks(request: Optional[Request] = None, *, paths: Optional[Paths] = No
         check_driver(driver, request),
         check_torch(torch_probe, torch_problem, driver, request),
         check_capability(driver, torch_probe, request),
-        *check_quantizers(quant_probe, quant_problem, request),
+        *check_quantizers(quant_probe, quant_problem, request, driver, torch_probe),
         local[0],
         local[1],
         *hub_checks,

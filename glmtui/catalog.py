@@ -367,8 +367,21 @@ def entry_for_folder(path: str | os.PathLike) -> CatalogEntry:
         hf_repo=None,
         context_length=ctx if isinstance(ctx, int) else None,
         prompt_format=_folder_prompt_format(folder, config),
+        chat=not _names_a_base_model(folder),
         local_path=folder,
     )
+
+
+def _names_a_base_model(folder: Path) -> bool:
+    """Whether a folder glmtui did not download is a base model of the catalogue (ChatGLM3-6B-Base) by its
+    name: its own (a git clone, ``--local-dir``) or a Hugging Face cache's ``models--org--name/snapshots/<sha>``.
+    (config.json's ``_name_or_path`` is not read: a model fine-tuned from the base may carry the base's name there.)"""
+    names = [folder.name]
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        names.append(folder.parent.parent.name)
+    lowered = {n.rsplit("--", 1)[-1].lower() for n in names}  # org--name as hub folders write it: the name
+    return any(r and r.rsplit("/", 1)[-1].lower() in lowered
+               for e in CATALOG if not e.chat for r in (e.hf_repo, e.modelscope_repo, *e.aliases))
 
 
 def find_by_repo(repo_id: str) -> Optional[CatalogEntry]:

@@ -209,3 +209,21 @@ def test_catalogue_parameters_match_the_exact_count():
     for key, cfg in shapes.items():
         params = predict.predict_config(cfg, ("bf16",), device="cpu")["bf16"].params
         assert abs(params / 1e9 - catalog.get(key).params_b) < 0.01, (key, params)
+
+
+@pytest.mark.parametrize("where, kind", [
+    ("chatglm3-6b-base", "base"),  # git clone / --local-dir
+    ("ChatGLM3-6B-Base", "base"),
+    ("hub/models--THUDM--chatglm3-6b-base/snapshots/0123abcd", "base"),  # the Hugging Face cache
+    ("hub/models--zai-org--chatglm3-6b-base/snapshots/0123abcd", "base"),
+    ("ZhipuAI--chatglm3-6b-base", "base"),
+    ("chatglm3-6b", "chat"),
+    ("hub/models--THUDM--chatglm3-6b/snapshots/0123abcd", "chat"),
+    ("my-chatglm3-6b-base-sft", "chat"),  # only the base model's own name counts
+])
+def test_a_base_model_downloaded_elsewhere_is_known_by_its_name(tmp_path, where, kind):
+    """ChatGLM3-6B-Base fetched without glmtui (no marker) still opens in completion mode (issue 19)."""
+    folder = tmp_path / where
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm"}))
+    assert catalog.entry_for_folder(folder).kind == kind

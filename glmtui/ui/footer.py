@@ -142,6 +142,24 @@ class QuickFooter(Footer):
                 return
         super().bindings_changed(screen)
 
+    async def recompose(self) -> None:
+        """Rebuild the keys, unless those wanted are already shown (then only their enabled state is set).
+
+        Footer asks for one recompose per bindings change and per resize; at start several arrive together
+        (3 full rebuilds before the first frame showed any key): the first builds the keys, the rest find
+        them in place."""
+        if self.is_attached and footer_bindings_ready(self) and self.children and self._palette_as_wanted() \
+                and self._update_in_place():
+            return
+        await super().recompose()
+
+    def _palette_as_wanted(self) -> bool:
+        """Whether the palette key is shown exactly when it should be."""
+        shown = any(isinstance(k, FooterKey) and k.has_class("-command-palette") for k in self.children)
+        wanted = bool(self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE
+                      and self.screen.active_bindings.get(self.app.COMMAND_PALETTE_BINDING) is not None)
+        return shown == wanted
+
     def _update_in_place(self) -> bool:
         keys = [child for child in self.children if isinstance(child, FooterKey)]
         if len(keys) != len(self.children):  # labels: let Footer rebuild

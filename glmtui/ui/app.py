@@ -38,7 +38,6 @@ from .bridge import EngineBridge
 from .chat import ChatHost, ChatPane
 from .chat_text import params_to_dict
 from .compat import notification_count
-from .completion import CompletionScreen
 from .conversation_actions import ConversationActions
 from .dialogs.settings import loaded_thinking_switch
 from .footer import QuickFooter
@@ -183,7 +182,19 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
 
     # ------------------------------------------------------------------ setup
 
+    def on_load(self) -> None:
+        # the theme before any widget is styled: set later (on mount) it re-parsed all CSS and re-styled every widget
+        saved_theme = self.prefs.get("theme")
+        self.theme = saved_theme if isinstance(saved_theme, str) and saved_theme in self.available_themes \
+            else prefs.DEFAULT_THEME
+
     def compose(self) -> ComposeResult:
+        # the breakpoint classes arrive with the first resize; the first layout needs them already, and set
+        # before the panes mount they are styled once (set on mount, every widget was styled a second time)
+        width = self.size.width
+        self.screen.set_class(width < MEDIUM, "-narrow")
+        self.screen.set_class(MEDIUM <= width < WIDE, "-medium")
+        self.screen.set_class(width >= WIDE, "-wide")
         yield PaneBar(id="pane-bar")
         with Horizontal(id="main", classes="-pane-chat -aside-history"):
             yield HistoryPane(id="history")
@@ -198,14 +209,6 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         yield QuickFooter(compact=True)
 
     def on_mount(self) -> None:
-        # the breakpoint classes arrive with the first resize; the first layout needs them already
-        width = self.size.width
-        self.screen.set_class(width < MEDIUM, "-narrow")
-        self.screen.set_class(MEDIUM <= width < WIDE, "-medium")
-        self.screen.set_class(width >= WIDE, "-wide")
-        saved_theme = self.prefs.get("theme")
-        self.theme = saved_theme if isinstance(saved_theme, str) and saved_theme in self.available_themes \
-            else prefs.DEFAULT_THEME
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.query_one(PaneBar).show(self.current_pane)
         self.chat_pane.input.focus()
@@ -213,7 +216,8 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
         install_exit_on_signals(self._exit_on_signal)
         self.engine.start()
-        self._start_monitor()
+        # sampling (psutil, NVML's first calls) after the first frame: its thread would take turns with this one
+        self.call_after_refresh(self._start_monitor)
         self._toast_count = 0
         self.set_interval(0.5, self._heal_after_toasts)
         self.app_resume_signal.subscribe(self, lambda _app: self._apply_mouse())  # Ctrl+Z/fg turns it on again
@@ -332,7 +336,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
     # ------------------------------------------------------------------ chat actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("next_pane", "search") and isinstance(self.screen, (ModalScreen, CompletionScreen)):
+        if action in ("next_pane", "search") and (isinstance(self.screen, ModalScreen) or self.completion_shown()):
             return False  # priority keys: a dialog keeps them (and the panes behind it stay)
         try:
             chat = self.chat_pane
@@ -390,10 +394,13 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
 
     def action_completion_mode(self, conversation_id: Optional[int] = None) -> None:
         """Open the completion view (a stored completion, or a new one)."""
-        if isinstance(self.screen, CompletionScreen):
+        shown = self.completion_shown()
+        if shown is not None:
             if conversation_id is not None:
-                self.call_later(self.screen.open, conversation_id)  # a coroutine: awaited there
+                self.call_later(shown.open, conversation_id)  # a coroutine: awaited there
             return
+        from .completion import CompletionScreen  # with the first one opened: not needed for the first frame
+
         self.push_screen(CompletionScreen(conversation_id))
 
     @on(HistoryPane.Open)

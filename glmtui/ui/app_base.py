@@ -6,6 +6,7 @@ model_actions.ModelActions, conversation_actions.ConversationActions), all subcl
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Callable, Optional
 
@@ -22,6 +23,9 @@ from .history import HistoryPane
 from .model_controller import ModelController
 from .models import ModelsPane
 from .monitor import MonitorPane
+
+# The completion view's module: imported when the first one opens (the first frame does not need it)
+_COMPLETION = f"{__package__}.completion"
 
 
 class AppBase(App):
@@ -54,6 +58,16 @@ class AppBase(App):
     @property
     def monitor_pane(self) -> MonitorPane:
         return self.query_one("#monitor", MonitorPane)
+
+    def completion_screens(self) -> list[Any]:
+        """The completion views in the screen stack (none before its module is first imported)."""
+        module = sys.modules.get(_COMPLETION)
+        return [] if module is None else [s for s in self.screen_stack if isinstance(s, module.CompletionScreen)]
+
+    def completion_shown(self) -> Any:
+        """The completion view when it is the screen shown, else None."""
+        shown = self.completion_screens()
+        return shown[-1] if shown and shown[-1] is self.screen else None
 
     def _pane_widget(self, pane: str) -> Any:
         return self.query_one(f"#{pane}")

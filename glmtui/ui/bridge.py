@@ -16,7 +16,6 @@ from textual.message import Message
 from glmtui.engine.events import Failed, Finished, Started, Token
 
 from .app_base import AppBase
-from .completion import CompletionScreen
 
 
 class EngineEvent(Message):
@@ -113,9 +112,8 @@ class EngineBridge(AppBase):
     async def _generation_event(self, event: Any) -> None:
         """A generation's event to the chat and to an open completion view (each takes its own requests)."""
         await self.chat_pane.on_generation_event(event)
-        for screen in self.screen_stack:
-            if isinstance(screen, CompletionScreen):
-                await screen.on_generation_event(event)
+        for screen in self.completion_screens():
+            await screen.on_generation_event(event)
 
     def _release_tokens(self) -> None:
         with self._token_lock:

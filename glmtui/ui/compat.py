@@ -11,9 +11,6 @@ from typing import TYPE_CHECKING, Callable, Iterable
 # Footer's key widget: no public name (QuickFooter composes and queries them; app.tcss styles them)
 from textual.widgets._footer import FooterKey
 
-# The table and paragraph blocks: textual.widgets.markdown re-exports MarkdownBlock but not them
-from textual.widgets._markdown import MarkdownParagraph, MarkdownTable
-
 if TYPE_CHECKING:  # pragma: no cover
     from markdown_it.token import Token
     from textual import events
@@ -22,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from textual.geometry import Size
     from textual.message import Message
     from textual.widgets import Footer, Markdown
+    from textual.widgets._markdown import MarkdownParagraph, MarkdownTable
     from textual.widgets.markdown import MarkdownBlock
 
 __all__ = [
@@ -29,6 +27,16 @@ __all__ = [
     "set_footer_key_disabled", "propagation_stopped", "run_focused_bindings", "app_driver",
     "set_mouse_reporting", "notification_count", "WrapsDefaultKeys", "LayoutSizeHook",
 ]
+
+
+def __getattr__(name: str) -> type:
+    """The table and paragraph blocks: textual.widgets.markdown re-exports MarkdownBlock but not them.
+    Imported when first asked for: Markdown (with markdown-it) is not needed for the first frame."""
+    if name in ("MarkdownParagraph", "MarkdownTable"):
+        from textual.widgets import _markdown
+
+        return getattr(_markdown, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def block_builder(markdown: Markdown) -> Callable[[Iterable[Token]], Iterable[MarkdownBlock]]:

@@ -3,20 +3,25 @@ status and stats under it) and MessageList (the scrolling list; y / c / t on the
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
-from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Static
 
 from .chat_text import ENGINE_INTERRUPTED_LABEL, STATUS_LABELS, format_stats, shown_text, visible
-from .copying import CodeBlock, CodePickerModal, code_blocks, copied_block_note, copied_text_note
 from .reasoning import ReasoningBlock
-from .reply_markdown import ReplyMarkdown, complete_stream
+
+# Markdown (and markdown-it, copying's code blocks) are imported by the first reply shown: the empty chat of
+# the first frame does not need them
+if TYPE_CHECKING:  # pragma: no cover
+    from textual.widgets import Markdown
+    from textual.widgets.markdown import MarkdownStream
+
+    from .copying import CodeBlock
 
 
 class UserMessage(Vertical):
@@ -43,6 +48,8 @@ class AssistantMessage(Vertical):
         self._stream: Optional[MarkdownStream] = None
 
     def compose(self) -> Iterable:
+        from .reply_markdown import ReplyMarkdown
+
         yield Static(self._head(), classes="msg-head")
         yield ReasoningBlock(self.reasoning)
         yield ReplyMarkdown(shown_text(self.text, self.status), classes="msg-body")
@@ -80,14 +87,18 @@ class AssistantMessage(Vertical):
 
     @property
     def markdown(self) -> Markdown:
+        from textual.widgets import Markdown
+
         return self.query_one(Markdown)
 
     def start_stream(self) -> None:
+        from .reply_markdown import ReplyMarkdown
+
         self.status = "streaming"
         markdown = self.markdown
         if isinstance(markdown, ReplyMarkdown):
             markdown.follow(self.parent if isinstance(self.parent, Widget) else None)
-        self._stream = Markdown.get_stream(markdown)
+        self._stream = type(markdown).get_stream(markdown)
         self._refresh_labels()
 
     @property
@@ -113,6 +124,8 @@ class AssistantMessage(Vertical):
         """End the Markdown stream, if one runs, and stop following the reply's end; True if one ran."""
         if self._stream is None:
             return False
+        from .reply_markdown import ReplyMarkdown
+
         stream, self._stream = self._stream, None
         await stream.stop()
         if isinstance(self.markdown, ReplyMarkdown):
@@ -126,6 +139,8 @@ class AssistantMessage(Vertical):
         shown = shown_text(text, status)
         self.reasoning_block.finish()
         if await self._stop_stream():
+            from .reply_markdown import complete_stream
+
             await complete_stream(self.markdown, shown)
         else:
             await self.markdown.update(shown)
@@ -224,6 +239,8 @@ class MessageList(VerticalScroll):
         if selected is None:
             return
         what, text = selected
+        from .copying import copied_text_note
+
         self.app.copy_to_clipboard(text)
         self.app.notify(copied_text_note(what, text), timeout=3)
 
@@ -237,6 +254,8 @@ class MessageList(VerticalScroll):
         selected = self._selected_text()
         if selected is None:
             return
+        from .copying import CodePickerModal, code_blocks
+
         what, text = selected
         blocks = code_blocks(text)
         if not blocks:
@@ -251,5 +270,7 @@ class MessageList(VerticalScroll):
             self.app.push_screen(CodePickerModal(blocks), picked)
 
     def _copy_block(self, block: CodeBlock) -> None:
+        from .copying import copied_block_note
+
         self.app.copy_to_clipboard(block.code)
         self.app.notify(copied_block_note(block), timeout=3)

@@ -1,0 +1,95 @@
+"""Startup: what the TUI does before its first frame (issue 13: the first painted frame in under 1 s).
+
+Guards the cuts made: modules the first frame does not need are not imported with the app; the theme and the
+width classes are in place before the panes are styled (set later, every widget was styled again); the footer
+builds its keys once however many binding changes arrive at start; the monitor's sampling starts after the first
+frame. The screen once settled is the snapshot tests' (tests/ui/test_ui_snapshots.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from textual.css.stylesheet import Stylesheet
+from textual.widgets import Footer
+
+from glmtui.config import default_paths
+from glmtui.ui import prefs
+from glmtui.ui.app import GlmApp
+from glmtui.ui.compat import FooterKey
+from glmtui.ui.history import HistoryPane
+from helpers import wait_for
+
+# Imported with the first reply, copy or completion view shown, never for the empty chat of the first frame
+LAZY = ("textual.widgets._markdown", "markdown_it", "pygments", "glmtui.ui.reply_markdown", "glmtui.ui.copying",
+        "glmtui.ui.completion")
+
+
+def test_importing_the_app_leaves_out_what_the_first_frame_does_not_need():
+    code = "import sys, glmtui.cli, glmtui.ui.app; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "glmtui.ui.app" in loaded
+    assert [m for m in LAZY if m in loaded] == []
+
+
+async def test_the_saved_theme_and_the_width_classes_come_before_the_panes_are_styled(quiet_sampler, monkeypatch):
+    prefs.save_prefs(default_paths().config_file, {"theme": "nord"})
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    reparsed_with_panes: list[int] = []  # a CSS re-parse (a theme change) once panes exist re-styles all of them
+    reparse = Stylesheet.reparse
+
+    def recording_reparse(sheet: Stylesheet) -> None:
+        reparsed_with_panes.append(len(app.query(HistoryPane)) if app.screen_stack else 0)
+        reparse(sheet)
+
+    classes_at_mount: list[set[str]] = []
+    mounted = HistoryPane.on_mount
+
+    def recording_mount(pane: HistoryPane) -> None:
+        classes_at_mount.append(set(pane.screen.classes))
+        mounted(pane)
+
+    monkeypatch.setattr(Stylesheet, "reparse", recording_reparse)
+    monkeypatch.setattr(HistoryPane, "on_mount", recording_mount)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.query(FooterKey), timeout=20, what="the footer's keys")
+        assert app.theme == "nord"
+        assert app.screen.has_class("-narrow")
+    assert [n for n in reparsed_with_panes if n] == []
+    assert len(classes_at_mount) == 1 and "-narrow" in classes_at_mount[0], classes_at_mount
+
+
+async def test_the_footer_builds_its_keys_once_at_start(quiet_sampler, monkeypatch):
+    rebuilds: list[int] = []
+    rebuild = Footer.recompose
+
+    async def counting(footer: Footer) -> None:
+        rebuilds.append(len(footer.children))
+        await rebuild(footer)
+
+    monkeypatch.setattr(Footer, "recompose", counting)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.query(FooterKey), timeout=20, what="the footer's keys")
+        for _ in range(5):  # the binding changes of the first focus and resize, handled
+            await pilot.pause()
+        assert rebuilds == [0], rebuilds  # built once, from nothing; later changes only set enabled states
+        assert any(key.action in ("quit", "app.quit") for key in app.query(FooterKey))
+
+
+async def test_the_monitor_starts_sampling_after_the_first_frame(quiet_sampler, monkeypatch):
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    sampling_at_mount: list[bool] = []
+    mount = GlmApp.on_mount
+
+    def recording_mount(self: GlmApp) -> None:
+        mount(self)
+        sampling_at_mount.append(any(t.name == "glmtui-monitor" for t in threading.enumerate()))
+
+    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, timeout=20, what="the first sample")
+        app._monitor_stop.set()
+    assert sampling_at_mount == [False]

@@ -10,6 +10,12 @@ messages, a remembered quantization mode and theme, a model folder on disk —
 started warm, and started after dropping the OS page cache where the machine
 allows it (root and a writable /proc/sys/vm/drop_caches; said when not). Also
 checks that importing the UI does not import torch. Target: first screen < 1 s.
+
+Bytecode: every process runs with its compiled modules kept in a cache of the run's own (filled by one
+untimed start of each kind first), as an installed glmtui has them (pip compiles them). With
+PYTHONDONTWRITEBYTECODE set, as in this project's shells, an editable install otherwise compiles every
+glmtui module at every start — or not, wherever someone's __pycache__ happens to be fresh.
+BENCH_BYTECODE=off runs the children in this shell's environment as it is instead.
 """
 
 from __future__ import annotations
@@ -119,8 +125,10 @@ def main() -> int:
     print(watch.sample("before"), flush=True)
     populate_home(full_home)
 
+    bytecode = bytecode_env()
+
     def env_for(home) -> dict:
-        return dict(os.environ, GLMTUI_HOME=str(home), TERM="xterm-256color", COLUMNS="100", LINES="30")
+        return dict(bytecode, GLMTUI_HOME=str(home), TERM="xterm-256color", COLUMNS="100", LINES="30")
 
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(EMPTY_APP)
@@ -135,6 +143,8 @@ def main() -> int:
     if cold_refused is None:
         ways["cold"] = lambda: (drop_caches(), time_to_marker([glmtui], b"Quit", env_for(full_home)))[1]
     times: dict[str, list[float]] = {w: [] for w in ways}
+    for way in ways:  # untimed: fills the bytecode cache (and the page cache)
+        ways[way]()
     for order in alternating(runs, list(ways)):
         for way in order:
             times[way].append(ways[way]())
@@ -142,8 +152,8 @@ def main() -> int:
     def median(fn) -> float:
         return statistics.median(fn() for _ in range(runs))
 
-    bare = median(lambda: _time_process([sys.executable, "-c", "pass"]))
-    import_ui = median(lambda: _time_process([sys.executable, "-c", "import glmtui.ui.app"]))
+    bare = median(lambda: _time_process([sys.executable, "-c", "pass"], bytecode))
+    import_ui = median(lambda: _time_process([sys.executable, "-c", "import glmtui.ui.app"], bytecode))
     heavy = subprocess.run(
         [sys.executable, "-c", "import sys, glmtui.cli, glmtui.ui.app; "
          "print(','.join(m for m in ('torch','transformers') if m in sys.modules))"],
@@ -152,13 +162,17 @@ def main() -> int:
     os.unlink(empty_app)
     shutil.rmtree(empty_home, ignore_errors=True)
     shutil.rmtree(full_home, ignore_errors=True)
+    if bytecode is not os.environ:
+        shutil.rmtree(bytecode["PYTHONPYCACHEPREFIX"], ignore_errors=True)
 
     def fmt(way: str) -> str:
         t = times[way]
         return f"{statistics.median(t) * 1000:7.0f} ms ({min(t) * 1000:.0f}-{max(t) * 1000:.0f})"
 
     textual_first = statistics.median(times["textual"])
-    print(f"runs: {runs} alternating rounds (medians, min-max)")
+    print(f"runs: {runs} alternating rounds (medians, min-max); bytecode: "
+          + ("cached (in a folder of this run's own), as installed" if bytecode is not os.environ else
+             f"this shell's (BENCH_BYTECODE=off; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')})"))
     print(f"python -c pass                          {bare * 1000:7.0f} ms")
     print(f"import glmtui.ui.app (process)          {import_ui * 1000:7.0f} ms   "
           f"x{import_ui / bare:.2f} of bare python")
@@ -180,9 +194,20 @@ def main() -> int:
     return 0
 
 
-def _time_process(argv: list[str]) -> float:
+def bytecode_env():
+    """The children's environment: their bytecode cached in a folder of this run's own (see the docstring),
+    or, with BENCH_BYTECODE=off, this shell's environment itself."""
+    if os.environ.get("BENCH_BYTECODE", "").lower() in ("off", "0", "no"):
+        return os.environ
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="glmtui-bench-pyc-")
+    return env
+
+
+def _time_process(argv: list[str], env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 

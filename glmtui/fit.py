@@ -5,9 +5,10 @@ from the models folder when it is downloaded, else from the hub (that one file o
 the hub's endpoint rules: ``--endpoint``, ``HF_ENDPOINT``/``MODELSCOPE_ENDPOINT``, config.toml).
 
 Figures per mode: weights and KV cache counted exactly on a meta-device model
-(engine/predict.py; torch is imported only when no stored result exists for this config),
-plus memory.py's stated overhead estimate.  Verdicts against what is *free* now: each GPU's
-NVML free memory (after other processes), and host RAM available.  An architecture
+(engine/predict.py; torch is imported only when this config was never counted: the stored
+count answers any --context, exact_cache.py), plus memory.py's stated overhead estimate.
+Verdicts against what is *free* now: each GPU's NVML free memory (after other processes),
+and host RAM available.  An architecture
 transformers does not know: one line, no figures, exit 1.
 """
 

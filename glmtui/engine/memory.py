@@ -76,7 +76,7 @@ if TYPE_CHECKING:
         predict_exact_subprocess,
         prediction_from_dict,
         result_to_json,
-        store_exact,
+        store_count,
     )
     from .footprint import measured_footprint_bytes
 
@@ -101,7 +101,7 @@ __all__ = [
     "prediction_from_dict",
     "cache_key",
     "cached_exact",
-    "store_exact",
+    "store_count",
     "predict_exact_subprocess",
     "result_to_json",
 ]
@@ -457,7 +457,7 @@ _MOVED = {
     "prediction_from_dict": "exact_cache",
     "cache_key": "exact_cache",
     "cached_exact": "exact_cache",
-    "store_exact": "exact_cache",
+    "store_count": "exact_cache",
     "result_to_json": "exact_cache",
     "predict_exact_subprocess": "exact_cache",
 }

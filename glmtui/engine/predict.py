@@ -38,8 +38,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from . import memory
-from .memory import MODES, ExactResult, MemoryPrediction
+from . import exact_cache, memory
+from .count_facts import CountFacts, KvFacts, ModeFacts, predictions
+from .exact_cache import ExactResult
+from .memory import MODES, MemoryPrediction
 
 NF4_BLOCK = memory.NF4_BLOCK
 NESTED_BLOCK = memory.NESTED_BLOCK
@@ -311,6 +313,34 @@ def _arch_for_overhead(cfg: Mapping[str, Any], config) -> Optional[memory.ModelA
         return None
 
 
+def count_facts(
+    count: MetaCount,
+    arch: Optional[memory.ModelArch],
+    device: str = "cuda",
+    modes: tuple[str, ...] = MODES,
+    double_quant: bool = False,
+) -> CountFacts:
+    """What does not depend on the context, from one meta build: each mode's weights and compute dtype,
+    the KV cache's elements per token (``arch``: the hand formula's view of the config, kept for the
+    overhead estimate).  Predictions for any context come from these (count_facts.predictions)."""
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    config = count.model.config
+    kv: Optional[KvFacts] = None
+    kv_note = None
+    try:
+        full, sliding, window = count.kv()
+        kv = KvFacts(full, sliding, window)
+    except Exception as exc:  # noqa: BLE001 - an attention that does not run on meta
+        kv_note = f"KV cache not measured ({type(exc).__name__}); hand formula used"
+    per_mode = {}
+    for mode in modes:
+        weights, notes = count.weight_bytes(mode, dev, double_quant)
+        per_mode[mode] = ModeFacts(weights, _compute_dtype(mode, dev).itemsize, tuple(notes))
+    model_context = getattr(config, "max_position_embeddings", None) or (arch.max_context if arch else None)
+    return CountFacts(dev, int(count.params), count.architecture, int(model_context) if model_context else None,
+                      per_mode, kv, kv_note, arch)
+
+
 def predict_count(
     count: MetaCount,
     arch: Optional[memory.ModelArch],
@@ -323,50 +353,15 @@ def predict_count(
 ) -> dict[str, MemoryPrediction]:
     """{mode: exact prediction} on ``device`` from one meta build (``arch``: the hand formula's view of
     the config, for the overhead estimate only)."""
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    config = count.model.config
-    try:
-        kv_shape: Optional[tuple[tuple[int, int], tuple[int, int], Optional[int]]] = count.kv()
-        kv_note = None
-    except Exception as exc:  # noqa: BLE001 - an attention that does not run on meta
-        kv_shape, kv_note = None, f"KV cache not measured ({type(exc).__name__}); hand formula used"
-    out = {}
-    for mode in modes:
-        weights, notes = count.weight_bytes(mode, dev, double_quant)
-        size = _compute_dtype(mode, dev).itemsize
-        base = memory.predict(arch, mode, context_len=context_len, batch=batch, device=dev) if arch else None
-        ctx = base.context_len if base else max(1, int(context_len or memory.PREFILL_CHUNK))
-        if kv_shape is None:
-            notes.append(kv_note or "KV cache not measured")
-            kv = base.kv_cache_bytes if base else 0
-            per_token = kv // max(1, ctx * batch)
-        else:
-            (full_e, full_b), (slide_e, slide_b), window = kv_shape
-            full, sliding = full_e * size + full_b, slide_e * size + slide_b
-            kv = (full * ctx + sliding * min(ctx, window or ctx)) * batch
-            per_token = full + sliding
-            if window:
-                notes.append(f"sliding-window layers keep {window:,} tokens")
-        overhead = base.overhead_bytes if base else 0
-        model_context = getattr(config, "max_position_embeddings", None) or (base.model_context if base else None)
-        out[mode] = MemoryPrediction(
-            mode=mode,
-            params=int(count.params),
-            weight_bytes=weights,
-            kv_cache_bytes=int(kv),
-            overhead_bytes=int(overhead),
-            total_bytes=int(weights + kv + overhead),
-            context_len=ctx,
-            batch=batch,
-            device=dev,
-            exact=True,
-            notes=tuple(notes) + (() if base else ("overhead not estimated",)),
-            model_context=int(model_context) if model_context else None,
-            source="meta",
-            kv_bytes_per_token=int(per_token),
-            architecture=count.architecture,
-        )
-    return out
+    return predictions(count_facts(count, arch, device, modes, double_quant), context_len, batch)
+
+
+def _facts_for_devices(cfg: Mapping[str, Any], devices: tuple[str, ...]) -> dict[str, CountFacts]:
+    """{device: every mode's facts} from one meta build; UnknownArchitecture if transformers lacks it."""
+    config = hf_config(cfg)
+    count = MetaCount(meta_model(config))
+    arch = _arch_for_overhead(cfg, config)
+    return {dev: count_facts(count, arch, dev) for dev in devices}
 
 
 def predict_devices(
@@ -376,11 +371,18 @@ def predict_devices(
     **kw: Any,
 ) -> dict[str, dict[str, MemoryPrediction]]:
     """{device: {mode: exact prediction}} for a ``config.json`` dict from one meta build;
-    UnknownArchitecture if transformers lacks it (keyword args as :func:`predict_count`)."""
-    config = hf_config(cfg)
-    count = MetaCount(meta_model(config))
-    arch = _arch_for_overhead(cfg, config)
-    return {dev: predict_count(count, arch, modes, device=dev, **kw) for dev in devices}
+    UnknownArchitecture if transformers lacks it (keyword args as :func:`predict_count`).  The count's
+    facts are stored (exact_cache.py) for the front ends' next asks, whatever the context."""
+    double_quant = bool(kw.pop("double_quant", False))
+    if double_quant:  # not what glmtui loads: counted, not stored
+        config = hf_config(cfg)
+        count = MetaCount(meta_model(config))
+        arch = _arch_for_overhead(cfg, config)
+        return {dev: predict_count(count, arch, modes, device=dev, double_quant=True, **kw) for dev in devices}
+    facts = _facts_for_devices(cfg, devices)
+    for dev, found in facts.items():
+        exact_cache.store_count(cfg, dev, found)
+    return {dev: predictions(found, modes=modes, **kw) for dev, found in facts.items()}
 
 
 def predict_config(
@@ -404,36 +406,39 @@ def predict_dir(model_dir: str | os.PathLike[str], modes: tuple[str, ...] = MODE
 
 
 def exact_results(cfg: Mapping[str, Any], devices: tuple[str, ...], context_len: Optional[int] = None,
-                  use_cache: bool = True) -> dict[str, ExactResult]:
-    """{device: :func:`predict_config` as an :class:`memory.ExactResult`} (never raises), through the
-    cache; the devices the cache lacks are counted from one meta build."""
+                  use_cache: bool = True, batch: int = 1) -> dict[str, ExactResult]:
+    """{device: :func:`predict_config` as an :class:`ExactResult`} (never raises), through the
+    cache of counts; the devices the cache lacks are counted from one meta build, and stored."""
     devs = tuple(dict.fromkeys("cuda" if str(d).startswith("cuda") else "cpu" for d in devices))
     out: dict[str, ExactResult] = {}
     for dev in devs:
-        hit = memory.cached_exact(cfg, dev, context_len) if use_cache else None
+        hit = exact_cache.cached_exact(cfg, dev, context_len, batch) if use_cache else None
         if hit is not None:
             out[dev] = hit
     missing = tuple(d for d in devs if d not in out)
     if not missing:
         return out
     try:
-        counted = predict_devices(cfg, missing, context_len=context_len)
-        fresh = {d: ExactResult(counted[d]) for d in missing}
+        facts = _facts_for_devices(cfg, missing)
+        for dev in missing:
+            if use_cache:
+                exact_cache.store_count(cfg, dev, facts[dev])
+            out[dev] = ExactResult(predictions(facts[dev], context_len, batch))
     except UnknownArchitecture as exc:
-        fresh = {d: ExactResult({}, str(exc), unknown_architecture=True) for d in missing}
-    except Exception as exc:  # noqa: BLE001 - any failure is one line for the caller
+        for dev in missing:
+            out[dev] = ExactResult({}, str(exc), unknown_architecture=True)
+            if use_cache:
+                exact_cache.store_unknown(cfg, dev, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure is one line for the caller (not stored: may be transient)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        fresh = {d: ExactResult({}, f"exact count failed: {type(exc).__name__}: {first}") for d in missing}
-    for dev, result in fresh.items():
-        if use_cache:
-            memory.store_exact(cfg, dev, context_len, result)
-        out[dev] = result
+        for dev in missing:
+            out[dev] = ExactResult({}, f"exact count failed: {type(exc).__name__}: {first}")
     return out
 
 
 def exact_result(cfg: Mapping[str, Any], device: str = "cuda", context_len: Optional[int] = None,
                  use_cache: bool = True) -> ExactResult:
-    """:func:`predict_config` as an :class:`memory.ExactResult` (never raises), through the cache."""
+    """:func:`predict_config` as an :class:`ExactResult` (never raises), through the cache."""
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     return exact_results(cfg, (dev,), context_len, use_cache)[dev]
 
@@ -467,10 +472,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         result = ExactResult({}, f"config.json cannot be read: {exc}")
     else:
-        # a GPU ask stores the CPU figures too (the same build; `glmtui fit` on a GPU machine needs both)
-        result = exact_results(cfg, (args.device, "cpu"), args.context, use_cache=not args.no_cache)[args.device]
+        # both devices' counts are stored from the same build, whichever was asked (`glmtui fit` on a GPU
+        # machine needs both; the pane may ask for the other device once the monitor has seen the GPU)
+        result = exact_results(cfg, (args.device, "cuda", "cpu"), args.context,
+                               use_cache=not args.no_cache)[args.device]
     if args.json:
-        print(json.dumps(memory.result_to_json(result)))
+        print(json.dumps(exact_cache.result_to_json(result)))
     elif not result.predictions:
         print(result.error, file=sys.stderr)
     else:

@@ -85,6 +85,37 @@ def test_fit_builds_the_meta_model_once(flash_dir, monkeypatch, capsys):
     assert code == 0 and len(builds) == 1
 
 
+def test_fit_another_context_after_a_count_is_answered_from_the_stored_count(flash_dir, monkeypatch, capsys):
+    """The count is stored whatever the context: `glmtui fit M --context N` after any earlier count of M
+    builds nothing, and its figures are a fresh exact count's at N."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    builds = []
+    real = predict.meta_model
+
+    def counting(config, *args, **kwargs):
+        builds.append(type(config).__name__)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "meta_model", counting)
+    code, out, err = _run([str(flash_dir), "--json"], _two_gpus(), capsys)
+    assert code == 0 and len(builds) == 1, err
+    for context in ("4096", "17", "100000"):
+        before = len(builds)
+        code, out, err = _run([str(flash_dir), "--json", "--context", context], _two_gpus(), capsys)
+        assert code == 0 and len(builds) == before, err  # no meta build: the stored count
+        cfg = memory.read_config(flash_dir)
+        fresh = {dev: predict.exact_results(cfg, (dev,), int(context), use_cache=False)[dev].predictions
+                 for dev in ("cuda", "cpu")}
+        modes = json.loads(out)["modes"]
+        for mode in memory.MODES:
+            for side, dev in (("gpu", "cuda"), ("cpu", "cpu")):
+                p, row = fresh[dev][mode], modes[mode][side]
+                assert (row["weights"], row["kv_cache"], row["overhead"], row["total"], row["context"]) == (
+                    p.weight_bytes, p.kv_cache_bytes, p.overhead_bytes, p.total_bytes, p.context_len)
+
+
 def test_fit_text_and_no_gpu(flash_dir, capsys):
     pytest.importorskip("transformers")
     code, out, err = _run([str(flash_dir)], _two_gpus(), capsys)
@@ -124,6 +155,32 @@ def test_fit_cached_answer_imports_no_torch(flash_dir, tmp_path):
     assert second.returncode == 0, second.stderr
     a, b = json.loads(first.stdout)["modes"], json.loads(second.stdout)["modes"]
     assert {m: a[m]["cpu"] for m in a} == {m: b[m]["cpu"] for m in b}  # the same figures (free RAM moves)
+
+
+@pytest.mark.slow
+def test_fit_at_another_context_after_the_predictors_count_imports_no_torch(flash_dir, tmp_path):
+    """What the Models pane or `glmtui pull` counted (the predictor subprocess, at the model's own context)
+    answers `glmtui fit --context N` in a fresh interpreter without importing torch."""
+    pytest.importorskip("transformers")
+    import os
+
+    from glmtui.engine import predict
+
+    env = {**os.environ, "GLMTUI_HOME": str(tmp_path)}
+    counted = subprocess.run([sys.executable, "-m", "glmtui.engine.predict", str(flash_dir), "--device", "cpu",
+                              "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert counted.returncode == 0, counted.stderr
+    code = ("import sys; from glmtui.cli import main; rc = main(['fit', sys.argv[1], '--json', '--context', '3000']); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(flash_dir)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    fresh = predict.exact_results(memory.read_config(flash_dir), ("cpu",), 3000, use_cache=False)["cpu"]
+    modes = json.loads(done.stdout)["modes"]
+    for mode in memory.MODES:
+        p = fresh.predictions[mode]
+        assert (modes[mode]["cpu"]["weights"], modes[mode]["cpu"]["kv_cache"], modes[mode]["cpu"]["total"]) == (
+            p.weight_bytes, p.kv_cache_bytes, p.total_bytes)
 
 
 def test_fit_hub_id_fetches_only_config(flash_dir, monkeypatch, capsys):

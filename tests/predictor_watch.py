@@ -1,0 +1,48 @@
+"""Watching glmtui's exact-count predictor subprocesses start (engine/exact_cache.py's one place that starts
+them): a test wraps the real start, so the subprocess still runs, and reads what started and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from glmtui.engine import exact_cache
+
+
+@dataclass(frozen=True)
+class Start:
+    cmd: list[str]
+    low_priority: bool
+    nice: int  # the process's niceness once started (-1: it was gone already)
+    running: int  # predictor processes of this test's process running at that moment, this one included
+
+
+def running_predictors() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if exact_cache.PREDICTOR_MODULE in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def watch_predictor_starts(monkeypatch) -> list[Start]:
+    """The list every predictor start is appended to (the memo of earlier answers cleared)."""
+    starts: list[Start] = []
+    real = exact_cache._start_predictor
+
+    def watched(cmd, low_priority, **popen):
+        proc = real(cmd, low_priority, **popen)
+        try:
+            nice = psutil.Process(proc.pid).nice()
+        except psutil.Error:
+            nice = -1
+        starts.append(Start(list(cmd), low_priority, nice, len(running_predictors())))
+        return proc
+
+    monkeypatch.setattr(exact_cache, "_start_predictor", watched)
+    monkeypatch.setattr(exact_cache, "_memo", {})
+    return starts

@@ -143,6 +143,17 @@ def served(chatglm3_dir):
     worker.shutdown()
 
 
+@pytest.fixture
+def in_process_engine(monkeypatch):
+    """The app runs its model in a thread of the test's process: no engine process (and its torch import)
+    per load. For app tests whose subject is not the engine kind; the default, an engine process, has its
+    own tests (tests/ui/test_ui_engine_process.py). Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("in_process_engine")``."""
+    from glmtui.ui.app import GlmApp
+
+    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Never touch the real user's data or config folders."""

@@ -144,6 +144,7 @@ def test_a_request_arriving_mid_way_joins_the_running_batch(batched, serial):
     assert long_b.finish_reason == "length" and short_b.finish_reason == "length"
 
 
+@pytest.mark.slow  # long replies in a batch
 def test_cancel_mid_batch_ends_that_request_only_within_a_few_tokens(batched, serial):
     worker, log = batched
     params = GenerationParams(max_new_tokens=120, temperature=0.0)

@@ -226,8 +226,8 @@ def test_the_scan_sees_a_module_reached_through_a_helper(tmp_path):
     assert [f[4] for f in failures] == ["pkg/mod.py:9"]  # huggingface_hub 2.x: no lazy `constants` attribute
 
 
-@pytest.mark.parametrize("dependency", [pytest.param(d, marks=pytest.mark.slow) if d == "transformers" else d
-                                        for d in DEPENDENCIES])  # transformers: the big scan
+@pytest.mark.slow  # fresh interpreters import each dependency (transformers: the big scan)
+@pytest.mark.parametrize("dependency", DEPENDENCIES)
 def test_every_name_glmtui_uses_exists(dependency):
     names = used_names()
     checks = [["import", m, "", [], w] for m, w in names["import"] if _root(m) == dependency]

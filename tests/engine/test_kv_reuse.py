@@ -154,6 +154,7 @@ def test_the_token_cap_drops_a_long_cache(chatty_chatglm3):
         w.shutdown()
 
 
+@pytest.mark.slow  # long replies
 def test_the_byte_cap_drops_a_large_cache(chatty_chatglm3):
     w, log = _worker(kv_max_bytes=1024)
     try:

@@ -406,6 +406,7 @@ def test_legacy_pickle_format_loads(tmp_path, chatglm3_dir):
 # ---------------------------------------------------------------- int4 on CPU (item 7)
 
 
+@pytest.mark.slow  # builds, quantizes and runs a model (test_worker's int4 test stays fast)
 def test_int4_on_cpu_keeps_unsupported_widths_in_16bit_and_generates(tmp_path):
     # ffn 120: down_proj's input (120) is not a multiple of 64, gate_up's output (240) not of 32.
     folder = tiny_models.build_native_glm(tmp_path / "odd-ffn", ffn=120)

@@ -436,6 +436,7 @@ def test_exact_prediction_from_a_subprocess_and_the_cache(tiny_arch_dirs):
     assert "cannot be read" in memory.predict_exact_subprocess(bad, "cpu").error
 
 
+@pytest.mark.slow  # two counts in a predictor subprocess that imports torch
 def test_a_gpu_ask_to_the_predictor_stores_the_cpu_figures_too(tiny_arch_dirs):
     """The pane's predictor asked for "cuda" counts the CPU from the same build and stores it, so that
     `glmtui fit` on a GPU machine (it needs both) is answered from the store."""

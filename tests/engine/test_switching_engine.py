@@ -25,6 +25,7 @@ def make_switching(log):
     return SwitchingEngine("transformers", listener=log, make=make).start(), made
 
 
+@pytest.mark.slow  # two loads
 def test_a_switch_unloads_first_then_loads_on_the_other_engine(native_glm):
     log = EventLog()
     engine, made = make_switching(log)

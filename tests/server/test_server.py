@@ -257,6 +257,7 @@ def test_a_queued_client_that_disconnects_never_runs(served_one_at_a_time):
     assert finished[-1].completion_tokens == 0
 
 
+@pytest.mark.slow  # long batched replies
 def test_a_batched_client_that_disconnects_is_cancelled(served, client):
     """With continuous batching the second request joins the running batch; its client leaving ends it
     within a step, and the first reply is untouched."""

@@ -52,6 +52,7 @@ def test_the_api_over_an_engine_process_answers_plain_and_streamed(process_serve
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
+@pytest.mark.slow  # the module's engine process imports torch and loads a model
 def test_tools_reach_an_engine_process_in_the_chatglm3_shape(process_served, served):
     """The tool list and its system prompt follow ModelInfo.chat_format: the same prompt as on the worker."""
     _, server = process_served

@@ -876,6 +876,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow  # two writer subprocesses
 def test_two_processes_write_concurrently(db: Path) -> None:
     n = 150
     # both children and this process race to create the file from nothing

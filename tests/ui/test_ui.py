@@ -33,12 +33,7 @@ from helpers import (
     wait_for,
 )
 
-
-@pytest.fixture(autouse=True)
-def in_process_engine(monkeypatch):
-    """The model in a thread of the test's process: no engine process (and its torch import) per load.
-    The default, an engine process, has its own tests (test_ui_engine_process.py)."""
-    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thread (conftest)
 
 
 # ---------------------------------------------------------------- a whole session

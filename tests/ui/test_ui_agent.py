@@ -164,6 +164,7 @@ async def test_code_mode_runs_blocks_in_a_real_kernel_with_a_timeout(glm3):
         await wait_for(pilot, lambda: controller.interpreter.pid not in (None, pid), timeout=60, what="restart")
 
 
+@pytest.mark.slow  # over ~1.5 s quiet
 async def test_nothing_runs_when_served_to_other_machines(glm3, monkeypatch):
     assert execution_allowed({}) and execution_allowed({"GLMTUI_WEB_HOST": "127.0.0.1"})
     assert not execution_allowed({"GLMTUI_WEB_HOST": "0.0.0.0"})
@@ -180,6 +181,7 @@ async def test_nothing_runs_when_served_to_other_machines(glm3, monkeypatch):
         assert "not run" in messages[2][2] and messages[-1][2] == "Cannot."
 
 
+@pytest.mark.slow  # over ~1.5 s quiet
 async def test_stop_ends_the_turns_and_keeps_what_was_said(glm3):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -237,6 +239,7 @@ async def test_builtins_auto_run_once_the_user_says_so(glm3):
         again.store.close()
 
 
+@pytest.mark.slow  # over ~1.5 s quiet
 async def test_a_saved_tool_conversation_opens_with_its_calls_and_results(glm3):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -326,6 +329,7 @@ async def test_a_bad_interpreter_timeout_setting_is_reported_and_the_default_kep
         assert any("interpreter_timeout" in n and "60 s" in n for n in notifications(app))
 
 
+@pytest.mark.slow  # over ~1.5 s quiet
 async def test_a_tool_that_fails_is_shown_as_failed(glm3, isolated_home):
     tools = isolated_home / "config" / "tools"
     tools.mkdir(parents=True)

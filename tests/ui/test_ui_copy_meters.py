@@ -35,9 +35,7 @@ Both print 3."""
 ONE_BLOCK = "Like this:\n\n```\nx = 1\n```\n"
 
 
-@pytest.fixture(autouse=True)
-def in_process_engine(monkeypatch):
-    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thread (conftest)
 
 
 def _conversation(app, *exchanges: tuple[str, str]) -> int:
@@ -145,6 +143,7 @@ async def test_f12_releases_the_mouse_and_says_so(quiet_sampler):
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.slow  # glmtui in tmux
 def test_in_a_real_terminal_y_and_c_reach_the_clipboard_and_f12_turns_mouse_reporting_off(tmp_path, isolated_home):
     """The installed glmtui in tmux: y and c go out as OSC 52 (tmux keeps them as its paste buffer with
     set-clipboard on), F12 makes the terminal stop and restart reporting the mouse (tmux's pane flags)."""

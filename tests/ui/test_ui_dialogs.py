@@ -23,9 +23,7 @@ PEER_PYTHON = Path(__file__).resolve().parents[2] / ".cache" / "peer" / "venv" /
 GiB = 2**30
 
 
-@pytest.fixture(autouse=True)
-def in_process_engine(monkeypatch):
-    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thread (conftest)
 
 
 def vllm_python_in_config(python: str) -> None:
@@ -58,6 +56,7 @@ async def test_vllm_is_not_offered_where_it_cannot_run(quiet_sampler, isolated_h
         assert not dialog.query_one("#engine-row").display and dialog.chosen_engine() is None
 
 
+@pytest.mark.slow  # starts vLLM's server
 @pytest.mark.skipif(not PEER_PYTHON.exists(), reason="the peer venv with vLLM is not installed (dev.sh bench peer)")
 async def test_choosing_vllm_loads_through_the_managed_server(native_glm, quiet_sampler, isolated_home):
     """The dialog offers vLLM where [vllm] python has it; choosing it starts vLLM's server for the
@@ -106,6 +105,7 @@ async def test_a_load_that_would_not_fit_is_refused_until_confirmed(native_glm, 
         assert app.loaded.mode == "fp32"
 
 
+@pytest.mark.slow  # a model load; the refusal test above loads through the dialog too
 async def test_a_load_that_fits_goes_at_once(native_glm, isolated_home):
     app = GlmApp(mode="fp32", default_params=GREEDY, sampler=FrozenSampler(ram_snapshot(64 * GiB)))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -120,6 +120,7 @@ async def test_a_load_that_fits_goes_at_once(native_glm, isolated_home):
 # ---------------------------------------------------------------- settings dialog: thinking
 
 
+@pytest.mark.slow  # a model load and two replies
 async def test_thinking_off_for_a_conversation(inside_dir, quiet_sampler, isolated_home):
     """The tiny GLM-Z1's prompt opens <think>: its replies start as reasoning; thinking off in Ctrl+O
     closes the block in the prompt, the reply has none, and the choice is kept with the conversation."""
@@ -153,6 +154,7 @@ async def test_thinking_off_for_a_conversation(inside_dir, quiet_sampler, isolat
         assert app.screen.query_one("#param-thinking").value == "off"
 
 
+@pytest.mark.slow  # a model load
 async def test_no_thinking_choice_for_a_template_without_the_switch(native_glm, quiet_sampler, isolated_home):
     app = GlmApp(model=str(native_glm), mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -291,6 +291,7 @@ STUCK_EXIT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # runs glmtui in a subprocess
 def test_after_a_signal_glmtui_leaves_even_when_the_terminal_driver_hangs(tmp_path):
     env = dict(os.environ, GLMTUI_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, "-c", STUCK_EXIT], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -26,9 +26,7 @@ GiB = 2**30
 TIMEOUT = 180.0  # a first exact count imports torch in a subprocess: seconds, more on a loaded machine
 
 
-@pytest.fixture(autouse=True)
-def in_process_engine(monkeypatch):
-    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thread (conftest)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
-"""The history store is never called on the UI thread by the history pane, the completion view or the
-agent view (issue 15): a trace callback on the app's real SQLite connection records every statement run on
-the app's thread while one of those modules is on the stack. The panes are driven through Pilot; what
-they saved is read back and what they read is on screen."""
+"""The history store is never called on the UI thread from the UI (issue 15): a trace callback on the
+app's real SQLite connection records every statement run on the app's thread while a module of glmtui/ui
+is on the stack (the test's own reads are not). The history pane, the completion view, the agent view and
+the conversation actions (open, rename, export, delete) are driven through Pilot; what they saved is read
+back and what they read is on screen. Opening the store (before the first frame) and closing it (after the
+last) are not watched."""
 
 from __future__ import annotations
 
@@ -11,29 +13,25 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
-import glmtui.ui.agent_controller
-import glmtui.ui.agent_view
-import glmtui.ui.completion
+import glmtui.ui
 import glmtui.ui.history
-import glmtui.ui.store_calls
 from agent_helpers import ScriptedModel, call
 from glmtui.config import default_paths
 from glmtui.engine.prompts import ChatGLM3Format
 from glmtui.store import HistoryStore
 from glmtui.ui.app import GlmApp
 from glmtui.ui.completion import CompletionScreen
+from glmtui.ui.modals import ConfirmModal, TextModal
 from glmtui.ui.store_calls import store_calls
 from helpers import notifications, type_text, wait_for
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 8}
-WATCHED = {Path(m.__file__).resolve() for m in (glmtui.ui.history, glmtui.ui.completion, glmtui.ui.agent_view,
-                                                 glmtui.ui.agent_controller, glmtui.ui.store_calls)}
+UI_ROOM = Path(glmtui.ui.__file__).resolve().parent  # every module of the UI is watched
 
 
-@pytest.fixture(autouse=True)
-def in_process_engine(monkeypatch):
-    monkeypatch.setattr(GlmApp, "LOCAL_ENGINE", "thread")
+pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thread (conftest)
 
 
 class UiThreadGuard:
@@ -52,7 +50,7 @@ class UiThreadGuard:
         frame = sys._getframe(1)
         while frame is not None:
             path = Path(frame.f_code.co_filename).resolve()
-            if path in WATCHED:
+            if path.is_relative_to(UI_ROOM):
                 self.calls.append(f"{path.name}:{frame.f_lineno} {frame.f_code.co_name}: {sql.split()[0]}")
                 return
             frame = frame.f_back
@@ -83,6 +81,7 @@ async def test_the_guard_sees_a_store_call_made_on_the_ui_thread_from_a_watched_
         assert guard.calls and guard.calls[0].startswith("history.py")
 
 
+@pytest.mark.slow  # a model load and a reply in three views
 async def test_history_completion_and_agent_views_call_the_store_off_the_ui_thread(chatty_chatglm3, quiet_sampler):
     completion_id = _seed()
     fmt = ChatGLM3Format(chatty_chatglm3 / "tokenizer.model")
@@ -100,6 +99,28 @@ async def test_history_completion_and_agent_views_call_the_store_off_the_ui_thre
         await pilot.press("enter")
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat_pane.title == "weather talk 2", what="the match opened")
+
+        # the conversation shown: renamed (F3), exported (F5), deleted (F4)
+        chat = app.chat_pane
+        cid = chat.conversation_id
+        chat.input.focus()
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextModal), what="the rename dialog")
+        app.screen.query_one("#value", Input).value = "sunny talk"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.title == "sunny talk", what="the rename")
+        await store_calls(app).settled()
+        assert app.store.get_conversation(cid).title == "sunny talk"
+        await pilot.press("f5")
+        md = default_paths().data_dir / "exports" / f"sunny-talk-{cid}.md"
+        await wait_for(pilot, lambda: any(str(md) in n for n in notifications(app)), what="the export")
+        assert md.read_text(encoding="utf-8").startswith("# sunny talk")
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the delete dialog")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: chat.conversation_id is None, what="the delete")
+        await store_calls(app).settled()
+        assert app.store.get_conversation(cid) is None
 
         # the completion view: opened from the history, continued, its settings saved
         history.post_message(history.Open(completion_id))

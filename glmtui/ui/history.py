@@ -104,7 +104,8 @@ class HistoryPane(Vertical):
         yield Static(id="history-info")
 
     def on_mount(self) -> None:
-        self.reload()
+        # the rows (500 options built) a frame later: the first frame does not wait for them
+        self.call_after_refresh(self.reload)
 
     def on_unmount(self) -> None:
         # The app closes the store once its panes are gone: the saves still queued land first.

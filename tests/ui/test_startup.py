@@ -16,6 +16,7 @@ from textual.css.stylesheet import Stylesheet
 from textual.widgets import Footer
 
 from glmtui.config import default_paths
+from glmtui.store import HistoryStore
 from glmtui.ui import prefs
 from glmtui.ui.app import GlmApp
 from glmtui.ui.compat import FooterKey
@@ -93,3 +94,33 @@ async def test_the_monitor_starts_sampling_after_the_first_frame(quiet_sampler, 
         await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, timeout=20, what="the first sample")
         app._monitor_stop.set()
     assert sampling_at_mount == [False]
+
+
+async def test_the_history_list_is_read_after_the_first_frame(quiet_sampler, monkeypatch):
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        for i in range(3):
+            store.create_conversation(f"conversation {i}", "tiny", "", {})
+    finally:
+        store.close()
+    reloads: list[str] = []
+    reload = HistoryPane.reload
+
+    def recording_reload(pane: HistoryPane) -> None:
+        reloads.append("reload")
+        reload(pane)
+
+    reads_at_mount: list[int] = []
+    mount = GlmApp.on_mount
+
+    def recording_mount(self: GlmApp) -> None:
+        mount(self)
+        reads_at_mount.append(len(reloads))
+
+    monkeypatch.setattr(HistoryPane, "reload", recording_reload)
+    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.history_pane.option_list.option_count == 3, timeout=20,
+                       what="the history's rows")
+    assert reads_at_mount == [0]

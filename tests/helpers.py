@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 from glmtui.monitor import History, HostSnapshot, MonitorSnapshot
@@ -32,10 +32,10 @@ def _timeout_message(timeout: float, what: str | Callable[[], str]) -> str:
     return f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}"
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str | Callable[[], str] = "condition",
-               interval: float = 0.05) -> T:
-    """condition()'s first truthy value, checked every ``interval`` seconds; AssertionError naming ``what``
-    (a string, or a function that describes the state at the timeout) when ``timeout`` passes first."""
+def _checks(condition: Callable[[], T], timeout: float, what: str | Callable[[], str],
+            interval: float) -> Generator[None, None, T]:
+    """The loop both waits share: checks ``condition``, yields where the caller pauses ``interval`` seconds,
+    returns its first truthy value; AssertionError naming ``what`` once ``timeout`` has passed."""
     assert interval > 0, "a wait pauses between checks"
     deadline = time.monotonic() + timeout
     while True:
@@ -44,22 +44,33 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str | Ca
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(_timeout_message(timeout, what))
-        time.sleep(interval)
+        yield
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str | Callable[[], str] = "condition",
+               interval: float = 0.05) -> T:
+    """condition()'s first truthy value, checked every ``interval`` seconds; AssertionError naming ``what``
+    (a string, or a function that describes the state at the timeout) when ``timeout`` passes first."""
+    checks = _checks(condition, timeout, what, interval)
+    try:
+        while True:
+            next(checks)
+            time.sleep(interval)
+    except StopIteration as done:
+        return done.value
 
 
 async def wait_until_async(condition: Callable[[], T], timeout: float = 30.0,
                            what: str | Callable[[], str] = "condition", interval: float = 0.05,
                            pause: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> T:
     """wait_until on an event loop: ``await pause(interval)`` between checks (asyncio.sleep, or a Pilot's pause)."""
-    assert interval > 0, "a wait pauses between checks"
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(_timeout_message(timeout, what))
-        await pause(interval)
+    checks = _checks(condition, timeout, what, interval)
+    try:
+        while True:
+            next(checks)
+            await pause(interval)
+    except StopIteration as done:
+        return done.value
 
 
 async def wait_for(pilot, condition: Callable[[], T], timeout: float = 60.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -169,18 +170,19 @@ def test_web_without_model_or_server_explains(tmp_path):
 # ------------------------------------------------------------------ a real browser (when one is installed)
 
 
-async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, ready_marker: str, sent_marker: str):
-    """Open ``url`` in headless Chromium (DevTools protocol), type ``text`` + Enter into the app, screenshot."""
-    import base64
+@contextlib.asynccontextmanager
+async def _devtools_page(chromium: str, window: str):
+    """Headless Chromium on about:blank; yields ``call(method, **params)``, which sends one DevTools
+    protocol command to its page and returns the command's result. The browser is ended on leaving."""
     import json
     import tempfile
 
     import aiohttp
 
     port = free_port()
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,800",
-                             f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={window}",
+                                f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as http:
             targets = None
@@ -203,42 +205,50 @@ async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, read
                         if message.get("id") == counter:
                             return message.get("result", {})
 
-                async def until(predicate, timeout):
-                    deadline = time.monotonic() + timeout
-                    while not predicate():
-                        if time.monotonic() > deadline:
-                            return False
-                        await asyncio.sleep(0.2)
-                    return True
-
-                ready_before = output.text.count(ready_marker)
-                sent_before = output.text.count(sent_marker)
-                await call("Page.enable")
-                await call("Page.navigate", url=url)
-                # the session's TUI connected to the shared API server
-                assert await until(lambda: output.text.count(ready_marker) > ready_before, 60), output.text[-2000:]
-                await asyncio.sleep(2.0)  # first paint
-                focused = await call("Runtime.evaluate", returnByValue=True, expression=(
-                    "(() => { const t = document.querySelector('.xterm-helper-textarea');"
-                    " if (t) { t.focus(); } return !!t; })()"))
-                assert focused["result"]["value"] is True
-                await call("Input.insertText", text=text)
-                await asyncio.sleep(0.3)
-                for kind in ("keyDown", "keyUp"):
-                    await call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
-                               windowsVirtualKeyCode=13, nativeVirtualKeyCode=13,
-                               **({"text": "\r"} if kind == "keyDown" else {}))
-                sent = await until(lambda: output.text.count(sent_marker) > sent_before, 60)
-                await asyncio.sleep(1.0)
-                shot = await call("Page.captureScreenshot", format="png")
-                screenshot.write_bytes(base64.b64decode(shot["data"]))
-                return sent
+                yield call
     finally:
-        proc.terminate()
+        browser.terminate()
         try:
-            proc.wait(10)
+            browser.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            browser.kill()
+
+
+async def _cdp_chat(chromium: str, url: str, text: str, screenshot, output, ready_marker: str, sent_marker: str):
+    """Open ``url`` in headless Chromium (DevTools protocol), type ``text`` + Enter into the app, screenshot."""
+    import base64
+
+    async def until(predicate, timeout):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async with _devtools_page(chromium, "1200,800") as call:
+        ready_before = output.text.count(ready_marker)
+        sent_before = output.text.count(sent_marker)
+        await call("Page.enable")
+        await call("Page.navigate", url=url)
+        # the session's TUI connected to the shared API server
+        assert await until(lambda: output.text.count(ready_marker) > ready_before, 60), output.text[-2000:]
+        await asyncio.sleep(2.0)  # first paint
+        focused = await call("Runtime.evaluate", returnByValue=True, expression=(
+            "(() => { const t = document.querySelector('.xterm-helper-textarea');"
+            " if (t) { t.focus(); } return !!t; })()"))
+        assert focused["result"]["value"] is True
+        await call("Input.insertText", text=text)
+        await asyncio.sleep(0.3)
+        for kind in ("keyDown", "keyUp"):
+            await call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                       windowsVirtualKeyCode=13, nativeVirtualKeyCode=13,
+                       **({"text": "\r"} if kind == "keyDown" else {}))
+        sent = await until(lambda: output.text.count(sent_marker) > sent_before, 60)
+        await asyncio.sleep(1.0)
+        shot = await call("Page.captureScreenshot", format="png")
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        return sent
 
 
 @pytest.mark.slow  # the `web` fixture starts glmtui web and its API server
@@ -407,66 +417,32 @@ async def _cdp_login(chromium: str, url: str, token: str, proc) -> tuple[str, bo
     """Headless Chromium: open ``url``, sign in with ``token`` through the form; (the page's URL after
     the login, whether the app's terminal appeared and a session process started)."""
     import json
-    import tempfile
 
-    import aiohttp
+    async with _devtools_page(chromium, "1000,700") as call:
+        async def evaluate(expression):
+            answer = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+            return answer["result"].get("value")
 
-    port = free_port()
-    browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,700",
-                                f"--remote-debugging-port={port}", f"--user-data-dir={tempfile.mkdtemp()}",
-                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        async with aiohttp.ClientSession() as http:
-            targets = None
-            for _ in range(150):
-                try:
-                    targets = await (await http.get(f"http://127.0.0.1:{port}/json")).json()
-                    break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.2)
-            page = [t for t in targets if t["type"] == "page"][0]
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                counter = 0
+        async def until(expression, timeout):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if await evaluate(expression):
+                    return True
+                await asyncio.sleep(0.3)
+            return False
 
-                async def call(method, **params):
-                    nonlocal counter
-                    counter += 1
-                    await ws.send_json({"id": counter, "method": method, "params": params})
-                    while True:
-                        message = json.loads((await ws.receive(timeout=30)).data)
-                        if message.get("id") == counter:
-                            return message.get("result", {})
-
-                async def evaluate(expression):
-                    answer = await call("Runtime.evaluate", expression=expression, returnByValue=True)
-                    return answer["result"].get("value")
-
-                async def until(expression, timeout):
-                    deadline = time.monotonic() + timeout
-                    while time.monotonic() < deadline:
-                        if await evaluate(expression):
-                            return True
-                        await asyncio.sleep(0.3)
-                    return False
-
-                await call("Page.enable")
-                await call("Page.navigate", url=url + "/")
-                assert await until("location.pathname === '/login' && !!document.querySelector('#token')", 30)
-                await evaluate(f"document.querySelector('#token').value = {json.dumps(token)};"
-                               " document.querySelector('form').submit(); true")
-                assert await until("location.pathname === '/' && !!document.querySelector('.textual-terminal')", 30), \
-                    await evaluate("location.href + ' ' + document.body.innerText.slice(0, 200)")
-                terminal = await until("!!document.querySelector('.xterm-helper-textarea')", 60)
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and not _sessions(proc):
-                    await asyncio.sleep(0.3)
-                return await evaluate("location.href"), terminal and bool(_sessions(proc))
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
+        await call("Page.enable")
+        await call("Page.navigate", url=url + "/")
+        assert await until("location.pathname === '/login' && !!document.querySelector('#token')", 30)
+        await evaluate(f"document.querySelector('#token').value = {json.dumps(token)};"
+                       " document.querySelector('form').submit(); true")
+        assert await until("location.pathname === '/' && !!document.querySelector('.textual-terminal')", 30), \
+            await evaluate("location.href + ' ' + document.body.innerText.slice(0, 200)")
+        terminal = await until("!!document.querySelector('.xterm-helper-textarea')", 60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _sessions(proc):
+            await asyncio.sleep(0.3)
+        return await evaluate("location.href"), terminal and bool(_sessions(proc))
 
 
 @pytest.mark.slow

@@ -242,10 +242,15 @@ async def test_corrupt_history_is_set_aside_and_reported(isolated_home, quiet_sa
     assert kept and kept[0].read_bytes() == b"this is not a database" * 100
 
 
-async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sampler):
+def _block_the_data_folder() -> None:
+    """A file where the data folder should be: no history file can be opened, chats stay in memory."""
     data_dir = default_paths().data_dir
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     data_dir.write_text("a file where the data folder should be")
+
+
+async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sampler):
+    _block_the_data_folder()
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
@@ -988,9 +993,7 @@ def _banner(app):
 
 
 async def test_banner_stays_while_the_history_is_in_memory(quiet_sampler):
-    data_dir = default_paths().data_dir
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    data_dir.write_text("a file where the data folder should be")
+    _block_the_data_folder()
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()

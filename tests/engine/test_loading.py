@@ -246,27 +246,21 @@ def test_chatglm3_missing_tensor_is_refused_and_named(tmp_path, chatglm3_dir):
         load_model(folder, "fp32")
 
 
-def test_chatglm3_config_with_more_layers_than_the_weights(tmp_path, chatglm3_dir):
-    folder = _copy(chatglm3_dir, tmp_path / "three")
-    _edit_config(folder, num_layers=3)
-    with pytest.raises(ModelLoadError, match=r"config.json says 3 layers, the weight files hold 2; .*"
-                                             r"transformer\.encoder\.layers\.2\.input_layernorm\.weight"):
-        load_model(folder, "fp32")
-
-
-def test_chatglm3_config_with_fewer_layers_than_the_weights(tmp_path, chatglm3_dir):
-    folder = _copy(chatglm3_dir, tmp_path / "one")
-    _edit_config(folder, num_layers=1)
-    with pytest.raises(ModelLoadError, match=r"says 1 layers, the weight files hold 2; .*in the weight files that "
-                                             r"config.json has no place for: transformer\.encoder\.layers\.1\."):
-        load_model(folder, "fp32")
-
-
-def test_chatglm3_rows_of_fused_qkv_name_tensor_and_shapes(tmp_path, chatglm3_dir):
-    folder = _copy(chatglm3_dir, tmp_path / "heads")
-    _edit_config(folder, num_attention_heads=8)  # more query rows than the files hold
-    with pytest.raises(ModelLoadError, match=r"transformer\.encoder\.layers\.0\.self_attention\.query_key_value\."
-                                             r"\w+ is \[\d+(, 64)?\] in the weight files; config.json implies"):
+@pytest.mark.parametrize("edit,refusal", [
+    pytest.param({"num_layers": 3}, r"config.json says 3 layers, the weight files hold 2; .*"
+                                    r"transformer\.encoder\.layers\.2\.input_layernorm\.weight", id="more-layers"),
+    pytest.param({"num_layers": 1}, r"says 1 layers, the weight files hold 2; .*in the weight files that "
+                                    r"config.json has no place for: transformer\.encoder\.layers\.1\.",
+                 id="fewer-layers"),
+    # more query rows than the files hold: the fused QKV tensor and both shapes are named
+    pytest.param({"num_attention_heads": 8}, r"transformer\.encoder\.layers\.0\.self_attention\.query_key_value\."
+                                             r"\w+ is \[\d+(, 64)?\] in the weight files; config.json implies",
+                 id="fused-qkv-rows"),
+])
+def test_chatglm3_config_that_disagrees_with_the_weights_is_refused_and_named(tmp_path, chatglm3_dir, edit, refusal):
+    folder = _copy(chatglm3_dir, tmp_path / "edited")
+    _edit_config(folder, **edit)
+    with pytest.raises(ModelLoadError, match=refusal):
         load_model(folder, "fp32")
 
 

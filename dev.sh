@@ -54,6 +54,9 @@ case "$what" in
       echo "dev.sh: mypy glmtui" >&2
       "$VENV/bin/mypy"
     fi
+    # pytest keeps each test module's assertion-rewritten bytecode in __pycache__ (git ignores it); with
+    # PYTHONDONTWRITEBYTECODE set, every worker rewrites (and compiles glmtui) again on each run: half its collection CPU.
+    unset PYTHONDONTWRITEBYTECODE
     exec "$VENV/bin/python" -m pytest ${xdist[@]+"${xdist[@]}"} "$@" ;;
   bench) exec "$VENV/bin/python" bench/run.py "$@" ;;
   test-peer) exec "$VENV/bin/python" -m pytest tests_peer "$@" ;;

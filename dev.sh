@@ -55,7 +55,7 @@ case "$what" in
       "$VENV/bin/mypy"
     fi
     # pytest keeps each test module's assertion-rewritten bytecode in __pycache__ (git ignores it); with
-    # PYTHONDONTWRITEBYTECODE set, every worker rewrites (and compiles glmtui) again on each run: half its collection CPU.
+    # PYTHONDONTWRITEBYTECODE set, each worker redoes that (and compiles glmtui) on every run: half its collection CPU.
     unset PYTHONDONTWRITEBYTECODE
     exec "$VENV/bin/python" -m pytest ${xdist[@]+"${xdist[@]}"} "$@" ;;
   bench) exec "$VENV/bin/python" bench/run.py "$@" ;;

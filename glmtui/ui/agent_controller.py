@@ -41,6 +41,7 @@ class EngineTurns:
         self.params = params
         self.request: Optional[int] = None
         self.cancelled = False
+        self.failure: Optional[Failed] = None  # the Failed that ended the last turn
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -72,6 +73,7 @@ class EngineTurns:
                 if isinstance(event, Finished):
                     return
                 if isinstance(event, Failed):
+                    self.failure = event
                     raise GenerationFailed(event.message)
 
 
@@ -111,6 +113,13 @@ class AgentController:
     def stopping(self) -> bool:
         """The send that runs was asked to stop (Esc, or the app closing)."""
         return self._stopping.is_set()
+
+    @property
+    def interruption(self) -> Optional[Failed]:
+        """The engine's Failed that ended this send's model turn because the engine process ended under it
+        (kill -9, a crash, F7 on a hung engine); None otherwise."""
+        failure = self._turns.failure if self._turns is not None else None
+        return failure if failure is not None and failure.interrupted else None
 
     def cycle_mode(self) -> str:
         self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]

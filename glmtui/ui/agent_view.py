@@ -216,6 +216,7 @@ class AgentView:
         self._images: list = []
         self._modal: Optional[ToolConfirmModal] = None
         self._cid: Optional[int] = None
+        self._written_by: dict = {}  # the model, mode and device of the send that runs (kept if the engine dies)
         self._starting = False  # a send's history is being read (or its conversation saved): it starts next
 
     @property
@@ -277,6 +278,9 @@ class AgentView:
             self._starting = False
         self._chat, self._streaming, self._images = chat, None, []
         self._cid = chat.conversation_id  # where this send's turns are saved, whatever is shown later
+        loaded = app.loaded
+        self._written_by = ({"model": loaded.model_name, "mode": loaded.mode, "device": loaded.device}
+                            if loaded is not None else {})
         self.controller.start(text, history, chat.generation_params(), on_message=self._message_added,
                               on_text=self._text_arrived, on_step=self._step_done, on_done=self._send_done)
         chat.refresh_header()
@@ -371,6 +375,9 @@ class AgentView:
         self._images = list(getattr(result, "images", []) or [])
         if step.outcome == "error":
             note = str(result) if result else "the model could not reply"
+            if self.controller.interruption is not None:
+                await self._interrupted(note)
+                return
             if self._streaming is not None:
                 turn, self._streaming = self._streaming, None
                 await turn.widget.finish(turn.widget.text, "error", {"error": note})
@@ -386,6 +393,21 @@ class AgentView:
             if step.outcome == "malformed" and not note and step.observation:
                 note = step.observation
             call.widget.set_outcome(shown_outcome(step), note)
+
+    async def _interrupted(self, note: str) -> None:
+        """The engine process ended under a model turn: what it wrote is kept and saved, marked interrupted, as a
+        chat reply is (the app's notice names the cause and the reload key, so no toast here)."""
+        turn, self._streaming = self._streaming, None
+        text = turn.widget.text if turn is not None else ""
+        stats = {"error": note, **self._written_by}
+        mid = None
+        if self._cid is not None:
+            mid = await store_calls(self.app).call(self.app.store.add_message, self._cid, "assistant", text,
+                                                   "interrupted", stats)
+        if turn is None:  # it ended before any text
+            turn = await self._mount("assistant", "", "interrupted", self._model(), mid)
+        await turn.widget.finish(text, "interrupted", stats)
+        turn.content, turn.status, turn.message_id = text, "interrupted", mid
 
     async def _send_done(self) -> None:
         if self._streaming is not None:  # stopped before the reply was parsed

@@ -42,6 +42,9 @@ class ChatSession:
         self.active: Optional[ActiveReply] = None
         self.editing: Optional[EditState] = None
         self.opening = False  # a stored conversation is being read
+        # The active reply's events that arrive while its turns are still being stored and shown
+        # (the engine is asked first, so that it prefills meanwhile); None once the reply is on screen.
+        self._early: Optional[list] = None
         self.calls = OrderedCalls(run_store)  # the history calls: in order, off the UI thread
 
     async def _store(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -143,21 +146,25 @@ class ChatSession:
         edit = self.editing
         replacing = self._set_aside(edit.index if edit is not None else len(self.turns), edit, text)
         active.replacing = replacing
+        turn = Turn("user", text, "complete", None)
+        self.turns.append(turn)
+        refused = self._request_reply(active)  # before any store call or mount: the engine starts at once
+        if refused is not None:
+            self.turns = [t for t in self.turns if t is not turn]
+            await self._refused(active, refused)
+            return False
         if self.conversation_id is None:
             self.title = make_title(text)
             cid = await self._store(self.store.create_conversation, self.title, loaded.model_name,
                                     self.system_prompt, dict(self.params))
             self.conversation_id = cid
             replacing.created_conversation = cid is not None
-        mid = None
         if self.conversation_id is not None:
-            mid = await self._store(self.store.add_message, self.conversation_id, "user", text)
-        turn = Turn("user", text, "complete", mid)
-        await self.add_turn(turn)
+            turn.message_id = await self._store(self.store.add_message, self.conversation_id, "user", text)
+        await self.view.show_turn(turn)
         replacing.new.append(turn)
         self.view.header_changed()
-        if not await self._start_reply(active):
-            return False
+        await self._show_reply(active)
         self.view.history_changed()
         return True
 
@@ -233,31 +240,51 @@ class ChatSession:
 
     async def _start_reply(self, active: ActiveReply) -> bool:
         """Start the reply to the turns shown; False (and everything as before) when the engine refuses."""
-        replacing = active.replacing
-        assert replacing is not None
-        messages = self.conversation_messages()
+        refused = self._request_reply(active)
+        if refused is not None:
+            await self._refused(active, refused)
+            return False
+        await self._show_reply(active)
+        return True
+
+    def _request_reply(self, active: ActiveReply) -> Optional[Exception]:
+        """Ask the engine for the reply to ``self.turns`` (None), or the exception it refused with.
+
+        Called before the reply's turns are stored and shown (tens of milliseconds of the UI thread),
+        so the model prefills meanwhile; its events wait in ``_early`` until :meth:`_show_reply`."""
         loaded = self.loaded()
         if loaded is not None:
             active.written_by = {"model": loaded.model_name, "mode": loaded.mode, "device": loaded.device}
+        try:
+            active.request_id = self.engine.generate(self.conversation_messages(), self.generation_params())
+        except Exception as exc:  # noqa: BLE001 - an engine that refuses at once (a remote one)
+            return exc
+        self._early = []
+        return None
+
+    async def _refused(self, active: ActiveReply, exc: Exception) -> None:
+        """The engine refused the request: everything as before the send (nothing was stored or shown for it)."""
+        assert active.replacing is not None
+        await self._roll_back(active.replacing)
+        self.active = None
+        self.view.tell(f"{type(exc).__name__}: {exc}", severity="error", title="Cannot send")
+        self.view.reply_closed(active)
+
+    async def _show_reply(self, active: ActiveReply) -> None:
+        """Store and show the reply's turn, then take the events that came meanwhile, in order."""
+        assert active.replacing is not None
         if self.conversation_id is not None:
             active.message_id = await self._store(self.store.add_message, self.conversation_id, "assistant", "",
                                                   "streaming")
         turn = Turn("assistant", "", "streaming", active.message_id)
         active.turn = turn
         await self.add_turn(turn)
-        replacing.new.append(turn)
-        try:
-            active.request_id = self.engine.generate(messages, self.generation_params())
-        except Exception as exc:  # noqa: BLE001 - an engine that refuses at once (a remote one)
-            await self._roll_back(replacing)
-            self.active = None
-            self.view.tell(f"{type(exc).__name__}: {exc}", severity="error", title="Cannot send")
-            self.view.reply_closed(active)
-            return False
+        active.replacing.new.append(turn)
         self.view.reply_started(active)
-        if active.stop_requested:  # Esc while the send was on its way
-            self.engine.cancel(active.request_id)
-        return True
+        early = self._early
+        while early:  # events arriving while these are handled join the list: order is kept
+            await self._take_event(early.pop(0))
+        self._early = None
 
     async def _commit(self, active: ActiveReply) -> None:
         """The new reply started: what it replaces goes, from the screen and the history file."""
@@ -292,6 +319,13 @@ class ChatSession:
     # -------------------------------------------------------------- engine events
 
     async def on_generation_event(self, event: Any) -> None:
+        active = self.active
+        if self._early is not None and active is not None and event.request_id == active.request_id:
+            self._early.append(event)  # the reply is not on screen yet: taken by _show_reply
+            return
+        await self._take_event(event)
+
+    async def _take_event(self, event: Any) -> None:
         active = self.active
         if active is None or event.request_id != active.request_id or active.ending:
             return

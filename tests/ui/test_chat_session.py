@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pytest
 
 from engine_helpers import EventLog
-from glmtui.engine.events import Finished, Loaded, Token
+from glmtui.engine.events import Finished, Loaded, Started, Token
 from glmtui.engine.worker import InferenceWorker
 from glmtui.store import HistoryStore
 from glmtui.ui import chat_session
@@ -292,3 +292,38 @@ async def test_save_on_exit_is_not_overwritten_by_a_flush_still_queued(harness, 
     row = store.messages(session.conversation_id)[-1]
     assert row.status == "interrupted" and row.content == text + " and the rest"
     assert row.stats["completion_tokens"] == 30
+
+
+async def test_the_engine_starts_before_the_turns_are_stored_and_shown_and_nothing_is_lost(harness):
+    """The model prefills while the UI stores and mounts the turns (time to first token); events that come
+    before the reply is on screen are taken once it is, in order: here the whole reply ends meanwhile."""
+    session, store, view = harness.session, harness.store, harness.view
+    ended: list[Finished] = []
+    harness.worker.add_listener(lambda e: ended.append(e) if isinstance(e, Finished) else None)
+    asked_when_shown: list[Any] = []
+    show = view.show_turn
+
+    async def show_turn(turn: Turn) -> None:
+        active = session.active
+        asked_when_shown.append(active.request_id if active is not None else None)
+        if turn.role == "assistant" and asked_when_shown[-1] is not None:
+            rid = asked_when_shown[-1]
+            deadline = asyncio.get_running_loop().time() + 60
+            while not any(e.request_id == rid for e in ended):  # the reply ends before it is on screen
+                assert asyncio.get_running_loop().time() < deadline, "the reply did not end"
+                await asyncio.sleep(0.01)
+        await show(turn)
+
+    view.show_turn = show_turn  # type: ignore[method-assign]  # the test's View, wrapped for this test
+    assert await session.send("hello there")
+    await harness.reply()
+    # the engine had the request before either turn was shown (and so before either was stored)
+    assert len(asked_when_shown) == 2 and None not in asked_when_shown
+    final = next(e for e in ended if e.request_id == asked_when_shown[0])
+    tokens = [e for e in view.events if isinstance(e, Token)]
+    assert isinstance(view.events[0], Started)
+    assert "".join(t.text for t in tokens) == final.text == session.turns[-1].content
+    row = store.messages(session.conversation_id)[-1]
+    assert (row.status, row.content) == ("complete", final.text)
+    assert row.stats["completion_tokens"] == PARAMS["max_new_tokens"]
+    assert [(m.role, m.content) for m in store.messages(session.conversation_id)][0] == ("user", "hello there")

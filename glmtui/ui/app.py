@@ -405,7 +405,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
 
     @on(HistoryPane.Open)
     async def _open_conversation(self, message: HistoryPane.Open) -> None:
-        conv = self.db(self.store.get_conversation, message.conversation_id)
+        conv = await self.store_call(self.store.get_conversation, message.conversation_id)  # off the UI thread
         if conv is not None and conv.kind == "completion":
             self.action_completion_mode(conv.id)
             return

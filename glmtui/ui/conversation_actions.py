@@ -1,15 +1,26 @@
-"""Rename, delete and export the current (or highlighted) conversation."""
+"""Rename, delete and export the current (or highlighted) conversation, and open one from the history.
+
+Their history calls run on the store's worker thread, after every store call asked for before them
+(ui/store_calls.py: a store error is shown there, with the unsaved banner, and gives None). The dialogs
+open at once, with the title the chat or the history list already shows."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from .app_base import AppBase
 from .modals import ConfirmModal, TextModal
+from .store_calls import store_calls
 
 
 class ConversationActions(AppBase):
+    def store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future:
+        """``fn(*args, **kwargs)`` on the store's worker thread, in order; await it for its value (None on a
+        store error, which was shown)."""
+        return store_calls(self).call(fn, *args, **kwargs)
+
     def _target_conversation(self) -> Optional[int]:
         focused = self.focused
         if focused is not None and self._in_pane(focused, "history"):
@@ -18,34 +29,45 @@ class ConversationActions(AppBase):
                 return highlighted
         return self.chat_pane.conversation_id
 
-    def action_rename(self) -> None:
+    async def _title_of(self, cid: int) -> Optional[str]:
+        """The conversation's title as shown (read from the store only when neither pane shows it); None
+        when it no longer exists."""
+        if self.chat_pane.conversation_id == cid:
+            return self.chat_pane.title
+        title = self.history_pane.title_of(cid)
+        if title is not None:
+            return title
+        conv = await self.store_call(self.store.get_conversation, cid)
+        return None if conv is None else conv.title
+
+    async def action_rename(self) -> None:
         cid = self._target_conversation()
         if cid is None:
             self.notify("No conversation to rename yet.", severity="warning")
             return
-        conv = self.db(self.store.get_conversation, cid)
-        if conv is None:
+        title = await self._title_of(cid)
+        if title is None:
             return
 
-        def done(title: Optional[str]) -> None:
-            if not title:
+        async def done(new_title: Optional[str]) -> None:
+            if not new_title:
                 return
-            self.db(self.store.rename, cid, title)
+            await self.store_call(self.store.rename, cid, new_title)
             if self.chat_pane.conversation_id == cid:
-                self.chat_pane.title = title
+                self.chat_pane.title = new_title
                 self.chat_pane.refresh_header()
             self.history_pane.reload()
             self.refresh_status()
 
-        self.push_screen(TextModal("Rename conversation", conv.title, "title"), done)
+        self.push_screen(TextModal("Rename conversation", title, "title"), done)
 
-    def action_delete_conversation(self) -> None:
+    async def action_delete_conversation(self) -> None:
         cid = self._target_conversation()
         if cid is None:
             self.notify("No conversation to delete.", severity="warning")
             return
-        conv = self.db(self.store.get_conversation, cid)
-        if conv is None:
+        title = await self._title_of(cid)
+        if title is None:
             return
 
         async def done(yes: Optional[bool]) -> None:
@@ -56,24 +78,24 @@ class ConversationActions(AppBase):
                     self.notify("A reply is still streaming: press Esc to stop it first.", severity="warning")
                     return
                 await self.chat_pane.show_conversation(None)
-            if self.db(self.store.delete_conversation, cid):
-                self.notify(f"Deleted “{conv.title}”.", timeout=3)
+            if await self.store_call(self.store.delete_conversation, cid):
+                self.notify(f"Deleted “{title}”.", timeout=3)
             self.history_changed()
             self.refresh_status()
             self.refresh_bindings()
 
-        self.push_screen(ConfirmModal(f"Delete “{conv.title}” and all its messages?\nThis cannot be undone."), done)
+        self.push_screen(ConfirmModal(f"Delete “{title}” and all its messages?\nThis cannot be undone."), done)
 
     @property
     def export_folder(self) -> Path:
         return self.paths.data_dir / "exports"
 
-    def action_export(self) -> None:
+    async def action_export(self) -> None:
         """Write the conversation as .md and .json (new files each time; see HistoryStore.export_files)."""
         cid = self._target_conversation()
         if cid is None:
             self.notify("No conversation to export yet.", severity="warning")
             return
-        written = self.db(self.store.export_files, cid, self.export_folder)
+        written = await self.store_call(self.store.export_files, cid, self.export_folder)
         if written is not None:
             self.notify("\n".join(str(p) for p in written), title="Exported", timeout=15)

@@ -1,6 +1,7 @@
 """The history pane: saved conversations, and full-text search over them.
 
 The list is read off the UI thread (ui/store_calls.py); the newest reload wins, an older one's rows are dropped.
+A completion (completion mode's text) has ✎ before its title, in the list and in search results.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class HistoryPane(Vertical):
         self._debounce: Optional[Timer] = None
         self._shown: Optional[tuple] = None  # what the list shows: a reload that would show the same skips the rebuild
         self._reloads = 0  # reloads asked for; only the newest one's rows are shown
+        self._titles: dict[int, str] = {}  # the titles shown, by conversation id (the rename/delete dialogs')
         self.results_pending = False  # the search box asked to move into results still being read
         self.open_first = False  # ... and Enter was typed meanwhile: open the best match
         self.border_title = "History"
@@ -126,6 +128,10 @@ class HistoryPane(Vertical):
         option = ol.get_option_at_index(ol.highlighted)
         return int(option.id.split(":", 1)[1]) if option.id else None
 
+    def title_of(self, conversation_id: int) -> Optional[str]:
+        """The conversation's title as the list (or the search's results) shows it; None if not shown."""
+        return self._titles.get(conversation_id)
+
     def reload(self) -> None:
         """Re-read the list (or re-run the search) from the store, on the store's worker thread."""
         self._reloads += 1
@@ -135,7 +141,9 @@ class HistoryPane(Vertical):
             if seq != self._reloads:
                 return _SUPERSEDED
             if query.strip():
-                return store.search(query, SEARCH_LIMIT, marks=MARKS)
+                hits = store.search(query, SEARCH_LIMIT, marks=MARKS)
+                found = {hit.conversation_id for hit in hits}  # a hit has no kind: the completions among them
+                return hits, {cid for cid in found if getattr(store.get_conversation(cid), "kind", "") == "completion"}
             return store.list_conversations(LIST_LIMIT)
 
         future = store_calls(self.app).call(read)
@@ -150,15 +158,20 @@ class HistoryPane(Vertical):
         store = cast(HistoryHost, self.app).store
         keep = self.highlighted_id()
         options: list[Option] = []
+        titles: dict[int, str] = {}
         if query.strip():
-            hits = rows or []
+            hits, completions = rows or ([], set())
             seen: set[tuple[int, Optional[int]]] = set()
             for hit in hits:
                 key = (hit.conversation_id, hit.message_id)
                 if key in seen:
                     continue
                 seen.add(key)
-                prompt = Text(hit.title or "Untitled", style="bold")
+                titles[hit.conversation_id] = hit.title
+                prompt = Text(style="bold")
+                if hit.conversation_id in completions:
+                    prompt.append(COMPLETION_MARK, style="dim")
+                prompt.append(hit.title or "Untitled")
                 prompt.append("\n")
                 role = f"{hit.role}: " if hit.role else "title: "
                 prompt.append(role, style="dim")
@@ -168,6 +181,7 @@ class HistoryPane(Vertical):
         else:
             conversations = rows or []
             for conv in conversations:
+                titles[conv.id] = conv.title
                 marker = "● " if conv.id == self.current_id else "  "
                 prompt = Text(marker, style="bold")
                 if conv.kind == "completion":  # completion mode's text, opened in the completion view
@@ -178,6 +192,7 @@ class HistoryPane(Vertical):
             info = f"{total} conversation{'s' if total != 1 else ''}"
             if store.in_memory:
                 info += " · in memory only"
+        self._titles = titles
         shown = (info, [(option.id, str(option.prompt)) for option in options])
         if shown != self._shown:  # unchanged (a reply in the current conversation): rebuilding 500 rows costs 30-70 ms
             self._rebuild(shown, options, keep, info)

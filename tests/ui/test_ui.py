@@ -139,23 +139,22 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         app.screen.query_one("#value").value = ""
         await type_text(pilot, "Renamed chat")
         await pilot.press("enter")
-        await pilot.pause()
+        await wait_for(pilot, lambda: chat.title == "Renamed chat", what="the rename (saved off the UI thread)")
         assert stored(cid, app)[0].title == "Renamed chat"
-        assert chat.title == "Renamed chat"
 
         # export: Markdown and JSON in the data folder, paths told to the user
         await pilot.press("f5")
         exports = default_paths().data_dir / "exports"
         md, js = exports / f"renamed-chat-{cid}.md", exports / f"renamed-chat-{cid}.json"
+        await wait_for(pilot, lambda: any(str(md) in n and str(js) in n for n in notifications(app)), what="export")
         assert md.read_text(encoding="utf-8").startswith("# Renamed chat")
         data = json.loads(js.read_text(encoding="utf-8"))
         assert data["title"] == "Renamed chat" and len(data["messages"]) == 6
-        assert any(str(md) in n and str(js) in n for n in notifications(app))
         first = md.read_bytes()
         await pilot.press("f5")  # a second export never replaces the first
         md2, js2 = exports / f"renamed-chat-{cid}-2.md", exports / f"renamed-chat-{cid}-2.json"
+        await wait_for(pilot, lambda: any(str(md2) in n and str(js2) in n for n in notifications(app)), what="export")
         assert md.read_bytes() == first and md2.read_bytes() == first and js2.exists()
-        assert any(str(md2) in n and str(js2) in n for n in notifications(app))
 
         # delete the other conversation from the history list, after confirming
         await pilot.press("ctrl+f")
@@ -174,8 +173,8 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         assert stored(other, app)[0] is not None
         await pilot.press("f4")
         await pilot.press("y")
-        await pilot.pause()
-        assert stored(other, app)[0] is None and stored(cid, app)[0] is not None
+        await wait_for(pilot, lambda: stored(other, app)[0] is None, what="the delete (off the UI thread)")
+        assert stored(cid, app)[0] is not None
         await store_calls(app).settled()
         assert app.history_pane.option_list.option_count == 1
 

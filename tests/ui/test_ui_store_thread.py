@@ -47,13 +47,14 @@ class UiThreadGuard:
         if threading.get_ident() != self.ui_thread:
             self.off_thread += 1
             return
-        frame = sys._getframe(1)
+        frame, where = sys._getframe(1), []
         while frame is not None:
             path = Path(frame.f_code.co_filename).resolve()
-            if path.is_relative_to(UI_ROOM):
-                self.calls.append(f"{path.name}:{frame.f_lineno} {frame.f_code.co_name}: {sql.split()[0]}")
-                return
+            if path.is_relative_to(UI_ROOM):  # the UI's frames, innermost first: who made the call
+                where.append(f"{path.name}:{frame.f_lineno} {frame.f_code.co_name}")
             frame = frame.f_back
+        if where:
+            self.calls.append(f"{' < '.join(where[:3])}: {sql.split()[0]}")
 
 
 def _seed() -> int:

@@ -185,3 +185,38 @@ async def test_saves_still_queued_at_exit_land_before_the_store_closes(quiet_sam
         assert store.get_conversation(cid).title == "saved at exit"
     finally:
         store.close()
+
+
+async def test_store_errors_of_the_conversation_actions_are_shown_as_before(quiet_sampler):
+    """Run off the UI thread, a rename that cannot be written still shows the unsaved banner, and one of a
+    conversation deleted meanwhile says so; the app keeps running and nothing else changes."""
+    _seed()
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        history = app.history_pane
+        await wait_for(pilot, lambda: history.option_list.option_count == 4, what="the list")
+        await store_calls(app).settled()
+        history.option_list.focus()
+        history.option_list.highlighted = 1  # a chat (the completion, newest, is first)
+        target = history.highlighted_id()
+        title = app.store.get_conversation(target).title
+
+        app.store._conn.execute("PRAGMA query_only = 1")  # noqa: SLF001 - every write now fails
+        await pilot.press("f3")
+        assert isinstance(app.screen, TextModal)  # at once, with the title listed
+        field = app.screen.query_one("#value", Input)
+        assert field.value == title
+        field.value = "not saved"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.query_one("#unsaved").display, what="the unsaved banner")
+        await store_calls(app).settled()
+        assert app.store.get_conversation(target).title == title
+
+        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001 - writes allowed again
+        app.store.delete_conversation(target)  # behind the app's back: the list still shows it
+        history.option_list.focus()
+        await pilot.press("f3")
+        app.screen.query_one("#value", Input).value = "gone"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "that conversation no longer exists" in notifications(app), what="the error")
+        assert app.is_running and app.store.get_conversation(target) is None

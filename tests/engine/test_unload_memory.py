@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -55,13 +54,17 @@ async def test_load_unload_cycle_shows_memory_moving(sizeable_model):
         await until(lambda: app.loaded is not None, "the load")
         await until(lambda: app.monitor_pane.snapshot.host.process_rss - rss_before > 120 * MiB,
                     "resident memory to rise with the model")
+        app.request_load(str(sizeable_model), "int4")  # a quantization switch: a fresh engine process
+        await until(lambda: app.loaded is not None and app.loaded.mode == "int4", "the switch")
         app.action_unload() if hasattr(app, "action_unload") else app.engine.unload()
         await until(lambda: app.loaded is None, "the unload")
         await until(lambda: app.model.unloaded_note and ("back to within" in app.model.unloaded_note
                                                    or "stayed behind" in app.model.unloaded_note),
                     "the memory note")
         note = app.model.unloaded_note
-        assert note.startswith("RAM back to within") or re.match(r"[\d.]+ \w+ of RAM stayed behind", note), note
+        # the model ran in engine processes (the default), all ended: glmtui's memory (the TUI and its engine
+        # processes) is back to its figure before the load, within issue 13's 16 MiB (an in-process model left
+        # ~400 MiB behind)
+        assert note.startswith("RAM back to within"), note
         rss_after = app.monitor_pane.snapshot.host.process_rss
-        if "back to within" in note:
-            assert rss_after - rss_before <= UNLOAD_MARGIN
+        assert rss_after - rss_before <= min(UNLOAD_MARGIN, 16 * MiB), (rss_before, rss_after)

@@ -10,7 +10,9 @@ client went away, the server stops) cancels it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import threading
 import time
 from typing import Optional
 
@@ -24,58 +26,105 @@ class ClientGone(Exception):
     """The request's client disconnected."""
 
 
-_NOTHING = object()
+COALESCE_SECONDS = 0.05  # after tokens reach the event loop, the next ones gather this long
 
 
 class Pipe:
-    """Events of one request, moved from the engine's thread onto the event loop."""
+    """Events of one request, moved from the engine's thread onto the event loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    The engine's thread only appends to a list; the loop is woken once for all that gathered
+    (one ``call_soon_threadsafe``, not one per token). While tokens come faster than one per
+    ``coalesce`` seconds, a delivery of tokens makes the next one wait that long, so a fast reply's
+    tokens reach the stream a few at a time (one SSE chunk each) instead of costing a loop wake-up,
+    a chunk and a socket write per token. A first token, tokens coming slower than that, and every
+    event that is not a token (start, end, failure) go at once.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coalesce: float = COALESCE_SECONDS):
         self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.coalesce = coalesce
+        self._lock = threading.Lock()
+        self._inbox: list = []  # engine thread -> loop (under _lock)
+        self._woken = False  # a delivery is on its way: a call_soon_threadsafe or the timer (under _lock)
+        self._timed = False  # ... and it is the timer, which a non-token event does not wait for (under _lock)
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._last_tokens = float("-inf")  # loop time of the last delivery that held tokens
+        self._ready: collections.deque = collections.deque()  # delivered, not yet taken (loop only)
+        self._waiter: Optional[asyncio.Future] = None
         self._checked = time.monotonic()
-        self._getter: Optional[asyncio.Future] = None
 
     def __call__(self, event) -> None:  # engine thread: never blocks
+        urgent = not isinstance(event, Token)
+        with self._lock:
+            self._inbox.append(event)
+            if self._woken and not (urgent and self._timed):
+                return
+            self._woken, self._timed = True, False
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            self.loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop is closed: the server is gone
             pass
+
+    def _deliver(self, timed: bool = False) -> None:  # the loop
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self.loop.time()
+        with self._lock:
+            events, self._inbox = self._inbox, []
+            tokens = any(isinstance(e, Token) for e in events)
+            # they come fast (these gathered in the wait, or came soon after the last ones): gather the next ones
+            hold = tokens and (timed or now - self._last_tokens < self.coalesce)
+            self._woken = self._timed = hold
+        if tokens:
+            self._last_tokens = now
+        if hold:
+            self._timer = self.loop.call_later(self.coalesce, self._deliver, True)
+        if events:
+            self._ready.extend(events)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
 
     async def next(self, request=None, poll: float = 0.1):
         """The next event; raises ClientGone when ``request``'s client disconnected meanwhile.
 
-        The client is checked at least every ``poll`` seconds, whether or not
-        events keep arriving. One ``queue.get()`` stays pending across polls:
-        ``asyncio.wait_for`` on it would cancel it at each timeout, and on
-        Python < 3.12 a get that completed as the timeout fired was lost —
-        a lost Started/Finished left a client waiting forever under load.
+        The client is checked at least every ``poll`` seconds, whether or not events keep
+        arriving. Delivered events wait in a deque, never inside a future: a wait cancelled or
+        timed out loses nothing.
         """
         while True:
-            if request is None:
-                if self._getter is not None:  # a get left pending by an earlier poll holds the next event
-                    return await self._take(None)
-                return await self.queue.get()  # cancelled with its caller: nothing left pending
-            now = time.monotonic()
-            if now - self._checked >= poll:
-                self._checked = now
-                if await request.is_disconnected():
-                    if self._getter is not None:
-                        self._getter.cancel()
-                        self._getter = None
-                    raise ClientGone()
-            event = await self._take(max(0.0, poll - (now - self._checked)) or poll)
-            if event is not _NOTHING:
-                return event
+            if request is not None:
+                now = time.monotonic()
+                if now - self._checked >= poll:
+                    self._checked = now
+                    if await request.is_disconnected():
+                        raise ClientGone()
+            if self._ready:
+                return self._ready.popleft()
+            timeout = None if request is None else max(0.0, poll - (time.monotonic() - self._checked)) or poll
+            self._waiter = self.loop.create_future()
+            try:
+                await asyncio.wait({self._waiter}, timeout=timeout)
+            finally:
+                self._waiter = None
 
-    async def _take(self, timeout: Optional[float]):
-        if self._getter is None:
-            self._getter = asyncio.ensure_future(self.queue.get())
-        done, _ = await asyncio.wait({self._getter}, timeout=timeout)
-        if not done:
-            return _NOTHING
-        getter, self._getter = self._getter, None
-        return getter.result()
+    def more_text(self, reasoning: bool) -> str:
+        """The text of the tokens delivered right behind the one just taken, of the same kind
+        (answer or reasoning), taken too: a stream sends them together as one chunk."""
+        pieces = []
+        ready = self._ready
+        while ready and isinstance(ready[0], Token) and ready[0].reasoning == reasoning:
+            pieces.append(ready.popleft().text)
+        return "".join(pieces)
+
+
+def merged(pipe: Pipe, event):
+    """A Token with the text of the tokens already delivered behind it (the event itself otherwise)."""
+    if isinstance(event, Token):
+        more = pipe.more_text(event.reasoning)
+        if more:
+            return Token(event.request_id, event.text + more, event.reasoning)
+    return event
 
 
 def chat_chunk(completion_id: str, created: int, model: str, delta: dict, finish: Optional[str] = None,
@@ -114,7 +163,7 @@ async def chat_stream(engine, pipe: Pipe, rid: int, completion_id: str, created:
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
-            event = await pipe.next()
+            event = merged(pipe, await pipe.next())
             if isinstance(event, Token) and event.reasoning:  # <think> text: its own delta field (vLLM, SGLang)
                 if event.text:
                     yield chunk({"reasoning_content": event.text})
@@ -197,7 +246,7 @@ async def completion_stream(engine, pipes: list[Pipe], rids: list[int], completi
                 yield chunk(index, prompt)
             started = index == 0
             while True:
-                event = await pipe.next()
+                event = merged(pipe, await pipe.next())
                 if isinstance(event, Started):
                     started = True
                 elif isinstance(event, Token):

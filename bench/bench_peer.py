@@ -146,7 +146,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="glmtui's (and plain's) torch threads")
-    parser.add_argument("--engines", default="vllm-default,vllm-threads,glmtui-serve,plain")
+    parser.add_argument("--engines", default="vllm-default,vllm-threads,glmtui-serve,plain",
+                        help="comma-separated; also glmtui-serve-lean (one torch thread fewer)")
     args = parser.parse_args()
 
     peer = subprocess.run(["bash", str(ROOT / "bench" / "peer_setup.sh")], capture_output=True, text=True)
@@ -173,6 +174,11 @@ def main() -> int:
         "glmtui-serve": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                        "--mode", "bf16", "--device", "cpu", "--port", str(port)],
                                       {"OMP_NUM_THREADS": threads}),
+        # opt-in (--engines): one torch thread fewer, the core left to the server's event loop and the
+        # clients, as vLLM's default binding leaves one
+        "glmtui-serve-lean": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
+                                            "--mode", "bf16", "--device", "cpu", "--port", str(port)],
+                                           {"OMP_NUM_THREADS": str(max(1, args.threads - 1))}),
     }
     chosen = [e for e in args.engines.split(",") if e]
     watch = LoadWatch()

@@ -82,7 +82,17 @@ def _targets(node: ast.Import | ast.ImportFrom, mod: Module, known: set[str]) ->
     return found
 
 
+_loaded: dict[Path, dict[str, Module]] = {}  # PACKAGE -> its modules: the rules below read one parse
+
+
 def load_modules() -> dict[str, Module]:
+    """Every module under PACKAGE, parsed once per run (the rules only read what this returns)."""
+    if PACKAGE not in _loaded:
+        _loaded[PACKAGE] = _parse_modules()
+    return _loaded[PACKAGE]
+
+
+def _parse_modules() -> dict[str, Module]:
     modules: dict[str, Module] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         name, is_package = _module_name(path)

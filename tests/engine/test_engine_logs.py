@@ -1,13 +1,18 @@
-"""Where an engine process's stdout/stderr go: a log file of its own under the user's data folder, the
-newest LOG_KEEP of them kept (the rotation), on a real EngineProcess child."""
+"""Where an engine process's stdout/stderr go (a log file of its own under the user's data folder, the newest
+LOG_KEEP of them kept) and what its last error line tells when it crashes, on real EngineProcess children."""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 
 import psutil
+import pytest
 
+from engine_helpers import EventLog
+from glmtui.engine.events import ChatMessage, EngineExited, Failed, GenerationParams, Loaded, Token
 from glmtui.engine.process import LOG_KEEP, EngineProcess
 from helpers import wait_until
 
@@ -46,3 +51,26 @@ def test_an_engine_process_logs_under_the_data_folder_and_the_newest_logs_are_ke
     finally:
         engine.shutdown()
     assert wait_until(lambda: gone(pid), 10, "the engine process to end")
+
+
+@pytest.mark.slow
+def test_a_segfault_mid_reply_names_the_signal_and_faulthandlers_line(chatty_chatglm3, tmp_path):
+    log = EventLog()
+    engine = EngineProcess(log, keep_spare=False, log_dir=tmp_path / "logs").start()
+    try:
+        loaded = log.wait(engine.load(str(chatty_chatglm3), "fp32"), timeout=180)
+        assert isinstance(loaded, Loaded), loaded
+        pid = engine.pid
+        rid = engine.generate([ChatMessage("user", "hi")], GenerationParams(max_new_tokens=1500, temperature=0.0))
+        wait_until(lambda: log.of(rid, Token), 60, "the reply's first tokens")
+        os.kill(pid, signal.SIGSEGV)  # what a crashing kernel does to the process
+        failed = log.wait(rid, timeout=30)
+        assert isinstance(failed, Failed) and failed.interrupted, failed
+        assert "killed by SIGSEGV" in failed.message
+        assert "Fatal Python error: Segmentation fault" in failed.message  # the log's line, from faulthandler
+        exited = wait_until(lambda: next((e for e in log.events if isinstance(e, EngineExited)), None), 10,
+                            "the EngineExited event")
+        assert exited.cause == "killed by SIGSEGV" and Path(exited.log_path).parent == tmp_path / "logs"
+        assert gone(pid) and engine.model_info is None
+    finally:
+        engine.shutdown()

@@ -42,9 +42,37 @@ def built_once(dest: Path, build) -> Path:
     return dest
 
 
+MODEL_CACHE_ENV = "GLMTUI_TEST_MODEL_CACHE"  # a folder for the built models; "" builds them for this run only
+
+
+def model_cache_folder() -> Path | None:
+    """Where the tiny models are kept between runs: a folder named by what builds them (this file,
+    tiny_models.py, the versions of the libraries that write them), so a change to any of those builds
+    anew. Tests never write into these folders (they copy what they edit)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    base = os.environ.get(MODEL_CACHE_ENV, str(Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
+    if not base:
+        return None
+    key = hashlib.sha256()
+    for source in (Path(__file__), Path(tiny_models.__file__)):
+        key.update(source.read_bytes())
+    for package in ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors"):
+        try:
+            key.update(f"{package} {version(package)};".encode())
+        except PackageNotFoundError:
+            key.update(f"{package} -;".encode())
+    folder = Path(base) / key.hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
-    return shared_dir(tmp_path_factory, "models")
+    """The tiny models' folder: kept between runs (model_cache_folder) unless GLMTUI_TEST_MODEL_CACHE="",
+    then one per run, shared by its xdist workers. Each model is built once, under a lock (built_once)."""
+    return model_cache_folder() or shared_dir(tmp_path_factory, "models")
 
 
 @pytest.fixture(scope="session")

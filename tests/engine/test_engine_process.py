@@ -208,6 +208,7 @@ def test_a_quantization_switch_ends_the_old_process_before_the_new_load(engine, 
         assert worked and os.SCHED_IDLE not in worked.values(), (before, after)
 
 
+@pytest.mark.slow  # an engine process imports torch (tests/ui/test_ui_chat.py runs one in the fast loop)
 def test_cancel_stops_a_reply_promptly(engine, chatty_chatglm3):
     eng, log = engine
     if eng.model_info is None:  # run on its own (-k): the tests before it leave a model loaded

@@ -100,8 +100,8 @@ def test_every_mode_loads_generates_and_reports_footprint(chatglm3_dir, mode):
 
 
 @pytest.mark.slow
-def test_quantized_modes_are_smaller(models_root):
-    folder = tiny_models.build_native_glm(models_root / "wider", hidden=256, layers=4, heads=8, kv_heads=2,
+def test_quantized_modes_are_smaller(tmp_path):
+    folder = tiny_models.build_native_glm(tmp_path / "wider", hidden=256, layers=4, heads=8, kv_heads=2,
                                           head_dim=32, ffn=512)
     sizes = {mode: load_model(folder, mode).footprint_bytes for mode in ("fp32", "bf16", "int8", "int4")}
     assert sizes["fp32"] > sizes["bf16"] > sizes["int8"] > sizes["int4"], sizes
@@ -416,6 +416,7 @@ def test_int4_on_cpu_keeps_unsupported_widths_in_16bit_and_generates(tmp_path):
     assert out.shape[1] > len(ids)
 
 
+@pytest.mark.slow  # builds and quantizes a model
 def test_int4_on_cpu_refuses_a_model_it_cannot_quantize_at_all(tmp_path):
     folder = tiny_models.build_native_glm(tmp_path / "odd-hidden", hidden=80)  # every Linear has an 80-wide side
     with pytest.raises(ModelLoadError, match="int4 on CPU cannot quantize any layer .* Choose int8 or bf16"):

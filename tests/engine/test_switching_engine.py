@@ -49,6 +49,7 @@ def test_a_switch_unloads_first_then_loads_on_the_other_engine(native_glm):
         engine.shutdown()
 
 
+@pytest.mark.slow  # a model load
 def test_a_switch_with_nothing_loaded_loads_at_once(native_glm):
     log = EventLog()
     engine, made = make_switching(log)

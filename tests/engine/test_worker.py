@@ -310,6 +310,7 @@ def test_chatglm3_reply_loses_its_empty_metadata_line():
     assert tool.text == "weather\n{}"  # a tool call keeps its metadata line
 
 
+@pytest.mark.slow  # builds, quantizes and runs a model
 def test_int4_on_cpu_with_odd_layer_widths_loads_and_then_generates(worker, tmp_path):
     """Issue 12 item 7: int4 reported Loaded, then every reply failed inside bitsandbytes' CPU kernel."""
     import tiny_models

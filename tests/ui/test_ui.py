@@ -472,6 +472,7 @@ def test_first_screen_is_painted_before_torch_is_imported(tmp_path):
 # ---------------------------------------------------------------- downloads
 
 
+@pytest.mark.slow  # a download, a resume and a load (tests/hub/test_hub.py downloads in the fast loop)
 async def test_download_cancel_resume_and_load_from_the_models_pane(fake_hub, quiet_sampler):
     app = GlmApp(mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
     async with app.run_test(size=(160, 48)) as pilot:

@@ -14,6 +14,7 @@ import collections
 import json
 import threading
 import time
+import weakref
 from typing import Optional
 
 from ..engine.events import Failed, Finished, Started, Token
@@ -26,64 +27,104 @@ class ClientGone(Exception):
     """The request's client disconnected."""
 
 
-COALESCE_SECONDS = 0.05  # after tokens reach the event loop, the next ones gather this long
+COALESCE_SECONDS = 0.05  # while tokens come fast, how long the next ones gather before the loop takes them
 
 
-class Pipe:
-    """Events of one request, moved from the engine's thread onto the event loop.
+class _Gate:
+    """The event loop's one door for all its requests' events (one per loop and interval).
 
-    The engine's thread only appends to a list; the loop is woken once for all that gathered
-    (one ``call_soon_threadsafe``, not one per token). While tokens come faster than one per
-    ``coalesce`` seconds, a delivery of tokens makes the next one wait that long, so a fast reply's
-    tokens reach the stream a few at a time (one SSE chunk each) instead of costing a loop wake-up,
-    a chunk and a socket write per token. A first token, tokens coming slower than that, and every
+    Engine threads only append to a pipe's inbox; the loop is woken once for everything that
+    gathered in all pipes (one ``call_soon_threadsafe``, not one per token and request). While
+    tokens come faster than one per ``coalesce`` seconds, a delivery of tokens makes the next one
+    wait that long: a fast reply's tokens reach its stream a few at a time (one SSE chunk each),
+    and the streams of a batch are served in one loop pass, instead of a wake-up, a chunk and a
+    socket write per token. A request's first token, tokens coming slower than that, and every
     event that is not a token (start, end, failure) go at once.
     """
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, coalesce: float):
+        self._loop = weakref.ref(loop)  # not kept alive by its entry in _gates
+        self.coalesce = coalesce
+        self.lock = threading.Lock()
+        self.dirty: dict[Pipe, None] = {}  # pipes with undelivered events, in arrival order (under lock)
+        self.woken = False  # a delivery is on its way: a call_soon_threadsafe or the timer (under lock)
+        self.timed = False  # ... and it is the timer, which an urgent event does not wait for (under lock)
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.last_tokens = float("-inf")  # loop time of the last delivery that held tokens
+
+    def post(self, pipe: "Pipe", event) -> None:  # an engine thread: never blocks
+        with self.lock:
+            urgent = not isinstance(event, Token) or not pipe._sent_token
+            pipe._sent_token = pipe._sent_token or isinstance(event, Token)
+            pipe._inbox.append(event)
+            self.dirty[pipe] = None
+            if self.woken and not (urgent and self.timed):
+                return
+            self.woken, self.timed = True, False
+        loop = self._loop()
+        try:
+            if loop is not None:
+                loop.call_soon_threadsafe(self.deliver)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    def deliver(self, timed: bool = False) -> None:  # the loop
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        loop = self._loop()
+        assert loop is not None  # it is running this
+        now = loop.time()
+        with self.lock:
+            arrived = [(pipe, pipe._inbox) for pipe in self.dirty]
+            for pipe in self.dirty:
+                pipe._inbox = []
+            self.dirty.clear()
+            tokens = any(isinstance(e, Token) for _, events in arrived for e in events)
+            # they come fast (these gathered in the wait, or came soon after the last ones): gather the next ones
+            hold = tokens and (timed or now - self.last_tokens < self.coalesce)
+            self.woken = self.timed = hold
+        if tokens:
+            self.last_tokens = now
+        if hold:
+            self.timer = loop.call_later(self.coalesce, self.deliver, True)
+        for pipe, events in arrived:
+            pipe._arrived(events)
+
+
+_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Gate]]" = weakref.WeakKeyDictionary()
+_gates_lock = threading.Lock()
+
+
+def _gate(loop: asyncio.AbstractEventLoop, coalesce: float) -> _Gate:
+    with _gates_lock:
+        gates = _gates.setdefault(loop, {})
+        gate = gates.get(coalesce)
+        if gate is None:
+            gate = gates[coalesce] = _Gate(loop, coalesce)
+        return gate
+
+
+class Pipe:
+    """Events of one request, moved from the engine's thread onto the event loop (through the
+    loop's :class:`_Gate`, which gathers them)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, coalesce: float = COALESCE_SECONDS):
         self.loop = loop
-        self.coalesce = coalesce
-        self._lock = threading.Lock()
-        self._inbox: list = []  # engine thread -> loop (under _lock)
-        self._woken = False  # a delivery is on its way: a call_soon_threadsafe or the timer (under _lock)
-        self._timed = False  # ... and it is the timer, which a non-token event does not wait for (under _lock)
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._last_tokens = float("-inf")  # loop time of the last delivery that held tokens
+        self._gate = _gate(loop, coalesce)
+        self._inbox: list = []  # engine thread -> loop (under the gate's lock)
+        self._sent_token = False  # a token went through already (under the gate's lock)
         self._ready: collections.deque = collections.deque()  # delivered, not yet taken (loop only)
         self._waiter: Optional[asyncio.Future] = None
         self._checked = time.monotonic()
 
     def __call__(self, event) -> None:  # engine thread: never blocks
-        urgent = not isinstance(event, Token)
-        with self._lock:
-            self._inbox.append(event)
-            if self._woken and not (urgent and self._timed):
-                return
-            self._woken, self._timed = True, False
-        try:
-            self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the loop is closed: the server is gone
-            pass
+        self._gate.post(self, event)
 
-    def _deliver(self, timed: bool = False) -> None:  # the loop
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        now = self.loop.time()
-        with self._lock:
-            events, self._inbox = self._inbox, []
-            tokens = any(isinstance(e, Token) for e in events)
-            # they come fast (these gathered in the wait, or came soon after the last ones): gather the next ones
-            hold = tokens and (timed or now - self._last_tokens < self.coalesce)
-            self._woken = self._timed = hold
-        if tokens:
-            self._last_tokens = now
-        if hold:
-            self._timer = self.loop.call_later(self.coalesce, self._deliver, True)
-        if events:
-            self._ready.extend(events)
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
+    def _arrived(self, events: list) -> None:  # the loop
+        self._ready.extend(events)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self, request=None, poll: float = 0.1):
         """The next event; raises ClientGone when ``request``'s client disconnected meanwhile.

@@ -67,6 +67,32 @@ def test_first_tokens_go_at_once_and_the_next_ones_gather_into_one_chunk():
     assert engine.cancelled == []
 
 
+def test_another_request_s_first_token_is_not_held_back_and_takes_the_waiting_tokens_along():
+    """The pipes of one loop share one delivery: a batch's streams are served in one loop pass."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        first, second = Pipe(loop, coalesce=LONG), Pipe(loop, coalesce=LONG)
+
+        async def through(*sends):
+            thread = threading.Thread(target=lambda: [pipe(event) for pipe, event in sends])
+            thread.start()
+            return thread
+
+        threads = [await through((first, Token(1, "a1")))]
+        assert (await first.next()).text == "a1"
+        threads.append(await through((first, Token(1, "a2"))))
+        assert (await first.next()).text == "a2"  # soon after a1: at once, and now the next ones gather
+        threads.append(await through((first, Token(1, "a3")), (second, Token(2, "b1"))))
+        b1 = await asyncio.wait_for(second.next(), LONG / 2)  # its first token: not held for the timer
+        a3 = await asyncio.wait_for(first.next(), LONG / 2)  # delivered in the same pass
+        for thread in threads:
+            thread.join()
+        return b1.text, a3.text
+
+    assert asyncio.run(scenario()) == ("b1", "a3")
+
+
 def test_tokens_delivered_together_keep_reasoning_and_answer_apart_and_in_order():
     async def scenario():
         pipe = Pipe(asyncio.get_running_loop(), coalesce=LONG)

@@ -87,4 +87,8 @@ def pull_cli(argv: Optional[list[str]] = None) -> int:
         say(failure[0], failure[1])
         return failure[2]
     say("[green]ready:[/green]", str(path))
+    # its exact memory count for `glmtui fit` and the Models pane, detached and at low priority: pull returns now
+    from ..engine.exact_cache import count_in_background
+
+    count_in_background(path)
     return 0

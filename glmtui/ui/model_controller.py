@@ -123,7 +123,8 @@ class ModelController:
         self.jobs: dict[str, Any] = {}  # dest folder -> latest hub.DownloadJob
         self._job_entries: dict[int, catalog.CatalogEntry] = {}  # job id -> its entry (the failure's hint)
         self._downloads: Any = None
-        self.exact = ExactCounts(lambda: emit(FiguresArrived()))
+        # counts nobody waits for run while no load does (a load's imports and a count's compete for the CPU)
+        self.exact = ExactCounts(lambda: emit(FiguresArrived()), idle=lambda: self.load_stage is None)
         self._latest_snapshot = latest_snapshot  # the monitor's latest, or None
         self._memory_before_load: tuple[str, Optional[int]] = ("", None)
         self._awaiting_import_baseline = False
@@ -349,7 +350,14 @@ class ModelController:
         self._job_entries[job.id] = entry
 
     def _job_changed(self, job: Any) -> None:  # on the download queue's thread
+        if job.state == "done":  # counted now, in the background: its figures are then at hand
+            self.exact.background([job.path or job.dest], self.count_device(), first=True)
         self._emit(DownloadChanged(job))
+
+    def count_device(self) -> str:
+        """The device the figures are for: "cuda" once the monitor has seen a GPU, else "cpu"."""
+        snap = self._latest_snapshot()
+        return "cuda" if snap is not None and getattr(snap, "has_gpu", False) else "cpu"
 
     def job_for(self, entry: catalog.CatalogEntry) -> Any:
         try:

@@ -159,6 +159,9 @@ class ModelsPane(VerticalScroll):
                 continue
             rows.append(ModelRow(f"dir:{resolved}", entry, status))
         self.rows = {r.row_id: r for r in rows}
+        # the local models' exact counts, one at a time in the background (a stored count starts nothing)
+        folders = [f for r in rows if r.status.state != "partial" and (f := fig.config_folder(r)) is not None]
+        self.model.exact.background(folders, self.host.free_memory()[0])
         ol = self.option_list
         keep = ol.highlighted
         ol.clear_options()

@@ -8,7 +8,7 @@ import pytest
 
 import tiny_models
 from glmtui.engine import exact_cache, memory
-from predictor_watch import watch_predictor_starts
+from predictor_watch import TEST_NICENESS, watch_predictor_starts
 
 SLIDING = {"model_type": "mistral", "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 256,
            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
@@ -86,7 +86,7 @@ def test_a_background_count_runs_detached_at_low_priority_and_is_stored(arch_dir
     cfg = memory.read_config(folder)
     proc = exact_cache.count_in_background(folder)
     assert proc is not None
-    assert predictor_starts[0].low_priority and predictor_starts[0].nice == exact_cache.LOW_PRIORITY
+    assert predictor_starts[0].low_priority and predictor_starts[0].nice == TEST_NICENESS
     assert proc.wait(timeout=300) == 0
     wait_until(lambda: exact_cache.cached_count(cfg, "cpu") is not None, 5, what="the stored count")
     assert exact_cache.cached_count(cfg, "cuda") is not None  # both device kinds from the one build

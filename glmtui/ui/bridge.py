@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from textual.message import Message
 
-from glmtui.engine.events import Failed, Finished, Started, Token
+from glmtui.engine.events import Failed, Finished, Loaded, Started, Token
 
 from .app_base import AppBase
 
@@ -31,6 +31,19 @@ STREAM_FRAME_MAX = 0.25  # ... and at the most
 STREAM_UI_SHARE = 0.1
 
 
+def warm_reply_imports() -> None:
+    """Import what the first reply's widgets need (Markdown, markdown-it: tens of ms of CPU).
+
+    The first frame leaves them out (startup); run on a thread of its own once a model is loaded, so the
+    first reply's mount, between Enter and its first token on screen, does not pay for them."""
+    try:
+        from textual.widgets.markdown import MarkdownStream  # noqa: F401 - imported to be cached, not used
+
+        from . import copying, reply_markdown  # noqa: F401 - imported to be cached, not used
+    except Exception:  # noqa: BLE001 - the first reply imports them again and shows what is wrong
+        pass
+
+
 class TokensReady(Message):
     """Streamed text is waiting in the app's token buffer (at most one of these is queued)."""
 
@@ -45,6 +58,7 @@ class EngineBridge(AppBase):
         self._tokens_posted = False
         self._frame_clock = (0.0, 0.0)  # (monotonic, this thread's CPU time) at the last streamed frame
         self._final_waiter: Optional[tuple[int, list, threading.Event]] = None
+        self._reply_imports_warmed = False
 
     def _cancel_and_wait(self, request_id: int, timeout: float) -> Optional[Finished]:
         """Cancel a generation and wait (at most ``timeout`` s) for its Finished: quitting mid-reply."""
@@ -73,6 +87,9 @@ class EngineBridge(AppBase):
             waiter[1].append(event)
             waiter[2].set()
         self.model.engine_thread_event(event)  # the memory baseline of a load
+        if isinstance(event, Loaded) and not self._reply_imports_warmed:
+            self._reply_imports_warmed = True  # a reply can be sent from now on: its widgets' imports, ahead of it
+            threading.Thread(target=warm_reply_imports, name="glmtui-warm-imports", daemon=True).start()
         if isinstance(event, Token):
             with self._token_lock:
                 run = (event.request_id, event.reasoning)  # a reasoning model's <think> text never joins its answer

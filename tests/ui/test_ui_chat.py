@@ -3,8 +3,13 @@ and tiny models: what "no active reply" promises, and the history written off th
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+
 import pytest
 
+from glmtui.ui import bridge
 from glmtui.ui.app import GlmApp
 from helpers import GREEDY, stored, wait_for
 
@@ -47,3 +52,25 @@ async def test_the_prompt_cursor_stops_blinking_while_a_reply_streams(chatty_cha
         assert not chat.input.cursor_blink
         await wait_for(pilot, lambda: chat.active is None, what="reply end")
         assert chat.input.cursor_blink
+
+
+def test_warming_the_reply_imports_brings_in_what_the_first_reply_mounts():
+    code = ("import sys, glmtui.ui.app; from glmtui.ui import bridge; bridge.warm_reply_imports(); "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert [m for m in ("textual.widgets._markdown", "markdown_it", "glmtui.ui.reply_markdown", "glmtui.ui.copying")
+            if m not in loaded] == []
+
+
+@pytest.mark.usefixtures("in_process_engine")
+async def test_the_first_replys_imports_are_warmed_once_a_model_is_loaded(chatty_chatglm3, quiet_sampler, monkeypatch):
+    """Not in the first frame (startup), not in the first reply's mount (time to first token): in between."""
+    warmed: list[str] = []
+    monkeypatch.setattr(bridge, "warm_reply_imports", lambda: warmed.append(threading.current_thread().name))
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None and warmed, what="model load and the warm-up")
+        assert warmed == ["glmtui-warm-imports"]  # on a thread of its own, once
+        assert await app.chat_pane.send("hello")
+        await wait_for(pilot, lambda: app.chat_pane.active is None, what="reply end")
+        assert warmed == ["glmtui-warm-imports"]

@@ -41,6 +41,7 @@ from .compat import notification_count
 from .conversation_actions import ConversationActions
 from .dialogs.settings import loaded_thinking_switch
 from .footer import QuickFooter
+from .hang_watch import silence_setting
 from .history import HistoryPane
 from .modals import SettingsModal
 from .model_actions import ModelActions, ModelChanged
@@ -158,6 +159,8 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             emit=lambda change: self.post_message(ModelChanged(change)), tell=self.tell,
             save_mode=lambda mode: self._save_prefs(mode=mode), latest_snapshot=self._latest_snapshot,
             last_spec=model or "")
+        self.model.hang.silent_after, problem = silence_setting(self.prefs)  # [ui] hang_after
+        self.notes.extend([("warning", problem)] if problem else [])
         self._init_bridge()
         # the replies' measured decode speed (the offload warning's cost); before the UI's own listener,
         # so a reply's figure is in before the UI hears that it ended

@@ -24,6 +24,7 @@ from glmtui.mirrors import other_source_hint
 from glmtui.resolve import resolve_model
 
 from .exact_counts import ExactCounts
+from .hang_watch import HangWatch
 from .monitor import fmt_bytes, process_rss
 from .unload_note import unload_memory_note
 
@@ -130,6 +131,7 @@ class ModelController:
         self._awaiting_import_baseline = False
         self._rss_after_imports: Optional[int] = None
         self._unload_check_at: Optional[float] = None
+        self.hang = HangWatch()  # a reply silent while the engine's device idles: a hang the ping misses
 
     # ------------------------------------------------------------------ loading
 
@@ -210,6 +212,7 @@ class ModelController:
 
     def engine_thread_event(self, event: Any) -> None:
         """Called on the engine's thread for every event (never blocks)."""
+        self.hang.event(event)
         if isinstance(event, LoadProgress) and self._awaiting_import_baseline:
             # the engine's first report of a load comes after its imports, before the model is built:
             # the unload note compares with this figure, not with one from before torch was imported
@@ -289,7 +292,11 @@ class ModelController:
     # ------------------------------------------------------------------ memory
 
     def monitor_sample(self, snapshot: Any) -> None:
-        """The monitor took ``snapshot``: once memory settled after an unload, the note comparing it."""
+        """The monitor took ``snapshot``: a hang it shows (see HangWatch); once memory settled after an unload,
+        the note comparing it."""
+        hang = self.hang.check(snapshot, self.loaded.device if self.loaded is not None else "")
+        if hang is not None:  # shown and cleared as the ping's EngineUnresponsive is
+            self.handle(EngineUnresponsive(0, *hang))
         if self._unload_check_at is None or time.monotonic() < self._unload_check_at or self.loaded is not None:
             return
         self._unload_check_at = None

@@ -224,6 +224,42 @@ async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_cha
         assert "stopped from glmtui (F7)" in str(app.engine_notice.message)
 
 
+@pytest.mark.slow
+async def test_a_reply_gone_silent_on_an_idle_engine_is_shown_until_it_is_killed(chatty_chatglm3, tmp_path):
+    """The hang the ping misses (the child's main thread still answers while its generation is stuck): no
+    token for hang_after seconds while the engine's CPU is idle. Pings are left out (answered too late to
+    count), so only this watch can name it."""
+    from fake_nvml import FakeNVML, gpu
+    from glmtui.monitor import Sampler
+
+    engine = EngineProcess(keep_spare=False, ping_interval=0.3, hang_after=10_000.0, log_dir=tmp_path / "logs")
+    app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=LONG,
+                 sampler=Sampler(0.25, nvml=FakeNVML([gpu()])), engine=engine)
+    app.model.hang.silent_after = 3.0
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
+        chat = app.chat_pane
+        active = await start_reply(pilot, app, "tell me a story")
+        assert app.engine_notice.kind is None  # tokens coming: no hang
+        pid = engine.pid
+        os.kill(pid, signal.SIGSTOP)  # stuck: no token, no CPU used
+        try:
+            await wait_for(pilot, lambda: app.engine_notice.kind == "unresponsive", timeout=60, what="the hang")
+            shown = screen_text(app)
+            assert "and the engine's CPU idle" in shown and "F7 kills it" in shown
+            assert re.search(r"no token for \d+ s", str(app.model.notice.message))
+            assert chat.active is active  # the reply waits, its text kept
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: app.engine_notice.kind == "exited", timeout=30, what="the kill")
+        finally:
+            if not gone(pid):
+                os.kill(pid, signal.SIGCONT)
+        assert gone(pid)
+        turn = chat.turns[-1]
+        assert turn.status == "interrupted" and turn.content == active.text and turn.content
+        assert "stopped from glmtui (F7)" in turn.stats["error"]
+
+
 # ------------------------------------------------------------------ the monitor counts the engine as glmtui's own
 
 BUSY_ENGINE = "x = bytearray(160 * 2**20)\nwhile True:\n    x[0] = (x[0] + 1) % 256\n"  # resident, on a CPU

@@ -371,17 +371,15 @@ def predict_devices(
     **kw: Any,
 ) -> dict[str, dict[str, MemoryPrediction]]:
     """{device: {mode: exact prediction}} for a ``config.json`` dict from one meta build;
-    UnknownArchitecture if transformers lacks it (keyword args as :func:`predict_count`).  The count's
-    facts are stored (exact_cache.py) for the front ends' next asks, whatever the context."""
+    UnknownArchitecture if transformers lacks it (keyword args as :func:`predict_count`).  Nothing is
+    stored: :func:`exact_results` is the path through the store."""
     double_quant = bool(kw.pop("double_quant", False))
-    if double_quant:  # not what glmtui loads: counted, not stored
+    if double_quant:  # not what glmtui loads: not in the facts
         config = hf_config(cfg)
         count = MetaCount(meta_model(config))
         arch = _arch_for_overhead(cfg, config)
         return {dev: predict_count(count, arch, modes, device=dev, double_quant=True, **kw) for dev in devices}
     facts = _facts_for_devices(cfg, devices)
-    for dev, found in facts.items():
-        exact_cache.store_count(cfg, dev, found)
     return {dev: predictions(found, modes=modes, **kw) for dev, found in facts.items()}
 
 

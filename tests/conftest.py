@@ -47,7 +47,7 @@ MODEL_CACHE_ENV = "GLMTUI_TEST_MODEL_CACHE"  # a folder for the built models; ""
 
 def model_cache_folder() -> Path | None:
     """Where the tiny models are kept between runs: a folder named by what builds them (this file,
-    tiny_models.py, the versions of the libraries that write them), so a change to any of those builds
+    tiny_models.py, hubserver.py, the versions of the libraries that write them), so a change to any of those builds
     anew. Tests never write into these folders (they copy what they edit)."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
@@ -56,7 +56,7 @@ def model_cache_folder() -> Path | None:
     if not base:
         return None
     key = hashlib.sha256()
-    for source in (Path(__file__), Path(tiny_models.__file__)):
+    for source in (Path(__file__), Path(tiny_models.__file__), Path(__file__).with_name("hubserver.py")):
         key.update(source.read_bytes())
     for package in ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors"):
         try:
@@ -141,15 +141,24 @@ def quiet_sampler() -> FrozenSampler:
     return FrozenSampler(host_only_snapshot())
 
 
+@pytest.fixture(scope="session")
+def hub_source_model(models_root) -> Path:
+    """The tiny model the fake hub serves (hubserver.build_tiny_model: 3 safetensors shards + index); the
+    hub reads its files into memory, so one folder serves every test."""
+    from hubserver import build_tiny_model
+
+    dest = models_root / "hub-glm"
+    return built_once(dest, lambda: build_tiny_model(dest))
+
+
 @pytest.fixture
-def fake_hub(tmp_path_factory, monkeypatch, tmp_path):
+def fake_hub(hub_source_model, monkeypatch, tmp_path):
     """The fake hub (tests/hubserver.py) on 127.0.0.1 serving a tiny model as THUDM/glm-edge-1.5b-chat,
     with every hub endpoint of glmtui pointed at it."""
-    from hubserver import FakeHub, build_tiny_model, point_hubs_at
+    from hubserver import FakeHub, point_hubs_at
 
-    src = build_tiny_model(tmp_path_factory.mktemp("hub-src"))
     with FakeHub() as fake:
-        fake.add_folder("THUDM/glm-edge-1.5b-chat", src)  # a catalogue id, served by the fake hub
+        fake.add_folder("THUDM/glm-edge-1.5b-chat", hub_source_model)  # a catalogue id, served by the fake hub
         point_hubs_at(fake, monkeypatch, tmp_path)
         yield fake
 

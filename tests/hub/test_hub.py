@@ -41,7 +41,7 @@ from glmtui.hub import (
 from glmtui.hub import net as hub_net
 from glmtui.hub import transfer as hub_transfer
 from helpers import free_port, wait_until
-from hubserver import FakeHub, build_tiny_model, point_hubs_at, repo_extras
+from hubserver import FakeHub, point_hubs_at, repo_extras
 
 REPO = "acme/tiny-glm"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
@@ -53,9 +53,8 @@ NEVER = ("modeling_x.py", "pytorch_model.bin", "model-old-unused.safetensors", "
 
 
 @pytest.fixture(scope="session")
-def tiny_src(tmp_path_factory):
-    src = build_tiny_model(tmp_path_factory.mktemp("tiny-src"))
-    return src, repo_extras(src)
+def tiny_src(hub_source_model):
+    return hub_source_model, repo_extras(hub_source_model)
 
 
 @pytest.fixture

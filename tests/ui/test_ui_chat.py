@@ -39,6 +39,7 @@ async def test_no_active_reply_means_the_reply_is_rendered_and_stored(chatty_cha
         assert seen == [("complete", True, "complete", True)] * 2
 
 
+@pytest.mark.slow  # an engine process (test_no_active_reply_... runs one in the fast loop)
 async def test_the_prompt_cursor_stops_blinking_while_a_reply_streams(chatty_chatglm3, quiet_sampler):
     """Each blink repaints the prompt and the chat between it and the reply: no blinking while tokens arrive."""
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32", default_params=GREEDY, sampler=quiet_sampler)

@@ -1,4 +1,5 @@
-"""How long `glmtui fit FOLDER` takes, cold (no stored prediction) and answered from the store.
+"""How long `glmtui fit FOLDER` takes, cold (no stored count), answered from the store at the same
+context, and at another context after that count (the count is stored whatever the context).
 
 CPU seconds (user + sys of the whole command, children included) are the figure to compare on a
 shared machine; wall seconds are printed beside them.  The cold answer is split into what importing
@@ -55,6 +56,7 @@ def main() -> int:
             env = {**os.environ, "GLMTUI_HOME": str(Path(tmp) / f"home-{n}")}  # nothing stored yet
             rows.setdefault("fit, cold", []).append(timed(fit, env))
             rows.setdefault("fit, stored", []).append(timed(fit, env))
+            rows.setdefault("fit --context 4096 after the count", []).append(timed(fit + ["--context", "4096"], env))
             for label, code in IMPORTS.items():
                 rows.setdefault(label, []).append(timed([sys.executable, "-c", code], env))
     print(f"glmtui fit on a tiny {args.arch} folder, {args.rounds} rounds (medians; min-max CPU)")

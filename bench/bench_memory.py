@@ -159,6 +159,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gen-tokens", type=int, default=1000, help="tokens generated in the memory runs")
     parser.add_argument("--modes", default="fp32,bf16,fp16,int8,int4")
+    parser.add_argument("--memory-only", action="store_true", help="skip the speed rounds (memory figures only)")
     parser.add_argument("--child", nargs=3, metavar=("FOLDER", "MODE", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -175,8 +176,10 @@ def main() -> int:
         folder = build_nonstop_glm(Path(tmp) / "glm", args.hidden, args.layers, context=4096)
         print(f"model: native GLM hidden {args.hidden}, {args.layers} layers, CPU, torch threads "
               f"{torch.get_num_threads()}; greedy, stop rows zeroed (equal-length replies)", flush=True)
-        print(f"speed: {args.rounds} alternating rounds of {args.tokens} tokens per mode", flush=True)
-        runs = speed(folder, modes, args.tokens, args.rounds)
+        runs: dict[str, list[dict]] = {}
+        if not args.memory_only:
+            print(f"speed: {args.rounds} alternating rounds of {args.tokens} tokens per mode", flush=True)
+            runs = speed(folder, modes, args.tokens, args.rounds)
         print(f"memory: each mode in a fresh process, a {args.gen_tokens}-token generation", flush=True)
         mem = {}
         for mode in modes:
@@ -191,9 +194,10 @@ def main() -> int:
         predictions = predict_dir(folder, tuple(modes), device="cpu", context_len=context)
 
     base = "fp32" if "fp32" in modes else modes[0]
-    print(f"\nspeed, medians of {args.rounds} rounds (min-max); vs {base} = per-round ratio in the same round")
-    print("mode  prefill_ms         decode_tok/s            decode_vs_" + base)
-    for mode in modes:
+    if runs:
+        print(f"\nspeed, medians of {args.rounds} rounds (min-max); vs {base} = per-round ratio in the same round")
+        print("mode  prefill_ms         decode_tok/s            decode_vs_" + base)
+    for mode in modes if runs else ():
         pre = [r["prefill_s"] * 1000 for r in runs[mode]]
         dec = [r["decode_tps"] for r in runs[mode]]
         ratio = [r["decode_tps"] / b["decode_tps"] for r, b in zip(runs[mode], runs[base], strict=True)]

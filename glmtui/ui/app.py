@@ -39,11 +39,9 @@ from .chat import ChatHost, ChatPane
 from .chat_text import params_to_dict
 from .compat import notification_count
 from .conversation_actions import ConversationActions
-from .dialogs.settings import loaded_thinking_switch
 from .footer import QuickFooter
 from .hang_watch import silence_setting
 from .history import HistoryPane
-from .modals import SettingsModal
 from .model_actions import ModelActions, ModelChanged
 from .model_controller import (
     ModelController,
@@ -221,6 +219,8 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         self.engine.start()
         # sampling (psutil, NVML's first calls) after the first frame: its thread would take turns with this one
         self.call_after_refresh(self._start_monitor)
+        # a stored conversation opened before any load: its widgets' imports done by then, off this thread
+        self.set_timer(1.0, self.warm_reply_imports)
         self._toast_count = 0
         self.set_interval(0.5, self._heal_after_toasts)
         self.app_resume_signal.subscribe(self, lambda _app: self._apply_mouse())  # Ctrl+Z/fg turns it on again
@@ -427,6 +427,8 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
                 system_prompt, values = result
                 chat.apply_settings(system_prompt, values)
                 self.notify("Settings saved for this conversation.", timeout=3)
+
+        from .dialogs.settings import SettingsModal, loaded_thinking_switch  # imported when first opened
 
         self.push_screen(SettingsModal(chat.system_prompt, chat.generation_params(),
                                        thinking_switch=loaded_thinking_switch(self)), done)

@@ -60,6 +60,15 @@ class EngineBridge(AppBase):
         self._final_waiter: Optional[tuple[int, list, threading.Event]] = None
         self._reply_imports_warmed = False
 
+    def warm_reply_imports(self) -> None:
+        """Start warm_reply_imports on a thread, once (any thread: a model loaded, or the app idle after its first
+        frame, before a stored conversation is opened)."""
+        with self._token_lock:
+            if self._reply_imports_warmed:
+                return
+            self._reply_imports_warmed = True
+        threading.Thread(target=warm_reply_imports, name="glmtui-warm-imports", daemon=True).start()
+
     def _cancel_and_wait(self, request_id: int, timeout: float) -> Optional[Finished]:
         """Cancel a generation and wait (at most ``timeout`` s) for its Finished: quitting mid-reply."""
         waiter: tuple[int, list, threading.Event] = (request_id, [], threading.Event())
@@ -87,9 +96,8 @@ class EngineBridge(AppBase):
             waiter[1].append(event)
             waiter[2].set()
         self.model.engine_thread_event(event)  # the memory baseline of a load
-        if isinstance(event, Loaded) and not self._reply_imports_warmed:
-            self._reply_imports_warmed = True  # a reply can be sent from now on: its widgets' imports, ahead of it
-            threading.Thread(target=warm_reply_imports, name="glmtui-warm-imports", daemon=True).start()
+        if isinstance(event, Loaded):  # a reply can be sent from now on: its widgets' imports, ahead of it
+            self.warm_reply_imports()
         if isinstance(event, Token):
             with self._token_lock:
                 run = (event.request_id, event.reasoning)  # a reasoning model's <think> text never joins its answer

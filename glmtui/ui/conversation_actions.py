@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .app_base import AppBase
-from .modals import ConfirmModal, TextModal
 from .store_calls import store_calls
 
 
@@ -59,6 +58,8 @@ class ConversationActions(AppBase):
             self.history_pane.reload()
             self.refresh_status()
 
+        from .modals import TextModal  # the dialogs are imported when first opened, not for the first frame
+
         self.push_screen(TextModal("Rename conversation", title, "title"), done)
 
     async def action_delete_conversation(self) -> None:
@@ -83,6 +84,8 @@ class ConversationActions(AppBase):
             self.history_changed()
             self.refresh_status()
             self.refresh_bindings()
+
+        from .modals import ConfirmModal
 
         self.push_screen(ConfirmModal(f"Delete “{title}” and all its messages?\nThis cannot be undone."), done)
 

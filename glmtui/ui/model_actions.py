@@ -15,8 +15,6 @@ from glmtui.mirrors import NAMES, EndpointInUse, endpoint_in_use
 
 from . import prefs as prefs_file
 from .app_base import AppBase
-from .dialogs.endpoint import EndpointModal
-from .modals import LoadModal, ModeModal
 from .model_controller import BaseModelLoaded, DownloadChanged, FiguresArrived, Note, StateChanged
 from .notice import EngineNotice
 
@@ -128,6 +126,8 @@ class ModelActions(AppBase):
                 self.request_load(spec, mode)
 
         # an endpoint's server decides where its model runs: no device field then
+        from .modals import LoadModal  # the dialogs are imported when first opened, not for the first frame
+
         self.push_screen(LoadModal(spec, self.mode, MODES, device=None if self.endpoint else self.device), done)
 
     def action_unload(self) -> None:
@@ -143,6 +143,8 @@ class ModelActions(AppBase):
         def done(mode: Optional[str]) -> None:
             if mode is not None:
                 self.model.choose_mode(mode)
+
+        from .modals import ModeModal
 
         self.push_screen(ModeModal(self.mode, choices=lambda: self.models_pane.mode_choices(self.mode)), done)
 
@@ -194,6 +196,8 @@ class ModelActions(AppBase):
             else:
                 self.notify(f"{NAMES[current.source]} downloads now come from {now.url}"
                             f"{'' if url else ' (the public hub)'}.", timeout=4)
+
+        from .dialogs.endpoint import EndpointModal
 
         self.push_screen(EndpointModal(current), done)
 

@@ -17,15 +17,16 @@ from textual.widgets import Footer
 
 from glmtui.config import default_paths
 from glmtui.store import HistoryStore
-from glmtui.ui import prefs
+from glmtui.ui import bridge, prefs
 from glmtui.ui.app import GlmApp
 from glmtui.ui.compat import FooterKey
 from glmtui.ui.history import HistoryPane
 from helpers import wait_for
 
-# Imported with the first reply, copy or completion view shown, never for the empty chat of the first frame
+# Imported with the first reply, copy, dialog or completion view shown, never for the empty chat of the first frame
 LAZY = ("textual.widgets._markdown", "markdown_it", "pygments", "glmtui.ui.reply_markdown", "glmtui.ui.copying",
-        "glmtui.ui.completion")
+        "glmtui.ui.completion", "glmtui.ui.modals", "glmtui.ui.dialogs.load", "glmtui.ui.dialogs.settings",
+        "glmtui.ui.dialogs.endpoint")
 
 
 def test_importing_the_app_leaves_out_what_the_first_frame_does_not_need():
@@ -124,3 +125,14 @@ async def test_the_history_list_is_read_after_the_first_frame(quiet_sampler, mon
         await wait_for(pilot, lambda: app.history_pane.option_list.option_count == 3, timeout=20,
                        what="the history's rows")
     assert reads_at_mount == [0]
+
+
+async def test_a_reply_widgets_imports_are_warmed_after_the_first_frame_without_a_model(quiet_sampler, monkeypatch):
+    warmed: list[str] = []
+    monkeypatch.setattr(bridge, "warm_reply_imports", lambda: warmed.append(threading.current_thread().name))
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert warmed == []  # not before the first frame
+        await wait_for(pilot, lambda: warmed, timeout=20, what="the reply widgets' imports, warmed")
+        app._monitor_stop.set()
+    assert warmed == ["glmtui-warm-imports"]  # once, on a thread of its own

@@ -32,7 +32,8 @@ def _ms(ts: float) -> str:
 def _dump(store: HistoryStore) -> list[dict]:
     """Everything a conversation holds, comparable across stores (local ids left out)."""
     out = []
-    for c in sorted(store.list_conversations(limit=1000), key=lambda c: (c.created_at, c.uid)):
+    # ordered at the millisecond the export keeps, so two conversations made in one ms sort alike on both sides
+    for c in sorted(store.list_conversations(limit=1000), key=lambda c: (_ms(c.created_at), c.uid)):
         out.append({
             "uid": c.uid, "title": c.title, "model": c.model, "system_prompt": c.system_prompt,
             "params": c.params, "created_at": _ms(c.created_at), "updated_at": _ms(c.updated_at),

@@ -159,9 +159,10 @@ class ModelsPane(VerticalScroll):
                 continue
             rows.append(ModelRow(f"dir:{resolved}", entry, status))
         self.rows = {r.row_id: r for r in rows}
-        # the local models' exact counts, one at a time in the background (a stored count starts nothing)
+        # the local models' exact counts, one at a time in the background (a stored count starts nothing), asked
+        # once the pane is on screen: at start their thread would share the first frame's CPU
         folders = [f for r in rows if r.status.state != "partial" and (f := fig.config_folder(r)) is not None]
-        self.model.exact.background(folders, self.host.free_memory()[0])
+        self.call_after_refresh(self.model.exact.background, folders, self.host.free_memory()[0])
         ol = self.option_list
         keep = ol.highlighted
         ol.clear_options()

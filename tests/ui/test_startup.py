@@ -8,6 +8,7 @@ frame. The screen once settled is the snapshot tests' (tests/ui/test_ui_snapshot
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from glmtui.store import HistoryStore
 from glmtui.ui import bridge, prefs
 from glmtui.ui.app import GlmApp
 from glmtui.ui.compat import FooterKey
+from glmtui.ui.exact_counts import ExactCounts
 from glmtui.ui.history import HistoryPane
 from helpers import wait_for
 
@@ -136,3 +138,31 @@ async def test_a_reply_widgets_imports_are_warmed_after_the_first_frame_without_
         await wait_for(pilot, lambda: warmed, timeout=20, what="the reply widgets' imports, warmed")
         app._monitor_stop.set()
     assert warmed == ["glmtui-warm-imports"]  # once, on a thread of its own
+
+
+async def test_the_local_models_are_counted_after_the_first_frame(native_glm, quiet_sampler, monkeypatch):
+    models_dir = default_paths().models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    os.symlink(native_glm, models_dir / native_glm.name)
+    asked: list[list] = []
+    background = ExactCounts.background
+
+    def recording_background(counts: ExactCounts, folders, device: str, first: bool = False) -> None:
+        asked.append(list(folders))
+        background(counts, folders, device, first)
+
+    asked_at_mount: list[int] = []
+    mount = GlmApp.on_mount
+
+    def recording_mount(self: GlmApp) -> None:
+        mount(self)
+        asked_at_mount.append(len(asked))
+
+    monkeypatch.setattr(ExactCounts, "background", recording_background)
+    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: asked, timeout=20, what="the background count asked for")
+        app._monitor_stop.set()
+    assert asked_at_mount == [0]
+    assert [os.path.basename(str(f)) for f in asked[0]] == [native_glm.name]

@@ -107,7 +107,9 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
             composite()
             now = time.perf_counter()
             if "first_paint" not in marks and "token" in marks and chat.turns:
-                if chat.turns[-1].widget.markdown.children:
+                # the engine is asked before the turns are shown: its first tokens may wait for the reply's widget
+                reply = chat.turns[-1]
+                if reply.role == "assistant" and reply.widget is not None and reply.widget.markdown.children:
                     marks["first_paint"] = now
             if "finished" in marks and "final_paint" not in marks:
                 marks["final_paint"] = now

@@ -187,9 +187,9 @@ async def test_whole_session_on_a_tiny_model(chatty_chatglm3, quiet_sampler, iso
         history.option_list.focus()
         await pilot.press("enter")
         chat = app2.chat_pane
-        await wait_for(pilot, lambda: chat.conversation_id == cid, what="reopen")
+        # the turns are mounted after the conversation is set (its messages come off the UI thread)
+        await wait_for(pilot, lambda: chat.conversation_id == cid and len(chat.turns) == 6, what="reopen, 6 turns")
         assert chat.title == "Renamed chat" and chat.system_prompt == "You are terse."
-        assert len(chat.turns) == 6
         await send(pilot, app2, "and then?")
         msgs = stored(cid, app2)[1]
         assert len(msgs) == 8 and msgs[-2].content == "and then?" and msgs[-1].status == "complete"

@@ -353,8 +353,8 @@ class ModelController:
         except Exception as exc:  # noqa: BLE001 - one line, the app keeps running
             self._tell(Note(f"{type(exc).__name__}: {exc}", "error", "Download"))
             return
-        self._tell(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
         self._job_entries[job.id] = entry
+        self._tell(Note(f"Downloading {entry.name} into {job.dest}", timeout=5))
 
     def _job_changed(self, job: Any) -> None:  # on the download queue's thread
         if job.state == "done":  # counted now, in the background: its figures are then at hand
@@ -381,6 +381,10 @@ class ModelController:
 
     def job_updated(self, job: Any) -> None:
         """A download's new state (on the UI thread, from the DownloadChanged the queue's thread emitted)."""
+        entry = self._job_entries.get(job.id)
+        if job.state == "failed" and entry is not None:  # where the other hub may work, say so
+            job = replace(job, error=(job.error or "download failed")
+                          + other_source_hint(entry, job.source, job.error_type, ui=True))
         self.jobs[str(job.dest)] = job
         if job.state == "done":
             self._tell(Note(f"{job.label} downloaded to {job.path or job.dest}", title="Download complete"))
@@ -389,10 +393,6 @@ class ModelController:
 
     # ------------------------------------------------------------------ lifecycle
 
-        entry = self._job_entries.get(job.id)
-        if job.state == "failed" and entry is not None:  # where the other hub may work, say so
-            job = replace(job, error=(job.error or "download failed")
-                          + other_source_hint(entry, job.source, job.error_type, ui=True))
     def close(self) -> None:
         """Quitting: downloads cancelled, a running exact count ended, the engine shut down."""
         self.exact.close()

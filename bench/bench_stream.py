@@ -19,6 +19,9 @@ same number of tokens) is produced four ways, in alternating order:
            ``max_new_tokens =`` the UI reply's token count and nothing else the
            other ways do not get (TTFT: to the first new token, via a streamer
            that only notes the time).
+* serve  — only with ``--serve``: ``glmtui serve`` in a process of its own, driven by the
+           RemoteEngine over its OpenAI API (SSE), the other IPC issue 13 weighs against the
+           engine process's pipe.
 
 The UI reply's length is measured first (a calibration run, not counted); with the
 stop tokens' output rows zeroed (see ``build_model``) it is the UI's max new tokens.
@@ -238,6 +241,52 @@ class WorkerRunner:
         self.worker.shutdown()
 
 
+class ServeRunner(WorkerRunner):
+    """The other IPC issue 13 weighs: ``glmtui serve`` in a process of its own, driven over its OpenAI API
+    by the RemoteEngine (SSE), against the engine process's pipe."""
+
+    def __init__(self, folder: Path):
+        import subprocess
+        import urllib.request
+
+        from glmtui.engine.events import Failed, Finished, Token
+        from glmtui.engine.remote import RemoteEngine
+
+        self._token, self._finished, self._failed = Token, Finished, Failed
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "glmtui.cli", "serve", "--model", str(folder), "--mode", "fp32", "--device", "cpu",
+             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("glmtui serve did not come up")
+            time.sleep(0.2)
+        self.worker = RemoteEngine(f"http://127.0.0.1:{port}").start()
+        self._marks = {}
+        self._done = threading.Event()
+
+    def close(self) -> None:
+        self.worker.shutdown()
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 # ---------------------------------------------------------------- plain generate
 
 
@@ -294,6 +343,8 @@ def main() -> int:
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     parser.add_argument("--profile", action="store_true", help="then profile one more UI reply (needs pyinstrument)")
+    parser.add_argument("--serve", action="store_true",
+                        help="also a 'serve' way: glmtui serve in its own process over its OpenAI API (SSE)")
     args = parser.parse_args()
 
     if args.threads:  # engine processes import torch with this many threads
@@ -320,9 +371,16 @@ def main() -> int:
         worker.run(args.prompt, 8)  # warm-up
         engine = WorkerRunner(folder, "engine")
         engine.run(args.prompt, 8)  # warm-up
+        serve = ServeRunner(folder) if args.serve else None
+        if serve is not None:
+            serve.run(args.prompt, 8)  # warm-up
 
         results: dict[str, list[dict]] = {"ui": [], "engine": [], "worker": [], "plain": []}
-        for rep, order in enumerate(alternating(args.reps, ("ui", "engine", "worker", "plain"))):
+        ways: tuple[str, ...] = ("ui", "engine", "worker", "plain")
+        if serve is not None:
+            results["serve"] = []
+            ways = ("ui", "engine", "serve", "worker", "plain")
+        for rep, order in enumerate(alternating(args.reps, ways)):
             for way in order:
                 if way == "ui":
                     r = asyncio.run(ui_run(folder, args.prompt, args.max_new))
@@ -330,6 +388,8 @@ def main() -> int:
                     r = worker.run(args.prompt, args.max_new)
                 elif way == "engine":
                     r = engine.run(args.prompt, args.max_new)
+                elif way == "serve" and serve is not None:
+                    r = serve.run(args.prompt, args.max_new)
                 else:
                     r = plain.run(tokens)
                 assert r["tokens"] == tokens, f"{way} produced {r['tokens']} tokens, expected {tokens}"
@@ -338,6 +398,8 @@ def main() -> int:
                       f"{r['tokens'] / r['seconds']:7.1f} tok/s  ttft {r['ttft'] * 1000:6.1f} ms", flush=True)
         worker.close()
         engine.close()
+        if serve is not None:
+            serve.close()
         profile = ""
         if args.profile:
             profile = asyncio.run(ui_run(folder, args.prompt, args.max_new, profile=True))["profile"]
@@ -353,7 +415,9 @@ def main() -> int:
     print(f"\nreply: {tokens} tokens each way; UI text == engine text == worker text: {same_text}; "
           f"medians of {args.reps} rounds")
     print("way      tok/s   vs plain   total s   TTFT ms")
-    for way in ("plain", "worker", "engine", "ui"):
+    for way in ("plain", "worker", "engine", "serve", "ui"):
+        if way not in med:
+            continue
         m = med[way]
         ratio = m["tps"] / med["plain"]["tps"]
         print(f"{way:7} {m['tps']:7.1f} {ratio:9.3f} {m['seconds']:9.3f} {m['ttft'] * 1000:9.1f}")
@@ -364,6 +428,8 @@ def main() -> int:
 
     print(f"per-round worker/plain: median (min-max) {spread(per_round('worker'))}")
     print(f"per-round engine/plain: median (min-max) {spread(per_round('engine'))}")
+    if "serve" in results:
+        print(f"per-round serve/plain:  median (min-max) {spread(per_round('serve'))}")
     print(f"per-round ui/plain:     median (min-max) {spread(per_round('ui'))}")
     ui_cpu = statistics.median(r["ui_cpu"] for r in results["ui"])
     inside = statistics.median(r["worker_seconds"] for r in results["ui"])

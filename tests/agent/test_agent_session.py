@@ -230,6 +230,7 @@ def test_interpreter_blocks_run_after_confirmation_and_return_results(glm3, kern
     assert str(kernel.workdir) in session.messages[0].content
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_interpreter_bad_input_is_shown_and_the_conversation_goes_on(glm3, kernel):
     model = ScriptedModel(glm3, [
         block("while True: pass"),
@@ -252,6 +253,7 @@ def test_interpreter_bad_input_is_shown_and_the_conversation_goes_on(glm3, kerne
     assert [m.role for m in session.messages].count("observation") == 4
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_a_kernel_that_cannot_start_is_told_to_the_model_and_the_turn_goes_on(glm3, tmp_path, monkeypatch):
     """A broken kernel install (here: an ipykernel_launcher that exits at once, found first on PYTHONPATH):
     the block is not run, the model is told why, the conversation goes on; nothing waits forever."""

@@ -94,6 +94,7 @@ def test_printing_100_mb_is_capped_in_the_kernel(interp):
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_endless_loop_is_interrupted_and_the_kernel_kept(interp):
     interp.run("kept = 'still here'")
     result = interp.run("while True: pass", timeout=2)

@@ -266,6 +266,7 @@ def mla_model(tmp_path_factory):
     return tiny_models.build_glm4_moe_lite(tmp_path_factory.mktemp("mla") / "tiny-moe-lite")
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_a_model_the_batch_cannot_run_falls_back_to_one_at_a_time(mla_model):
     log = EventLog()
     worker = InferenceWorker(log, batching=True).start()

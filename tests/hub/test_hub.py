@@ -504,6 +504,7 @@ def test_pull_endpoint_option_and_config_key(tmp_path, capsys, monkeypatch):
                           f"[hub] in {config}") and "\n" not in err
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_connect_timeout_is_bounded(monkeypatch, models):
     """A hub whose connections are never accepted (a full listen backlog on 127.0.0.1) fails within the
     connect timeout instead of hanging."""
@@ -716,6 +717,7 @@ def test_pull_cli(hub, models, capsys):
     assert pull_cli(["not a model", "--models-dir", str(models)]) == 2
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_downloaded_model_loads_and_generates(hub, dl):
     path = dl.download(REPO)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,6 +28,7 @@ def _stored(folder) -> bool:
     return exact_cache.cached_count(memory.read_config(folder), "cpu") is not None
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_background_counts_wait_for_idle_and_a_shown_model_goes_first(native_glm, thinking_dir, predictor_starts):
     """With both counts already stored (no subprocess), only the order and the idle rule are at play."""
     pytest.importorskip("transformers")

@@ -72,6 +72,7 @@ def thread_driver():
     driver.close()
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 def test_load_switch_and_unload_in_process(native_glm, thread_driver):
     d, model = thread_driver, thread_driver.model
     model.request_load(str(native_glm), label="tiny")

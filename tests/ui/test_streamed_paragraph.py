@@ -3,6 +3,7 @@ painted stays what a full render of the same text shows."""
 
 from __future__ import annotations
 
+import pytest
 from textual.app import App
 from textual.containers import VerticalScroll
 
@@ -27,6 +28,7 @@ def painted(app) -> list[str]:
     return ["".join(segment.text for segment in strip).rstrip() for strip in strips]
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 async def test_a_growing_paragraph_lays_out_only_when_its_height_changes():
     assert ReplyMarkdown.BLOCKS["paragraph_open"] is StreamedParagraph
     app = ReplyApp()

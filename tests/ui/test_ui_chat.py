@@ -14,6 +14,7 @@ from glmtui.ui.app import GlmApp
 from helpers import GREEDY, stored, wait_for
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 async def test_no_active_reply_means_the_reply_is_rendered_and_stored(chatty_chatglm3, quiet_sampler):
     """The moment ``chat.active`` clears, the reply's status, stats, footer and history row are final
     (tests and the status bar rely on it; it used to clear before the final render and the save)."""
@@ -62,6 +63,7 @@ def test_warming_the_reply_imports_brings_in_what_the_first_reply_mounts():
             if m not in loaded] == []
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 @pytest.mark.usefixtures("in_process_engine")
 async def test_the_first_replys_imports_are_warmed_once_a_model_is_loaded(chatty_chatglm3, quiet_sampler, monkeypatch):
     """Not in the first frame (startup), not in the first reply's mount (time to first token): in between."""

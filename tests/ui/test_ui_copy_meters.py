@@ -53,6 +53,7 @@ async def _open(pilot, app, cid: int) -> MessageList:
     return app.chat_pane.messages_view
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 async def test_y_copies_the_selected_message_and_c_its_code_blocks(quiet_sampler):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -85,6 +85,7 @@ async def test_choosing_vllm_loads_through_the_managed_server(native_glm, quiet_
 # ---------------------------------------------------------------- load dialog: the fit check
 
 
+@pytest.mark.slow  # over ~2 s on an idle machine: the fast loop keeps the room's other tests
 async def test_a_load_that_would_not_fit_is_refused_until_confirmed(native_glm, isolated_home):
     app = GlmApp(mode="fp32", default_params=GREEDY, sampler=FrozenSampler(ram_snapshot(1024)))
     async with app.run_test(size=(120, 40)) as pilot:

@@ -1,4 +1,5 @@
 """Known models, and where a model lives on disk.
+Kept whole past 400 lines: one table of models and the lookups that read it.
 
 No UI, no torch: this module is imported by the CLI, the UI and the engine.
 

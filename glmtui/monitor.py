@@ -1,4 +1,5 @@
 """GPU (NVML) and host (psutil) sampling into plain, frozen snapshot dataclasses.
+Kept whole past 400 lines: one class, the sampler, with its NVML and psutil reads.
 
 No UI imports and no torch import here.  The UI owns the polling thread and calls
 :meth:`Sampler.sample` every :attr:`Sampler.interval` seconds (or hands

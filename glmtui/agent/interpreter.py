@@ -1,4 +1,5 @@
 """ChatGLM3's code interpreter: one code block at a time in a Jupyter kernel of its own.
+Kept whole past 400 lines: one class around one kernel.
 
 The kernel is a separate process (ipykernel, this Python), working in a folder
 under the data dir. ``run(code)`` returns the block's stdout/stderr, result and

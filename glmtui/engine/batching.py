@@ -1,4 +1,5 @@
 """Continuous batching: requests that arrive while others run join the running batch.
+Kept whole past 400 lines: one runner around transformers' batching manager.
 
 transformers' own ``ContinuousBatchingManager`` (``model.init_continuous_batching``) does all of
 the scheduling: the paged KV cache, mixing prefills into decode steps, per-request sampling,

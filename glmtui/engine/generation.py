@@ -1,4 +1,5 @@
 """One streamed generation: prompt -> ``model.generate`` -> Token/Finished events.
+Kept whole past 400 lines: one generation, prompt to events.
 
 Runs on the worker thread. Text is produced by an incremental detokenizer
 (constant work per token), stop strings are held back until they can be

@@ -1,4 +1,4 @@
-"""Resolve a model folder and load it with a quantization mode.
+"""Resolve a model folder and load it in a quantization mode (kept whole past 400 lines: the load paths share checks).
 
 ChatGLM3 checkpoints (``model_type: chatglm``) are loaded as transformers'
 native ``GlmForCausalLM`` by renaming and splitting their weights at load

@@ -1,4 +1,5 @@
 """Predicted memory per quantization mode, from a model folder's ``config.json`` only.
+Kept whole past 400 lines: the prediction's types and the fallback formulas they share.
 
 The exact figures come from engine/predict.py (the model built on the meta device; needs
 torch): front ends ask for them through :func:`predict_exact_subprocess` and the shared

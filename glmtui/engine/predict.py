@@ -1,4 +1,5 @@
 """Exact memory prediction for any architecture transformers knows, from ``config.json`` alone.
+Kept whole past 400 lines: one meta build and everything counted from it.
 
 The model is built on the meta device (shapes and dtypes, no memory) the way
 ``from_pretrained`` would build it for each mode, and its tensors are counted:

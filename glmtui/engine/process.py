@@ -1,4 +1,5 @@
 """EngineProcess: the model in a process of its own.
+Kept whole past 400 lines: one class, this side of the engine process.
 
 The front end (TUI, ``glmtui chat``) keeps no torch: this class starts a fresh
 interpreter (glmtui.engine.child, never a fork) that owns torch, CUDA and the

@@ -1,4 +1,5 @@
 """RemoteEngine: the InferenceWorker interface over an OpenAI-compatible server.
+Kept whole past 400 lines: one class, the engine interface over HTTP, and its message mapping.
 
 The TUI and ``glmtui chat`` take ``--endpoint URL`` to talk to ``glmtui serve``,
 vLLM or SGLang instead of loading a model in-process. Commands run one at a

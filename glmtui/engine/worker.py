@@ -1,4 +1,5 @@
 """InferenceWorker: the one thread that owns the model.
+Kept whole past 400 lines: one class, the model's thread.
 
 The UI and the API server never touch torch: they put commands on this
 worker's queue (load, unload, generate) or call ``cancel``, and receive

@@ -1,5 +1,6 @@
 """The chat's Tool / Code modes on screen: the confirmation dialog, the call and result messages,
 and the glue between the chat pane and :class:`agent_controller.AgentController`.
+Kept whole past 400 lines: the Tool/Code widgets of one conversation, rendered together.
 
 Each model turn streams into its own message; a tool call or code block is shown as a message
 of its own (the tool's name and arguments, or the code) with what came of it (ran, declined,

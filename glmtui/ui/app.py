@@ -1,4 +1,5 @@
 """GlmApp: the full-screen TUI, and ``run_app`` for ``glmtui`` on the command line.
+Kept whole past 400 lines: wiring and routing only; decisions live in the controllers.
 
 The app wires and routes: it builds the store, the engine and the ModelController, composes the
 panes and sends each message to the one it concerns. The engine's events come through

@@ -1,4 +1,5 @@
 """The chat pane: renders a :class:`~glmtui.ui.chat_session.ChatSession` and forwards keys to it.
+Kept whole past 400 lines: one pane.
 
 Streaming follows the shape measured in docs/ARCHITECTURE.md: the app coalesces the engine's tokens
 and hands them here in batches; :class:`~glmtui.ui.messages.AssistantMessage` awaits

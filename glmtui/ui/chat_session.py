@@ -1,4 +1,5 @@
 """ChatSession: one conversation's state and what happens to it (no Textual; ChatPane renders it).
+Kept whole past 400 lines: one class.
 
 It sends (the request built from the turns and the conversation's parameters), takes the engine's
 Started/Token/Finished/Failed into the reply being written, regenerates, edits the last prompt, and

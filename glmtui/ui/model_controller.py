@@ -1,4 +1,5 @@
 """ModelController: which model is loaded or loading and everything that changes it, without widgets.
+Kept whole past 400 lines: one controller and the messages it sends.
 
 It holds the load state (loaded, the stage and fraction of a load, the last error, the note after
 an unload), asks the engine to load and unload, keeps the download queue and its jobs, and the

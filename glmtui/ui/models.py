@@ -1,5 +1,6 @@
 """The models pane: the catalogue, what is on disk, predicted memory per mode, the load state and
 download progress, rendered from the app's ModelController (the pane holds no load state).
+Kept whole past 400 lines: one pane.
 
 The figures and their wording come from figures.py; the fit verdict compares them with the
 free memory of the latest monitor snapshot (see MonitorPane.free_for_model).

@@ -14,6 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "glmtui"
 MAX_LINES = 600
+SAY_WHY_OVER = 400  # past this, one cohesive thing that says why in its first lines (issue 15)
 HEAVY = ("torch", "transformers")
 # The front end: what runs in the process the user types into (the engine process and `serve` may import torch).
 FRONT_END = ("glmtui.ui", "glmtui.cli", "glmtui.linechat", "glmtui.web")
@@ -196,6 +197,16 @@ def test_no_file_in_glmtui_is_over_600_lines():
         if lines > MAX_LINES:
             long.append(f"{path.relative_to(PACKAGE.parent)} ({lines} lines)")
     assert not long, f"files over {MAX_LINES} lines (split them by job): " + ", ".join(long)
+
+
+def test_a_file_over_400_lines_says_in_its_first_lines_why_it_is_kept_whole():
+    unsaid = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        head = "\n".join(text.splitlines()[:3]).lower()
+        if len(text.splitlines()) > SAY_WHY_OVER and "kept whole past 400 lines" not in head:
+            unsaid.append(str(path.relative_to(PACKAGE.parent)))
+    assert not unsaid, "over 400 lines, no 'Kept whole past 400 lines: <why>' at the top: " + ", ".join(unsaid)
 
 
 def test_no_import_circles_between_glmtui_modules():

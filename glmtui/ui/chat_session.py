@@ -12,6 +12,7 @@ is told what to show. ``active`` is None only once a reply is completely finishe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable, Optional
 
@@ -46,6 +47,7 @@ class ChatSession:
         # The active reply's events that arrive while its turns are still being stored and shown
         # (the engine is asked first, so that it prefills meanwhile); None once the reply is on screen.
         self._early: Optional[list] = None
+        self._draining: Optional[asyncio.Future] = None  # kept: a task nobody holds may be collected
         self.calls = OrderedCalls(run_store)  # the history calls: in order, off the UI thread
 
     async def _store(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -282,10 +284,18 @@ class ChatSession:
         await self.add_turn(turn)
         active.replacing.new.append(turn)
         self.view.reply_started(active)
+        # the events that came meanwhile are taken in a task of their own, not in this handler: ending
+        # the reply there (an empty one ends at once) waits on the reply widget's own messages, which
+        # the view could not process while this handler held it
+        self._draining = asyncio.ensure_future(self._drain_early())
+
+    async def _drain_early(self) -> None:
         early = self._early
-        while early:  # events arriving while these are handled join the list: order is kept
-            await self._take_event(early.pop(0))
-        self._early = None
+        try:
+            while early:  # events arriving while these are handled join the list: order is kept
+                await self._take_event(early.pop(0))
+        finally:
+            self._early = None
 
     async def _commit(self, active: ActiveReply) -> None:
         """The new reply started: what it replaces goes, from the screen and the history file."""

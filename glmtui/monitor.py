@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import monitor_data
 from .monitor_data import (
     GpuHistory,
     GpuProcess,
@@ -46,21 +47,9 @@ from .monitor_data import (
     TorchDeviceMemory,
 )
 
-__all__ = [
-    "DEFAULT_INTERVAL",
-    "MIN_INTERVAL",
-    "HISTORY_LEN",
-    "NVML_HINT",
-    "GpuProcess",
-    "GpuSnapshot",
-    "TorchDeviceMemory",
-    "HostSnapshot",
-    "GpuHistory",
-    "History",
-    "MonitorSnapshot",
-    "Sampler",
-    "clamp_interval",
-]
+# the snapshots are re-exported: front ends import them from here, next to the Sampler
+__all__ = ["DEFAULT_INTERVAL", "MIN_INTERVAL", "HISTORY_LEN", "NVML_HINT", "Sampler", "clamp_interval",
+           *monitor_data.__all__]
 
 DEFAULT_INTERVAL = 1.0
 MIN_INTERVAL = 0.25

@@ -29,6 +29,27 @@ def running_predictors() -> list[psutil.Process]:
     return found
 
 
+def end_running_predictors(timeout: float = 10.0) -> list[str]:
+    """End the predictor processes of this test's process that still run (a background count a test started
+    and does not wait for outlives the test, and pytest too: it is detached); their command lines."""
+    found = running_predictors()
+    names = []
+    for proc in found:
+        try:
+            names.append(" ".join(proc.cmdline()))
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(found, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    return names
+
+
 TEST_NICENESS = 1  # a count at niceness 10 barely runs while a loaded test machine is busy: 1 still shows it is set
 
 

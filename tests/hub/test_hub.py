@@ -42,6 +42,7 @@ from glmtui.hub import net as hub_net
 from glmtui.hub import transfer as hub_transfer
 from helpers import free_port, wait_until
 from hubserver import FakeHub, point_hubs_at, repo_extras
+from predictor_watch import end_running_predictors, watch_predictor_starts
 
 REPO = "acme/tiny-glm"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
@@ -50,6 +51,24 @@ EXPECTED = sorted([
     "tokenizer.json", "tokenizer_config.json", *SHARDS,
 ])
 NEVER = ("modeling_x.py", "pytorch_model.bin", "model-old-unused.safetensors", "onnx/model.onnx", "README.md")
+
+
+@pytest.fixture(autouse=True)
+def no_count_left_running():
+    """No test here leaves an exact-count process behind (`glmtui pull` starts one, detached: it would outlive
+    the test and pytest, niced, counting into a deleted home)."""
+    yield
+    left = end_running_predictors()
+    assert not left, f"a background count still ran after the test: {left}"
+
+
+@pytest.fixture
+def background_count(monkeypatch):
+    """The counts `glmtui pull` starts as it returns, watched; ended with the test (the count itself is tested
+    in tests/engine/test_count_store.py and tests/ui/test_background_counts.py)."""
+    starts = watch_predictor_starts(monkeypatch)
+    yield starts
+    end_running_predictors()
 
 
 @pytest.fixture(scope="session")
@@ -403,9 +422,10 @@ def test_download_with_no_endpoint_variable(hub_via_config, models, source):
     assert _requested_files(hub_via_config) == set(EXPECTED)
 
 
-def test_pull_cli_and_queue_with_no_endpoint_variable(hub_via_config, models, tmp_path, capsys):
+def test_pull_cli_and_queue_with_no_endpoint_variable(hub_via_config, models, tmp_path, capsys, background_count):
     assert pull_cli([REPO, "--models-dir", str(models)]) == 0
     assert "ready" in capsys.readouterr().err
+    assert [s.low_priority for s in background_count] == [True]
     q = DownloadQueue(Downloader(tmp_path / "queue-models", retry_backoff=0.01))
     try:
         job = q.submit(REPO)
@@ -708,9 +728,10 @@ def test_queue_runs_downloads_one_after_another(hub, models, tmp_path):
         q.close()
 
 
-def test_pull_cli(hub, models, capsys):
+def test_pull_cli(hub, models, capsys, background_count):
     assert pull_cli([REPO, "--models-dir", str(models)]) == 0
     assert "ready" in capsys.readouterr().err
+    assert [s.low_priority for s in background_count] == [True]  # pull returned; its count runs on
     assert local_status(resolve(REPO), models).verified
     assert pull_cli(["acme/nope", "--models-dir", str(models)]) == 1
     assert "not found" in capsys.readouterr().err

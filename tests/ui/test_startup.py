@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from typing import Any, Callable, TypeVar
 
 from textual.css.stylesheet import Stylesheet
 from textual.widgets import Footer
@@ -25,10 +26,38 @@ from glmtui.ui.exact_counts import ExactCounts
 from glmtui.ui.history import HistoryPane
 from helpers import wait_for
 
+T = TypeVar("T")
+
 # Imported with the first reply, copy, dialog or completion view shown, never for the empty chat of the first frame
 LAZY = ("textual.widgets._markdown", "markdown_it", "pygments", "glmtui.ui.reply_markdown", "glmtui.ui.copying",
         "glmtui.ui.completion", "glmtui.ui.modals", "glmtui.ui.dialogs.load", "glmtui.ui.dialogs.settings",
         "glmtui.ui.dialogs.endpoint")
+
+
+def calls_of(monkeypatch, owner: type, name: str, note: Callable[..., Any] = lambda *args: args) -> list:
+    """What ``note(*args)`` says of each call of ``owner.name``, noted before the method runs (it still runs)."""
+    calls: list = []
+    method = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append(note(*args, **kwargs))
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
+def seen_at_mount(monkeypatch, look: Callable[[], T]) -> list[T]:
+    """What ``look()`` sees each time GlmApp's on_mount has returned (before the first frame)."""
+    seen: list[T] = []
+    mount = GlmApp.on_mount
+
+    def recording_mount(self: GlmApp) -> None:
+        mount(self)
+        seen.append(look())
+
+    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    return seen
 
 
 def test_importing_the_app_leaves_out_what_the_first_frame_does_not_need():
@@ -41,21 +70,16 @@ def test_importing_the_app_leaves_out_what_the_first_frame_does_not_need():
 async def test_the_saved_theme_and_the_width_classes_come_before_the_panes_are_styled(quiet_sampler, monkeypatch):
     prefs.save_prefs(default_paths().config_file, {"theme": "nord"})
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
-    reparsed_with_panes: list[int] = []  # a CSS re-parse (a theme change) once panes exist re-styles all of them
-    reparse = Stylesheet.reparse
-
-    def recording_reparse(sheet: Stylesheet) -> None:
-        reparsed_with_panes.append(len(app.query(HistoryPane)) if app.screen_stack else 0)
-        reparse(sheet)
-
+    # a CSS re-parse (a theme change) once panes exist re-styles all of them
+    reparsed_with_panes = calls_of(monkeypatch, Stylesheet, "reparse",
+                                   lambda sheet, *rest, **kw: len(app.query(HistoryPane)) if app.screen_stack else 0)
     classes_at_mount: list[set[str]] = []
     mounted = HistoryPane.on_mount
 
-    def recording_mount(pane: HistoryPane) -> None:
+    def recording_mount(pane: HistoryPane) -> None:  # Textual passes a handler the arguments it names
         classes_at_mount.append(set(pane.screen.classes))
         mounted(pane)
 
-    monkeypatch.setattr(Stylesheet, "reparse", recording_reparse)
     monkeypatch.setattr(HistoryPane, "on_mount", recording_mount)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.query(FooterKey), timeout=20, what="the footer's keys")
@@ -85,14 +109,8 @@ async def test_the_footer_builds_its_keys_once_at_start(quiet_sampler, monkeypat
 
 async def test_the_monitor_starts_sampling_after_the_first_frame(quiet_sampler, monkeypatch):
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
-    sampling_at_mount: list[bool] = []
-    mount = GlmApp.on_mount
-
-    def recording_mount(self: GlmApp) -> None:
-        mount(self)
-        sampling_at_mount.append(any(t.name == "glmtui-monitor" for t in threading.enumerate()))
-
-    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    sampling_at_mount = seen_at_mount(monkeypatch,
+                                      lambda: any(t.name == "glmtui-monitor" for t in threading.enumerate()))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.monitor_pane.snapshot is not None, timeout=20, what="the first sample")
         app._monitor_stop.set()
@@ -106,22 +124,8 @@ async def test_the_history_list_is_read_after_the_first_frame(quiet_sampler, mon
             store.create_conversation(f"conversation {i}", "tiny", "", {})
     finally:
         store.close()
-    reloads: list[str] = []
-    reload = HistoryPane.reload
-
-    def recording_reload(pane: HistoryPane) -> None:
-        reloads.append("reload")
-        reload(pane)
-
-    reads_at_mount: list[int] = []
-    mount = GlmApp.on_mount
-
-    def recording_mount(self: GlmApp) -> None:
-        mount(self)
-        reads_at_mount.append(len(reloads))
-
-    monkeypatch.setattr(HistoryPane, "reload", recording_reload)
-    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    reloads = calls_of(monkeypatch, HistoryPane, "reload")
+    reads_at_mount = seen_at_mount(monkeypatch, lambda: len(reloads))
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.history_pane.option_list.option_count == 3, timeout=20,
@@ -144,22 +148,8 @@ async def test_the_local_models_are_counted_after_the_first_frame(native_glm, qu
     models_dir = default_paths().models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
     os.symlink(native_glm, models_dir / native_glm.name)
-    asked: list[list] = []
-    background = ExactCounts.background
-
-    def recording_background(counts: ExactCounts, folders, device: str, first: bool = False) -> None:
-        asked.append(list(folders))
-        background(counts, folders, device, first)
-
-    asked_at_mount: list[int] = []
-    mount = GlmApp.on_mount
-
-    def recording_mount(self: GlmApp) -> None:
-        mount(self)
-        asked_at_mount.append(len(asked))
-
-    monkeypatch.setattr(ExactCounts, "background", recording_background)
-    monkeypatch.setattr(GlmApp, "on_mount", recording_mount)
+    asked = calls_of(monkeypatch, ExactCounts, "background", lambda counts, folders, *rest, **kw: list(folders))
+    asked_at_mount = seen_at_mount(monkeypatch, lambda: len(asked))
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: asked, timeout=20, what="the background count asked for")

@@ -25,6 +25,23 @@ def flash_dir(tmp_path_factory):
     return tiny_models.build_glm4_moe_lite(tmp_path_factory.mktemp("fit") / "tiny-flash")
 
 
+@pytest.fixture
+def meta_builds(monkeypatch):
+    """The meta-device builds (each one's config class) from here on; predict.meta_model still builds."""
+    pytest.importorskip("transformers")
+    from glmtui.engine import predict
+
+    builds = []
+    real = predict.meta_model
+
+    def counting(config, *args, **kwargs):
+        builds.append(type(config).__name__)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "meta_model", counting)
+    return builds
+
+
 def _run(argv, nvml, capsys):
     code = fit.fit_command(cli.build_parser().parse_args(["fit", *argv]), nvml=nvml)
     out, err = capsys.readouterr()
@@ -62,20 +79,10 @@ def test_fit_local_folder_json(flash_dir, capsys):
         assert row["cpu_verdict"]["verdict"] in ("CPU only", "won't fit")
 
 
-def test_fit_builds_the_meta_model_once(flash_dir, monkeypatch, capsys):
+def test_fit_builds_the_meta_model_once(flash_dir, meta_builds, capsys):
     """Every mode on the GPU and on the CPU comes from one meta-device build (a build per dtype and
     device was most of a cold answer's counting time); a second ask is answered from the store."""
-    pytest.importorskip("transformers")
-    from glmtui.engine import predict
-
-    builds = []
-    real = predict.meta_model
-
-    def counting(config, *args, **kwargs):
-        builds.append(type(config).__name__)
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(predict, "meta_model", counting)
+    builds = meta_builds
     code, out, err = _run([str(flash_dir), "--json", "--context", "256"], _two_gpus(), capsys)
     assert code == 0, err
     assert len(builds) == 1
@@ -85,20 +92,12 @@ def test_fit_builds_the_meta_model_once(flash_dir, monkeypatch, capsys):
     assert code == 0 and len(builds) == 1
 
 
-def test_fit_another_context_after_a_count_is_answered_from_the_stored_count(flash_dir, monkeypatch, capsys):
+def test_fit_another_context_after_a_count_is_answered_from_the_stored_count(flash_dir, meta_builds, capsys):
     """The count is stored whatever the context: `glmtui fit M --context N` after any earlier count of M
     builds nothing, and its figures are a fresh exact count's at N."""
-    pytest.importorskip("transformers")
     from glmtui.engine import predict
 
-    builds = []
-    real = predict.meta_model
-
-    def counting(config, *args, **kwargs):
-        builds.append(type(config).__name__)
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(predict, "meta_model", counting)
+    builds = meta_builds
     code, out, err = _run([str(flash_dir), "--json"], _two_gpus(), capsys)
     assert code == 0 and len(builds) == 1, err
     for context in ("4096", "17", "100000"):

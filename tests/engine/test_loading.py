@@ -166,23 +166,18 @@ def test_unreadable_config(tmp_path, chatglm3_dir):
         load_model(folder, "fp32")
 
 
-def test_config_that_does_not_match_weights(tmp_path, chatglm3_dir):
-    folder = _copy(chatglm3_dir, tmp_path / "mismatch")
+@pytest.mark.parametrize("model, key, value, match", [
+    ("chatglm3_dir", "kv_channels", 32, "does not match"),
+    # native: the tensor and both shapes are named (not transformers' "look at the above report!")
+    ("native_glm", "hidden_size", 96,
+     r"model.embed_tokens.weight is \[\d+, 64\] in the weight files but \[\d+, 96\] per config.json"),
+])
+def test_config_that_does_not_match_weights(tmp_path, request, model, key, value, match):
+    folder = _copy(request.getfixturevalue(model), tmp_path / "mismatch")
     config = json.loads((folder / "config.json").read_text())
-    config["kv_channels"] = 32
+    config[key] = value
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="does not match"):
-        load_model(folder, "fp32")
-
-
-def test_native_config_that_does_not_match_weights(tmp_path, native_glm):
-    folder = _copy(native_glm, tmp_path / "mismatch-native")
-    config = json.loads((folder / "config.json").read_text())
-    config["hidden_size"] = 96
-    (folder / "config.json").write_text(json.dumps(config))
-    # The tensor and both shapes are named (not transformers' "look at the above report!").
-    with pytest.raises(ModelLoadError, match=r"model.embed_tokens.weight is \[\d+, 64\] in the weight files but "
-                                             r"\[\d+, 96\] per config.json") as failure:
+    with pytest.raises(ModelLoadError, match=match) as failure:
         load_model(folder, "fp32")
     assert "above report" not in str(failure.value)
 

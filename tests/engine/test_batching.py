@@ -196,6 +196,22 @@ def test_each_request_keeps_its_max_new_tokens_and_stop_strings(batched, serial)
                                                                           ref.finish_reason)
 
 
+def test_the_batch_attends_each_sequence_alone_through_packed_sdpa(batched, serial):
+    """The batch's sdpa is glmtui's per-sequence one (engine/batch_attention.py), and its replies stay exact."""
+    from transformers import AttentionInterface
+
+    from glmtui.engine import batch_attention
+
+    worker, log = batched
+    assert AttentionInterface()["sdpa"] is batch_attention.packed_sdpa
+    requests = [(ask(q), GenerationParams(max_new_tokens=12, temperature=0.0)) for q in QUESTIONS[:3]]
+    refs = [alone(serial, m, p) for m, p in requests]
+    before = batch_attention.packed_calls
+    finals = together(worker, log, requests)
+    assert batch_attention.packed_calls > before
+    assert [(f.text, f.completion_tokens) for f in finals] == [(r.text, r.completion_tokens) for r in refs]
+
+
 def test_a_sampling_request_next_to_a_greedy_one_leaves_the_greedy_one_exact(batched, serial):
     worker, log = batched
     greedy = GenerationParams(max_new_tokens=40, temperature=0.0)

@@ -3,7 +3,7 @@
 A native GLM small enough to build here but big enough that the model's own
 time dominates, as a real one's would (hidden 512, 4 layers by default), is
 built offline with tests/tiny_models.py. The same greedy reply (same prompt,
-same number of tokens) is produced four ways, in alternating order:
+same number of tokens) is produced four ways, in rotating order:
 
 * ui     — the real GlmApp, headless (``App.run_test``), over its default engine (an
            EngineProcess: the model in a process of its own), real history
@@ -25,12 +25,23 @@ same number of tokens) is produced four ways, in alternating order:
 
 The UI reply's length is measured first (a calibration run, not counted); with the
 stop tokens' output rows zeroed (see ``build_model``) it is the UI's max new tokens.
-Prints tokens/s each way, the ratios against plain (target: ui/plain >= 0.97)
-and TTFT each way; medians over ``--reps`` alternating rounds with each round's
-spread, the machine's load before and after, and the headline ratio last. Headless Textual still
-lays out and composites every frame; only the write to a terminal is skipped.
+Each of ``--reps`` rounds runs every way once, in an order that rotates from round to round
+(so no way always runs first or last); ui and plain always run next to each other, in
+alternating order, so each round gives one paired ratio ui / plain from neighbouring reps.
+Prints tokens/s each way (medians), the ratios against plain, the median of the per-round
+paired ratios with their spread (quartiles, min-max), TTFT each way, the machine's load before
+and after, and the headline last: the median paired ui/plain ratio (target >= 0.97). Headless
+Textual still lays out and composites every frame; only the write to a terminal is skipped.
 ``--threads N`` gives every side N torch threads: this process's torch, and the engine
 processes' through OMP_NUM_THREADS (they read it when they import torch).
+
+Pinning (``--pin``, on by default with ``--threads 1`` where two CPUs are allowed): each side's
+model computation gets one core of its own, the same core every way, and whatever else a way
+runs gets the other: plain and worker run this whole process on the model core; engine and
+serve put their process on the model core and this process (which only waits for events) on
+the other; ui puts the app's engine process on the model core and the UI process (this one)
+on the other. Every thread of a process is pinned (Linux affinity is per thread), again before
+each rep. The bench prints what it pinned; ``--no-pin`` leaves the scheduler free.
 """
 
 from __future__ import annotations
@@ -44,12 +55,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import LoadWatch, alternating, build_nonstop_glm, end_run, hook_generation_events, spread, type_prompt  # noqa: E402 - after the sys.path setup
+from harness import LoadWatch, build_nonstop_glm, end_run, hook_generation_events, type_prompt  # noqa: E402 - after the sys.path setup
 
 PROMPT = "Tell me about GPUs and memory."
 
@@ -62,13 +73,15 @@ def build_model(dest: Path, hidden: int, layers: int) -> Path:
 
 
 async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeout: float = 600.0,
-                 profile: bool = False, endpoint: Optional[str] = None) -> dict:
+                 profile: bool = False, endpoint: Optional[str] = None,
+                 before_enter: Optional[Callable[[object], None]] = None) -> dict:
     """One reply through the real app; returns tokens, seconds (Enter -> final paint), ttft, text.
 
     With ``profile``, the UI thread is sampled (pyinstrument) from Enter to the final paint and
     ``result["profile"]`` holds the report; the thread's CPU seconds are in ``result["ui_cpu"]``.
     With ``endpoint``, the app talks to that OpenAI-compatible server (``glmtui serve``) instead of
-    running the model in its own engine process.
+    running the model in its own engine process. ``before_enter(engine)`` runs once the app is ready,
+    just before Enter (the bench pins the engine's process there).
     """
     from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Token
     from glmtui.ui.app import GlmApp
@@ -92,6 +105,8 @@ async def ui_run(folder: Path, prompt: str, max_new: int, size=(120, 40), timeou
 
         chat = app.chat_pane
         await type_prompt(pilot, chat, prompt)
+        if before_enter is not None:
+            before_enter(app.engine)
 
         marks: dict[str, float] = {}
         done = asyncio.Event()
@@ -331,6 +346,92 @@ class PlainRunner:
                 "text": self.loaded.chat_format.decode(new)}
 
 
+# ---------------------------------------------------------------- pinning and rounds
+
+
+class Pinning:
+    """Each side's model computation on one core of its own, the rest on the other (module docstring)."""
+
+    def __init__(self, wanted: Optional[bool], threads: int):
+        self.allowed = sorted(os.sched_getaffinity(0))
+        self.why_not: Optional[str] = None
+        if wanted is False:
+            self.why_not = "--no-pin"
+        elif wanted is None and threads != 1:
+            self.why_not = "torch threads are not 1 (pinning is on by default only with --threads 1; --pin forces it)"
+        elif len(self.allowed) < 2:
+            self.why_not = f"only {len(self.allowed)} CPU allowed to this process"
+        self.ui_core = self.allowed[0]
+        self.model_core = self.allowed[1] if len(self.allowed) > 1 else self.allowed[0]
+
+    @property
+    def on(self) -> bool:
+        return self.why_not is None
+
+    @staticmethod
+    def pin_process(pid: int, cpus: set[int]) -> int:
+        """Every thread of ``pid`` onto ``cpus`` (affinity is per thread on Linux); returns how many."""
+        pinned = 0
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return 0
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+                pinned += 1
+            except OSError:  # a thread that has just ended
+                pass
+        return pinned
+
+    def way(self, way: str, other_pid: Optional[int] = None) -> None:
+        """Pin for a rep of ``way``: plain and worker run the model in this process; the others in
+        ``other_pid`` (the app's engine process, the engine alone, glmtui serve) while this process waits."""
+        if not self.on:
+            return
+        if way in ("plain", "worker"):
+            self.pin_process(os.getpid(), {self.model_core})
+            return
+        self.pin_process(os.getpid(), {self.ui_core})
+        if other_pid is not None:
+            self.pin_process(other_pid, {self.model_core})
+
+    def release(self) -> None:
+        if self.on:
+            self.pin_process(os.getpid(), set(self.allowed))
+
+    def describe(self) -> str:
+        if not self.on:
+            return f"pinning: none ({self.why_not})"
+        ui, model = self.ui_core, self.model_core
+        return (f"pinning: the model's computation on CPU {model} every way; plain and worker: this whole process "
+                f"on CPU {model}; engine and serve: their process on CPU {model}, this one (waiting for events) on "
+                f"CPU {ui}; ui: the app's engine process on CPU {model}, the UI process (all its threads) on CPU "
+                f"{ui}; every thread of each process, again before each rep")
+
+
+def rotating_rounds(rounds: int, others: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The order of the ways in each round: ui and plain next to each other (their order alternating
+    from round to round), the other ways around them, the whole order rotating by one each round."""
+    order: list[tuple[str, ...]] = []
+    units: list[tuple[str, ...]] = [("ui", "plain"), *((way,) for way in others)]
+    for r in range(rounds):
+        shift = r % len(units)
+        turned = units[shift:] + units[:shift]
+        order.append(tuple(way for unit in turned
+                           for way in (unit[::-1] if unit == ("ui", "plain") and r % 2 else unit)))
+    return order
+
+
+def quartiles(values: list[float]) -> str:
+    """``median M (quartiles q1-q3, min-max a-b, n)`` of per-round figures."""
+    med = statistics.median(values)
+    if len(values) < 2:
+        return f"{med:.3f} (one round)"
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{med:.3f} (quartiles {q1:.3f}-{q3:.3f}, min-max {min(values):.3f}-{max(values):.3f}, n={len(values)})"
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -339,13 +440,16 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-new", type=int, default=300, help="the UI's max new tokens (the reply may stop earlier)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=8, help="rounds; each runs every way once")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     parser.add_argument("--profile", action="store_true", help="then profile one more UI reply (needs pyinstrument)")
     parser.add_argument("--serve", action="store_true",
                         help="also a 'serve' way: glmtui serve in its own process over its OpenAI API (SSE)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                        help="one core for each side's model, the other for the rest (default: on with --threads 1)")
     args = parser.parse_args()
+    pinning = Pinning(args.pin, args.threads)
 
     if args.threads:  # engine processes import torch with this many threads
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -361,6 +465,7 @@ def main() -> int:
         folder = build_model(Path(tmp) / "bench-glm", args.hidden, args.layers)
         print(f"model: native GLM hidden {args.hidden}, {args.layers} layers, fp32 CPU, torch threads "
               f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; greedy; prompt {args.prompt!r}", flush=True)
+        print(pinning.describe(), flush=True)
 
         calib = asyncio.run(ui_run(folder, args.prompt, args.max_new))
         tokens = calib["tokens"]
@@ -376,26 +481,33 @@ def main() -> int:
             serve.run(args.prompt, 8)  # warm-up
 
         results: dict[str, list[dict]] = {"ui": [], "engine": [], "worker": [], "plain": []}
-        ways: tuple[str, ...] = ("ui", "engine", "worker", "plain")
+        others: tuple[str, ...] = ("engine", "worker")
         if serve is not None:
             results["serve"] = []
-            ways = ("ui", "engine", "serve", "worker", "plain")
-        for rep, order in enumerate(alternating(args.reps, ways)):
+            others = ("engine", "serve", "worker")
+        for rep, order in enumerate(rotating_rounds(args.reps, others)):
             for way in order:
                 if way == "ui":
-                    r = asyncio.run(ui_run(folder, args.prompt, args.max_new))
+                    pinning.way("ui")  # the app's threads and the processes it starts begin on the UI core
+                    r = asyncio.run(ui_run(folder, args.prompt, args.max_new,
+                                           before_enter=lambda e: pinning.way("ui", getattr(e, "pid", None))))
                 elif way == "worker":
+                    pinning.way(way)
                     r = worker.run(args.prompt, args.max_new)
                 elif way == "engine":
+                    pinning.way(way, engine.worker.pid)
                     r = engine.run(args.prompt, args.max_new)
                 elif way == "serve" and serve is not None:
+                    pinning.way(way, serve.pid)
                     r = serve.run(args.prompt, args.max_new)
                 else:
+                    pinning.way(way)
                     r = plain.run(tokens)
                 assert r["tokens"] == tokens, f"{way} produced {r['tokens']} tokens, expected {tokens}"
                 results[way].append(r)
                 print(f"  rep {rep} {way:6} {r['tokens']} tok {r['seconds']:.3f} s "
                       f"{r['tokens'] / r['seconds']:7.1f} tok/s  ttft {r['ttft'] * 1000:6.1f} ms", flush=True)
+        pinning.release()
         worker.close()
         engine.close()
         if serve is not None:
@@ -426,11 +538,13 @@ def main() -> int:
         return [w["tokens"] / w["seconds"] / (p["tokens"] / p["seconds"])
                 for w, p in zip(results[way], results["plain"], strict=True)]
 
-    print(f"per-round worker/plain: median (min-max) {spread(per_round('worker'))}")
-    print(f"per-round engine/plain: median (min-max) {spread(per_round('engine'))}")
+    paired = per_round("ui")  # ui and plain ran next to each other in every round
+    print(f"per-round worker/plain: median {quartiles(per_round('worker'))}")
+    print(f"per-round engine/plain: median {quartiles(per_round('engine'))}")
     if "serve" in results:
-        print(f"per-round serve/plain:  median (min-max) {spread(per_round('serve'))}")
-    print(f"per-round ui/plain:     median (min-max) {spread(per_round('ui'))}")
+        print(f"per-round serve/plain:  median {quartiles(per_round('serve'))}")
+    print(f"per-round ui/plain (paired, neighbouring reps): median {quartiles(paired)}")
+    print(f"per-round plain tok/s: median {quartiles([r['tokens'] / r['seconds'] for r in results['plain']])}")
     ui_cpu = statistics.median(r["ui_cpu"] for r in results["ui"])
     inside = statistics.median(r["worker_seconds"] for r in results["ui"])
     alone = statistics.median(r["worker_seconds"] for r in results["engine"])
@@ -446,8 +560,11 @@ def main() -> int:
         print("\nUI thread from Enter to the final paint (pyinstrument):\n" + profile)
     print(watch.sample("after"))
     print(watch.verdict())
-    ratio = med["ui"]["tps"] / med["plain"]["tps"]
-    print(f"\nHEADLINE ui/plain tokens/s {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}"
+    print(pinning.describe())
+    ratio = statistics.median(paired)
+    print(f"\nHEADLINE ui/plain tokens/s, median of {len(paired)} paired rounds {ratio:.3f} "
+          f"(min-max {min(paired):.3f}-{max(paired):.3f}; ratio of the medians "
+          f"{med['ui']['tps'] / med['plain']['tps']:.3f}) (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}"
           f"{' [under load]' if watch.under_load else ''}")
     return 0
 

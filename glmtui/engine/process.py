@@ -38,12 +38,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from .api import Listener, Listeners, MemoryReport, ModelInfo, rss_bytes
+from .api import Listener, MemoryReport, ModelInfo, rss_bytes
 from .children import LOG_KEEP, Child, describe_exit, last_error_line, log_tail, prune_logs, start_child
+from .commands import CommandEngine, crashed, refused
 from .events import (
-    ChatMessage,
     EngineExited,
     EngineUnresponsive,
     Failed,
@@ -70,7 +70,7 @@ class _Request:
     internal: bool = False  # our own (retiring a process): its events are not delivered
 
 
-class EngineProcess(Listeners):
+class EngineProcess(CommandEngine):
     """The Engine interface over a child process (see the module's docstring)."""
 
     def __init__(
@@ -119,21 +119,7 @@ class EngineProcess(Listeners):
 
     def load(self, path: str, mode: str = "bf16", device: str = "auto", sink: Optional[Listener] = None) -> int:
         """Load in a fresh process; ``mode="auto"``: bf16 on a GPU, fp32 on the CPU (decided by the engine)."""
-        return self._submit("load", sink, str(path), mode, device)
-
-    def unload(self, sink: Optional[Listener] = None) -> int:
-        return self._submit("unload", sink)
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams = GenerationParams(),
-        sink: Optional[Listener] = None,
-        tools: Optional[list] = None,
-        *,
-        prompt_text: Optional[str] = None,
-    ) -> int:
-        return self._submit("generate", sink, list(messages), params, tools, prompt_text)
+        return self._submit("load", {"path": str(path), "mode": mode, "device": device}, sink)
 
     def cancel(self, request_id: Optional[int] = None) -> None:
         """Stop a generation (the current one when no id is given); it ends after at most one more token."""
@@ -167,7 +153,7 @@ class EngineProcess(Listeners):
 
     def prestart(self) -> None:
         """Start a spare process now (if none is waiting), so the next load does not wait for imports."""
-        self._commands.put(("spare",))
+        self._commands.put(("spare", None, {}))
 
     def kill(self, reason: str = "stopped by glmtui") -> bool:
         """Kill the model's process at once (a hung engine); reported like any other death."""
@@ -187,16 +173,12 @@ class EngineProcess(Listeners):
         with self._lock:
             self._stopping = True
         if self._thread.is_alive():
-            self._commands.put(("stop", timeout))
+            self._commands.put(("stop", None, {"timeout": timeout}))
             self._thread.join(timeout + 2.0)
         else:
             self._stop_all(timeout)
         with self._lock:
             self.state = "stopped"
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     @property
     def pid(self) -> Optional[int]:
@@ -212,7 +194,7 @@ class EngineProcess(Listeners):
 
     # ------------------------------------------------------------ commands (the engine's thread)
 
-    def _submit(self, kind: str, sink: Optional[Listener], *args) -> int:
+    def _submit(self, kind: str, args: dict, sink: Optional[Listener]) -> int:
         request_id = next(self._ids)
         with self._lock:
             self._requests[request_id] = _Request(kind, sink)
@@ -220,26 +202,28 @@ class EngineProcess(Listeners):
         if self._stopping:
             self._finish(request_id, Failed(request_id, "the engine has been shut down", kind))
         else:
-            self._commands.put((kind, request_id, *args))
+            self._commands.put((kind, request_id, args))
         return request_id
 
     def _run(self) -> None:
         while True:
             try:
-                command = self._commands.get(timeout=0.25)
+                # (kind, request id, the handler's keyword arguments); a request id of None: our own
+                kind, request_id, args = self._commands.get(timeout=0.25)
             except queue.Empty:
                 self._housekeeping()
                 continue
-            kind = command[0]
             if kind == "stop":
-                self._stop_all(command[1])
+                self._stop_all(args["timeout"])
                 return
             try:
-                getattr(self, f"_do_{kind}")(*command[1:])
+                if request_id is None:
+                    getattr(self, f"_do_{kind}")(**args)
+                else:
+                    getattr(self, f"_do_{kind}")(request_id, **args)
             except Exception as exc:  # the engine's thread must survive anything
-                if len(command) > 1 and isinstance(command[1], int):
-                    self._finish(command[1], Failed(command[1], f"{type(exc).__name__}: {exc}", kind,
-                                                    traceback.format_exc()))
+                if request_id is not None:
+                    self._finish(request_id, crashed(request_id, exc, kind, traceback.format_exc()))
                 else:
                     traceback.print_exc()
             self._housekeeping()
@@ -280,15 +264,10 @@ class EngineProcess(Listeners):
         with self._lock:
             request = self._requests.get(request_id)
             child = self._active
-        if request is not None and request.cancelled:
-            return self._finish(request_id, Finished(request_id, "", 0, 0, None, None, 0.0, "cancelled"))
-        problems = params.problems() if hasattr(params, "problems") else []
-        if problems:
-            return self._finish(request_id, Failed(request_id, "invalid parameters: " + "; ".join(problems), "params",
-                                                   kind="params"))
-        if child is None:
-            return self._finish(request_id, Failed(request_id, "no model is loaded — load one first", "generate",
-                                                   kind="no_model"))
+        refusal = refused(request_id, request is not None and request.cancelled, params, child is not None)
+        if refusal is not None:
+            return self._finish(request_id, refusal)
+        assert child is not None  # refused() answered for no model
         self._send_request(child, request_id, ("generate", request_id, messages, params, tools, prompt_text))
 
     def _do_spare(self) -> None:

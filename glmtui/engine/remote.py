@@ -20,20 +20,19 @@ generating. ``generate(prompt_text=...)`` (completion mode) uses the server's
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
-from .api import Listener, Listeners, MemoryReport, ModelInfo
+from .api import Listener, MemoryReport, ModelInfo
+from .commands import Command, QueuedCommands, cancelled, crashed, refused
 from .events import (
     ChatMessage,
-    Event,
     Failed,
     Finished,
     GenerationParams,
@@ -64,11 +63,7 @@ def _is_loopback(url: str) -> bool:
 
 
 @dataclass
-class _Command:
-    kind: str  # "load", "unload", "generate", "stop"
-    request_id: int
-    args: dict = field(default_factory=dict)
-    sink: Optional[Listener] = None
+class _Command(Command):
     cancelled: bool = False
     task: Optional[asyncio.Task] = None
 
@@ -112,7 +107,7 @@ def _refusal(status: int, body: bytes) -> RemoteError:
     return RemoteError(message, REFUSAL_KINDS.get(code, "prompt"))
 
 
-class RemoteEngine(Listeners):
+class RemoteEngine(QueuedCommands[_Command]):
     """Same interface as InferenceWorker, over HTTP."""
 
     def __init__(
@@ -126,14 +121,10 @@ class RemoteEngine(Listeners):
         connect_timeout: float = 10.0,
         autoconnect: bool = True,
     ):
+        super().__init__(listener)
         self.endpoint = normalize_endpoint(endpoint)
         self.api_key = api_key if api_key is not None else (os.environ.get("GLMTUI_API_KEY") or None)
         self._model_id = model
-        self._listeners: list[Listener] = [listener] if listener else []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._pending: dict[int, _Command] = {}
-        self._current: Optional[_Command] = None
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._autoconnect = autoconnect
@@ -162,21 +153,6 @@ class RemoteEngine(Listeners):
     def connect(self, sink: Optional[Listener] = None) -> int:
         return self.load("", sink=sink)
 
-    def unload(self, sink: Optional[Listener] = None) -> int:
-        return self._submit("unload", {}, sink)
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams = GenerationParams(),
-        sink: Optional[Listener] = None,
-        tools: Optional[list] = None,
-        *,
-        prompt_text: Optional[str] = None,
-    ) -> int:
-        args = {"messages": list(messages), "params": params, "tools": tools, "prompt_text": prompt_text}
-        return self._submit("generate", args, sink)
-
     def cancel(self, request_id: Optional[int] = None) -> None:
         with self._lock:
             command = self._current if request_id is None else self._pending.get(request_id)
@@ -189,10 +165,6 @@ class RemoteEngine(Listeners):
                 self._loop.call_soon_threadsafe(task.cancel)
             except RuntimeError:  # loop closed
                 pass
-
-    def queue_length(self) -> int:
-        with self._lock:
-            return sum(1 for c in self._pending.values() if c.kind == "generate")
 
     def memory_report(self) -> MemoryReport:
         """Nothing of the model is held here: the server's processes are not ours to measure."""
@@ -207,10 +179,6 @@ class RemoteEngine(Listeners):
             self._post(_Command("stop", 0))
             self._thread.join(timeout)
         self.state = "stopped"
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     # ------------------------------------------------------------ internals
 
@@ -233,9 +201,6 @@ class RemoteEngine(Listeners):
             self._pending[request_id] = command
         self._post(command)
         return request_id
-
-    def _emit(self, command: _Command, event: Event) -> None:
-        self._deliver(event, command.sink)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -270,18 +235,14 @@ class RemoteEngine(Listeners):
                 try:
                     await asyncio.wait({command.task})
                     if command.task.cancelled():  # cancelled before it ran
-                        self._emit(command, Finished(command.request_id, "", 0, 0, None, None, 0.0, "cancelled"))
+                        self._emit(command, cancelled(command.request_id))
                         continue
                     exc = command.task.exception()
                     if exc is not None:
-                        self._emit(command, Failed(command.request_id, f"{type(exc).__name__}: {exc}", command.kind,
-                                                   "".join(traceback.format_exception(exc))))
+                        self._emit(command, crashed(command.request_id, exc, command.kind,
+                                                    "".join(traceback.format_exception(exc))))
                 finally:
-                    with self._lock:
-                        self._current = None
-                        self._pending.pop(command.request_id, None)
-                    if self.state in ("loading", "generating"):
-                        self.state = "ready" if self.model_info is not None else "empty"
+                    self._command_done(command, self.model_info is not None)
 
     async def _served_models(self) -> list[dict]:
         import httpx
@@ -408,16 +369,10 @@ class RemoteEngine(Listeners):
         import httpx
 
         rid = command.request_id
-        if command.cancelled:
-            self._emit(command, Finished(rid, "", 0, 0, None, None, 0.0, "cancelled"))
-            return
-        problems = command.args["params"].problems() if hasattr(command.args["params"], "problems") else []
-        if problems:
-            self._emit(command, Failed(rid, "invalid parameters: " + "; ".join(problems), "params", kind="params"))
-            return
-        if self._detached:
-            self._emit(command, Failed(rid, "no model is loaded — connect to the server first", "generate",
-                                       kind="no_model"))
+        refusal = refused(rid, command.cancelled, command.args["params"], not self._detached,
+                          "no model is loaded — connect to the server first")
+        if refusal is not None:
+            self._emit(command, refusal)
             return
         started = time.perf_counter()
         text_parts: list[str] = []

@@ -13,15 +13,15 @@ a command needs them; importing this module stays cheap.
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
-from .api import Listener, Listeners, MemoryReport, ModelInfo, this_process_report
+from .api import Listener, MemoryReport, ModelInfo, this_process_report
+from .commands import Command, QueuedCommands, cancelled, crashed, refused
 from .events import (
     ChatMessage,
     Event,
@@ -42,15 +42,11 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _Command:
-    kind: str  # "load", "unload", "generate", "stop"
-    request_id: int
-    args: dict = field(default_factory=dict)
-    sink: Optional[Listener] = None
+class _Command(Command):
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class InferenceWorker(Listeners):
+class InferenceWorker(QueuedCommands[_Command]):
     """Owns the model on a background thread; serves commands one at a time."""
 
     def __init__(
@@ -75,6 +71,7 @@ class InferenceWorker(Listeners):
         ``max_sequences`` at once (``GLMTUI_MAX_SEQUENCES``; memory may allow fewer)."""
         from .kvreuse import env_flag, env_int
 
+        super().__init__(listener)
         self.kv_reuse = env_flag("GLMTUI_KV_REUSE", True) if kv_reuse is None else kv_reuse
         self.kv_max_tokens = kv_max_tokens if kv_max_tokens is not None else env_int("GLMTUI_KV_MAX_TOKENS")
         self.kv_max_bytes = kv_max_bytes if kv_max_bytes is not None else env_int("GLMTUI_KV_MAX_BYTES")
@@ -87,11 +84,6 @@ class InferenceWorker(Listeners):
         self._kv: Optional[KVSession] = None  # of the loaded model, worker thread only
         self._compiled: Optional[CompiledDecode] = None  # of the loaded model, worker thread only
         self._queue: "queue.Queue[_Command]" = queue.Queue()
-        self._listeners: list[Listener] = [listener] if listener else []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._pending: dict[int, _Command] = {}
-        self._current: Optional[_Command] = None
         self._loaded: Optional[LoadedModel] = None  # worker thread only
         self.model_info: Optional[ModelInfo] = None
         self._state = "empty"  # empty, loading, ready, generating, stopped
@@ -122,21 +114,6 @@ class InferenceWorker(Listeners):
             self.state = "loading"
         return self._submit("load", {"path": str(path), "mode": mode, "device": device}, sink)
 
-    def unload(self, sink: Optional[Listener] = None) -> int:
-        return self._submit("unload", {}, sink)
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams = GenerationParams(),
-        sink: Optional[Listener] = None,
-        tools: Optional[list] = None,
-        *,
-        prompt_text: Optional[str] = None,
-    ) -> int:
-        args = {"messages": list(messages), "params": params, "tools": tools, "prompt_text": prompt_text}
-        return self._submit("generate", args, sink)
-
     def cancel(self, request_id: Optional[int] = None) -> None:
         """Stop a generation (the current one when no id is given).
 
@@ -158,7 +135,7 @@ class InferenceWorker(Listeners):
         """Generations waiting (and, one at a time, the one running). With batching, the requests
         running in the batch do not count: only those not yet in it (over its sequence limit)."""
         with self._lock:
-            waiting = sum(1 for c in self._pending.values() if c.kind == "generate")
+            waiting = self._generations_waiting()
             batch = self._batch
         return waiting + (batch.waiting if batch is not None else 0)
 
@@ -178,10 +155,6 @@ class InferenceWorker(Listeners):
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     # ------------------------------------------------------------ internals
 
     def _submit(self, kind: str, args: dict, sink: Optional[Listener], request_id: Optional[int] = None) -> int:
@@ -193,9 +166,6 @@ class InferenceWorker(Listeners):
             self._pending[request_id] = command
         self._queue.put(command)
         return request_id
-
-    def _emit(self, command: _Command, event: Event) -> None:
-        self._deliver(event, command.sink)
 
     def _run(self) -> None:
         while True:
@@ -212,16 +182,9 @@ class InferenceWorker(Listeners):
                 handler = getattr(self, f"_do_{command.kind}")
                 handler(command)
             except Exception as exc:  # the worker must survive anything
-                self._emit(
-                    command,
-                    Failed(command.request_id, f"{type(exc).__name__}: {exc}", command.kind, traceback.format_exc()),
-                )
+                self._emit(command, crashed(command.request_id, exc, command.kind, traceback.format_exc()))
             finally:
-                with self._lock:
-                    self._current = None
-                    self._pending.pop(command.request_id, None)
-                if self.state in ("loading", "generating"):
-                    self.state = "ready" if self._loaded is not None else "empty"
+                self._command_done(command, self._loaded is not None)
 
     def _do_load(self, command: _Command) -> None:
         from . import loading
@@ -368,17 +331,9 @@ class InferenceWorker(Listeners):
     def _do_generate(self, command: _Command) -> None:
         from .generation import run_generation
 
-        if command.cancel.is_set():
-            self._emit(command, Finished(command.request_id, "", 0, 0, None, None, 0.0, "cancelled"))
-            return
-        problems = command.args["params"].problems()
-        if problems:
-            self._emit(command, Failed(command.request_id, "invalid parameters: " + "; ".join(problems), "params",
-                                       kind="params"))
-            return
-        if self._loaded is None:
-            self._emit(command, Failed(command.request_id, "no model is loaded — load one first", "generate",
-                                       kind="no_model"))
+        refusal = refused(command.request_id, command.cancel.is_set(), command.args["params"], self._loaded is not None)
+        if refusal is not None:
+            self._emit(command, refusal)
             return
         if self._batch is not None and self._batch.closed:  # its manager failed: one at a time from now on
             self._batch_lost()
@@ -436,7 +391,7 @@ class InferenceWorker(Listeners):
         if alone is not None:
             batch.wait_idle()
             if command.cancel.is_set():
-                emit(Finished(rid, "", 0, 0, None, None, 0.0, "cancelled"))
+                emit(cancelled(rid))
                 return
         self.state = "generating"
         handoff = run_generation(

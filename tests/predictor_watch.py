@@ -29,10 +29,11 @@ def running_predictors() -> list[psutil.Process]:
     return found
 
 
-def end_running_predictors(timeout: float = 10.0) -> list[str]:
-    """End the predictor processes of this test's process that still run (a background count a test started
-    and does not wait for outlives the test, and pytest too: it is detached); their command lines."""
-    found = running_predictors()
+def end_running_predictors(timeout: float = 10.0, keep: frozenset[int] = frozenset()) -> list[str]:
+    """End the predictor processes of this test's process that still run, but those in ``keep`` (pids that ran
+    before: another test's); their command lines.  A background count a test started and does not wait for
+    outlives the test, and pytest too (it is detached)."""
+    found = [proc for proc in running_predictors() if proc.pid not in keep]
     names = []
     for proc in found:
         try:

@@ -42,7 +42,7 @@ from glmtui.hub import net as hub_net
 from glmtui.hub import transfer as hub_transfer
 from helpers import free_port, wait_until
 from hubserver import FakeHub, point_hubs_at, repo_extras
-from predictor_watch import end_running_predictors, watch_predictor_starts
+from predictor_watch import end_running_predictors, running_predictors, watch_predictor_starts
 
 REPO = "acme/tiny-glm"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
@@ -57,8 +57,9 @@ NEVER = ("modeling_x.py", "pytorch_model.bin", "model-old-unused.safetensors", "
 def no_count_left_running():
     """No test here leaves an exact-count process behind (`glmtui pull` starts one, detached: it would outlive
     the test and pytest, niced, counting into a deleted home)."""
+    before = frozenset(proc.pid for proc in running_predictors())  # not this test's
     yield
-    left = end_running_predictors()
+    left = end_running_predictors(keep=before)
     assert not left, f"a background count still ran after the test: {left}"
 
 
@@ -66,9 +67,10 @@ def no_count_left_running():
 def background_count(monkeypatch):
     """The counts `glmtui pull` starts as it returns, watched; ended with the test (the count itself is tested
     in tests/engine/test_count_store.py and tests/ui/test_background_counts.py)."""
+    before = frozenset(proc.pid for proc in running_predictors())
     starts = watch_predictor_starts(monkeypatch)
     yield starts
-    end_running_predictors()
+    end_running_predictors(keep=before)
 
 
 @pytest.fixture(scope="session")

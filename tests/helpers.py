@@ -79,6 +79,18 @@ async def wait_for(pilot, condition: Callable[[], T], timeout: float = 60.0,
     return await wait_until_async(condition, timeout, what, interval, pause=pilot.pause)
 
 
+# The wait of a TUI script run as `python -c` (the app in a process of its own, no pytest there): put in
+# front of the script, which then waits with `await until(pilot, condition, what)`.
+SCRIPT_UNTIL = """
+async def until(pilot, condition, what, timeout=240.0):
+    for _ in range(int(timeout / 0.1)):
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+"""
+
+
 def wait_http_ok(url: str, proc=None, timeout: float = 120.0, output: Callable[[], str] | None = None) -> None:
     """Until GET ``url`` answers 200 (a server process is up); fails at once, with ``output()``, if ``proc``
     (a Popen) exits first."""

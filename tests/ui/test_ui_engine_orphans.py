@@ -14,11 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import wait_until
+from helpers import SCRIPT_UNTIL, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TUI = textwrap.dedent(
+TUI = SCRIPT_UNTIL + textwrap.dedent(
     """
     import asyncio, json, sys
     from glmtui.ui.app import GlmApp
@@ -27,18 +27,11 @@ TUI = textwrap.dedent(
         app = GlmApp(model=model, mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 5000},
                      sampler=None, monitor_interval=5.0)
         async with app.run_test(size=(120, 40)) as pilot:
-            async def until(condition, what, timeout=240.0):
-                for _ in range(int(timeout / 0.1)):
-                    if condition():
-                        return
-                    await pilot.pause(0.1)
-                raise SystemExit(f"timed out waiting for {what}")
-
-            await until(lambda: app.loaded is not None, "the load")
+            await until(pilot, lambda: app.loaded is not None, "the load")
             chat = app.chat_pane
             chat.input.focus()
             await pilot.press("h", "i", "enter")
-            await until(lambda: chat.active is not None and chat.active.text, "the reply's first tokens")
+            await until(pilot, lambda: chat.active is not None and chat.active.text, "the reply's first tokens")
             print(json.dumps({"pids": list(app.engine.memory_report().pids)}), flush=True)
             await asyncio.sleep(600)  # writing until killed
 

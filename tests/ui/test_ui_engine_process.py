@@ -22,7 +22,16 @@ import pytest
 
 from glmtui.engine.process import EngineProcess
 from glmtui.ui.app import GlmApp
-from helpers import FrozenSampler, host_only_snapshot, screen_text, send, type_text, wait_for, wait_until
+from helpers import (
+    SCRIPT_UNTIL,
+    FrozenSampler,
+    host_only_snapshot,
+    screen_text,
+    send,
+    type_text,
+    wait_for,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_TIMEOUT = 240.0  # a fresh process imports torch on a loaded 2-core machine
@@ -37,7 +46,7 @@ def gone(pid: int) -> bool:
 
 # ------------------------------------------------------------------ the TUI's own process keeps no torch
 
-FRONT_END = textwrap.dedent(
+FRONT_END = SCRIPT_UNTIL + textwrap.dedent(
     """
     import asyncio, json, os, sys
     import httpx
@@ -47,20 +56,15 @@ FRONT_END = textwrap.dedent(
         app = GlmApp(model=model, mode="fp32", default_params={"temperature": 0.0, "max_new_tokens": 8},
                      api=True, api_port=0)
         async with app.run_test(size=(120, 40)) as pilot:
-            async def until(condition, what, timeout=240.0):
-                for _ in range(int(timeout / 0.1)):
-                    if condition():
-                        return
-                    await pilot.pause(0.1)
-                raise SystemExit(f"timed out waiting for {what}")
-
-            await until(lambda: app.loaded is not None and app._api_server is not None, "the load and the API")
+            await until(pilot, lambda: app.loaded is not None and app._api_server is not None,
+                        "the load and the API")
             chat = app.chat_pane
             chat.input.focus()
             for ch in "hi":
                 await pilot.press(ch)
             await pilot.press("enter")
-            await until(lambda: chat.turns and chat.turns[-1].role == "assistant" and chat.active is None, "a reply")
+            await until(pilot, lambda: chat.turns and chat.turns[-1].role == "assistant" and chat.active is None,
+                        "a reply")
             reply = chat.turns[-1]
             async with httpx.AsyncClient(timeout=120) as client:  # --api serves the same engine process
                 answer = await client.post(f"{app._api_server.url}/v1/chat/completions", json={
@@ -124,6 +128,27 @@ async def interrupted_by(pilot, app, sig: int):
     assert gone(pid) and app.loaded is None
     turn = next(t for t in chat.turns if t.widget is active.widget)
     return turn, active.message_id
+
+
+async def hung_then_killed(pilot, app, engine, active, while_hung):
+    """Stop the engine's process mid-reply (SIGSTOP: no token, no answer to pings, no CPU used); once the app
+    shows it unresponsive, ``await while_hung()`` checks what is shown, then F7 kills it; the reply ends interrupted."""
+    chat = app.chat_pane
+    pid = engine.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await wait_for(pilot, lambda: app.engine_notice.kind == "unresponsive", timeout=60, what="the hang")
+        await while_hung()
+        assert chat.active is active  # the reply waits, its text kept
+        await pilot.press("f7")
+        await wait_for(pilot, lambda: app.engine_notice.kind == "exited", timeout=30, what="the kill")
+    finally:
+        if not gone(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert gone(pid)
+    turn = chat.turns[-1]
+    assert turn.status == "interrupted" and turn.content == active.text and turn.content
+    assert "stopped from glmtui (F7)" in turn.stats["error"]
 
 
 async def reload_and_reply(pilot, app) -> None:
@@ -191,7 +216,6 @@ async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_cha
                  engine=engine)
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
-        chat = app.chat_pane
 
         # the monitor counts the engine's process as glmtui's own: its GPU row, its resident memory
         fake.gpus[0]["compute"] = [(engine.pid, 700 * 2**20), (4242, 100 * 2**20)]
@@ -205,22 +229,12 @@ async def test_a_hung_engine_is_shown_until_it_is_killed_from_the_tui(chatty_cha
         await wait_for(pilot, engine_seen, timeout=30, what="the engine in the monitor")
         assert app.model.own_memory() == ("GPU", 700 * 2**20)  # what the unload note compares
         active = await start_reply(pilot, app, "tell me a story")
-        pid = engine.pid
-        os.kill(pid, signal.SIGSTOP)  # hung: no token, no answer to pings
-        try:
-            await wait_for(pilot, lambda: app.engine_notice.kind == "unresponsive", timeout=60, what="the hang")
+
+        async def shown_until_killed() -> None:
             await pilot.pause(3.0)  # it stays (no toast that times out)
             assert app.engine_notice.kind == "unresponsive" and "F7 kills it" in screen_text(app)
-            assert chat.active is active  # the reply waits, its text kept
-            await pilot.press("f7")
-            await wait_for(pilot, lambda: app.engine_notice.kind == "exited", timeout=30, what="the kill")
-        finally:
-            if not gone(pid):
-                os.kill(pid, signal.SIGCONT)
-        assert gone(pid)
-        turn = chat.turns[-1]
-        assert turn.status == "interrupted" and turn.content == active.text and turn.content
-        assert "stopped from glmtui (F7)" in turn.stats["error"]
+
+        await hung_then_killed(pilot, app, engine, active, shown_until_killed)
         assert "stopped from glmtui (F7)" in str(app.engine_notice.message)
 
 
@@ -238,26 +252,15 @@ async def test_a_reply_gone_silent_on_an_idle_engine_is_shown_until_it_is_killed
     app.model.hang.silent_after = 3.0
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: app.loaded is not None, timeout=LOAD_TIMEOUT, what="model load")
-        chat = app.chat_pane
         active = await start_reply(pilot, app, "tell me a story")
         assert app.engine_notice.kind is None  # tokens coming: no hang
-        pid = engine.pid
-        os.kill(pid, signal.SIGSTOP)  # stuck: no token, no CPU used
-        try:
-            await wait_for(pilot, lambda: app.engine_notice.kind == "unresponsive", timeout=60, what="the hang")
+
+        async def named_as_silent() -> None:
             shown = screen_text(app)
             assert "and the engine's CPU idle" in shown and "F7 kills it" in shown
             assert re.search(r"no token for \d+ s", str(app.model.notice.message))
-            assert chat.active is active  # the reply waits, its text kept
-            await pilot.press("f7")
-            await wait_for(pilot, lambda: app.engine_notice.kind == "exited", timeout=30, what="the kill")
-        finally:
-            if not gone(pid):
-                os.kill(pid, signal.SIGCONT)
-        assert gone(pid)
-        turn = chat.turns[-1]
-        assert turn.status == "interrupted" and turn.content == active.text and turn.content
-        assert "stopped from glmtui (F7)" in turn.stats["error"]
+
+        await hung_then_killed(pilot, app, engine, active, named_as_silent)
 
 
 # ------------------------------------------------------------------ the monitor counts the engine as glmtui's own

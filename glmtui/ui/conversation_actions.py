@@ -39,14 +39,21 @@ class ConversationActions(AppBase):
         conv = await self.store_call(self.store.get_conversation, cid)
         return None if conv is None else conv.title
 
-    async def action_rename(self) -> None:
+    async def _target_titled(self, missing: str) -> Optional[tuple[int, str]]:
+        """The conversation an action is for and its title; None, after saying ``missing`` when there is
+        none, or quietly when it no longer exists."""
         cid = self._target_conversation()
         if cid is None:
-            self.notify("No conversation to rename yet.", severity="warning")
-            return
+            self.notify(missing, severity="warning")
+            return None
         title = await self._title_of(cid)
-        if title is None:
+        return None if title is None else (cid, title)
+
+    async def action_rename(self) -> None:
+        target = await self._target_titled("No conversation to rename yet.")
+        if target is None:
             return
+        cid, title = target
 
         async def done(new_title: Optional[str]) -> None:
             if not new_title:
@@ -63,13 +70,10 @@ class ConversationActions(AppBase):
         self.push_screen(TextModal("Rename conversation", title, "title"), done)
 
     async def action_delete_conversation(self) -> None:
-        cid = self._target_conversation()
-        if cid is None:
-            self.notify("No conversation to delete.", severity="warning")
+        target = await self._target_titled("No conversation to delete.")
+        if target is None:
             return
-        title = await self._title_of(cid)
-        if title is None:
-            return
+        cid, title = target
 
         async def done(yes: Optional[bool]) -> None:
             if not yes:

@@ -16,6 +16,7 @@ from textual.message import Message
 from glmtui.engine.events import Failed, Finished, Loaded, Started, Token
 
 from .app_base import AppBase
+from .compat import paint_updated_lines_only
 
 
 class EngineEvent(Message):
@@ -52,6 +53,9 @@ class EngineBridge(AppBase):
     """GlmApp's engine side: the listener, the token buffer, and where each event goes."""
 
     def _init_bridge(self) -> None:
+        # A streamed frame repaints the reply's last lines (and the meter's tick its line): Textual rendered
+        # every widget around them whole for it (the UI's CPU per token is taken from the model's core)
+        paint_updated_lines_only()
         # Tokens from the worker wait here until the UI takes them all at once.
         self._token_lock = threading.Lock()
         self._token_buffer: list[tuple[tuple[int, bool], list[str]]] = []  # (request id, reasoning): texts

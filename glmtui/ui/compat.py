@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FooterKey", "MarkdownParagraph", "MarkdownTable", "block_builder", "footer_bindings_ready", "footer_key_disabled",
     "set_footer_key_disabled", "propagation_stopped", "run_focused_bindings", "app_driver",
-    "set_mouse_reporting", "notification_count", "WrapsDefaultKeys", "LayoutSizeHook",
+    "set_mouse_reporting", "notification_count", "WrapsDefaultKeys", "LayoutSizeHook", "paint_updated_lines_only",
 ]
 
 
@@ -126,3 +126,41 @@ class LayoutSizeHook:
 
     def layout_virtual_size(self, size: Size, virtual_size: Size, container_size: Size) -> Size:
         return virtual_size
+
+
+def paint_updated_lines_only() -> None:
+    """Make a partial repaint render only the screen lines it updates (every screen; idempotent).
+
+    Textual's partial repaint (a streamed frame, the meter's tick, the cursor's blink) renders every
+    widget whose container overlaps the updated region, all of the widget's visible lines (the screen's
+    40, each pane's, the footer's...), and then keeps only the updated lines; here each widget renders
+    the updated lines only. What is painted is the same: the lines of a widget do not depend on each
+    other, and lines outside the update were thrown away anyway (tests/ui/test_textual_compat.py)."""
+    from textual._compositor import Compositor
+    from textual.geometry import Region
+
+    # Compositor._get_renders(crop): the renders a repaint cuts into the screen's lines; only the
+    # lines of ``crop`` are kept (render_partial_update). Cropping horizontally too would shift the
+    # cuts of a line, so whole widget lines are rendered.
+    original = Compositor._get_renders
+    if getattr(original, "glmtui_lines_only", False):
+        return
+
+    def _get_renders(self: Compositor, crop: Region | None = None):
+        if crop is None:
+            yield from original(self, crop)
+            return
+        top, bottom = crop.y, crop.bottom
+        overlaps = crop.overlaps
+        for widget, (region, clip) in self.visible_widgets.items():
+            if not overlaps(clip):
+                continue
+            x0, x1 = max(region.x, clip.x), min(region.right, clip.right)
+            y0, y1 = max(region.y, clip.y, top), min(region.bottom, clip.bottom, bottom)
+            if x1 > x0 and y1 > y0:
+                lines = widget.render_lines(Region(x0 - region.x, y0 - region.y, x1 - x0, y1 - y0))
+                yield region, Region(clip.x, y0, clip.width, y1 - y0), lines
+
+    _get_renders.glmtui_lines_only = True  # type: ignore[attr-defined]  # a mark on our function: installed
+    _get_renders.textual_get_renders = original  # type: ignore[attr-defined]  # Textual's own: the tests compare
+    Compositor._get_renders = _get_renders  # type: ignore[method-assign]  # the one repaint path, every screen

@@ -368,3 +368,91 @@ async def test_notification_count_follows_toasts():
         await wait_for(pilot, lambda: compat.notification_count(app) == 1, timeout=10, what="a toast to expire")
         app.clear_notifications()
         assert compat.notification_count(app) == 0
+
+
+# ------------------------------------------------------------------ partial repaints
+
+
+class LinesRecorded(Widget):
+    """A widget that notes the lines each render asks of it."""
+
+    DEFAULT_CSS = "LinesRecorded { height: 1; }"
+
+    def __init__(self, text: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = text
+        self.asked: list[int] = []
+
+    def render(self) -> str:
+        return self.text
+
+    def render_lines(self, crop):
+        self.asked.append(crop.height)
+        return super().render_lines(crop)
+
+
+class RepaintApp(App):
+    CSS = """
+    #tall { height: 12; border: round red; }
+    #list { height: 8; border: solid green; }
+    #list > Static { height: 3; }
+    """
+
+    def compose(self):
+        from textual.containers import VerticalScroll
+        from textual.widgets import Static
+
+        tall = LinesRecorded("\n".join(f"line {n} of the tall one" for n in range(10)), id="tall")
+        tall.styles.height = 12
+        yield tall
+        with VerticalScroll(id="list"):
+            for n in range(6):
+                yield Static(f"[b]item {n}[/b] " + "word " * 12)
+        yield LinesRecorded("meter 0", id="meter")
+
+
+def _partial_paint(screen, regions, get_renders) -> list:
+    """The segments a partial repaint of ``regions`` sends to the terminal, rendered with ``get_renders``."""
+    from rich.console import Console
+    from textual._compositor import Compositor
+
+    kept = Compositor._get_renders
+    Compositor._get_renders = get_renders
+    try:
+        screen._compositor._dirty_regions.update(regions)
+        update = screen._compositor.render_partial_update()
+    finally:
+        Compositor._get_renders = kept
+    console = Console(width=screen.size.width, force_terminal=True, color_system="truecolor", legacy_windows=False)
+    return list(console.render(update))
+
+
+async def test_paint_updated_lines_only_renders_those_lines_and_paints_the_same():
+    from textual._compositor import Compositor
+    from textual.geometry import Region
+
+    compat.paint_updated_lines_only()
+    compat.paint_updated_lines_only()  # twice is once
+    patched = Compositor._get_renders
+    textual_own = patched.textual_get_renders
+    assert textual_own is not patched and not getattr(textual_own, "glmtui_lines_only", False)
+    app = RepaintApp()
+    async with app.run_test(size=(50, 24)) as pilot:
+        await pilot.pause()
+        app.query_one("#list").scroll_to(y=5, animate=False)
+        await pilot.pause()
+        tall, meter = app.query_one("#tall", LinesRecorded), app.query_one("#meter", LinesRecorded)
+        tall.asked.clear()
+        meter.asked.clear()
+        meter.text = "meter 1"
+        meter.refresh()  # a one-line repaint, as the reply meter's tick
+        await wait_for(pilot, lambda: meter.asked, timeout=10, what="the meter's repaint")
+        assert set(meter.asked) == {1}
+        assert tall.asked == [], "a widget none of whose lines changed is not rendered for the meter's line"
+        # the same updates painted with Textual's own renders and with the cropped ones
+        screen = app.screen
+        for regions in ([Region(0, 21, 50, 1)], [Region(3, 4, 10, 2), Region(2, 15, 20, 1)], [screen.size.region],
+                        [Region(0, 13, 50, 9)]):
+            ours = _partial_paint(screen, regions, patched)
+            theirs = _partial_paint(screen, regions, textual_own)
+            assert ours == theirs and any(s.text.strip() for s in ours), regions

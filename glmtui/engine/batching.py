@@ -132,7 +132,8 @@ class BatchRunner:
         self.loaded = loaded
         self.limits = limits
         model = loaded.model
-        batch_attention.install()  # the batch's sdpa attends each sequence alone (batch_attention.py)
+        if model.device.type == "cpu":
+            batch_attention.install()  # the batch's sdpa attends each sequence alone (batch_attention.py)
         stops = list(loaded.chat_format.stop_token_ids)
         before = model.config._attn_implementation
         # Sampling on with all three processors present, so that every request can set its own

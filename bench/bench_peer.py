@@ -95,20 +95,41 @@ async def one_stream(client, model: str, prompt: str, tokens: int) -> dict:
             "seconds": ended - started}
 
 
-async def measure_server(port: int, model: str, tokens: int, streams: int) -> dict:
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a server process and all its children (vLLM's engine core is one)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+async def measure_server(port: int, model: str, tokens: int, streams: int, pid: int) -> dict:
     import httpx
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, trust_env=False) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]  # each server names the model its way
         await one_stream(client, model, "warm up", 8)
         single = await one_stream(client, model, "Tell me about the mountains.", tokens)
+        cpu = tree_cpu(pid)
         started = time.perf_counter()
         many = await asyncio.gather(*(one_stream(client, model, f"Question {i}: tell me about rivers.", tokens)
                                       for i in range(streams)))
         wall = time.perf_counter() - started
+        cpu = tree_cpu(pid) - cpu
     ttfts = sorted(r["ttft"] for r in many)
+    produced = sum(r["tokens"] for r in many)
     return {"tps1": single["decode_tps"], "tokens1": single["tokens"],
-            "tpsN": sum(r["tokens"] for r in many) / wall, "tokensN": sum(r["tokens"] for r in many),
+            "tpsN": produced / wall, "tokensN": produced, "cpu_msN": 1000 * cpu / max(1, produced),
             "ttft_p50": statistics.median(ttfts), "ttft_p90": ttfts[max(0, math.ceil(0.9 * len(ttfts)) - 1)]}
 
 
@@ -122,15 +143,15 @@ model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval(
 def run(prompts):
     batch = tok.apply_chat_template([[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True,
                                     return_tensors="pt", padding=True, return_dict=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-    seconds = time.perf_counter() - started
-    return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts), seconds
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts), seconds, cpu
 run(["warm up"])
-n1, s1 = run(["Tell me about the mountains."])
-nN, sN = run([f"Question {i}: tell me about rivers." for i in range(streams)])
-print(json.dumps({"tps1": n1 / s1, "tokens1": n1, "tpsN": nN / sN, "tokensN": nN}))
+n1, s1, _ = run(["Tell me about the mountains."])
+nN, sN, cN = run([f"Question {i}: tell me about rivers." for i in range(streams)])
+print(json.dumps({"tps1": n1 / s1, "tokens1": n1, "tpsN": nN / sN, "tokensN": nN, "cpu_msN": 1000 * cN / nN}))
 """
 
 
@@ -193,21 +214,26 @@ def main() -> int:
                 argv, env = engines[name](port)
                 server = start_server(argv, env, logs / f"{name}.log", port)
                 try:
-                    results[name].append(asyncio.run(measure_server(port, "m", args.tokens, args.streams)))
+                    results[name].append(asyncio.run(measure_server(port, "m", args.tokens, args.streams,
+                                                                     server.pid)))
                 finally:
                     stop_server(server)
             print(f"  {name}: {json.dumps({k: round(v, 3) for k, v in results[name][-1].items()})}", flush=True)
     print(watch.sample("after"))
     print(f"\nbf16, {args.tokens} tokens per reply, {args.streams} concurrent streams, {args.rounds} rounds "
           f"(median (min-max)); {watch.verdict()}")
-    print("| engine | decode tok/s, 1 stream | total tok/s, N streams | TTFT p50 under N | TTFT p90 |")
-    print("|---|---|---|---|---|")
+    # CPU ms per token under N streams: the server's process tree (or plain's process), whatever it spent
+    # (spinning thread pools included); against the wall figures it shows cost apart from contention
+    print("| engine | decode tok/s, 1 stream | total tok/s, N streams | TTFT p50 under N | TTFT p90 "
+          "| CPU ms/token, N streams |")
+    print("|---|---|---|---|---|---|")
     for name in chosen:
         rows = results[name]
         ttft50 = spread(r["ttft_p50"] for r in rows) if "ttft_p50" in rows[0] else "–"
         ttft90 = spread(r["ttft_p90"] for r in rows) if "ttft_p90" in rows[0] else "–"
         tps1, tpsn = spread(r["tps1"] for r in rows), spread(r["tpsN"] for r in rows)
-        print(f"| {name} | {tps1} | {tpsn} | {ttft50} | {ttft90} |")
+        cpu = spread(r["cpu_msN"] for r in rows) if "cpu_msN" in rows[0] else "–"
+        print(f"| {name} | {tps1} | {tpsn} | {ttft50} | {ttft90} | {cpu} |")
     headline = []
     if "glmtui-serve" in results and "vllm-default" in results:
         ratio = [g["tpsN"] / v["tpsN"] for g, v in zip(results["glmtui-serve"], results["vllm-default"], strict=True)]

@@ -18,6 +18,8 @@ from textual.widgets import Static
 
 from glmtui.monitor import GpuSnapshot, HostSnapshot, MonitorSnapshot
 
+from .steady import SteadyStatic
+
 NA = "n/a"
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -311,9 +313,11 @@ class MonitorPane(VerticalScroll, can_focus=True):
         self.border_title = "Monitor"
         self.warning: Optional[str] = None  # the loaded model's offload (offload_warning), shown on top
         self.loaded: Any = None  # the Loaded event of the model in memory: its per-GPU figures
+        self.on_screen = False  # shown by the last layout (Show / Hide): a hidden pane is not re-rendered
 
     def compose(self) -> Iterable:
-        yield Static(render_snapshot(None, 40), id="monitor-body")
+        # a sample that leaves the body's height as it was repaints it without a layout of the screen
+        yield SteadyStatic(render_snapshot(None, 40), id="monitor-body")
         from .engine_metrics import RemoteMetricsView  # --endpoint: the server's own /metrics figures
 
         yield RemoteMetricsView(id="remote-metrics")
@@ -334,6 +338,9 @@ class MonitorPane(VerticalScroll, can_focus=True):
         return speed.rate if isinstance(speed, DecodeSpeed) else None
 
     def _render_now(self) -> None:
+        # a hidden pane (the medium and narrow layouts' other panes) keeps the snapshot; shown, it renders it
+        if not self.on_screen:
+            return
         # the warning is made at each render: a reply's measured speed shows with the next sample
         self.warning = offload_warning(self.loaded, decode_tok_s=self._decode_rate())
         width = max(20, self.scrollable_content_region.width or self.size.width or 40)
@@ -342,6 +349,13 @@ class MonitorPane(VerticalScroll, can_focus=True):
 
     def on_resize(self) -> None:
         self._render_now()
+
+    def on_show(self) -> None:
+        self.on_screen = True
+        self._render_now()
+
+    def on_hide(self) -> None:
+        self.on_screen = False
 
     # convenient for the models pane: free memory where a model would go
     def free_for_model(self, device: str = "auto") -> tuple[str, Optional[int]]:

@@ -126,6 +126,7 @@ async def test_history_completion_and_agent_views_call_the_store_off_the_ui_thre
         # the completion view: opened from the history, continued, its settings saved
         history.post_message(history.Open(completion_id))
         await wait_for(pilot, lambda: isinstance(app.screen, CompletionScreen)
+                       and app.screen.query("#completion-doc")  # composed (a loaded machine may not have yet)
                        and app.screen.document.text == "Once upon a time", what="the completion opened")
         screen = app.screen
         await pilot.press("ctrl+g")

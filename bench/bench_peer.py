@@ -168,7 +168,8 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="glmtui's (and plain's) torch threads")
     parser.add_argument("--engines", default="vllm-default,vllm-threads,glmtui-serve,plain",
-                        help="comma-separated; also glmtui-serve-lean (one torch thread fewer)")
+                        help="comma-separated; also glmtui-serve-lean (one torch thread fewer), glmtui-serve-passive "
+                        "(OMP_WAIT_POLICY=PASSIVE)")
     args = parser.parse_args()
 
     peer = subprocess.run(["bash", str(ROOT / "bench" / "peer_setup.sh")], capture_output=True, text=True)
@@ -200,6 +201,10 @@ def main() -> int:
         "glmtui-serve-lean": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                             "--mode", "bf16", "--device", "cpu", "--port", str(port)],
                                            {"OMP_NUM_THREADS": str(max(1, args.threads - 1))}),
+        # opt-in: OpenMP threads sleep when idle instead of spinning, leaving the cores to the server's other threads
+        "glmtui-serve-passive": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
+                                               "--mode", "bf16", "--device", "cpu", "--port", str(port)],
+                                              {"OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}),
     }
     chosen = [e for e in args.engines.split(",") if e]
     watch = LoadWatch()

@@ -164,7 +164,7 @@ class Sampler:
             if self._initialised and self._state == "ok" and self._nvml is not None:
                 try:
                     self._nvml.nvmlShutdown()
-                except Exception:
+                except Exception:  # noqa: BLE001 - a dying NVML: closing goes on
                     pass
             self._initialised = False
             self._handles = []
@@ -202,7 +202,7 @@ class Sampler:
                 import pynvml  # nvidia-ml-py
 
                 nvml = pynvml
-            except Exception:
+            except ImportError:  # not installed: the hint below says which package
                 nvml = None
         if nvml is None:
             self._state, self._message = "no_library", NVML_HINT
@@ -235,7 +235,7 @@ class Sampler:
             return
         try:
             self._driver = _text(nvml.nvmlSystemGetDriverVersion())
-        except Exception:
+        except Exception:  # noqa: BLE001 - no driver version: the row shows none
             self._driver = None
         self._handles = [self._acquire(i) for i in range(count)]
         for i in range(count):
@@ -246,7 +246,7 @@ class Sampler:
     def _acquire(self, index: int) -> Any:
         try:
             return self._nvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a GPU NVML cannot open gets no handle
             return None
 
     def _call(self, errors: list[str], metric: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -279,7 +279,7 @@ class Sampler:
                     self._mem_v2[index] = False  # old driver: use v1 from now on
             except TypeError:  # old binding without the version argument
                 self._mem_v2[index] = False
-            except Exception:
+            except Exception:  # noqa: BLE001 - v2 failing any other way: fall back to v1 this time
                 pass
         m = self._call(errors, "memory", nvml.nvmlDeviceGetMemoryInfo, h)
         return m, ("v1" if m is not None else None)
@@ -323,7 +323,7 @@ class Sampler:
         if fn is not None:
             try:
                 name = _text(fn(pid))
-            except Exception:
+            except Exception:  # noqa: BLE001 - a process name is a nicety, never a crash
                 name = None
         if name:
             name = os.path.basename(name.strip()) or name
@@ -472,7 +472,7 @@ class Sampler:
                                   reserved=int(cuda.memory_reserved(i)))
                 for i in range(cuda.device_count())
             )
-        except Exception:
+        except Exception:  # noqa: BLE001 - torch's figures are a nicety, never a crash
             return None
 
     # ---- public -----------------------------------------------------------------------

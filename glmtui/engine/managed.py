@@ -180,9 +180,11 @@ class ManagedServer(Listeners):
         pids = [popen.pid]
         try:
             import psutil
-
+        except ImportError:
+            return pids
+        try:
             pids += [c.pid for c in psutil.Process(popen.pid).children(recursive=True)]
-        except (ImportError, OSError, Exception):  # psutil.Error: the tree changed while read
+        except (psutil.Error, OSError):  # NoSuchProcess, AccessDenied: the tree changed while read
             pass
         return pids
 
@@ -205,7 +207,7 @@ class ManagedServer(Listeners):
                 return
             try:
                 job(*args)
-            except Exception as exc:  # a bug here must not leave the UI waiting
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the UI waiting
                 traceback.print_exc()
                 self._deliver(Failed(args[0], f"{type(exc).__name__}: {exc}", "load"), args[-1])
 
@@ -241,7 +243,7 @@ class ManagedServer(Listeners):
         if plan.prepare is not None:
             try:
                 plan.prepare(lambda stage: self._deliver(LoadProgress(request_id, stage, None), sink))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plan's own preparation: any failure fails the load with why
                 self._fail_load(request_id, f"cannot prepare the model for {plan.kind}: {exc}", sink)
                 return
         problem = self._spawn(plan)

@@ -15,13 +15,15 @@ def gpu_total_bytes(device: str) -> Optional[int]:
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
     try:
         import pynvml
-
+    except ImportError:  # no nvidia-ml-py: vLLM then runs its CPU build's way
+        return None
+    try:
         pynvml.nvmlInit()
         try:
             return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total)
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # no driver, no such GPU: vLLM then runs its CPU build's way
+    except pynvml.NVMLError:  # no driver, no such GPU: vLLM then runs its CPU build's way
         return None
 
 

@@ -83,3 +83,17 @@ def test_the_context_never_exceeds_the_models_own(native_glm, chatglm3_dir, tmp_
     assert plan.argv[plan.argv.index("--max-model-len") + 1] == str(own)
     assert any(f"the model's {own:,}" in note for note in plan.notes)
     assert model_context(chatglm3_dir) == json.loads((chatglm3_dir / "config.json").read_text())["seq_length"]
+
+
+def test_gpu_total_comes_from_nvml_and_is_none_without_a_gpu_or_the_library(monkeypatch):
+    from fake_nvml import FakeNVML, gpu
+    from glmtui.engine.vllm_engine import gpu_total_bytes
+
+    assert gpu_total_bytes("cpu") is None
+    fake = FakeNVML([gpu(), gpu(total=80 * GIB)])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu_total_bytes("cuda:1") == 80 * GIB and fake.calls["shutdown"] == 1
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML([gpu()], init_error=fake.NVMLError_DriverNotLoaded))
+    assert gpu_total_bytes("cuda") is None  # no driver: vLLM runs its CPU build's way
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py not installed
+    assert gpu_total_bytes("auto") is None

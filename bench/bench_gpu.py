@@ -182,7 +182,7 @@ class Bench:
         print(f"\n== {name} ({time.perf_counter() - self.started:.0f} s in)", flush=True)
         try:
             fn(*a)
-        except Exception as exc:  # one part failing must not cost the others
+        except Exception as exc:  # noqa: BLE001 - one part failing must not cost the others
             import traceback
 
             traceback.print_exc()

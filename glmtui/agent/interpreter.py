@@ -170,7 +170,7 @@ class CodeInterpreter:
         manager = self._manager
         try:
             return manager is not None and manager.is_alive()
-        except Exception:
+        except Exception:  # noqa: BLE001 - jupyter_client on a dying kernel raises anything: not alive
             return False
 
     def start(self) -> None:
@@ -228,7 +228,7 @@ class CodeInterpreter:
         pgid = getattr(manager.provisioner, "pgid", None) if manager.provisioner else None
         try:
             manager.shutdown_kernel(now=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a kernel that will not shut down politely is killed below
             pass
         if pgid:
             try:
@@ -242,7 +242,7 @@ class CodeInterpreter:
         if client is not None:
             try:
                 client.stop_channels()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a dead kernel's channels may raise anything: stopping goes on
                 pass
         if manager is not None:
             self._end(manager)
@@ -294,7 +294,7 @@ class CodeInterpreter:
                 interrupted_at = now
                 try:
                     manager.interrupt_kernel()
-                except Exception:
+                except Exception:  # noqa: BLE001 - an interrupt that fails: the grace period ends in a stop
                     pass
             if interrupted_at is not None and now > interrupted_at + self.interrupt_grace:
                 self._stop()

@@ -71,7 +71,7 @@ class Listeners:
         for listener in listeners:
             try:
                 listener(event)
-            except Exception:  # a broken listener must not stop the engine
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the engine
                 traceback.print_exc()
 
 
@@ -183,7 +183,7 @@ def cuda_figures() -> tuple[Optional[int], Optional[int]]:
         if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
             return None, None
         return int(torch.cuda.memory_reserved()), int(torch.cuda.memory_allocated())
-    except Exception:  # a broken CUDA context must not break a report
+    except Exception:  # noqa: BLE001 - a broken CUDA context must not break a report
         return None, None
 
 

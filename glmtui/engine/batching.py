@@ -257,7 +257,7 @@ class BatchRunner:
             if self.manager.is_running():
                 self.manager.stop(block=True, timeout=timeout)
             self.manager.destroy()
-        except Exception as exc:  # stopping must not keep an unload from freeing the model
+        except Exception as exc:  # noqa: BLE001 - stopping must not keep an unload from freeing the model
             log.warning("continuous batching did not stop cleanly: %s", exc)
         self._reader.join(timeout)
 
@@ -329,7 +329,7 @@ class BatchRunner:
                 continue
             try:
                 self._take(live, output)
-            except Exception as exc:  # a broken request must not stop the others
+            except Exception as exc:  # noqa: BLE001 - a broken request must not stop the others
                 manager.cancel_request(live.key)
                 self._finish(live, event=Failed(live.request_id, f"generation failed: {type(exc).__name__}: {exc}",
                                                 "generate"))
@@ -392,7 +392,7 @@ def start_batching(loaded, probe_prompt: list, max_sequences: int = MAX_SEQUENCE
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)  # a failed probe is said once, here
         limits = plan_limits(per_token, loaded.context_length, free_device_bytes(model.device), max_sequences)
         runner = BatchRunner(loaded, limits)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure: one at a time, with why
         return None, f"{type(exc).__name__}: {exc}"
     try:
         n = 2
@@ -423,7 +423,7 @@ def start_batching(loaded, probe_prompt: list, max_sequences: int = MAX_SEQUENCE
         if got != want:
             raise BatchError(f"its greedy tokens {got} differ from generate's {want}")
         runner.park_soon()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe: one at a time, with why
         runner.close()
         return None, str(exc) if isinstance(exc, BatchError) else f"{type(exc).__name__}: {exc}"
     return runner, (f"up to {limits.sequences} sequences, {limits.cache_tokens} tokens of paged KV cache "

@@ -58,7 +58,7 @@ def check_size_against_files(config: Mapping, held_values: int) -> None:
         return  # packed values: the count says nothing about parameters
     try:
         predicted = arch_from_config(config).params
-    except Exception:  # an architecture the predictor cannot read: the meta build decides
+    except Exception:  # noqa: BLE001 - an architecture the predictor cannot read: the meta build decides
         return
     if predicted > 2 * held_values:
         raise CheckFailed(
@@ -78,7 +78,7 @@ def device_memory_bytes(device: str) -> Optional[int]:
         import psutil
 
         return int(psutil.virtual_memory().total + psutil.swap_memory().total)
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch/psutil failing here means unknown
         return None
 
 
@@ -86,7 +86,7 @@ def gpu_free_bytes() -> list[int]:
     """Free memory of each visible GPU now (the driver's figure: what other processes use is not free)."""
     try:
         return [int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count())]
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable CUDA: no GPU figures
         return []
 
 
@@ -109,7 +109,7 @@ def predicted_weight_bytes(config: Mapping, mode: str, device: str, capacity: Op
         formula = memory.predict(arch, mode, device=dev).weight_bytes
         if arch.exact and not arch.moe and capacity and abs(formula - capacity) > 0.10 * capacity:
             return formula, True
-    except Exception:  # the formula cannot read this config: the meta count decides
+    except Exception:  # noqa: BLE001 - the formula cannot read this config: the meta count decides
         pass
     try:
         from .predict import predict_config
@@ -151,7 +151,7 @@ def check_fits_machine(config: Mapping, mode: str, device: str, total_bytes: Opt
                     import psutil
 
                     host_bytes = int(psutil.virtual_memory().available * 0.8)
-                except Exception:
+                except Exception:  # noqa: BLE001 - no host figure: no spill counted
                     host_bytes = 0
             spill = max(0, int(host_bytes))
         gpus = f"GPU {index}" if index.isdigit() else ("the GPU" if len(free) == 1 else f"the {len(free)} GPUs")
@@ -162,7 +162,7 @@ def check_fits_machine(config: Mapping, mode: str, device: str, total_bytes: Opt
         return
     try:
         needed, exact = predicted_weight_bytes(config, mode, device, capacity)
-    except Exception:
+    except Exception:  # noqa: BLE001 - no prediction for this config: the load itself decides
         return
     if needed > capacity:
         smaller = " Try int8 or int4." if mode not in ("int8", "int4") else ""
@@ -317,7 +317,7 @@ def int4_cpu_16bit_layers(meta_model) -> tuple[list[str], int]:
         from transformers.quantizers.base import get_keys_to_not_convert
 
         skipped = set(get_keys_to_not_convert(meta_model))
-    except Exception:
+    except Exception:  # noqa: BLE001 - transformers internals moved or refused this model: its default
         skipped = {"lm_head"}
     odd, quantized = [], 0
     for name, module in meta_model.named_modules():
@@ -335,7 +335,7 @@ def skip_modules(meta_model, extra: list[str]) -> list[str]:
         from transformers.quantizers.base import get_keys_to_not_convert
 
         defaults = list(get_keys_to_not_convert(meta_model))
-    except Exception:
+    except Exception:  # noqa: BLE001 - transformers internals moved or refused this model: its default
         defaults = ["lm_head"]
     return defaults + [re.escape(name) for name in extra]
 

@@ -171,13 +171,13 @@ def warm_up(quantizers: bool = False) -> None:
     for name in _WARM_NAMES:
         try:
             getattr(transformers, name)
-        except Exception:  # an older or newer transformers: the load itself will say what is missing
+        except Exception:  # noqa: BLE001 - an older or newer transformers: the load itself will say what is missing
             pass
     try:  # a table of ~1,000 regular expressions, built on the first load and cached (0.3 s)
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
         get_checkpoint_conversion_mapping("glm")
-    except Exception:
+    except Exception:  # noqa: BLE001 - a warm-up only: the load builds it when needed
         pass
     try:
         import sentencepiece  # noqa: F401  (ChatGLM3's tokenizer)
@@ -186,7 +186,7 @@ def warm_up(quantizers: bool = False) -> None:
     if quantizers:
         try:
             import bitsandbytes  # noqa: F401  (the quantizer, before the first request)
-        except Exception:  # missing or broken: the int8/int4 load reports it
+        except Exception:  # noqa: BLE001 - missing or broken: the int8/int4 load reports it
             pass
 
 

@@ -80,7 +80,7 @@ class _SafeBackend:
             from torch._dynamo.backends.registry import lookup_backend
 
             return lookup_backend(self.inner)(gm, example_inputs)
-        except Exception as exc:  # any compiler failure: this graph runs as traced, without compiling
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: this graph runs as traced, without compiling
             self.owner.disable(f"the compiler failed: {type(exc).__name__}: {exc}")
             return gm.forward
 
@@ -141,7 +141,7 @@ class CompiledDecode:
         ticker.start()
         try:
             run()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any warm-up failure: decode runs uncompiled, with why
             self.disable(f"warm-up failed: {type(exc).__name__}: {exc}")
         finally:
             done.set()

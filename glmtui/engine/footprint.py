@@ -25,7 +25,7 @@ def measured_footprint_bytes(model: Any) -> int:
         if flatten is not None and type(t) not in (torch.Tensor, torch.nn.Parameter):
             try:
                 names, _ = flatten()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a tensor subclass that cannot flatten is counted whole
                 names = None
             if names is not None:  # wrapper subclass (torchao, quanto): count the inner tensors
                 for n in names:
@@ -37,7 +37,7 @@ def measured_footprint_bytes(model: Any) -> int:
         try:
             st = t.untyped_storage()
             key, nbytes = (str(t.device), st.data_ptr()), st.nbytes()
-        except Exception:
+        except Exception:  # noqa: BLE001 - no readable storage: count its elements
             key, nbytes = (str(t.device), id(t)), t.numel() * t.element_size()
         if nbytes and key not in seen:
             seen[key] = nbytes

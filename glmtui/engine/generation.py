@@ -332,7 +332,7 @@ def run_generation(
             )
         )
         return None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a Failed event for this request
         plan.drop(f"generation failed: {type(exc).__name__}")
         emit(Failed(request_id, f"generation failed: {type(exc).__name__}: {exc}", "generate"))
         return None

@@ -78,7 +78,7 @@ def free_device_bytes(device) -> Optional[int]:
         import psutil
 
         return int(psutil.virtual_memory().available)
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch/psutil failing here means unknown
         return None
 
 
@@ -128,7 +128,7 @@ class KVSession:
                 if not getattr(self.cache, "is_croppable", True):
                     raise RuntimeError(f"{type(self.cache).__name__} cannot be cropped")
                 self.cache.crop(-(held - reuse))
-            except Exception as exc:  # a sliding-window or linear-attention layer past its window: start over
+            except Exception as exc:  # noqa: BLE001 - a sliding-window or linear-attention layer past its window
                 self.evict(f"cannot crop: {exc}")
                 self.cache, reuse = make_cache(), 0
         self.ids = list(prompt_ids[:reuse])

@@ -138,7 +138,7 @@ def mode_support(mode: str, device: str) -> Optional[str]:
     if mode in ("int8", "int4"):
         try:
             import bitsandbytes  # noqa: F401 - imported only to see that it can be
-        except Exception as exc:  # ImportError, or a broken native library
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a broken native library
             return f"{mode} needs bitsandbytes, which cannot be imported here: {exc}"
     if mode == "fp16" and device == "cpu":
         return None  # slow but correct on current torch
@@ -575,7 +575,7 @@ def _adopt_generation_config(model, folder: Path) -> None:
 
     try:
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    except Exception:
+    except Exception:  # noqa: BLE001 - the model's own file: a bad one only loses its defaults
         pass  # glmtui passes its own generation settings; the file only adds defaults
 
 

@@ -152,7 +152,7 @@ def opens_inside(chat_format, thinking: Optional[bool]) -> bool:
             text = chat_format.tokenizer.apply_chat_template(
                 [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False, **kwargs
             )
-        except Exception:  # a template that cannot render the probe: look for the tag at the start
+        except Exception:  # noqa: BLE001 - a template that cannot render the probe: look for the tag at the start
             text = ""
         text = text if isinstance(text, str) else ""
         cache[key] = text.rfind(OPEN) > text.rfind(CLOSE)

@@ -181,7 +181,7 @@ class InferenceWorker(QueuedCommands[_Command]):
                     self._batch.wait_idle()  # loads and unloads come after the replies being written
                 handler = getattr(self, f"_do_{command.kind}")
                 handler(command)
-            except Exception as exc:  # the worker must survive anything
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self._emit(command, crashed(command.request_id, exc, command.kind, traceback.format_exc()))
             finally:
                 self._command_done(command, self._loaded is not None)
@@ -262,7 +262,7 @@ class InferenceWorker(QueuedCommands[_Command]):
         self._emit(command, LoadProgress(command.request_id, "trying continuous batching", None))
         try:
             probe = list(loaded.chat_format.encode_conversation([ChatMessage("user", "Hello")]))
-        except Exception as exc:  # a chat format that cannot say hello cannot be probed either
+        except Exception as exc:  # noqa: BLE001 - a chat format that cannot say hello cannot be probed either
             return batching.ONE_AT_A_TIME, f"no probe prompt: {exc}"
         runner, why = batching.start_batching(loaded, probe, self.max_sequences or batching.MAX_SEQUENCES)
         if runner is None:
@@ -278,7 +278,7 @@ class InferenceWorker(QueuedCommands[_Command]):
             return ()
         try:
             plan = compiled.CompiledDecode(loaded.model, loaded.context_length, self.compile_backend)
-        except Exception as exc:  # transformers without CompileConfig, an unwritable cache folder...
+        except Exception as exc:  # noqa: BLE001 - transformers without CompileConfig, an unwritable cache folder...
             return (f"compiled decode off: {type(exc).__name__}: {exc}",)
 
         def progress(stage: str, fraction: Optional[float], elapsed: float) -> None:

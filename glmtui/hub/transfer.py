@@ -136,7 +136,7 @@ def fetch_small(backend: Backend, repo: str, revision: str, rf: RemoteFile, canc
         try:
             r = backend.client.get(url, headers=headers, timeout=backend.timeout)
             break
-        except Exception as e:  # noqa: BLE001 - a transport failure is retried; anything else is raised as is
+        except Exception as e:  # a transport failure is retried; anything else is raised as is
             mapped = backend.map_error(e, repo)
             if mapped is None:
                 raise

@@ -123,7 +123,7 @@ def test_eight_concurrent_clients_get_well_formed_answers(served, client):
             else:
                 results[i] = own.chat.completions.create(model=MODEL, messages=PROMPT, temperature=0,
                                                          max_tokens=25).choices[0].message.content
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - reported below  # pragma: no cover
             errors.append(exc)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]

@@ -916,7 +916,7 @@ def test_threads_share_one_store(store: HistoryStore) -> None:
                 store.add_message(cid, "user", f"t{k} {i}")
                 store.search(f"t{k}")
                 store.list_conversations()
-        except BaseException as err:  # pragma: no cover - reported below
+        except BaseException as err:  # noqa: BLE001 - reported below  # pragma: no cover
             errors.append(err)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]

@@ -56,7 +56,7 @@ class HFBackend(Backend):
                     files.append(RemoteFile(f.path, f.lfs.size, sha256=f.lfs.sha256))
                 else:
                     files.append(RemoteFile(f.path, f.size, git_sha1=f.blob_id))
-        except Exception as e:  # noqa: BLE001 - every failure is mapped to a DownloadError in _mapped
+        except Exception as e:  # every failure is mapped to a DownloadError in _mapped
             raise self._mapped(e, repo) from e
         return commit, files
 
@@ -88,7 +88,7 @@ class HFBackend(Backend):
         url = hf_hub_url(repo, rf.path, revision=revision, endpoint=self.endpoint)
         try:
             meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, timeout=self.timeout)
-        except Exception as e:  # noqa: BLE001 - every failure is mapped to a DownloadError in _mapped
+        except Exception as e:  # every failure is mapped to a DownloadError in _mapped
             raise self._mapped(e, repo, rf.path) from e
         headers = build_hf_headers(token=self.token)
         headers["Accept-Encoding"] = "identity"
@@ -110,7 +110,7 @@ class HFBackend(Backend):
             pass
         try:
             hf_raise_for_status(response)
-        except Exception as e:  # noqa: BLE001 - every failure is mapped to a DownloadError in _mapped
+        except Exception as e:  # every failure is mapped to a DownloadError in _mapped
             raise self._mapped(e, repo) from e
 
     def _mapped(self, e: BaseException, repo: str, path: Optional[str] = None) -> BaseException:

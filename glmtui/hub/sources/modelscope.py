@@ -49,7 +49,7 @@ class ModelScopeBackend(Backend):
             r = self.client.get(
                 url, params={"Revision": revision, "Recursive": "True"}, headers=self._headers(), timeout=self.timeout
             )
-        except Exception as e:  # noqa: BLE001 - a transport failure is mapped; anything else is a bug, raised as is
+        except Exception as e:  # a transport failure is mapped; anything else is a bug, raised as is
             raise (self.map_error(e, repo) or e) from e
         self.raise_for_status(r, repo)
         try:

@@ -57,7 +57,9 @@ from .notice import EngineNotice
 from .pane_focus import PaneFocus
 from .panebar import PaneBar
 from .signals import install_exit_on_signals, start_exit_watchdog
-from .status import open_store, status_text
+from .status import status_text
+from .store_calls import store_calls
+from .store_open import OpeningStore
 
 # The chat is the full width below MEDIUM and never under 130 columns where side panes
 # show: they fold away before they squeeze it (app.tcss has the widths).
@@ -149,7 +151,9 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             self.register_theme(theme)
         self.notes.extend(("warning", p) for p in problems)
 
-        self.store = open_store(self.paths, self.notes)
+        # opened on a thread (quick_check grows with the history): the first frame does not wait for it
+        self.store_opening = OpeningStore(self.paths)
+        self.store = self.store_opening.as_store()
         if engine is None:
             engine, self.endpoint = make_engine(self.endpoint, self.engine_kind, self.local_engine, self.notes)
         self.engine = engine
@@ -214,8 +218,10 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.query_one(PaneBar).show(self.current_pane)
         self.chat_pane.input.focus()
-        for severity, message in self.notes:
-            self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
+        self._tell(self.notes)
+        # the store's notes, banner and status once it is open; first in the store's queue of calls, so every
+        # call asked for later runs after it (store_calls.py)
+        store_calls(self).call(self.store_opening.wait).add_done_callback(lambda _done: self._store_opened())
         install_exit_on_signals(self._exit_on_signal)
         self.engine.start()
         # sampling (psutil, NVML's first calls) after the first frame: its thread would take turns with this one
@@ -231,6 +237,19 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             self.call_after_refresh(self.request_load, self.initial_model)
         if self.api:
             threading.Thread(target=self._start_api, name="glmtui-api-start", daemon=True).start()
+
+    def _tell(self, notes: list[tuple[Severity, str]]) -> None:
+        for severity, message in notes:
+            self.notify(message, severity=severity, timeout=20 if severity != "information" else 5)
+
+    def _store_opened(self) -> None:
+        """The history store is open (or in memory): what its open found, the banner and the status line."""
+        self._tell(self.store_opening.notes)
+        try:
+            self.refresh_status()
+            self.show_unsaved()
+        except NoMatches:
+            pass  # the app is closing
 
     def _start_api(self) -> None:
         """``--api``: serve the OpenAI-compatible API over this app's engine (thread: imports FastAPI)."""

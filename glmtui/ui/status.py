@@ -1,4 +1,4 @@
-"""The status line's text, and the history store opened for the app (in memory when the file cannot be)."""
+"""The status line's text."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from typing import Any, Optional
 
 from rich.text import Text
 
-from glmtui.config import Paths
 from glmtui.engine.api import MODES
-from glmtui.store import HistoryError, HistoryStore
 
-from .model_controller import ModelController, Severity
+from .model_controller import ModelController
 from .monitor import offload_warning
 
 
@@ -49,19 +47,3 @@ def status_text(model: ModelController, endpoint: Optional[str], chat: Any, in_m
         text.append("  │  history in memory only", style="red")
     return text
 
-
-def open_store(paths: Paths, notes: list[tuple[Severity, str]]) -> HistoryStore:
-    """The history file, or an in-memory store when it cannot be opened (why goes into ``notes``)."""
-    try:
-        store = HistoryStore.open(paths.history_db)
-    except HistoryError as exc:
-        notes.append(("error", f"{exc} Chats are kept in memory for this session only."))
-        return HistoryStore.open_memory(reason=f"They are kept in memory for this session only. {exc}")
-    except Exception as exc:  # noqa: BLE001 - never refuse to start over history
-        notes.append(("error", f"Chat history unavailable ({exc}); kept in memory for this session only."))
-        return HistoryStore.open_memory(reason=f"They are kept in memory for this session only ({exc}).")
-    if store.warning:
-        notes.append(("warning", store.warning))
-    if store.notice:
-        notes.append(("information", store.notice))
-    return store

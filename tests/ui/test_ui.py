@@ -233,7 +233,8 @@ async def test_corrupt_history_is_set_aside_and_reported(isolated_home, quiet_sa
     db.write_bytes(b"this is not a database" * 100)
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await store_calls(app).settled()  # the store opens on a thread: what it found is told once it is open
+        await pilot.pause()  # the notifications posted
         assert any("corrupt" in n.lower() or "not an sqlite" in n.lower() for n in notifications(app))
         assert not app.store.in_memory
         assert app.is_running
@@ -252,7 +253,8 @@ async def test_unusable_history_falls_back_to_memory(isolated_home, quiet_sample
     _block_the_data_folder()
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await store_calls(app).settled()  # the store opens on a thread: what it found is told once it is open
+        await pilot.pause()  # the notifications posted, the status line repainted
         assert app.store.in_memory
         assert any("memory" in n for n in notifications(app))
         assert "history in memory only" in screen_text(app)
@@ -996,6 +998,7 @@ async def test_banner_stays_while_the_history_is_in_memory(quiet_sampler):
     _block_the_data_folder()
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
+        await store_calls(app).settled()  # the store opens on a thread: the banner comes once it is open
         await pilot.pause()
         banner = _banner(app)
         assert banner.display and banner.region.height >= 1
@@ -1012,8 +1015,8 @@ async def test_banner_for_a_read_only_history_file(quiet_sampler):
     os.chmod(db, 0o400)
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
+        await store_calls(app).settled()  # the store opens on a thread: the banner comes once it is open
         await pilot.pause()
-        await store_calls(app).settled()
         assert _banner(app).display and "read-only (mode 0400)" in screen_text(app)
         assert app.history_pane.option_list.option_count == 2  # its conversations are shown
 
@@ -1061,10 +1064,10 @@ async def test_a_history_with_damaged_pages_is_repaired_at_start(quiet_sampler):
     db.write_bytes(bytes(data))
     app = GlmApp(mode="fp32", sampler=quiet_sampler)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause()
+        await store_calls(app).settled()  # the store opens on a thread: what it found is told once it is open
+        await pilot.pause()  # the notifications posted
         assert any("12 conversations" in n and "48 messages were recovered" in n and ".corrupt-" in n
                    for n in notifications(app))
-        await store_calls(app).settled()
         assert app.history_pane.option_list.option_count == 12 and not _banner(app).display
         assert [h.conversation_id for h in app.store.search("topic7") if h.message_id] == [8] * 4
         assert app.store.create_conversation("saved again") == 13

@@ -2,8 +2,9 @@
 app's real SQLite connection records every statement run on the app's thread while a module of glmtui/ui
 is on the stack (the test's own reads are not). The history pane, the completion view, the agent view and
 the conversation actions (open, rename, export, delete) are driven through Pilot; what they saved is read
-back and what they read is on screen. Opening the store (before the first frame) and closing it (after the
-last) are not watched."""
+back and what they read is on screen. Opening the store (its damage check grows with the history) is watched
+from its first statement: it runs on a thread of its own, after the first frame. Closing it (after the last
+frame) is not watched."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
+import glmtui.store.opening
 import glmtui.ui
 import glmtui.ui.history
 from agent_helpers import ScriptedModel, call
 from glmtui.config import default_paths
 from glmtui.engine.prompts import ChatGLM3Format
-from glmtui.store import HistoryStore
+from glmtui.store import HistoryStore, recovery
 from glmtui.ui.app import GlmApp
 from glmtui.ui.completion import CompletionScreen
 from glmtui.ui.modals import ConfirmModal, TextModal
 from glmtui.ui.store_calls import store_calls
-from helpers import notifications, type_text, wait_for
+from helpers import notifications, screen_text, type_text, wait_for
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 8}
 UI_ROOM = Path(glmtui.ui.__file__).resolve().parent  # every module of the UI is watched
@@ -37,11 +39,28 @@ pytestmark = pytest.mark.usefixtures("in_process_engine")  # the model in a thre
 class UiThreadGuard:
     """Records each SQL statement the app's thread runs with a watched module on the stack."""
 
-    def __init__(self, app: GlmApp) -> None:
+    def __init__(self, app: GlmApp | None = None) -> None:
         self.ui_thread = threading.get_ident()  # Pilot runs the app on the test's event loop thread
         self.calls: list[str] = []
         self.off_thread = 0  # statements on other threads (the store's worker): the panes' calls go there
-        app.store._conn.set_trace_callback(self._trace)  # noqa: SLF001 - the real connection, watched
+        if app is not None:
+            self.watch(app.store._conn)  # noqa: SLF001 - the real connection
+
+    def watch(self, conn) -> None:
+        conn.set_trace_callback(self._trace)
+
+    @classmethod
+    def from_the_open(cls, monkeypatch) -> "UiThreadGuard":
+        """A guard on every history file connection opened from now on, from its first statement."""
+        guard, connect = cls(), glmtui.store.opening.connect
+
+        def watched(*args, **kwargs):
+            conn = connect(*args, **kwargs)
+            guard.watch(conn)
+            return conn
+
+        monkeypatch.setattr(glmtui.store.opening, "connect", watched)
+        return guard
 
     def _trace(self, sql: str) -> None:
         if threading.get_ident() != self.ui_thread:
@@ -68,6 +87,47 @@ def _seed() -> int:
     store.add_message(completion, "assistant", " a time")
     store.close()
     return completion
+
+
+async def test_the_store_opens_off_the_ui_thread_after_the_first_frame_and_a_save_asked_meanwhile_lands(
+        quiet_sampler, monkeypatch):
+    """Its damage check held until the first frame is up: the frame comes anyway, the open's statements all run
+    off the UI thread, and a save asked for before the open is done waits for it and is in the file."""
+    _seed()
+    guard = UiThreadGuard.from_the_open(monkeypatch)
+    held = threading.Event()
+    checks: list[dict] = []
+    check = recovery.quick_check
+
+    def held_check(*args, **kwargs):  # the real check, once the test lets it run (a big history, say)
+        seen = {"thread": threading.get_ident(), "done": False}
+        checks.append(seen)
+        held.wait(timeout=30)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            seen["done"] = True
+
+    monkeypatch.setattr(recovery, "quick_check", held_check)
+    app = GlmApp(mode="fp32", sampler=quiet_sampler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: "no model" in screen_text(app), what="the first frame")
+        # held (or not begun yet, on a loaded machine): not done
+        assert not any(seen["done"] for seen in checks), "the first frame waited for the history's damage check"
+        early = store_calls(app).call(app.store.create_conversation, "asked before the open")
+        held.set()
+        cid = await early
+        assert cid is not None
+        await wait_for(pilot, lambda: app.history_pane.option_list.option_count == 5, what="the list, read once open")
+        assert not [n for n in notifications(app) if "rror" in n]
+        assert checks and all(seen["thread"] != guard.ui_thread for seen in checks)
+        assert guard.off_thread > 0
+        assert guard.calls == [], "the store opened on the UI thread:\n  " + "\n  ".join(guard.calls)
+    store = HistoryStore.open(default_paths().history_db)
+    try:
+        assert store.get_conversation(cid).title == "asked before the open"
+    finally:
+        store.close()
 
 
 async def test_the_guard_sees_a_store_call_made_on_the_ui_thread_from_a_watched_module(quiet_sampler):

@@ -221,7 +221,7 @@ class EngineProcess(CommandEngine):
                     getattr(self, f"_do_{kind}")(**args)
                 else:
                     getattr(self, f"_do_{kind}")(request_id, **args)
-            except Exception as exc:  # the engine's thread must survive anything
+            except Exception as exc:  # noqa: BLE001 - the engine's thread must survive anything
                 if request_id is not None:
                     self._finish(request_id, crashed(request_id, exc, kind, traceback.format_exc()))
                 else:
@@ -382,7 +382,7 @@ class EngineProcess(CommandEngine):
                 message = child.conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception:  # a message that cannot be unpickled: note it, keep reading
+            except Exception:  # noqa: BLE001 - a message that cannot be unpickled: note it, keep reading
                 traceback.print_exc()
                 continue
             try:
@@ -390,7 +390,7 @@ class EngineProcess(CommandEngine):
                     self._on_control(child, message)
                 else:
                     self._on_event(child, message)
-            except Exception:
+            except Exception:  # noqa: BLE001 - one bad message must not stop the reader
                 traceback.print_exc()
         self._on_exit(child)
 

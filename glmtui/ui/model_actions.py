@@ -118,17 +118,24 @@ class ModelActions(AppBase):
         row = self.models_pane.highlighted_row()
         spec = self.model.last_spec or (str(row.folder) if row is not None and row.folder is not None else "")
 
+        # where the engine can switch (engine/choose.SwitchingEngine), the dialog offers the choice
+        use = getattr(self.engine, "use", None)
+
         def done(result: Any) -> None:
             if result is not None:
-                spec, mode, device = result
+                spec, mode, device, engine = result
                 if device is not None:  # checked by the dialog (glmtui.devices)
                     self.device = device
+                if engine is not None and use is not None:
+                    use(engine)  # the engine for this load (and the next ones)
                 self.request_load(spec, mode)
 
         # an endpoint's server decides where its model runs: no device field then
-        from .modals import LoadModal  # the dialogs are imported when first opened, not for the first frame
+        from .dialogs.load import LoadModal, fit_refusal  # imported when first opened, not for the first frame
 
-        self.push_screen(LoadModal(spec, self.mode, MODES, device=None if self.endpoint else self.device), done)
+        self.push_screen(LoadModal(spec, self.mode, MODES, device=None if self.endpoint else self.device,
+                                   engine_kind=getattr(self.engine, "wanted", None) if use is not None else None,
+                                   fit_check=lambda *load: fit_refusal(self, *load)), done)
 
     def action_unload(self) -> None:
         if self.loaded is not None and self.chat_pane.streaming:

@@ -2,14 +2,15 @@
 device and, where vLLM can run, the engine (glmtui's own or the managed vLLM server, as `--engine`).
 
 A load that would not fit the free memory is refused with the reason, as Enter under Models does
-(the same figures: ui/figures.py); Enter again loads it anyway.
+(the same figures: ui/figures.py); Enter again loads it anyway. The app gives the dialog what it shows and
+checks (the engine that loads next, the fit check) and does what it returns (the engine chosen, the load).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from rich.text import Text
 from textual import work
@@ -111,13 +112,14 @@ def fit_refusal(app: Any, spec: str, mode: str, device: str) -> Optional[str]:
     return f"{found.name} in {mode} would not fit: {refusal(mode, figs, where, free)}"
 
 
-class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
+class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str], Optional[str]]]]):
     """Load a model: a folder, a catalogue key or a downloaded hub id, a mode and a device.
 
-    Returns (spec, mode, device); device is None where the dialog has no device field
+    Returns (spec, mode, device, engine); device is None where the dialog has no device field
     (a remote endpoint decides where its model runs). Where the app's engine can switch
-    (engine/choose.SwitchingEngine) and vLLM can run, the engine is chosen here too: the
-    choice is handed to the engine for the load that follows.
+    (engine/choose.SwitchingEngine: ``engine_kind`` is the one the next load runs on) and vLLM
+    can run, the engine is chosen here too; else engine is None. ``fit_check(spec, mode, device)``:
+    why that load would not fit, or None.
     """
 
     AUTO_FOCUS = "*"
@@ -130,8 +132,12 @@ class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
     LoadModal #engine RadioButton { margin-right: 2; }
     """
 
-    def __init__(self, spec: str, mode: str, modes: Iterable[str], device: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, spec: str, mode: str, modes: Iterable[str], device: Optional[str] = None,
+                 engine_kind: Optional[str] = None,
+                 fit_check: Optional[Callable[[str, str, str], Optional[str]]] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.engine_kind = engine_kind
+        self.fit_check = fit_check
         self.spec = spec
         self.mode = mode
         self.modes = tuple(modes)
@@ -153,7 +159,7 @@ class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
                     yield Input(self.device, id="device", compact=True)
             with Horizontal(id="engine-row", classes="field"):
                 yield Label("Engine")
-                current = self.switcher_kind() or "transformers"
+                current = self.engine_kind or "transformers"
                 yield RadioSet(*[RadioButton(label, value=kind == current, id=f"engine-{kind}")
                                  for kind, label in ENGINE_LABELS.items()], id="engine", compact=True)
             yield Static(id="load-error")
@@ -164,15 +170,10 @@ class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
         if self.mode in self.modes:
             ol.highlighted = self.modes.index(self.mode)
         self.query_one("#spec", Input).focus()
-        if self.device is not None and self.switcher_kind() is not None:
+        if self.device is not None and self.engine_kind is not None:
             self._check_vllm()
 
     # -------------------------------------------------------------- the engine choice
-
-    def switcher_kind(self) -> Optional[str]:
-        """The engine the next load runs on, where the app's engine can switch (else None: no choice)."""
-        engine = getattr(self.app, "engine", None)
-        return getattr(engine, "wanted", None) if hasattr(engine, "use") else None
 
     @work(thread=True, exit_on_error=False)
     def _check_vllm(self) -> None:
@@ -187,7 +188,7 @@ class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
 
     def _engines_known(self, offered: bool, why: str) -> None:
         self.engine_note = why
-        if self.is_attached and (offered or self.switcher_kind() == "vllm"):
+        if self.is_attached and (offered or self.engine_kind == "vllm"):
             self.query_one("#engine-row").display = True
 
     def chosen_engine(self) -> Optional[str]:
@@ -225,17 +226,15 @@ class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str]]]]):
             device = normalize_device(field.value)
         engine = self.chosen_engine()
         load = (spec, mode, device, engine)
-        too_big = fit_refusal(self.app, spec, mode, device or "auto") if self.device is not None else None
+        check = self.fit_check if self.device is not None else None  # an endpoint's server: its own memory
+        too_big = check(spec, mode, device or "auto") if check is not None else None
         if too_big and self.armed != load:
             self.armed = load  # refused: the reason, and Enter again to go ahead
             text = Text(f"✗ {too_big}", style="bold red")
             text.append("\nEnter again loads it anyway · another mode or Esc does not", style="bold")
             error.update(text)
             return
-        use = getattr(getattr(self.app, "engine", None), "use", None)
-        if engine is not None and use is not None:
-            use(engine)  # the engine for this load (and the next ones)
-        self.dismiss((spec, mode, device))
+        self.dismiss((spec, mode, device, engine))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -40,6 +40,7 @@ from .chat import ChatHost, ChatPane
 from .chat_text import params_to_dict
 from .compat import notification_count
 from .conversation_actions import ConversationActions
+from .engine_metrics import metrics_server
 from .footer import QuickFooter
 from .hang_watch import silence_setting
 from .history import HistoryPane
@@ -207,7 +208,7 @@ class GlmApp(ConversationActions, ModelActions, MonitorFeed, MouseRelease, PaneF
             self._chat = ChatPane(self._chat_host(), id="chat")  # kept: on_unmount runs after the DOM is gone
             yield self._chat
             with Vertical(id="side"):
-                yield MonitorPane(id="monitor")
+                yield MonitorPane(self.decode_speed, metrics_server(self.endpoint, self.engine), id="monitor")
                 yield ModelsPane(id="models")
         yield UnsavedBanner(id="unsaved")
         yield EngineNotice(id="engine-notice")

@@ -4,13 +4,15 @@ vLLM and SGLang publish Prometheus ``/metrics``: KV-cache usage, running and
 waiting requests, generation throughput (glmtui.remote_metrics reads them).
 This widget polls that every 2 s on a thread worker and shows one line under
 the local NVML view; it stays hidden without an endpoint, and while the server
-has no /metrics (404), cannot be reached, or publishes neither family.
+has no /metrics (404), cannot be reached, or publishes neither family. Which
+server (if any) is the app's to say: ``metrics_server``, given at construction.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
 from rich.text import Text
 from textual.widgets import Static
@@ -18,6 +20,18 @@ from textual.widgets import Static
 from glmtui.remote_metrics import POLL_INTERVAL, EngineFigures, MetricsPoller
 
 from .monitor import bar, fmt_num
+
+# The server whose /metrics are shown, asked before each poll: its URL (None while not known: a managed server
+# before it has started) and its API key
+MetricsServer = Callable[[], tuple[Optional[str], Optional[str]]]
+
+
+def metrics_server(endpoint: Optional[str], engine: Any) -> Optional[MetricsServer]:
+    """--endpoint, or an engine that runs a server of its own (--engine vllm: known once it has started);
+    None: no server to poll."""
+    if not endpoint and not hasattr(engine, "endpoint"):
+        return None
+    return lambda: (endpoint or getattr(engine, "endpoint", None), getattr(engine, "api_key", None))
 
 
 def render_figures(figures: EngineFigures, width: int) -> Text:
@@ -31,37 +45,31 @@ def render_figures(figures: EngineFigures, width: int) -> Text:
 
 
 class RemoteMetricsView(Static):
-    """Hidden until the endpoint's /metrics gives vLLM or SGLang figures."""
+    """Hidden until the ``server``'s /metrics give vLLM or SGLang figures (no server: never shown)."""
 
     DEFAULT_CSS = "RemoteMetricsView { height: auto; }"
 
-    def __init__(self, interval: float = POLL_INTERVAL, **kwargs) -> None:
+    def __init__(self, server: Optional[MetricsServer] = None, interval: float = POLL_INTERVAL, **kwargs) -> None:
         super().__init__("", **kwargs)
+        self.server = server
         self.interval = interval
         self.figures: Optional[EngineFigures] = None
         self._stop = threading.Event()
 
     def on_mount(self) -> None:
         self.display = False
-        engine = getattr(self.app, "engine", None)
-        # --endpoint, or an engine that runs a server of its own (--engine vllm: known once it has started)
-        if not getattr(self.app, "endpoint", None) and not hasattr(engine, "endpoint"):
-            return
-        self.run_worker(self._poll, thread=True, exclusive=True, name="remote-metrics")
+        if self.server is not None:
+            self.run_worker(partial(self._poll, self.server), thread=True, exclusive=True, name="remote-metrics")
 
-    def _endpoint(self) -> Optional[str]:
-        return getattr(self.app, "endpoint", None) or getattr(getattr(self.app, "engine", None), "endpoint", None)
-
-    def _poll(self) -> None:
+    def _poll(self, server: MetricsServer) -> None:
         poller: Optional[MetricsPoller] = None
         try:
             while not self._stop.is_set():
-                endpoint = self._endpoint()
+                endpoint, api_key = server()
                 if poller is not None and poller.endpoint != endpoint:
                     poller.close()
                     poller = None
                 if poller is None and endpoint:
-                    api_key = getattr(getattr(self.app, "engine", None), "api_key", None)
                     poller = MetricsPoller(endpoint, api_key=api_key)
                 figures = poller.poll() if poller is not None else None
                 try:

@@ -9,7 +9,7 @@ only formats. No torch here: torch figures come inside the snapshot.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from rich.console import Group
 from rich.text import Text
@@ -19,6 +19,9 @@ from textual.widgets import Static
 from glmtui.monitor import GpuSnapshot, HostSnapshot, MonitorSnapshot
 
 from .steady import SteadyStatic
+
+if TYPE_CHECKING:
+    from .engine_metrics import MetricsServer
 
 NA = "n/a"
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -300,15 +303,19 @@ def render_snapshot(snapshot: Optional[MonitorSnapshot], width: int, warning: Op
 
 
 class MonitorPane(VerticalScroll, can_focus=True):
-    """GPU and host memory; scrollable when there are many GPUs."""
+    """GPU and host memory; scrollable when there are many GPUs. Given by the app: the replies' measured
+    ``decode_speed`` (said with an offload) and the ``metrics_server`` whose /metrics show under it (if any)."""
 
     DEFAULT_CSS = """
     MonitorPane { height: auto; }
     MonitorPane > #monitor-body { width: 1fr; height: auto; }
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, decode_speed: Optional[DecodeSpeed] = None, metrics_server: Optional[MetricsServer] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        self.decode_speed = decode_speed
+        self.metrics_server = metrics_server
         self.snapshot: Optional[MonitorSnapshot] = None
         self.border_title = "Monitor"
         self.warning: Optional[str] = None  # the loaded model's offload (offload_warning), shown on top
@@ -320,7 +327,7 @@ class MonitorPane(VerticalScroll, can_focus=True):
         yield SteadyStatic(render_snapshot(None, 40), id="monitor-body")
         from .engine_metrics import RemoteMetricsView  # --endpoint: the server's own /metrics figures
 
-        yield RemoteMetricsView(id="remote-metrics")
+        yield RemoteMetricsView(self.metrics_server, id="remote-metrics")
 
     def show(self, snapshot: MonitorSnapshot) -> None:
         self.snapshot = snapshot
@@ -334,8 +341,7 @@ class MonitorPane(VerticalScroll, can_focus=True):
             self._render_now()
 
     def _decode_rate(self) -> Optional[float]:
-        speed = getattr(self.app, "decode_speed", None)  # the app's DecodeSpeed listener
-        return speed.rate if isinstance(speed, DecodeSpeed) else None
+        return self.decode_speed.rate if self.decode_speed is not None else None
 
     def _render_now(self) -> None:
         # a hidden pane (the medium and narrow layouts' other panes) keeps the snapshot; shown, it renders it

@@ -173,6 +173,29 @@ def test_poller_against_a_live_server(metrics_server):
     unreachable.close()
 
 
+async def test_the_metrics_view_polls_the_server_it_is_given(metrics_server):
+    """In an app with neither an endpoint nor an engine, the view polls the server it was given (its URL and
+    key asked before each poll): nothing while the URL is not known, then that server, with that key."""
+    from textual.app import App
+
+    from glmtui.ui.engine_metrics import RemoteMetricsView
+
+    where: dict = {"url": None}
+
+    class Bare(App):
+        def compose(self):
+            yield RemoteMetricsView(lambda: (where["url"], "sk-given"), interval=0.1, id="remote-metrics")
+
+    app = Bare()
+    async with app.run_test(size=(100, 5)) as pilot:
+        view = app.query_one(RemoteMetricsView)
+        await pilot.pause(0.3)
+        assert not view.display and metrics_server.requests == []
+        where["url"] = metrics_server.url
+        await wait_for(pilot, lambda: view.figures is not None and view.display, 20, interval=0.1)
+        assert str(view.render()).startswith("vLLM KV 42%") and metrics_server.auth[-1] == "Bearer sk-given"
+
+
 @pytest.mark.slow
 async def test_monitor_pane_shows_the_servers_figures(metrics_server):
     from glmtui.ui.app import GlmApp

@@ -7,8 +7,39 @@ from __future__ import annotations
 from textual.app import App
 from textual.widgets import Static
 
+from glmtui.engine.events import Finished, Loaded
 from glmtui.ui.dialogs.load import LoadModal
-from helpers import wait_for
+from glmtui.ui.monitor import DecodeSpeed, MonitorPane
+from helpers import host_only_snapshot, wait_for
+
+OFFLOADED = Loaded(request_id=1, model_name="tiny", model_path="/models/tiny", mode="bf16", device="cuda:0",
+                   footprint_bytes=2**20, load_seconds=0.1, context_length=64,
+                   layer_devices=(("cuda:0", 0, 5), ("cpu", 6, 7)), offloaded=("cpu",))
+
+
+def body_text(pane: MonitorPane) -> str:
+    content = pane.query_one("#monitor-body", Static).content
+    return "\n".join(r.plain for r in getattr(content, "renderables", ()))
+
+
+async def test_the_monitor_says_the_decode_speed_it_is_given():
+    speed = DecodeSpeed()
+    speed.note(OFFLOADED)
+    speed.note(Finished(request_id=2, text="eleven toks", prompt_tokens=3, completion_tokens=11,
+                        time_to_first_token=0.1, tokens_per_second=4.0, total_seconds=2.6, finish_reason="stop"))
+
+    class Bare(App):
+        def compose(self):
+            yield MonitorPane(speed, id="monitor")
+
+    app = Bare()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(MonitorPane)
+        await wait_for(pilot, lambda: pane.on_screen, what="the monitor shown")
+        pane.show(host_only_snapshot())
+        pane.show_placement(OFFLOADED)
+        await pilot.pause()
+        assert "2 of 8 layers on cpu" in body_text(pane) and "decoding 4.0 tok/s" in body_text(pane)
 
 
 async def test_the_load_dialog_checks_with_what_it_is_given_and_returns_the_engine_chosen():

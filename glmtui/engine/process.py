@@ -42,7 +42,7 @@ from typing import Optional
 
 from .api import Listener, MemoryReport, ModelInfo, rss_bytes
 from .children import LOG_KEEP, Child, describe_exit, last_error_line, log_tail, prune_logs, start_child
-from .commands import CommandEngine, crashed, refused
+from .commands import NO_MODEL, CommandEngine, crashed, refused
 from .events import (
     EngineExited,
     EngineUnresponsive,
@@ -107,6 +107,7 @@ class EngineProcess(CommandEngine):
         self.model_info: Optional[ModelInfo] = None
         self.state = "empty"  # empty, loading, ready, generating, stopped
         self.last_exit: Optional[EngineExited] = None
+        self._lost_model = ""  # why no model is loaded when its process died under it ("" otherwise)
         self.spawned = 0  # processes started so far
         self._thread = threading.Thread(target=self._run, name="glmtui-engine", daemon=True)
 
@@ -231,6 +232,7 @@ class EngineProcess(CommandEngine):
     def _do_load(self, request_id: int, path: str, mode: str, device: str) -> None:
         self._quantized = self._quantized or mode in QUANTIZED_MODES
         with self._lock:
+            self._lost_model = ""
             old, self._active = self._active, None
             spare, self._spare = self._spare, None
             self.model_info = None
@@ -249,6 +251,7 @@ class EngineProcess(CommandEngine):
 
     def _do_unload(self, request_id: int) -> None:
         with self._lock:
+            self._lost_model = ""
             child, self._active = self._active, None
             spare, self._spare = self._spare, None
         if spare is not None:  # memory goes back to what it was before the first load
@@ -264,7 +267,10 @@ class EngineProcess(CommandEngine):
         with self._lock:
             request = self._requests.get(request_id)
             child = self._active
-        refusal = refused(request_id, request is not None and request.cancelled, params, child is not None)
+            lost = self._lost_model
+        # a later turn of an agent's reply can come after the process died between turns: say why
+        no_model = f"no model is loaded: {lost} — load it again" if lost else NO_MODEL
+        refusal = refused(request_id, request is not None and request.cancelled, params, child is not None, no_model)
         if refusal is not None:
             return self._finish(request_id, refusal)
         assert child is not None  # refused() answered for no model
@@ -472,6 +478,8 @@ class EngineProcess(CommandEngine):
             line = last_error_line(end)  # a crash's thread stacks can follow its error line by many lines
             tail = "\n".join(end.splitlines()[-20:])
             child.exit_message = f"the engine process ended ({cause})" + (f": {line}" if line else "")
+            if was_active:
+                self._lost_model = child.exit_message
             self._settle()
         for rid, request in orphans:
             if request.internal:

@@ -124,6 +124,8 @@ async def open_first_conversation(pilot) -> None:
     app = pilot.app
     app.current_pane = "history"  # what F2 does (at 80 columns the list is on its own pane)
     await pilot.pause()
+    # the list is read off the UI thread once the store is open: wait for its rows before choosing one
+    await wait_for(pilot, lambda: app.history_pane.option_list.option_count > 0, 10, "the history list")
     app.history_pane.option_list.focus()
     await pilot.press("enter")
     await wait_for(pilot, lambda: app.chat_pane.turns, 10, "the conversation's messages")

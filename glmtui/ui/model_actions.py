@@ -3,6 +3,7 @@ ModelController's changes go (toasts, the Models pane, the status line, the engi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from textual.app import ScreenStackError
@@ -131,11 +132,30 @@ class ModelActions(AppBase):
                 self.request_load(spec, mode)
 
         # an endpoint's server decides where its model runs: no device field then
-        from .dialogs.load import LoadModal, fit_refusal  # imported when first opened, not for the first frame
+        from .dialogs.load import LoadModal  # imported when first opened, not for the first frame
 
         self.push_screen(LoadModal(spec, self.mode, MODES, device=None if self.endpoint else self.device,
                                    engine_kind=getattr(self.engine, "wanted", None) if use is not None else None,
-                                   fit_check=lambda *load: fit_refusal(self, *load)), done)
+                                   fit_check=self.fit_refusal), done)
+
+    def fit_refusal(self, spec: str, mode: str, device: str) -> Optional[str]:
+        """Why loading ``spec`` in ``mode`` on ``device`` would not fit this machine's free memory, or None
+        (it fits, or nothing is known: the load itself says what is wrong with a spec). The load dialog asks."""
+        if self.endpoint:
+            return None
+        from glmtui.resolve import resolve_model
+
+        from .figures import figures_for, refusal, verdicts
+
+        found = resolve_model(spec, self.paths.models_dir)
+        if found.folder is None or not (Path(found.folder) / "config.json").is_file():
+            return None
+        where, free = self.monitor_pane.free_for_model(device)
+        figs = figures_for(self.model.exact, found.folder, where)
+        verdict = verdicts(figs, where, free).get(mode)
+        if verdict is None or verdict.verdict != "won't fit":
+            return None
+        return f"{found.name} in {mode} would not fit: {refusal(mode, figs, where, free)}"
 
     def action_unload(self) -> None:
         if self.loaded is not None and self.chat_pane.streaming:

@@ -9,8 +9,7 @@ checks (the engine that loads next, the fit check) and does what it returns (the
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from rich.text import Text
 from textual import work
@@ -89,27 +88,6 @@ def complete_folder(text: str) -> tuple[str, list[str]]:
     if len(names) == 1:
         return stem + names[0] + "/", []
     return stem + os.path.commonprefix(names), names
-
-
-def fit_refusal(app: Any, spec: str, mode: str, device: str) -> Optional[str]:
-    """Why loading ``spec`` in ``mode`` on ``device`` would not fit this machine's free memory, or None
-    (it fits, or nothing is known: the load itself says what is wrong with a spec)."""
-    model, monitor = getattr(app, "model", None), getattr(app, "monitor_pane", None)
-    if model is None or monitor is None or getattr(app, "endpoint", None):
-        return None
-    from glmtui.resolve import resolve_model
-
-    from ..figures import figures_for, refusal, verdicts
-
-    found = resolve_model(spec, app.paths.models_dir)
-    if found.folder is None or not (Path(found.folder) / "config.json").is_file():
-        return None
-    where, free = monitor.free_for_model(device)
-    figs = figures_for(model.exact, found.folder, where)
-    verdict = verdicts(figs, where, free).get(mode)
-    if verdict is None or verdict.verdict != "won't fit":
-        return None
-    return f"{found.name} in {mode} would not fit: {refusal(mode, figs, where, free)}"
 
 
 class LoadModal(ModalScreen[Optional[tuple[str, str, Optional[str], Optional[str]]]]):

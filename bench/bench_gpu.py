@@ -371,7 +371,7 @@ def probe_warmup(args) -> int:
 
 def import_torchao(b: Bench):
     try:
-        import torchao  # noqa: F401 - is it installed?
+        import torchao  # is it installed?
 
         return True
     except ImportError:

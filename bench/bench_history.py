@@ -30,10 +30,10 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glmtui.store import HistoryStore  # noqa: E402 - after the sys.path setup
+from glmtui.store import HistoryStore  # after the sys.path setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import LoadWatch  # noqa: E402 - after the sys.path setup
+from harness import LoadWatch  # after the sys.path setup
 
 TARGET_MS = 100.0
 

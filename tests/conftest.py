@@ -15,8 +15,8 @@ from filelock import FileLock
 # (fixtures) and in the modules next to this file (helpers, fake_nvml, terminals, agent_helpers, tiny_models ...).
 sys.path.insert(0, str(Path(__file__).parent))
 
-import tiny_models  # noqa: E402 - after the sys.path line
-from helpers import FrozenSampler, host_only_snapshot  # noqa: E402 - after the sys.path line
+import tiny_models  # after the sys.path line
+from helpers import FrozenSampler, host_only_snapshot  # after the sys.path line
 
 
 def shared_dir(tmp_path_factory, name: str) -> Path:

@@ -19,8 +19,8 @@ from helpers import wait_until
 pytest.importorskip("ipykernel", reason="the interpreter tests need ipykernel (pip install ipykernel)")
 pytest.importorskip("jupyter_client", reason="the interpreter tests need jupyter_client")
 
-from glmtui.agent.capture import human_bytes  # noqa: E402 - after importorskip
-from glmtui.agent.interpreter import CodeInterpreter, default_workdir  # noqa: E402 - after importorskip
+from glmtui.agent.capture import human_bytes  # after importorskip
+from glmtui.agent.interpreter import CodeInterpreter, default_workdir  # after importorskip
 
 
 def gone(pid: int, within: float = 20.0) -> bool:

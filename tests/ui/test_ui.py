@@ -1033,14 +1033,14 @@ async def test_banner_while_writes_fail_during_a_chat(chatglm3_dir, quiet_sample
         cid = app.chat_pane.conversation_id
         assert not banner.display and len(stored(cid, app)[1]) == 2
 
-        app.store._conn.execute("PRAGMA query_only = 1")  # noqa: SLF001 - every write now fails
+        app.store._conn.execute("PRAGMA query_only = 1")  # private: every write now fails
         await send(pilot, app, "second")
         assert banner.display
         text = screen_text(app)
         assert "Chats are not being saved." in text and "read-only" in text
         assert len(stored(cid, app)[1]) == 2  # indeed not saved
 
-        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001 - writes allowed again
+        app.store._conn.execute("PRAGMA query_only = 0")  # private: writes allowed again
         await send(pilot, app, "third")
         assert not banner.display and "Chats are not being saved." not in screen_text(app)
         assert [m.content for m in stored(cid, app)[1] if m.role == "user"] == ["first", "third"]

@@ -274,7 +274,7 @@ async def test_a_saved_tool_conversation_opens_with_its_calls_and_results(glm3):
 
 
 def head(widget) -> str:
-    return widget._head().plain  # noqa: SLF001 - the message's own head line, as drawn
+    return widget._head().plain  # private: the message's own head line, as drawn
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ async def test_choosing_vllm_loads_through_the_managed_server(native_glm, quiet_
         await wait_for(pilot, lambda: app.screen is not dialog, what="the dialog to close")
         assert app.engine.kind == "vllm" and isinstance(app.engine.current, ManagedServer)
         await wait_for(pilot, lambda: app.engine.current.server_pids(), timeout=60, what="vLLM's server process")
-        plan = app.engine.current._plan  # noqa: SLF001 - what it was started with
+        plan = app.engine.current._plan  # private: what it was started with
         assert plan is not None and plan.argv[0] == str(PEER_PYTHON) and str(native_glm) in plan.argv
         assert app.model.load_stage is not None  # loading: its health is being awaited
 

@@ -44,7 +44,7 @@ class UiThreadGuard:
         self.calls: list[str] = []
         self.off_thread = 0  # statements on other threads (the store's worker): the panes' calls go there
         if app is not None:
-            self.watch(app.store._conn)  # noqa: SLF001 - the real connection
+            self.watch(app.store._conn)  # private: the real connection
 
     def watch(self, conn) -> None:
         conn.set_trace_callback(self._trace)
@@ -262,7 +262,7 @@ async def test_store_errors_of_the_conversation_actions_are_shown_as_before(quie
         target = history.highlighted_id()
         title = app.store.get_conversation(target).title
 
-        app.store._conn.execute("PRAGMA query_only = 1")  # noqa: SLF001 - every write now fails
+        app.store._conn.execute("PRAGMA query_only = 1")  # private: every write now fails
         await pilot.press("f3")
         assert isinstance(app.screen, TextModal)  # at once, with the title listed
         field = app.screen.query_one("#value", Input)
@@ -273,7 +273,7 @@ async def test_store_errors_of_the_conversation_actions_are_shown_as_before(quie
         await store_calls(app).settled()
         assert app.store.get_conversation(target).title == title
 
-        app.store._conn.execute("PRAGMA query_only = 0")  # noqa: SLF001 - writes allowed again
+        app.store._conn.execute("PRAGMA query_only = 0")  # private: writes allowed again
         app.store.delete_conversation(target)  # behind the app's back: the list still shows it
         history.option_list.focus()
         await pilot.press("f3")

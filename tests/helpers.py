@@ -156,6 +156,20 @@ def palette_first(app) -> str:
     return str(results.get_option_at_index(0).prompt) if results.option_count else ""
 
 
+def count_layouts(screen) -> list[int]:
+    """A list that gains an entry each time ``screen`` lays itself out (Textual's private
+    ``Screen._refresh_layout``, wrapped on this one screen object)."""
+    layout = screen._refresh_layout
+    layouts: list[int] = []
+
+    def counted(*args, **kwargs):
+        layouts.append(1)
+        return layout(*args, **kwargs)
+
+    screen._refresh_layout = counted
+    return layouts
+
+
 def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
 

@@ -9,7 +9,7 @@ from textual.app import App
 from textual.widgets import Static
 
 from glmtui.ui.monitor import MonitorPane
-from helpers import host_only_snapshot, wait_for
+from helpers import count_layouts, host_only_snapshot, wait_for
 
 GiB = 2**30
 
@@ -37,15 +37,7 @@ async def test_a_sample_of_the_same_height_repaints_without_a_layout_and_a_hidde
         pane.show(sample(12))
         await pilot.pause()
         assert "used 12.0/32.0 GiB" in body_text(pane)
-        screen = app.screen
-        layout = screen._refresh_layout
-        layouts = []
-
-        def counted(*args, **kwargs):
-            layouts.append(1)
-            return layout(*args, **kwargs)
-
-        screen._refresh_layout = counted
+        layouts = count_layouts(app.screen)
         for used in (13, 14, 15):  # a sample a second: same lines, other figures
             pane.show(sample(used))
             await pilot.pause()
@@ -60,4 +52,3 @@ async def test_a_sample_of_the_same_height_repaints_without_a_layout_and_a_hidde
         assert body_text(pane) == shown and pane.snapshot.host.ram_used == 20 * GiB  # kept, not rendered
         pane.display = True
         await wait_for(pilot, lambda: "used 20.0/32.0 GiB" in body_text(pane), what="the latest sample once shown")
-        screen._refresh_layout = layout

@@ -9,6 +9,7 @@ from textual.containers import VerticalScroll
 
 from glmtui.ui.reply_markdown import ReplyMarkdown
 from glmtui.ui.streamed_paragraph import StreamedParagraph
+from helpers import count_layouts
 
 WORDS = [f"word{i}" for i in range(90)]  # ~8 lines at 80 columns
 
@@ -36,15 +37,7 @@ async def test_a_growing_paragraph_lays_out_only_when_its_height_changes():
         markdown = app.query_one(ReplyMarkdown)
         await markdown.append("A first paragraph.\n\n")
         await pilot.pause()
-        screen = app.screen
-        layout = screen._refresh_layout
-        layouts = []
-
-        def counted(*args, **kwargs):
-            layouts.append(1)
-            return layout(*args, **kwargs)
-
-        screen._refresh_layout = counted
+        layouts = count_layouts(app.screen)
         frames = 0
         for word in WORDS:  # a frame's worth of text each time (a few tokens)
             await markdown.append(word + " ")
@@ -56,7 +49,6 @@ async def test_a_growing_paragraph_lays_out_only_when_its_height_changes():
             width = paragraph.content_size.width
             assert paragraph.size.height == paragraph.get_content_height(paragraph.size, app.size, width)
         lines = painted(app)
-        screen._refresh_layout = layout
         # a new line every ~11 frames; Textual lays out twice for each (the size, then the virtual size)
         assert len(layouts) < frames / 3, f"{len(layouts)} layouts for {frames} frames"
         assert "word89" in "\n".join(lines)

@@ -20,13 +20,14 @@ generating. ``generate(prompt_text=...)`` (completion mode) uses the server's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import AsyncGenerator, Optional, Sequence, cast
 from urllib.parse import urlsplit
 
 from .api import Listener, MemoryReport, ModelInfo
@@ -74,6 +75,24 @@ class RemoteError(Exception):
     def __init__(self, message: str, kind: str = "") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def _settle_loop(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
+    """Let the loop finish what its last steps left before it is closed: the tasks that close async
+    generators the GC finalized (httpx's stream iterators), then the generators still open. A task
+    still pending when the loop closes makes Python print "Task was destroyed but it is pending!"."""
+    for _ in range(4):
+        loop.run_until_complete(asyncio.sleep(0))  # the finalizer hook creates its tasks on the next step
+        tasks = asyncio.all_tasks(loop)
+        if tasks:
+            _, late = loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
+            for task in late:
+                task.cancel()
+            if late:
+                loop.run_until_complete(asyncio.gather(*late, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        if not tasks:
+            return
 
 
 def _error_parts(body: bytes) -> tuple[str, str]:
@@ -210,7 +229,7 @@ class RemoteEngine(QueuedCommands[_Command]):
             # a stream left at [DONE] leaves httpx's async generators open: close them before the loop,
             # or Python prints "Task was destroyed but it is pending!" at exit
             try:
-                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+                _settle_loop(self._loop)
             finally:
                 self._loop.close()
 
@@ -397,48 +416,50 @@ class RemoteEngine(QueuedCommands[_Command]):
                 if response.status_code != 200:
                     raise _refusal(response.status_code, await response.aread())
                 self._emit(command, Started(rid, 0))
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        continue
-                    if not isinstance(chunk, dict):
-                        continue
-                    if "error" in chunk:
-                        error = chunk["error"]
-                        message = error.get("message") if isinstance(error, dict) else str(error)
-                        raise RemoteError(f"the server stopped the reply: {message}")
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content") if prompt_text is None else choice.get("text")
-                        # vLLM and SGLang send the reasoning as reasoning_content (newer vLLM: reasoning)
-                        thought = delta.get("reasoning_content") or delta.get("reasoning")
-                        if isinstance(thought, str) and thought and prompt_text is None:
-                            if first_at is None:
-                                first_at = time.perf_counter()
-                            chunks += 1
-                            reasoning_parts.append(thought)
-                            self._emit(command, Token(rid, thought, reasoning=True))
-                        if content:
-                            if first_at is None:
-                                first_at = time.perf_counter()
-                            chunks += 1
-                            text_parts.append(content)
-                            self._emit(command, Token(rid, content))
-                        for call in delta.get("tool_calls") or ():
-                            slot = tool_calls.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
-                            function = call.get("function") or {}
-                            slot["name"] += function.get("name") or ""
-                            slot["arguments"] += function.get("arguments") or ""
-                        if choice.get("finish_reason"):
-                            finish = "length" if choice["finish_reason"] == "length" else "stop"
+                lines = cast(AsyncGenerator[str, None], response.aiter_lines())  # an async generator in httpx
+                async with contextlib.aclosing(lines):  # closed here at [DONE], not later by the GC
+                    async for line in lines:
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError:
+                            continue
+                        if not isinstance(chunk, dict):
+                            continue
+                        if "error" in chunk:
+                            error = chunk["error"]
+                            message = error.get("message") if isinstance(error, dict) else str(error)
+                            raise RemoteError(f"the server stopped the reply: {message}")
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                        for choice in chunk.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            content = delta.get("content") if prompt_text is None else choice.get("text")
+                            # vLLM and SGLang send the reasoning as reasoning_content (newer vLLM: reasoning)
+                            thought = delta.get("reasoning_content") or delta.get("reasoning")
+                            if isinstance(thought, str) and thought and prompt_text is None:
+                                if first_at is None:
+                                    first_at = time.perf_counter()
+                                chunks += 1
+                                reasoning_parts.append(thought)
+                                self._emit(command, Token(rid, thought, reasoning=True))
+                            if content:
+                                if first_at is None:
+                                    first_at = time.perf_counter()
+                                chunks += 1
+                                text_parts.append(content)
+                                self._emit(command, Token(rid, content))
+                            for call in delta.get("tool_calls") or ():
+                                slot = tool_calls.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
+                                function = call.get("function") or {}
+                                slot["name"] += function.get("name") or ""
+                                slot["arguments"] += function.get("arguments") or ""
+                            if choice.get("finish_reason"):
+                                finish = "length" if choice["finish_reason"] == "length" else "stop"
         except asyncio.CancelledError:
             self._finish(command, started, first_at, text_parts, usage, chunks, "cancelled", reasoning_parts)
             return

@@ -14,7 +14,7 @@ import pytest
 
 from engine_helpers import EventLog
 from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, LoadProgress
-from glmtui.engine.remote import RemoteEngine
+from glmtui.engine.remote import RemoteEngine, _settle_loop
 from helpers import free_port
 
 HELLO = [ChatMessage("user", "hello")]
@@ -107,6 +107,32 @@ def test_a_server_still_loading_its_model_is_waited_for(chatglm3_dir, tmp_path):
     finally:
         serve.kill()
         serve.wait(10)
+
+
+def test_closing_the_loop_waits_for_generators_the_gc_finalized():
+    """The engine's loop closed while the task closing a finalized async generator (httpx's stream
+    iterators after [DONE]) was still pending: "Task was destroyed but it is pending!" in one CI run."""
+    closed = []
+
+    async def lines():
+        try:
+            yield "data: 1"
+            yield "data: 2"
+        finally:
+            await asyncio.sleep(0.02)  # closing takes more than one loop step, as closing an HTTP stream does
+            closed.append(True)
+
+    async def read_one_and_drop():
+        await lines().__anext__()  # the generator is dropped open: the loop's finalizer hook closes it later
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(read_one_and_drop())
+        _settle_loop(loop)
+        assert not asyncio.all_tasks(loop)
+    finally:
+        loop.close()
+    assert closed == [True]
 
 
 @pytest.mark.slow

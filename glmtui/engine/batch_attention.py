@@ -10,6 +10,12 @@ sequence on its own slices, reading the grouped key/value heads as they are (``e
 a single query token sees all its sequence's keys (no mask), a whole prompt is plain causal, a
 chunk after cached tokens takes its block of the batch's mask.
 
+A step where every sequence decodes (one query token each, the common step) makes one sdpa call
+for the whole batch instead: each sequence's keys and values gathered into one padded
+``[sequences, kv heads, longest, dim]`` tensor with a key-padding mask (``decode_sdpa``), unless the
+padding would more than double the keys attended (lengths far apart) or there is one sequence (the
+gather would only copy its keys): the per-sequence calls then.
+
 ``install()`` registers it through transformers' public ``AttentionInterface`` under "sdpa" (the batch
 accepts no other name but eager's and flash's); it wraps ``sdpa_attention_forward`` as transformers'
 attention-interface guide does. Any other call (``generate``: no bounds, or a device other than
@@ -24,6 +30,9 @@ import torch
 
 _sdpa: Optional[Callable] = None  # transformers' sdpa_attention_forward, set by install()
 packed_calls = 0  # attention calls that went per sequence (tests and logs)
+decode_calls = 0  # of those, the ones made as one padded call (decode_sdpa)
+PAD_LIMIT = 2.0  # the padded call only while the padded keys are at most this many times the real ones
+_gather: tuple = ((), None)  # (key bounds, (index, mask, longest)): one step's layers share it
 
 
 def install() -> None:
@@ -75,6 +84,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     bounds_k = kwargs["cu_seq_lens_k"].tolist()
     gqa = query.shape[1] != key.shape[1]
     tokens = query.shape[2]
+    if tokens > 1 and bounds_q == list(range(tokens + 1)) and _pads_little(bounds_k):  # all decoding
+        return decode_sdpa(query, key, value, bounds_k, scaling, gqa), None
     out = query.new_empty((1, tokens, query.shape[1], value.shape[-1]))
     if bounds_q[-1] != tokens:  # padded rows (static shapes): defined, never read
         out.zero_()
@@ -95,3 +106,45 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
             scale=scaling, enable_gqa=gqa)
         out[:, qs:qe] = attended.transpose(1, 2)
     return out, None
+
+
+def _pads_little(bounds_k: list) -> bool:
+    lengths = [end - start for start, end in zip(bounds_k, bounds_k[1:], strict=False)]
+    return bool(lengths) and min(lengths) > 0 and len(lengths) * max(lengths) <= PAD_LIMIT * sum(lengths)
+
+
+def _padded_gather(bounds_k: list, device) -> tuple:
+    """For key bounds [0, e1, e2, ...]: the packed positions of each sequence's keys, padded to the longest
+    (a pad repeats the sequence's first key) as one flat index, and the mask of the real ones."""
+    global _gather
+    cached_bounds, cached = _gather
+    if cached_bounds == tuple(bounds_k) and cached[0].device == device:
+        return cached
+    bounds = torch.tensor(bounds_k, device=device)
+    starts, lengths = bounds[:-1], bounds[1:] - bounds[:-1]
+    longest = int(lengths.max())
+    offsets = torch.arange(longest, device=device)
+    real = offsets.unsqueeze(0) < lengths.unsqueeze(1)  # [sequences, longest]
+    index = torch.where(real, starts.unsqueeze(1) + offsets, starts.unsqueeze(1)).reshape(-1)
+    cached = (index, real[:, None, None, :], longest)
+    _gather = (tuple(bounds_k), cached)
+    return cached
+
+
+def decode_sdpa(query, key, value, bounds_k: list, scaling: Optional[float], gqa: bool):
+    """One query token per sequence (query (1, heads, sequences, dim)), each sequence's keys packed one after
+    another in key/value (1, kv heads, keys, dim) as ``bounds_k`` says: one sdpa call over the keys gathered
+    into a padded batch, the pads masked out. Returns (1, sequences, heads, dim)."""
+    global decode_calls
+    decode_calls += 1
+    index, real, longest = _padded_gather(bounds_k, query.device)
+    sequences, heads, kv_heads = query.shape[2], query.shape[1], key.shape[1]
+
+    def padded(states):  # (1, kv heads, keys, dim) -> (sequences, kv heads, longest, dim)
+        rows = states[0].transpose(0, 1).index_select(0, index)  # (sequences * longest, kv heads, dim)
+        return rows.view(sequences, longest, kv_heads, states.shape[-1]).transpose(1, 2)
+
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        query[0].transpose(0, 1).unsqueeze(2), padded(key), padded(value), attn_mask=real, scale=scaling,
+        enable_gqa=gqa)  # (sequences, heads, 1, dim)
+    return attended.reshape(1, sequences, heads, value.shape[-1])

@@ -91,3 +91,53 @@ def test_install_registers_it_as_sdpa_and_uninstall_puts_transformers_back():
     finally:
         if was:
             batch_attention.install()
+
+
+def decoding_batch(lengths, seed: int = 2, dtype=torch.float32):
+    """A decode step as the manager packs it: one query token per sequence, each sequence's keys
+    (``lengths``) one after another; 4 query heads over 2 key/value heads."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(1, 4, len(lengths), 16, generator=gen).to(dtype)
+    key = torch.randn(1, 2, sum(lengths), 16, generator=gen).to(dtype)
+    value = torch.randn(1, 2, sum(lengths), 16, generator=gen).to(dtype)
+    ends = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+    bounds = {"cu_seq_lens_q": torch.arange(len(lengths) + 1, dtype=torch.int32), "cu_seq_lens_k": ends}
+    return query, key, value, bounds
+
+
+def per_sequence(query, key, value, bounds, scaling):
+    """The reference: each sequence's query against its own keys, one sdpa call each."""
+    ends = bounds["cu_seq_lens_k"].tolist()
+    rows = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, i:i + 1], key[:, :, ends[i]:ends[i + 1]], value[:, :, ends[i]:ends[i + 1]], scale=scaling,
+        enable_gqa=True) for i in range(len(ends) - 1)]
+    return torch.cat(rows, dim=2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_a_decode_step_is_one_padded_call_equal_to_per_sequence_attention(installed, dtype, tolerance):
+    module = GroupedAttention()
+    query, key, value, bounds = decoding_batch([7, 12, 9, 16, 10], dtype=dtype)
+    before, decoded = batch_attention.packed_calls, batch_attention.decode_calls
+    got, _ = batch_attention.packed_sdpa(module, query, key, value, None, scaling=0.25, **bounds)
+    assert (batch_attention.packed_calls, batch_attention.decode_calls) == (before + 1, decoded + 1)
+    want = per_sequence(query, key, value, bounds, 0.25)
+    assert got.shape == want.shape == (1, 5, 4, 16)
+    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    # The next layer of the same step (same bounds, new keys) reuses the gather index and still matches.
+    query2, key2, value2, _ = decoding_batch([7, 12, 9, 16, 10], seed=3, dtype=dtype)
+    again, _ = batch_attention.packed_sdpa(module, query2, key2, value2, None, scaling=0.25, **bounds)
+    torch.testing.assert_close(again, per_sequence(query2, key2, value2, bounds, 0.25), rtol=tolerance,
+                               atol=tolerance)
+
+
+@pytest.mark.parametrize("lengths", [[40, 2, 3, 2], [9]], ids=["lengths far apart", "one sequence"])
+def test_decode_steps_that_padding_would_not_pay_for_stay_per_sequence(installed, lengths):
+    """Padding to the longest would more than double the keys attended, or there is one sequence
+    (nothing to batch; the gather would only copy its keys): the per-sequence calls, same result."""
+    module = GroupedAttention()
+    query, key, value, bounds = decoding_batch(lengths)
+    decoded = batch_attention.decode_calls
+    got, _ = batch_attention.packed_sdpa(module, query, key, value, None, scaling=0.25, **bounds)
+    assert batch_attention.decode_calls == decoded
+    torch.testing.assert_close(got, per_sequence(query, key, value, bounds, 0.25), rtol=1e-5, atol=1e-5)

@@ -206,9 +206,10 @@ def test_the_batch_attends_each_sequence_alone_through_packed_sdpa(batched, seri
     assert AttentionInterface()["sdpa"] is batch_attention.packed_sdpa
     requests = [(ask(q), GenerationParams(max_new_tokens=12, temperature=0.0)) for q in QUESTIONS[:3]]
     refs = [alone(serial, m, p) for m, p in requests]
-    before = batch_attention.packed_calls
+    before, decoded = batch_attention.packed_calls, batch_attention.decode_calls
     finals = together(worker, log, requests)
     assert batch_attention.packed_calls > before
+    assert batch_attention.decode_calls > decoded  # its decode steps: one padded call per layer
     assert [(f.text, f.completion_tokens) for f in finals] == [(r.text, r.completion_tokens) for r in refs]
 
 

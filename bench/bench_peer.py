@@ -130,7 +130,8 @@ async def measure_server(port: int, model: str, tokens: int, streams: int, pid: 
     produced = sum(r["tokens"] for r in many)
     return {"tps1": single["decode_tps"], "tokens1": single["tokens"],
             "tpsN": produced / wall, "tokensN": produced, "cpu_msN": 1000 * cpu / max(1, produced),
-            "ttft_p50": statistics.median(ttfts), "ttft_p90": ttfts[max(0, math.ceil(0.9 * len(ttfts)) - 1)]}
+            "coresN": cpu / wall, "ttft_p50": statistics.median(ttfts),
+            "ttft_p90": ttfts[max(0, math.ceil(0.9 * len(ttfts)) - 1)]}
 
 
 PLAIN = r"""
@@ -151,8 +152,13 @@ def run(prompts):
 run(["warm up"])
 n1, s1, _ = run(["Tell me about the mountains."])
 nN, sN, cN = run([f"Question {i}: tell me about rivers." for i in range(streams)])
-print(json.dumps({"tps1": n1 / s1, "tokens1": n1, "tpsN": nN / sN, "tokensN": nN, "cpu_msN": 1000 * cN / nN}))
+print(json.dumps({"tps1": n1 / s1, "tokens1": n1, "tpsN": nN / sN, "tokensN": nN, "cpu_msN": 1000 * cN / nN,
+                  "coresN": cN / sN}))
 """
+
+
+PER_SEQUENCE = ("import sys; from glmtui.engine import batch_attention; batch_attention.PAD_LIMIT = 0.0; "
+                "from glmtui.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def measure_plain(folder: Path, tokens: int, streams: int, threads: int) -> dict:
@@ -169,7 +175,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="glmtui's (and plain's) torch threads")
     parser.add_argument("--engines", default="vllm-default,vllm-threads,glmtui-serve,plain",
                         help="comma-separated; also glmtui-serve-lean (one torch thread fewer), glmtui-serve-passive "
-                        "(OMP_WAIT_POLICY=PASSIVE)")
+                        "(OMP_WAIT_POLICY=PASSIVE), glmtui-serve-per-seq (decode attention per sequence)")
     args = parser.parse_args()
 
     peer = subprocess.run(["bash", str(ROOT / "bench" / "peer_setup.sh")], capture_output=True, text=True)
@@ -201,6 +207,11 @@ def main() -> int:
         "glmtui-serve-lean": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                             "--mode", "bf16", "--device", "cpu", "--port", str(port)],
                                            {"OMP_NUM_THREADS": str(max(1, args.threads - 1))}),
+        # opt-in A/B: the batch's decode steps attend per sequence (batch_attention.PAD_LIMIT 0), as before the
+        # one padded call per layer
+        "glmtui-serve-per-seq": lambda port: ([str(ROOT / ".venv" / "bin" / "python"), "-c", PER_SEQUENCE, "serve",
+                                               "--model", str(folder), "--mode", "bf16", "--device", "cpu",
+                                               "--port", str(port)], {"OMP_NUM_THREADS": threads}),
         # opt-in: OpenMP threads sleep when idle instead of spinning, leaving the cores to the server's other threads
         "glmtui-serve-passive": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                                "--mode", "bf16", "--device", "cpu", "--port", str(port)],
@@ -230,15 +241,16 @@ def main() -> int:
     # CPU ms per token under N streams: the server's process tree (or plain's process), whatever it spent
     # (spinning thread pools included); against the wall figures it shows cost apart from contention
     print("| engine | decode tok/s, 1 stream | total tok/s, N streams | TTFT p50 under N | TTFT p90 "
-          "| CPU ms/token, N streams |")
-    print("|---|---|---|---|---|---|")
+          "| CPU ms/token, N streams | cores in use, N streams |")
+    print("|---|---|---|---|---|---|---|")
     for name in chosen:
         rows = results[name]
         ttft50 = spread(r["ttft_p50"] for r in rows) if "ttft_p50" in rows[0] else "–"
         ttft90 = spread(r["ttft_p90"] for r in rows) if "ttft_p90" in rows[0] else "–"
         tps1, tpsn = spread(r["tps1"] for r in rows), spread(r["tpsN"] for r in rows)
         cpu = spread(r["cpu_msN"] for r in rows) if "cpu_msN" in rows[0] else "–"
-        print(f"| {name} | {tps1} | {tpsn} | {ttft50} | {ttft90} | {cpu} |")
+        cores = spread(r["coresN"] for r in rows) if "coresN" in rows[0] else "–"
+        print(f"| {name} | {tps1} | {tpsn} | {ttft50} | {ttft90} | {cpu} | {cores} |")
     headline = []
     if "glmtui-serve" in results and "vllm-default" in results:
         ratio = [g["tpsN"] / v["tpsN"] for g, v in zip(results["glmtui-serve"], results["vllm-default"], strict=True)]

@@ -67,7 +67,10 @@ def watch_predictor_starts(monkeypatch) -> list[Start]:
             nice = psutil.Process(proc.pid).nice()
         except psutil.Error:
             nice = -1
-        starts.append(Start(list(cmd), low_priority, nice, len(running_predictors())))
+        # this one counted as running whether or not /proc already shows its command line to psutil (under load
+        # it once did not: "running 0" for a predictor that had just started)
+        others = [p for p in running_predictors() if p.pid != proc.pid]
+        starts.append(Start(list(cmd), low_priority, nice, 1 + len(others)))
         return proc
 
     monkeypatch.setattr(exact_cache, "_start_predictor", watched)

@@ -146,8 +146,10 @@ async def test_ctrl_f_then_down_moves_into_the_results(quiet_sampler):
         # Up from the first result goes back to the search box, Down returns
         await pilot.press("ctrl+f")
         app.history_pane.search_input.value = "weather"
-        await pilot.press("down")
         results = app.history_pane.option_list
+        # the search runs off the UI thread: Down before its results arrive stays in the box (failed under load)
+        await wait_for(pilot, lambda: results.option_count == 2, timeout=10, what="the two weather results")
+        await pilot.press("down")
         assert app.focused is results and results.highlighted == 0 and results.option_count == 2
         await pilot.press("up")
         assert app.focused is app.history_pane.search_input

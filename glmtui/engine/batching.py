@@ -166,6 +166,10 @@ class BatchRunner:
         self._parker: Optional[threading.Thread] = None
         self.admitted_total = 0  # requests ever added to the manager (tests and logs)
         self.vocab_size = int(model.config.vocab_size)
+        from .kvreuse import env_flag
+
+        # opt-in: the submitting thread gives up its OpenMP pool, so the batch's is the only one (omp_pool.py)
+        self.one_pool = env_flag("GLMTUI_BATCH_ONE_POOL", False)
         self._reader = threading.Thread(target=self._read, name="glmtui-batch", daemon=True)
         self._reader.start()
 
@@ -191,6 +195,10 @@ class BatchRunner:
                cached_tokens: int = 0, on_done: Optional[Callable[[], None]] = None) -> None:
         live = _Live(request_id, list(input_ids), prompt_tokens, max_new, already, stream, params, started, emit,
                      list(stop_ids), cached_tokens, on_done=on_done)
+        if self.one_pool:
+            from .omp_pool import release_pool
+
+            release_pool()
         with self._lock:
             if self._closed:
                 raise BatchError("the batch is closed")

@@ -900,8 +900,10 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
 
     _add_conversations(80)
 
+    # 400 tokens give ~20 layouts (the assertions need 15 and more than 12); 1500 cost 60 CPU-s and ran past
+    # the 60 s wait on a loaded machine
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
-                 default_params={"temperature": 0.0, "max_new_tokens": 1500}, sampler=quiet_sampler)
+                 default_params={"temperature": 0.0, "max_new_tokens": 400}, sampler=quiet_sampler)
     counts = {"layouts": 0, "scrollbar": 0}
     refresh, refresh_layout = Widget.refresh, Screen._refresh_layout
 

@@ -19,14 +19,22 @@ class Start:
 
 
 def running_predictors() -> list[psutil.Process]:
-    found = []
+    """Fresh interpreters found by their command line, and forks of the launcher (whose command line is the
+    launcher's) from exact_cache's own list of the counts it reads."""
+    found = {}
     for child in psutil.Process().children(recursive=True):
         try:
             if exact_cache.PREDICTOR_MODULE in " ".join(child.cmdline()):
-                found.append(child)
+                found[child.pid] = child
         except psutil.Error:
             pass
-    return found
+    for proc in list(exact_cache._running):
+        if proc.poll() is None and proc.pid not in found:
+            try:
+                found[proc.pid] = psutil.Process(proc.pid)
+            except psutil.Error:
+                pass
+    return list(found.values())
 
 
 def end_running_predictors(timeout: float = 10.0, keep: frozenset[int] = frozenset()) -> list[str]:

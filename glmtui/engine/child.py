@@ -1,6 +1,7 @@
 """The engine process's own side: an InferenceWorker behind a pipe.
 
-Started by glmtui.engine.process as a fresh interpreter (never a fork) with
+Started by glmtui.engine.process (a fresh interpreter, or a fork of the launcher that imported torch and
+transformers already: launcher.py) with
 its stdout/stderr already sent to a log file. It imports torch and
 transformers at once, so a spare process is ready before it is needed, then
 serves commands from the pipe: load, unload, generate and cancel go to the

@@ -1,8 +1,9 @@
 """The engine's child processes as the front end sees them: starting one, this side of its pipe, its end.
 
-A child is a fresh interpreter running glmtui.engine.child (never a fork of
-this process) on one end of a socket pair, its stdout/stderr in a log file of
-its own under the data folder's ``logs/`` (the newest :data:`LOG_KEEP` kept).
+A child runs glmtui.engine.child: a fork of the launcher once it has done its
+imports (launcher.py), else a fresh interpreter (never a fork of this process),
+on one end of a socket pair, its stdout/stderr in a log file of its own under
+the data folder's ``logs/`` (the newest :data:`LOG_KEEP` kept).
 When it ends, :func:`describe_exit` and the last error-like line of its log
 (:func:`last_error_line`) say why. EngineProcess (process.py) decides when
 children start and end.
@@ -20,18 +21,22 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .launcher import Launched
 
 LOG_KEEP = 10  # engine log files kept (one per process)
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the glmtui package
 _BOOT = f"import sys; sys.path[0] = {_ROOT!r}; from glmtui.engine.child import main; main()"
+_TARGET = "glmtui.engine.child:main"  # the same, in a fork of the launcher
 _ERRORISH = re.compile(r"^\S.*(Error|Exception|error:|Fatal|fault|Abort|Killed|CUDA)")
 
 
 class Child:
     """One engine process and this side of its pipe."""
 
-    def __init__(self, popen: subprocess.Popen, conn: Connection, log_path: Path, ahead: bool = False):
+    def __init__(self, popen: "subprocess.Popen | Launched", conn: Connection, log_path: Path, ahead: bool = False):
         self.popen = popen
         self.ahead = ahead  # started ahead of need: imports on idle CPU time only
         self.pid = popen.pid
@@ -63,7 +68,8 @@ class Child:
             self.conn.close()
 
 
-def start_child(log_dir: Path, number: int, flush_interval: float, flags: list[str], ahead: bool = False) -> Child:
+def start_child(log_dir: Path, number: int, flush_interval: float, flags: list[str], ahead: bool = False,
+                use_launcher: bool = True) -> Child:
     """Start engine process number ``number`` with its log in ``log_dir``; raises OSError when it cannot.
 
     ``flags``: the child's (``idle``, ``quantizers``: see child.main); ``ahead``: a spare nobody waits for yet.
@@ -78,13 +84,7 @@ def start_child(log_dir: Path, number: int, flush_interval: float, flags: list[s
     try:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            popen = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), str(flush_interval),
-                 ",".join(flags) or "-"],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(theirs.fileno(),),
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                start_new_session=True,  # the terminal's Ctrl-C and hangup are the front end's
-            )
+            popen = _start(theirs.fileno(), log_fd, [str(flush_interval), ",".join(flags) or "-"], use_launcher)
         finally:
             os.close(log_fd)
     except OSError:
@@ -93,6 +93,25 @@ def start_child(log_dir: Path, number: int, flush_interval: float, flags: list[s
     finally:
         theirs.close()
     return Child(popen, Connection(ours.detach()), log_path, ahead)
+
+
+def _start(conn_fd: int, log_fd: int, args: list[str], use_launcher: bool) -> "subprocess.Popen | Launched":
+    """A fork of the launcher when it is ready (imports done), else a fresh interpreter. Either way the
+    child's parent (the launcher, or this process) is the pid it watches."""
+    from . import launcher
+
+    shared = launcher.shared()
+    if use_launcher and shared.ready_now() and shared.pid is not None:
+        try:
+            return shared.spawn(_TARGET, ["3", str(shared.pid), *args], {1: log_fd, 2: log_fd, 3: conn_fd})
+        except OSError:
+            pass  # the launcher is gone or refused: a fresh interpreter
+    return subprocess.Popen(
+        [sys.executable, "-c", _BOOT, str(conn_fd), str(os.getpid()), *args],
+        stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(conn_fd,),
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,  # the terminal's Ctrl-C and hangup are the front end's
+    )
 
 
 def describe_exit(code: Optional[int], killed_reason: Optional[str] = None) -> str:

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -167,12 +168,94 @@ def _lower_priority(pid: int) -> None:
         pass
 
 
-def _start_predictor(cmd: list[str], low_priority: bool, **popen: Any) -> subprocess.Popen:
-    """Start the counting subprocess (the one place one starts: tests watch it)."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **popen)
-    if low_priority:
-        _lower_priority(proc.pid)
+def _start_predictor(cmd: list[str], low_priority: bool, **popen: Any) -> Any:
+    """Start the counting subprocess (the one place one starts: tests watch it). A count whose output is
+    read here is a fork of the launcher when it is ready (no imports to pay: launcher.py), else a fresh
+    interpreter; a detached one (``start_new_session``) outlives this process, so it is always fresh."""
+    proc: Any = None
+    if popen.get("stdout") == subprocess.PIPE and not popen.get("start_new_session"):
+        proc = _launched_predictor(cmd, LOW_PRIORITY if low_priority else 0)
+    if proc is None:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **popen)
+        if low_priority:
+            _lower_priority(proc.pid)
+    if not popen.get("start_new_session"):  # a detached count outlives this process: not ours to end
+        with _memo_lock:
+            _running.add(proc)
     return proc
+
+
+_running: set[Any] = set()  # the predictors this process started and reads (end_predictors ends them)
+
+
+def end_predictors() -> None:
+    """Kill the counts this process is waiting for (at quit: a count must not outlive its front end)."""
+    with _memo_lock:
+        running = list(_running)
+    for proc in running:
+        if proc.poll() is None:
+            try:
+                proc.kill()
+            except OSError:  # already gone
+                pass
+
+
+class _LaunchedPredictor:
+    """A predictor forked by the launcher, read like ``Popen.communicate`` (its stderr is not kept)."""
+
+    def __init__(self, proc: Any, out_fd: int):
+        self.proc, self.pid, self._out = proc, proc.pid, out_fd
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def communicate(self, timeout: Optional[float] = None) -> tuple[str, str]:
+        import selectors
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunks = []
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._out, selectors.EVENT_READ)
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired("predictor", timeout or 0.0)
+                if not selector.select(left):
+                    continue
+                chunk = os.read(self._out, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        os.close(self._out)
+        self.proc.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        return b"".join(chunks).decode("utf-8", "replace"), ""
+
+
+def _launched_predictor(cmd: list[str], nice: int) -> Optional[_LaunchedPredictor]:
+    from . import launcher
+
+    shared = launcher.shared()
+    if not shared.ready_now():
+        return None
+    read_fd, write_fd = os.pipe()
+    null_fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        proc = shared.spawn(f"{PREDICTOR_MODULE}:main", cmd[3:], {1: write_fd, 2: null_fd}, new_session=False,
+                            nice=nice)
+    except OSError:
+        os.close(read_fd)
+        return None
+    finally:
+        os.close(write_fd)
+        os.close(null_fd)
+    return _LaunchedPredictor(proc, read_fd)
 
 
 def predict_exact_subprocess(
@@ -216,6 +299,9 @@ def _run_predictor(cmd: list[str], timeout: float, low_priority: bool) -> ExactR
         proc.kill()
         proc.communicate()
         return ExactResult({}, f"the exact count took over {timeout:.0f} s")
+    finally:
+        with _memo_lock:
+            _running.discard(proc)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     try:
         return _result_from_json(json.loads(lines[-1])) if lines else ExactResult(

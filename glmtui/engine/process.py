@@ -2,7 +2,8 @@
 Kept whole past 400 lines: one class, this side of the engine process.
 
 The front end (TUI, ``glmtui chat``) keeps no torch: this class starts a fresh
-interpreter (glmtui.engine.child, never a fork) that owns torch, CUDA and the
+interpreter (glmtui.engine.child; a fork of the launcher once it is ready,
+launcher.py) that owns torch, CUDA and the
 model, and talks to it over a socket pair with multiprocessing's
 length-prefixed messages. Its interface is the InferenceWorker's
 (glmtui.engine.api.Engine): the same commands, the same events, delivered to
@@ -23,7 +24,7 @@ Life of the processes:
   (EngineUnresponsive) and can be killed with :meth:`EngineProcess.kill`;
 - the children die with this process (see glmtui.engine.child).
 
-Starting a child (a fresh interpreter, its log file under the data folder's
+Starting a child (a fork of the launcher or a fresh interpreter, its log file under the data folder's
 ``logs/``), this side of its pipe and the words for its end are in children.py.
 """
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import launcher
 from .api import Listener, MemoryReport, ModelInfo, rss_bytes
 from .children import LOG_KEEP, Child, describe_exit, last_error_line, log_tail, prune_logs, start_child
 from .commands import NO_MODEL, CommandEngine, crashed, refused
@@ -83,6 +85,7 @@ class EngineProcess(CommandEngine):
         hang_after: float = 15.0,
         log_dir: Optional[Path] = None,
         flush_interval: float = FLUSH_INTERVAL,
+        use_launcher: bool = True,
     ):
         self._listeners: list[Listener] = [listener] if listener else []
         self._keep_spare = keep_spare
@@ -91,6 +94,7 @@ class EngineProcess(CommandEngine):
         self._hang_after = hang_after
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._flush_interval = flush_interval
+        self._use_launcher = use_launcher
         self._ids = itertools.count(1)
         self._internal_ids = itertools.count(-1, -1)
         self._lock = threading.Lock()
@@ -280,6 +284,15 @@ class EngineProcess(CommandEngine):
         with self._lock:
             if self._spare is not None and not self._spare.lost:
                 return
+        if self._use_launcher:
+            # the first spare's imports go to the launcher instead (launcher.py): this spare and every later
+            # one are forks of it; a load that comes before it is ready starts a fresh process, as before
+            shared = launcher.shared()
+            if not shared.started:
+                shared.start()
+                return
+            if shared.importing():
+                return
         spare = self._spawn(ahead=True)
         with self._lock:
             self._spare = spare
@@ -373,7 +386,7 @@ class EngineProcess(CommandEngine):
             # bitsandbytes is imported in advance once a quantized mode has been used (as in-process:
             # the first int8/int4 load pays its import, later switches do not)
             flags = ["idle"] * ahead + ["quantizers"] * self._quantized
-            child = start_child(log_dir, self.spawned, self._flush_interval, flags, ahead)
+            child = start_child(log_dir, self.spawned, self._flush_interval, flags, ahead, self._use_launcher)
         except OSError as exc:
             self._spawn_error = f"cannot start the engine process: {exc}"
             return None

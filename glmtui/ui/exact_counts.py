@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from glmtui.engine import memory
+from glmtui.engine import exact_cache, memory
 
 Key = tuple[str, str]  # (resolved folder, "cuda" / "cpu")
-PREDICTOR_MODULE = "glmtui.engine.predict"
+PREDICTOR_MODULE = exact_cache.PREDICTOR_MODULE
 IDLE_POLL = 1.0  # seconds between looks at idle() while background counts wait
 ASKED_TIMEOUT = 120.0  # seconds a count someone waits for may take
 BACKGROUND_TIMEOUT = 900.0  # at low priority on a busy machine a count takes minutes; nobody waits for it
@@ -169,16 +168,5 @@ class ExactCounts:
 
 
 def kill_predictors() -> None:
-    """End this process's predictor subprocesses (engine/predict.py runs them through subprocess.run)."""
-    try:
-        import psutil
-
-        children = psutil.Process(os.getpid()).children()
-    except Exception:  # noqa: BLE001 - psutil missing or the process table unreadable: they end on their own
-        return
-    for child in children:
-        try:
-            if PREDICTOR_MODULE in child.cmdline():
-                child.kill()
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+    """End this process's predictor subprocesses (the counts it is waiting for; detached ones outlive it)."""
+    exact_cache.end_predictors()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from glmtui.config import default_paths
-from glmtui.engine import exact_cache, memory
+from glmtui.engine import exact_cache, launcher, memory
 from glmtui.engine.events import EngineExited, Failed, Loaded, LoadProgress, Unloaded
 from glmtui.ui.exact_counts import PREDICTOR_MODULE
 from glmtui.ui.model_controller import (
@@ -164,6 +164,7 @@ def test_quitting_ends_a_running_exact_count_at_once(native_glm, monkeypatch):
     from glmtui.ui.app import GlmApp
 
     monkeypatch.setattr(exact_cache, "_memo", {})  # counted afresh: the predictor imports torch (seconds)
+    monkeypatch.setattr(launcher, "_shared", launcher.Launcher())  # none ready: a fresh interpreter, not a fork
     app = GlmApp(mode="fp32", local_engine="thread")
     done = threading.Event()
     thread = threading.Thread(target=lambda: (app.run(headless=True), done.set()), daemon=True)

@@ -147,6 +147,15 @@ class Launcher:
             child._ended(early)
         return child
 
+    def stop_if_idle(self) -> bool:
+        """End the launcher if none of its forks runs (after an unload: glmtui's memory back to what it was
+        before the first load); the next spare starts a new one."""
+        with self._lock:
+            if self._children or not self._started or self.ended:
+                return False
+        self.stop()
+        return True
+
     def stop(self) -> None:
         """End the launcher (and so the children it forked that still run)."""
         with self._lock:

@@ -263,8 +263,14 @@ class EngineProcess(CommandEngine):
         if child is None:
             with self._lock:
                 self.model_info = None
-            return self._finish(request_id, Unloaded(request_id, "", None))
-        self._retire(child, request_id)
+            self._finish(request_id, Unloaded(request_id, "", None))
+        else:
+            self._retire(child, request_id)
+        if self._use_launcher and launcher.shared().started:  # the launcher's imports go too, once its forks have
+            self._wait_retired()
+            if spare is not None:
+                spare.exited.wait(10)
+            launcher.shared().stop_if_idle()
 
     def _do_generate(self, request_id: int, messages, params: GenerationParams, tools,
                      prompt_text: Optional[str] = None) -> None:

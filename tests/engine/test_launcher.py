@@ -116,26 +116,35 @@ def test_a_count_through_the_launcher_equals_a_fresh_one(ready, native_glm, monk
     assert not exact_cache._running
 
 
-def test_the_engine_forks_its_spare_and_next_load_from_the_launcher(ready, native_glm, monkeypatch, tmp_path):
-    """Once the launcher is ready, a spare is a fork of it (no imports), and a switch loads in that spare."""
+def test_the_engine_forks_its_spare_and_next_load_then_unload_ends_the_launcher(native_glm, monkeypatch, tmp_path):
+    """Once the launcher is ready, a spare is a fork of it (no imports), and a switch loads in that spare; an
+    unload ends the launcher too (glmtui's processes back to what they were before the first load)."""
     from engine_helpers import EventLog
-    from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded
+    from glmtui.engine.events import ChatMessage, Finished, GenerationParams, Loaded, Unloaded
 
-    monkeypatch.setattr(launcher, "_shared", ready)
+    own = launcher.Launcher()
+    monkeypatch.setattr(launcher, "_shared", own)
     log = EventLog()
     engine = EngineProcess(log, spare_idle=0.0, log_dir=tmp_path).start()
     try:
         assert isinstance(log.wait(engine.load(str(native_glm), "fp32", "cpu"), 120), Loaded)
-        wait_until(lambda: engine._spare is not None and engine._spare.ready.is_set(), 60, what="a spare")
+        wait_until(lambda: own.started, 30, what="the launcher, started for the first spare wanted")
+        wait_until(lambda: engine._spare is not None and engine._spare.ready.is_set(), 120, what="a spare")
         spare = engine._spare
-        assert isinstance(spare.popen, launcher.Launched) and psutil.Process(spare.pid).ppid() == ready.pid
+        assert isinstance(spare.popen, launcher.Launched) and psutil.Process(spare.pid).ppid() == own.pid
         assert psutil.Process(spare.pid).cpu_times().user < 2.0  # no imports of its own (a fresh one: ~5 CPU-s)
         assert isinstance(log.wait(engine.load(str(native_glm), "bf16", "cpu"), 120), Loaded)
         assert engine.pid == spare.pid
         reply = log.wait(engine.generate([ChatMessage("user", "hi")],
                                          GenerationParams(max_new_tokens=4, temperature=0)), 60)
         assert isinstance(reply, Finished)
+        launcher_process = psutil.Process(own.pid)
+        assert isinstance(log.wait(engine.unload(), 60), Unloaded)
+        wait_until(lambda: own.ended, 15, what="the launcher to end with the unload")
+        assert not psutil.pid_exists(spare.pid) or psutil.Process(spare.pid).status() == "zombie"
+        assert launcher_process.wait(5) is not None or not launcher_process.is_running()
+        assert not [c for c in psutil.Process().children(recursive=True) if c.status() != "zombie"
+                    and c.pid in (own.pid, spare.pid)]
     finally:
         engine.shutdown()
-    wait_until(lambda: not psutil.pid_exists(spare.pid) or psutil.Process(spare.pid).status() == "zombie", 10,
-               what="the engine process to end")
+        own.stop()

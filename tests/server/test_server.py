@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 
 import httpx
 import openai
@@ -153,8 +154,18 @@ class Throttle:
         self.worker.remove_listener(self)
 
 
+_LONG_PROMPTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _long_prompt(worker, log):
-    """A prompt whose greedy reply is long (the tiny model stops early on most prompts)."""
+    """A prompt whose greedy reply is long (the tiny model stops early on most prompts). Greedy replies of one
+    loaded model do not change, so each worker's search (six replies of up to 600 tokens) runs once."""
+    if worker not in _LONG_PROMPTS:
+        _LONG_PROMPTS[worker] = _search_long_prompt(worker, log)
+    return _LONG_PROMPTS[worker]
+
+
+def _search_long_prompt(worker, log):
     best = None
     for q in ("story time", "a", "b", "你好", "count to ten", "hello"):
         done = local_greedy(worker, log, [{"role": "user", "content": q}], max_new_tokens=600)

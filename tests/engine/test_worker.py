@@ -34,6 +34,16 @@ def worker():
     w.shutdown()
 
 
+@pytest.fixture(scope="module")
+def loaded_chatglm3(chatglm3_dir):
+    """A worker with the tiny ChatGLM3 loaded in fp32, shared by the tests that only ask it for replies
+    (refused parameters, seeds, over-long or misordered conversations): one load for all of them."""
+    w, log = start_worker()
+    _load(w, log, chatglm3_dir)
+    yield w, log
+    w.shutdown()
+
+
 def _load(w, log, path, mode="fp32"):
     event = log.wait(w.load(str(path), mode))
     assert isinstance(event, Loaded), event
@@ -88,9 +98,8 @@ def test_stop_strings_cut_the_reply(worker, native_glm):
 
 
 @pytest.mark.slow
-def test_sampling_with_a_seed_is_reproducible(worker, chatglm3_dir):
-    w, log = worker
-    _load(w, log, chatglm3_dir)
+def test_sampling_with_a_seed_is_reproducible(loaded_chatglm3):
+    w, log = loaded_chatglm3
     params = GenerationParams(max_new_tokens=20, temperature=0.9, top_p=0.9, seed=7)
     a = log.wait(w.generate([ChatMessage("user", "hi")], params))
     b = log.wait(w.generate([ChatMessage("user", "hi")], params))
@@ -191,16 +200,14 @@ def test_a_generation_that_raises_is_reported(worker, tmp_path, native_glm):
 
 
 @pytest.mark.slow
-def test_a_conversation_longer_than_the_context(worker, chatglm3_dir):
-    w, log = worker
-    _load(w, log, chatglm3_dir)
+def test_a_conversation_longer_than_the_context(loaded_chatglm3):
+    w, log = loaded_chatglm3
     failed = log.wait(w.generate([ChatMessage("user", "word " * 5000)], GREEDY))
     assert isinstance(failed, Failed) and "longer than the model's context" in failed.message
 
 
-def test_bad_role_order_is_reported(worker, chatglm3_dir):
-    w, log = worker
-    _load(w, log, chatglm3_dir)
+def test_bad_role_order_is_reported(loaded_chatglm3):
+    w, log = loaded_chatglm3
     failed = log.wait(w.generate([ChatMessage("user", "a"), ChatMessage("assistant", "b")], GREEDY))
     assert isinstance(failed, Failed) and "last message" in failed.message
 
@@ -282,10 +289,9 @@ def test_importing_glmtui_does_not_import_torch():
         (GenerationParams(top_k=-3), "top_k"),
     ],
 )
-def test_parameters_that_would_break_sampling_are_refused(worker, chatglm3_dir, params, word):
+def test_parameters_that_would_break_sampling_are_refused(loaded_chatglm3, params, word):
     """Found by fuzzing the API: a repetition penalty of 5e-324 made sampling raise on NaN."""
-    w, log = worker
-    _load(w, log, chatglm3_dir)
+    w, log = loaded_chatglm3
     failed = log.wait(w.generate([ChatMessage("user", "hi")], params))
     assert isinstance(failed, Failed) and failed.during == "params" and word in failed.message
     assert isinstance(log.wait(w.generate([ChatMessage("user", "hi")], GREEDY)), Finished)

@@ -14,14 +14,18 @@ from terminals import CHAT, answer_line
 QUESTION = "What is 2 + 2?"
 
 
-def _greedy(folder, thinking):
+def _greedy(folder, *thinking):
+    """The greedy replies to QUESTION with each thinking setting, from one load of ``folder``."""
     worker, log = start_worker()
     try:
         assert isinstance(log.wait(worker.load(str(folder), "fp32")), Loaded)
-        done = log.wait(worker.generate([ChatMessage("user", QUESTION)],
-                                        GenerationParams(max_new_tokens=16, temperature=0.0, thinking=thinking)))
-        assert isinstance(done, Finished)
-        return done
+        replies = []
+        for switch in thinking:
+            done = log.wait(worker.generate([ChatMessage("user", QUESTION)],
+                                            GenerationParams(max_new_tokens=16, temperature=0.0, thinking=switch)))
+            assert isinstance(done, Finished)
+            replies.append(done)
+        return replies
     finally:
         worker.shutdown()
 
@@ -38,7 +42,7 @@ def test_which_folders_have_the_switch(thinking_dir, inside_dir, chatglm3_dir, n
 def test_no_think_answers_at_once(inside_dir):
     """The tiny GLM-Z1's prompt opens <think>: by default its whole greedy reply is reasoning; --no-think
     closes the block in the prompt, so the pipe prints the answer the engine writes with thinking off."""
-    on, off = _greedy(inside_dir, None), _greedy(inside_dir, False)
+    on, off = _greedy(inside_dir, None, False)
     assert on.reasoning and off.reasoning == "" and off.text.strip()
     run = subprocess.run(CHAT + ["--model", str(inside_dir), "--mode", "fp32", "--temperature", "0",
                                  "--max-new-tokens", "16", "--no-think"],

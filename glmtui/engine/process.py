@@ -158,7 +158,7 @@ class EngineProcess(CommandEngine):
 
     def prestart(self) -> None:
         """Start a spare process now (if none is waiting), so the next load does not wait for imports."""
-        self._commands.put(("spare", None, {}))
+        self._commands.put(("spare", None, {"now": True}))
 
     def kill(self, reason: str = "stopped by glmtui") -> bool:
         """Kill the model's process at once (a hung engine); reported like any other death."""
@@ -286,11 +286,12 @@ class EngineProcess(CommandEngine):
         assert child is not None  # refused() answered for no model
         self._send_request(child, request_id, ("generate", request_id, messages, params, tools, prompt_text))
 
-    def _do_spare(self) -> None:
+    def _do_spare(self, now: bool = False) -> None:
+        """A spare process; ``now``: asked for (prestart), not one the engine wants while idle."""
         with self._lock:
             if self._spare is not None and not self._spare.lost:
                 return
-        if self._use_launcher:
+        if self._use_launcher and not now:
             # the first spare's imports go to the launcher instead (launcher.py): this spare and every later
             # one are forks of it; a load that comes before it is ready starts a fresh process, as before
             shared = launcher.shared()

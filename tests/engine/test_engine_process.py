@@ -68,7 +68,9 @@ class FirstToken:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     log = EventLog()
-    eng = EngineProcess(log, log_dir=tmp_path_factory.mktemp("engine-logs"), ping_interval=0.3, hang_after=4.0).start()
+    # fresh interpreters, never forks of the launcher: the path a GPU build of torch takes (test_launcher.py: forks)
+    eng = EngineProcess(log, log_dir=tmp_path_factory.mktemp("engine-logs"), ping_interval=0.3, hang_after=4.0,
+                        use_launcher=False).start()
     yield eng, log
     pids = eng.memory_report().pids
     eng.shutdown()

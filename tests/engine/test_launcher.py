@@ -102,7 +102,8 @@ def test_the_launcher_and_its_forks_die_with_the_front_end(tmp_path):
         front.kill()
         front.wait(10)
     _gone, alive = psutil.wait_procs(procs, timeout=2)
-    assert not alive, "outlived the front end by 2 s"
+    # a zombie has ended (reparented, it waits for init to reap it)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "outlived the front end"
 
 
 def test_a_count_through_the_launcher_equals_a_fresh_one(ready, native_glm, monkeypatch):

@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from fake_nvml import FakeNVML, gpu
 from glmtui.config import default_paths
-from glmtui.engine import exact_cache, memory
+from glmtui.engine import exact_cache, launcher, memory
 from glmtui.monitor import History, HostSnapshot, MonitorSnapshot, Sampler
 from glmtui.ui.app import GlmApp
 from glmtui.ui.modals import ModeModal
@@ -65,7 +65,9 @@ def ram_snapshot(available: int) -> MonitorSnapshot:
 
 
 @pytest.mark.slow
-async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(native_glm):
+async def test_the_estimate_first_then_the_exact_figures_in_the_pane_and_f8(native_glm, monkeypatch):
+    # a count in a fresh interpreter (seconds): a fork of a ready launcher could answer before the pane is read
+    monkeypatch.setattr(launcher, "_shared", launcher.Launcher())
     formula = memory.predict_for_dir(native_glm, device="cpu")
     counted = exact(native_glm, "cpu")
     app = GlmApp(mode="fp32", sampler=FrozenSampler(host_only_snapshot()))

@@ -264,11 +264,13 @@ def predict_exact_subprocess(
     context_len: Optional[int] = None,
     timeout: float = 120.0,
     low_priority: bool = False,
+    start_launcher: bool = False,
 ) -> ExactResult:
     """The exact prediction for ``model_dir``: from the stored count when there is one, else from
     ``python -m glmtui.engine.predict`` (torch stays out of this process; it stores the count).
     Blocks for the subprocess on a cache miss: call it off the UI thread.  Never raises: a failure
-    is ``ExactResult({}, error)``."""
+    is ``ExactResult({}, error)``.  ``start_launcher``: when a process must run, start the launcher too
+    (a front end that counts again and again, the TUI: its next counts are forks)."""
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     try:
         cfg = read_config(model_dir)
@@ -281,6 +283,10 @@ def predict_exact_subprocess(
             return _memo[memo_key]
     result = cached_exact(cfg, dev, context_len)
     if result is None:
+        if start_launcher:  # a front end that counts again and again: the next counts are forks (launcher.py)
+            from . import launcher
+
+            launcher.shared().start()
         result = _run_predictor(_predictor_command(model_dir, dev, context_len), timeout, low_priority)
     if result.predictions or result.unknown_architecture:
         with _memo_lock:

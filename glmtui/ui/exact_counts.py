@@ -155,7 +155,8 @@ class ExactCounts:
             try:
                 # a background count runs at low priority; one from the store starts no process at all
                 result = memory.predict_exact_subprocess(key[0], key[1], low_priority=background,
-                                                         timeout=BACKGROUND_TIMEOUT if background else ASKED_TIMEOUT)
+                                                         timeout=BACKGROUND_TIMEOUT if background else ASKED_TIMEOUT,
+                                                         start_launcher=True)
             except Exception as exc:  # noqa: BLE001 - it should not raise; if it does, the estimate stays
                 result = memory.ExactResult({}, f"exact count failed: {type(exc).__name__}: {exc}")
             if background and result.error and not result.unknown_architecture:

@@ -149,3 +149,25 @@ def test_the_engine_forks_its_spare_and_next_load_then_unload_ends_the_launcher(
     finally:
         engine.shutdown()
         own.stop()
+
+
+def test_a_count_that_must_run_starts_the_launcher_for_the_next_ones(native_glm, monkeypatch):
+    own = launcher.Launcher()
+    monkeypatch.setattr(launcher, "_shared", own)
+    monkeypatch.setattr(exact_cache, "_memo", {})
+    first = exact_cache.predict_exact_subprocess(native_glm, "cpu", start_launcher=True)
+    assert first.predictions and own.started  # this count ran fresh, beside the launcher's imports
+    try:
+        wait_until(lambda: own.ready_now(), 120, what="the launcher's imports")
+        started = []
+        real = exact_cache._start_predictor
+
+        def watched(*args, **kwargs):
+            started.append(real(*args, **kwargs))
+            return started[-1]
+
+        monkeypatch.setattr(exact_cache, "_start_predictor", watched)
+        again = exact_cache._run_predictor(exact_cache._predictor_command(native_glm, "cpu", 4096), 60, False)
+        assert again.predictions and isinstance(started[0].proc, launcher.Launched)
+    finally:
+        own.stop()

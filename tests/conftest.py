@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+# Torch's OpenMP threads spin while they wait for work (libgomp's default): with two xdist workers and their engine
+# processes on two cores that spinning took most of the CPU of a test that generates. Passive waiting keeps the same
+# threads and code paths. Set before torch is imported here or in a child process (they inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Tests live in room folders (engine/, store/, server/, hub/, ui/, agent/, cli/); what they share is here
 # (fixtures) and in the modules next to this file (helpers, fake_nvml, terminals, agent_helpers, tiny_models ...).
 sys.path.insert(0, str(Path(__file__).parent))

@@ -143,12 +143,18 @@ def _spawn(sock: socket.socket, message: tuple, fds: list[int], children: set[in
     if refused or len(fds) != len(targets):
         _send(sock, ("failed", token, refused or "descriptors missing"))
         return
+    from .child import set_parent_death_signal  # imported by serve() already
+
     sys.stdout.flush()
     sys.stderr.flush()
+    launcher_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 70
         try:
+            set_parent_death_signal()  # the launcher ends with the front end, and this with the launcher
+            if os.getppid() != launcher_pid:  # it ended before the signal was armed
+                os._exit(1)
             code = _run_child(target, args, dict(zip(targets, fds, strict=True)), env, cwd, new_session, nice, own)
         finally:
             os._exit(code)
@@ -161,8 +167,6 @@ def _run_child(target: str, args: list[str], fds: dict[int, int], env: dict[str,
     """In the forked child: become the process the front end asked for, run ``target`` and give its exit code."""
     import importlib
 
-    from .child import set_parent_death_signal
-
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -173,7 +177,6 @@ def _run_child(target: str, args: list[str], fds: dict[int, int], env: dict[str,
         os.setsid()
     if nice:
         os.nice(nice)
-    set_parent_death_signal()  # the launcher ends with the front end, and this with the launcher
     high = {want: os.dup(fd) for want, fd in fds.items()}  # out of the way of the numbers asked for
     for fd in fds.values():
         os.close(fd)

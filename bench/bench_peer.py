@@ -176,7 +176,7 @@ def main() -> int:
     parser.add_argument("--engines", default="vllm-default,vllm-threads,glmtui-serve,plain",
                         help="comma-separated; also glmtui-serve-lean (one torch thread fewer), glmtui-serve-passive "
                         "(OMP_WAIT_POLICY=PASSIVE), glmtui-serve-per-seq (decode attention per sequence), "
-                        "glmtui-serve-one-pool (GLMTUI_BATCH_ONE_POOL=1)")
+                        "glmtui-serve-two-pools (GLMTUI_BATCH_ONE_POOL=0)")
     args = parser.parse_args()
 
     peer = subprocess.run(["bash", str(ROOT / "bench" / "peer_setup.sh")], capture_output=True, text=True)
@@ -213,10 +213,11 @@ def main() -> int:
         "glmtui-serve-per-seq": lambda port: ([str(ROOT / ".venv" / "bin" / "python"), "-c", PER_SEQUENCE, "serve",
                                                "--model", str(folder), "--mode", "bf16", "--device", "cpu",
                                                "--port", str(port)], {"OMP_NUM_THREADS": threads}),
-        # opt-in: the batch's OpenMP pool is the process's only one, so its idle workers spin (GLMTUI_BATCH_ONE_POOL)
-        "glmtui-serve-one-pool": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
-                                                "--mode", "bf16", "--device", "cpu", "--port", str(port)],
-                                               {"OMP_NUM_THREADS": threads, "GLMTUI_BATCH_ONE_POOL": "1"}),
+        # opt-in A/B: the handing thread keeps its OpenMP pool beside the batch's, so libgomp makes idle workers
+        # sleep (GLMTUI_BATCH_ONE_POOL=0; the default frees it: omp_pool.py)
+        "glmtui-serve-two-pools": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model",
+                                                 str(folder), "--mode", "bf16", "--device", "cpu", "--port", str(port)],
+                                                {"OMP_NUM_THREADS": threads, "GLMTUI_BATCH_ONE_POOL": "0"}),
         # opt-in: OpenMP threads sleep when idle instead of spinning, leaving the cores to the server's other threads
         "glmtui-serve-passive": lambda port: ([str(ROOT / ".venv" / "bin" / "glmtui"), "serve", "--model", str(folder),
                                                "--mode", "bf16", "--device", "cpu", "--port", str(port)],

@@ -168,8 +168,9 @@ class BatchRunner:
         self.vocab_size = int(model.config.vocab_size)
         from .kvreuse import env_flag
 
-        # opt-in: the submitting thread gives up its OpenMP pool, so the batch's is the only one (omp_pool.py)
-        self.one_pool = env_flag("GLMTUI_BATCH_ONE_POOL", False)
+        # the submitting thread gives up its OpenMP pool, so the batch's is the only one and its workers spin, as
+        # plain generate's do (omp_pool.py); GLMTUI_BATCH_ONE_POOL=0 keeps both pools
+        self.one_pool = env_flag("GLMTUI_BATCH_ONE_POOL", True)
         self._reader = threading.Thread(target=self._read, name="glmtui-batch", daemon=True)
         self._reader.start()
 

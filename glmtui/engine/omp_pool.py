@@ -8,8 +8,9 @@ the batch's thread (transformers' manager) runs its own: the batch's worker then
 about a hundred times a step (measured through its voluntary context switches) instead of spinning.
 ``release_pool()`` frees the caller's pool through OpenMP 5.0's ``omp_pause_resource_all`` (the
 next parallel op on that thread makes a new one); the batch calls it on the thread that hands it a
-request when ``GLMTUI_BATCH_ONE_POOL`` is set (batching.py). Spinning pays on idle cores and costs
-much on busy ones (other processes' threads on the same cores), hence opt-in.
+request (batching.py; ``GLMTUI_BATCH_ONE_POOL=0`` keeps both pools). Spinning is libgomp's default and
+what plain ``generate`` gets; it pays on cores the server has to itself and costs on cores other
+processes keep busy (then set ``OMP_WAIT_POLICY=PASSIVE``).
 """
 
 from __future__ import annotations

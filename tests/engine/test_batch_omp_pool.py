@@ -1,4 +1,4 @@
-"""The batch's opt-in single OpenMP pool (engine/omp_pool.py, GLMTUI_BATCH_ONE_POOL): the thread that
+"""The batch's single OpenMP pool (engine/omp_pool.py; GLMTUI_BATCH_ONE_POOL=0 turns it off): the thread that
 hands the batch a request gives up its own pool of torch's OpenMP workers."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_release_pool_frees_the_calling_threads_workers_only(parallel):
     assert freed
 
 
-@pytest.mark.parametrize("one_pool", [True, False], ids=["GLMTUI_BATCH_ONE_POOL=1", "unset"])
+@pytest.mark.parametrize("one_pool", [True, False], ids=["unset (the default)", "GLMTUI_BATCH_ONE_POOL=0"])
 def test_handing_the_batch_a_request_releases_the_handing_threads_pool(parallel, native_glm, monkeypatch, one_pool):
     from engine_helpers import EventLog
     from glmtui.engine.batching import _Recorder
@@ -74,9 +74,9 @@ def test_handing_the_batch_a_request_releases_the_handing_threads_pool(parallel,
     from glmtui.engine.worker import InferenceWorker
 
     if one_pool:
-        monkeypatch.setenv("GLMTUI_BATCH_ONE_POOL", "1")
-    else:
         monkeypatch.delenv("GLMTUI_BATCH_ONE_POOL", raising=False)
+    else:
+        monkeypatch.setenv("GLMTUI_BATCH_ONE_POOL", "0")
     log = EventLog()
     worker = InferenceWorker(log, batching=True).start()
     try:
@@ -97,6 +97,6 @@ def test_handing_the_batch_a_request_releases_the_handing_threads_pool(parallel,
 
         mine, freed, generated = on_a_thread(hand_over)
         assert mine and generated == 3
-        assert freed is one_pool  # unset: the handing thread keeps its pool, as before
+        assert freed is one_pool  # set to 0: the handing thread keeps its pool
     finally:
         worker.shutdown()

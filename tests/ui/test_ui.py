@@ -900,10 +900,10 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
 
     _add_conversations(80)
 
-    # 400 tokens give ~20 layouts (the assertions need 15 and more than 12); 1500 cost 60 CPU-s and ran past
-    # the 60 s wait on a loaded machine
+    # the reply is stopped once it has made 20 layouts (the assertions need 15 and more than 12): a fixed length
+    # gave ~20 on an idle machine and 13 on a loaded one, and 1500 tokens cost 60 CPU-s
     app = GlmApp(model=str(chatty_chatglm3), mode="fp32",
-                 default_params={"temperature": 0.0, "max_new_tokens": 400}, sampler=quiet_sampler)
+                 default_params={"temperature": 0.0, "max_new_tokens": 1500}, sampler=quiet_sampler)
     counts = {"layouts": 0, "scrollbar": 0}
     refresh, refresh_layout = Widget.refresh, Screen._refresh_layout
 
@@ -927,6 +927,10 @@ async def test_a_long_history_list_is_not_repainted_by_a_streaming_reply(chatty_
         Widget.refresh, Screen._refresh_layout = counting_refresh, counting_layout
         try:
             await pilot.press("enter")
+            await wait_for(pilot, lambda: counts["layouts"] >= 20 or chat.active is None, timeout=120,
+                           what="20 layouts of the streaming reply")
+            if chat.active is not None:
+                await pilot.press("escape")
             await wait_for(pilot, lambda: chat.active is None and len(chat.turns) == 2, what="the reply")
         finally:
             Widget.refresh, Screen._refresh_layout = refresh, refresh_layout

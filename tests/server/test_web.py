@@ -343,7 +343,17 @@ def gated_web(tmp_path_factory):
 
 
 def _sessions(proc) -> list:
-    return [c for c in psutil.Process(proc.pid).children(recursive=True) if "--endpoint" in c.cmdline()]
+    """The app sessions: `glmtui.cli --endpoint URL`, once exec'd (a child forked but not yet exec'd still has the
+    web process's command line, `web ... --endpoint`, and its first environment: seen once in CI)."""
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--endpoint" in cmdline and "web" not in cmdline:
+            found.append(child)
+    return found
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Optional
+from typing import Callable, Optional
 
 from .events import Failed, Finished, Token, Unloaded
 from .worker import InferenceWorker
@@ -192,12 +192,15 @@ def warm_up(quantizers: bool = False) -> None:
 
 
 def _warm_up_when_idle(quantizers: bool) -> None:
-    """warm_up() on a thread that runs only on CPU time nobody else wants (Linux SCHED_IDLE).
+    """warm_up() on idle CPU time: a spare started ahead of need must not slow the reply generated next to it."""
+    on_idle_thread(lambda: warm_up(quantizers), "glmtui-warm-up")
 
-    A spare started ahead of need must not slow the reply being generated next
-    to it. Only this thread has the idle policy: it cannot be undone without
-    privileges, so the threads that serve and generate are made after it, as
-    normal ones.
+
+def on_idle_thread(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` on a thread that gets only CPU time nobody else wants (Linux SCHED_IDLE), and wait for it.
+
+    Only that thread has the idle policy: it cannot be undone without privileges, so the threads that
+    serve, generate (or fork, in the launcher) are made after it, or are the main thread, as normal ones.
     """
 
     def run() -> None:
@@ -205,9 +208,9 @@ def _warm_up_when_idle(quantizers: bool) -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (AttributeError, OSError):
             pass
-        warm_up(quantizers)
+        work()
 
-    thread = threading.Thread(target=run, name="glmtui-warm-up")
+    thread = threading.Thread(target=run, name=name)
     thread.start()
     thread.join()
 

@@ -124,7 +124,7 @@ class Launcher:
               nice: int = 0, timeout: float = 30.0) -> Launched:
         """Fork a child that calls ``target`` ("module:function", given ``args``) with ``fds`` (the child's
         descriptor number -> ours) and this process's environment and working folder; raises OSError."""
-        env = {k: v for k, v in os.environ.items()}
+        env = dict(os.environ)
         with self._lock:
             if self.ended or self._sock is None:
                 raise OSError("the launcher has ended")

@@ -98,23 +98,19 @@ def serve() -> None:
 
 
 def _idle_imports() -> str:
-    """_imports() on a thread that runs on CPU time nobody else wants (Linux SCHED_IDLE), so a launcher
-    started with the app does not slow its first frames; the forks are made by the main thread, a normal one."""
+    """_imports() on idle CPU time, so a launcher started beside a reply does not slow it; the forks are made
+    by the main thread, a normal one."""
+    from .child import on_idle_thread
+
     answer = ["the imports did not finish"]
 
     def run() -> None:
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (AttributeError, OSError):
-            pass
         try:
             answer[0] = _imports()
         except Exception as exc:  # noqa: BLE001 - a broken install: each start then runs fresh and says why
             answer[0] = f"{type(exc).__name__}: {exc}"
 
-    thread = threading.Thread(target=run, name="glmtui-launcher-imports")
-    thread.start()
-    thread.join()
+    on_idle_thread(run, "glmtui-launcher-imports")
     return answer[0]
 
 
